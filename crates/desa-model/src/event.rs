@@ -1,0 +1,136 @@
+//! The event and the rules an event must satisfy to be stored.
+
+use serde::Serialize;
+
+/// Longest accepted `device_id`, in bytes of UTF-8.
+pub const MAX_DEVICE_ID_BYTES: usize = 128;
+/// Longest accepted `type`, in bytes of UTF-8.
+pub const MAX_TYPE_BYTES: usize = 64;
+/// Largest accepted `metadata` object, in bytes of its JSON text as sent.
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+/// One validated sensor reading.
+///
+/// `metadata` is kept as the exact JSON text the producer sent, so it is stored
+/// verbatim and never re-encoded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub device_id: String,
+    #[serde(rename = "timestamp")]
+    pub ts_secs: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub value: f64,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub metadata: Option<Box<str>>,
+}
+
+impl Event {
+    /// The event as the JSON object of the wire format.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(160);
+        out.push_str("{\"device_id\":");
+        out.push_str(&json_string(&self.device_id));
+        out.push_str(",\"timestamp\":");
+        out.push_str(&self.ts_secs.to_string());
+        out.push_str(",\"type\":");
+        out.push_str(&json_string(&self.event_type));
+        out.push_str(",\"value\":");
+        out.push_str(&json_number(self.value));
+        out.push_str(",\"location\":{\"latitude\":");
+        out.push_str(&json_number(self.latitude));
+        out.push_str(",\"longitude\":");
+        out.push_str(&json_number(self.longitude));
+        out.push('}');
+        if let Some(meta) = &self.metadata {
+            out.push_str(",\"metadata\":");
+            out.push_str(meta);
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn json_number(x: f64) -> String {
+    // `{:?}` prints the shortest text that parses back to the same f64, and
+    // its forms ("25.0", "1e-7") are all valid JSON numbers.
+    format!("{x:?}")
+}
+
+/// The node-dependent limits an event is validated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The node's clock, unix seconds.
+    pub now_secs: i64,
+    /// How far ahead of `now_secs` a timestamp may be.
+    pub max_future_secs: i64,
+}
+
+impl Limits {
+    /// Limits with the default one-day future tolerance at the given clock.
+    pub fn at(now_secs: i64) -> Self {
+        Limits {
+            now_secs,
+            max_future_secs: 86_400,
+        }
+    }
+}
+
+/// Checks the rules that the JSON types alone do not express.
+pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), String> {
+    let dev = event.device_id.len();
+    if dev == 0 || dev > MAX_DEVICE_ID_BYTES {
+        return Err(format!(
+            "device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes, got {dev}"
+        ));
+    }
+    let ty = event.event_type.len();
+    if ty == 0 || ty > MAX_TYPE_BYTES {
+        return Err(format!("type must be 1 to {MAX_TYPE_BYTES} bytes, got {ty}"));
+    }
+    if event.ts_secs < 0 {
+        return Err(format!(
+            "timestamp must be >= 0 (unix seconds), got {}",
+            event.ts_secs
+        ));
+    }
+    let latest = limits.now_secs.saturating_add(limits.max_future_secs);
+    if event.ts_secs > latest {
+        return Err(format!(
+            "timestamp {} is more than max-future ({} s) ahead of the node's clock ({})",
+            event.ts_secs, limits.max_future_secs, limits.now_secs
+        ));
+    }
+    if !event.value.is_finite() {
+        return Err("value must be a finite number".to_owned());
+    }
+    if !(-90.0..=90.0).contains(&event.latitude) {
+        return Err(format!(
+            "location.latitude must be in [-90, 90], got {}",
+            event.latitude
+        ));
+    }
+    if !(-180.0..=180.0).contains(&event.longitude) {
+        return Err(format!(
+            "location.longitude must be in [-180, 180], got {}",
+            event.longitude
+        ));
+    }
+    if let Some(meta) = &event.metadata {
+        if meta.len() > MAX_METADATA_BYTES {
+            return Err(format!(
+                "metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, got {}",
+                meta.len()
+            ));
+        }
+        if !meta.starts_with('{') {
+            return Err("metadata must be a JSON object".to_owned());
+        }
+    }
+    Ok(())
+}

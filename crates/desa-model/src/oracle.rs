@@ -1,0 +1,98 @@
+//! The brute-force reference: every query answered by reading every event.
+//!
+//! Tests compare the engine and the HTTP API against it. Sums use Shewchuk's
+//! exact summation (as Python's `math.fsum`), an algorithm independent of the
+//! engine's double-double prefix sums.
+
+use std::collections::HashMap;
+
+use crate::query::rank_devices;
+use crate::{AvgAnswer, DeviceCount, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+
+/// All accepted events, in no particular order.
+#[derive(Debug, Default, Clone)]
+pub struct Oracle {
+    pub events: Vec<Event>,
+}
+
+impl Oracle {
+    pub fn add(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub fn avg(&self, device_id: &str, event_type: &str, window: TimeWindow) -> AvgAnswer {
+        let values: Vec<f64> = self
+            .events
+            .iter()
+            .filter(|e| e.device_id == device_id && e.event_type == event_type)
+            .filter(|e| window.contains(e.ts_secs))
+            .map(|e| e.value)
+            .collect();
+        AvgAnswer::new(device_id, event_type, window, values.len() as u64, fsum(&values))
+    }
+
+    pub fn topk(&self, event_type: &str, window: TimeWindow, k: usize) -> TopkAnswer {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for e in &self.events {
+            if e.event_type == event_type && window.contains(e.ts_secs) {
+                *counts.entry(&e.device_id).or_default() += 1;
+            }
+        }
+        let devices = counts
+            .into_iter()
+            .map(|(d, count)| DeviceCount {
+                device_id: d.to_owned(),
+                count,
+            })
+            .collect();
+        TopkAnswer {
+            event_type: event_type.to_owned(),
+            start: window.start,
+            end: window.end,
+            k,
+            devices: rank_devices(devices, k),
+        }
+    }
+
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox, window: TimeWindow) -> GeoAnswer {
+        let values: Vec<f64> = self
+            .events
+            .iter()
+            .filter(|e| e.event_type == event_type && window.contains(e.ts_secs))
+            .filter(|e| bbox.contains(e.latitude, e.longitude))
+            .map(|e| e.value)
+            .collect();
+        GeoAnswer::new(event_type, window, bbox, values.len() as u64, fsum(&values))
+    }
+}
+
+/// Correctly rounded sum of `values` (Shewchuk 1997, as in Python's `math.fsum`).
+pub fn fsum(values: &[f64]) -> f64 {
+    let mut partials: Vec<f64> = Vec::new();
+    for &x in values {
+        let mut x = x;
+        let mut i = 0;
+        for j in 0..partials.len() {
+            let mut y = partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(i);
+        partials.push(x);
+    }
+    partials.iter().rev().fold(0.0, |acc, p| acc + p)
+}
+
+/// True when `a` and `b` agree to `rel` relative error (or both are tiny).
+pub fn close(a: f64, b: f64, rel: f64) -> bool {
+    let scale = a.abs().max(b.abs()).max(1e-300);
+    (a - b).abs() <= rel * scale || (a - b).abs() < 1e-12
+}
