@@ -1,0 +1,715 @@
+//! The engine: one write path (group commit to the log, then the head), one
+//! background flusher (frozen heads to segments, compaction, memory budget),
+//! and queries over a consistent view of head, frozen heads and segments.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use desa_model::{AvgAnswer, DeviceCount, DoubleDouble, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::head::{Head, Rows};
+use crate::idempotency::IdempotencyKeys;
+use crate::manifest::Manifest;
+use crate::segment::{write_segment, Segment, SegmentMeta};
+use crate::wal::{self, encode_record, WalRecord, WalWriter};
+use crate::query;
+
+/// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub dir: PathBuf,
+    /// Rows in the in-memory head before it is frozen and flushed.
+    pub head_max_rows: usize,
+    /// Frozen heads waiting for the flusher before writers wait too.
+    pub max_frozen_heads: usize,
+    /// Resident memory the node aims to stay under.
+    pub memory_budget_bytes: u64,
+    /// Segments of one size tier in one day that trigger a merge.
+    pub compaction_fanin: usize,
+    /// Segments are not merged past this many rows.
+    pub max_segment_rows: u64,
+}
+
+impl EngineConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            dir: dir.into(),
+            head_max_rows: 262_144,
+            max_frozen_heads: 2,
+            memory_budget_bytes: 1 << 30,
+            compaction_fanin: 4,
+            max_segment_rows: 4 << 20,
+        }
+    }
+}
+
+/// Events of one request, with what to answer a retry of it.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub events: Vec<Event>,
+    pub idempotency_key: Option<String>,
+    /// The response to store with the key.
+    pub response: String,
+}
+
+/// What a durable write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// The events are durable and visible.
+    Applied,
+    /// The key was seen before: nothing was applied; here is the first response.
+    Replayed(String),
+}
+
+/// Receives timings from the engine, for metrics.
+pub trait EngineObserver: Send + Sync + 'static {
+    fn wal_synced(&self, _elapsed: Duration, _bytes: usize, _requests: usize) {}
+    fn head_flushed(&self, _elapsed: Duration, _rows: usize) {}
+    fn compacted(&self, _elapsed: Duration, _rows: u64) {}
+}
+
+struct NoObserver;
+impl EngineObserver for NoObserver {}
+
+/// Sizes and progress, for `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub head_rows: u64,
+    pub frozen_rows: u64,
+    pub segments: u64,
+    pub segment_rows: u64,
+    pub segment_bytes: u64,
+    /// Largest event timestamp stored (event-time progress).
+    pub watermark_secs: Option<i64>,
+    pub poisoned: Option<String>,
+}
+
+type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
+
+struct Commit {
+    /// `None` is a barrier that freezes the head (see [`Engine::flush`]).
+    req: Option<WriteRequest>,
+    reply: Reply,
+}
+
+struct Frozen {
+    head: Arc<Head>,
+    /// First log file that is not covered by this head.
+    wal_next: u64,
+}
+
+struct State {
+    head: Head,
+    frozen: VecDeque<Frozen>,
+    segments: Vec<Arc<Segment>>,
+    keys: IdempotencyKeys,
+    watermark: Option<i64>,
+}
+
+struct Inner {
+    cfg: EngineConfig,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn EngineObserver>,
+    state: RwLock<State>,
+    /// Only the flusher changes the manifest.
+    manifest: Mutex<Manifest>,
+    poisoned: Mutex<Option<String>>,
+    flush_wake: Mutex<bool>,
+    flush_cv: Condvar,
+    frozen_cv: Condvar,
+    frozen_lock: Mutex<()>,
+    shutdown: AtomicBool,
+}
+
+/// The embedded storage engine of one node.
+pub struct Engine {
+    inner: Arc<Inner>,
+    commit_tx: Mutex<Option<mpsc::Sender<Commit>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn segments_dir(dir: &Path) -> PathBuf {
+    dir.join("segments")
+}
+fn wal_dir(dir: &Path) -> PathBuf {
+    dir.join("wal")
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory, recovering from the manifest and
+    /// the write-ahead log.
+    pub fn open(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine> {
+        Engine::open_with_observer(cfg, clock, Arc::new(NoObserver))
+    }
+
+    pub fn open_with_observer(cfg: EngineConfig, clock: Arc<dyn Clock>, observer: Arc<dyn EngineObserver>) -> Result<Engine> {
+        let dir = cfg.dir.clone();
+        for d in [dir.clone(), segments_dir(&dir), wal_dir(&dir)] {
+            fs::create_dir_all(&d).map_err(Error::io("create dir", &d))?;
+        }
+        let manifest = Manifest::load(&dir)?.unwrap_or(Manifest {
+            version: 1,
+            next_segment_id: 1,
+            wal_start: 1,
+            segments: Vec::new(),
+        });
+
+        // Segments: the manifest's, verified; any other file is a leftover.
+        let seg_dir = segments_dir(&dir);
+        let mut segments = Vec::new();
+        for m in &manifest.segments {
+            segments.push(Arc::new(Segment::open(&seg_dir.join(SegmentMeta::file_name(m.id)), m.id)?));
+        }
+        let live: std::collections::HashSet<String> =
+            manifest.segments.iter().map(|m| SegmentMeta::file_name(m.id)).collect();
+        for entry in fs::read_dir(&seg_dir).map_err(Error::io("read dir", &seg_dir))? {
+            let entry = entry.map_err(Error::io("read dir", &seg_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                tracing::info!(file = %name, "removing segment file not named in the manifest");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+
+        // The log: delete what the manifest says is in segments, replay the rest.
+        let wdir = wal_dir(&dir);
+        for n in wal::list_files(&wdir)? {
+            if n < manifest.wal_start {
+                let _ = fs::remove_file(wal::file_path(&wdir, n));
+            }
+        }
+        let mut keys = IdempotencyKeys::load(&dir)?;
+        let mut head = Head::new();
+        let mut watermark = segments.iter().filter(|s| s.meta.rows > 0).map(|s| s.meta.max_ts).max();
+        let newest = wal::replay(&wdir, manifest.wal_start, |rec| {
+            for e in &rec.events {
+                head.insert(e);
+                watermark = Some(watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
+            }
+            if let Some(k) = rec.idempotency_key {
+                keys.insert(k, rec.response, rec.created_secs);
+            }
+        })?;
+        keys.expire(clock.now_secs());
+        let writer = WalWriter::create(&wdir, newest.max(manifest.wal_start.saturating_sub(1)) + 1)?;
+        tracing::info!(segments = segments.len(), replayed_rows = head.len(), "storage engine opened");
+
+        let mut frozen = VecDeque::new();
+        if !head.is_empty() {
+            // Replayed rows go straight to a segment, so the log they came
+            // from can be dropped and the head starts empty.
+            frozen.push_back(Frozen {
+                head: Arc::new(std::mem::replace(&mut head, Head::new())),
+                wal_next: writer.number(),
+            });
+        }
+        let inner = Arc::new(Inner {
+            cfg,
+            clock,
+            observer,
+            state: RwLock::new(State {
+                head,
+                frozen,
+                segments,
+                keys,
+                watermark,
+            }),
+            manifest: Mutex::new(manifest),
+            poisoned: Mutex::new(None),
+            flush_wake: Mutex::new(true),
+            flush_cv: Condvar::new(),
+            frozen_cv: Condvar::new(),
+            frozen_lock: Mutex::new(()),
+            shutdown: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel::<Commit>();
+        let committer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("desa-commit".into())
+                .spawn(move || committer_loop(&inner, writer, rx))
+                .map_err(Error::io("spawn", "desa-commit"))?
+        };
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("desa-flush".into())
+                .spawn(move || flusher_loop(&inner))
+                .map_err(Error::io("spawn", "desa-flush"))?
+        };
+        Ok(Engine {
+            inner,
+            commit_tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![committer, flusher]),
+        })
+    }
+
+    /// Queues a write; `reply` runs once the events are durable and visible
+    /// (or the write failed). Concurrent writes share one log sync.
+    pub fn write_with(&self, req: WriteRequest, reply: impl FnOnce(Result<WriteOutcome>) + Send + 'static) {
+        self.send(Commit {
+            req: Some(req),
+            reply: Box::new(reply),
+        });
+    }
+
+    fn send(&self, commit: Commit) {
+        match self.commit_tx.lock().as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(c)) = tx.send(commit) {
+                    (c.reply)(Err(Error::Closed));
+                }
+            }
+            None => (commit.reply)(Err(Error::Closed)),
+        }
+    }
+
+    /// Writes and waits until the events are durable and visible.
+    pub fn write(&self, req: WriteRequest) -> Result<WriteOutcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.write_with(req, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// The stored response of an idempotency key, if it was seen.
+    pub fn idempotent_response(&self, key: &str) -> Option<String> {
+        self.inner.state.read().keys.get(key).map(str::to_owned)
+    }
+
+    /// Largest event timestamp stored so far.
+    pub fn watermark_secs(&self) -> Option<i64> {
+        self.inner.state.read().watermark
+    }
+
+    pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> AvgAnswer {
+        let (mut count, mut sum, segs) = {
+            let st = self.inner.state.read();
+            let mut count = 0;
+            let mut sum = DoubleDouble::ZERO;
+            for h in heads(&st) {
+                let (c, s) = h.avg(device, event_type, w);
+                count += c;
+                sum = sum.add(s);
+            }
+            (count, sum, st.segments.clone())
+        };
+        let (c, s) = query::avg(&segs, device, event_type, w);
+        count += c;
+        sum = sum.add(s);
+        AvgAnswer::new(device, event_type, w, count, sum.value())
+    }
+
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> GeoAnswer {
+        let (mut count, mut sum, segs) = {
+            let st = self.inner.state.read();
+            let mut count = 0;
+            let mut sum = DoubleDouble::ZERO;
+            for h in heads(&st) {
+                let (c, s) = h.geo(event_type, bbox, w);
+                count += c;
+                sum = sum.add(s);
+            }
+            (count, sum, st.segments.clone())
+        };
+        let (c, s) = query::geo(&segs, event_type, bbox, w);
+        count += c;
+        sum = sum.add(s);
+        GeoAnswer::new(event_type, w, bbox, count, sum.value())
+    }
+
+    pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> TopkAnswer {
+        let (counts, segs) = {
+            let st = self.inner.state.read();
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            for h in heads(&st) {
+                for (d, c) in h.device_counts(event_type, w) {
+                    *counts.entry(d.to_owned()).or_default() += c;
+                }
+            }
+            (counts, st.segments.clone())
+        };
+        let devices: Vec<DeviceCount> = query::topk(&counts, &segs, event_type, w, k);
+        TopkAnswer {
+            event_type: event_type.to_owned(),
+            start: w.start,
+            end: w.end,
+            k,
+            devices,
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let st = self.inner.state.read();
+        EngineStats {
+            head_rows: st.head.len() as u64,
+            frozen_rows: st.frozen.iter().map(|f| f.head.len() as u64).sum(),
+            segments: st.segments.len() as u64,
+            segment_rows: st.segments.iter().map(|s| s.meta.rows).sum(),
+            segment_bytes: st.segments.iter().map(|s| s.meta.bytes).sum(),
+            watermark_secs: st.watermark,
+            poisoned: self.inner.poisoned.lock().clone(),
+        }
+    }
+
+    /// Freezes the head and waits until every frozen head is in segments.
+    pub fn flush(&self) -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Commit {
+            req: None,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv().unwrap_or(Err(Error::Closed))?;
+        let mut guard = self.inner.frozen_lock.lock();
+        loop {
+            {
+                let st = self.inner.state.read();
+                if st.frozen.is_empty() {
+                    return Ok(());
+                }
+            }
+            if let Some(p) = self.inner.poisoned.lock().clone() {
+                return Err(Error::Poisoned(p));
+            }
+            self.inner.frozen_cv.wait_for(&mut guard, Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.commit_tx.lock().take();
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        {
+            *self.inner.flush_wake.lock() = true;
+            self.inner.flush_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn heads(st: &State) -> impl Iterator<Item = &Head> {
+    std::iter::once(&st.head).chain(st.frozen.iter().map(|f| f.head.as_ref()))
+}
+
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+fn committer_loop(inner: &Inner, mut wal: WalWriter, rx: mpsc::Receiver<Commit>) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut approx = 0usize;
+        while approx < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(c) => {
+                    approx += c.req.as_ref().map_or(0, |r| r.events.len() * 100);
+                    group.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(inner, &mut wal, group, &mut buf);
+    }
+}
+
+fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mut Vec<u8>) {
+    if let Some(p) = inner.poisoned.lock().clone() {
+        for c in group {
+            (c.reply)(Err(Error::Poisoned(p.clone())));
+        }
+        return;
+    }
+    let now = inner.clock.now_secs();
+    let mut force_freeze = false;
+    let mut barriers: Vec<Reply> = Vec::new();
+    let mut replays: Vec<(Reply, String)> = Vec::new();
+    let mut applies: Vec<(WriteRequest, Reply)> = Vec::new();
+    {
+        let st = inner.state.read();
+        let mut in_group: HashMap<String, String> = HashMap::new();
+        for c in group {
+            let Some(req) = c.req else {
+                force_freeze = true;
+                barriers.push(c.reply);
+                continue;
+            };
+            if let Some(k) = &req.idempotency_key {
+                if let Some(resp) = st.keys.get(k).map(str::to_owned).or_else(|| in_group.get(k).cloned()) {
+                    replays.push((c.reply, resp));
+                    continue;
+                }
+                in_group.insert(k.clone(), req.response.clone());
+            }
+            applies.push((req, c.reply));
+        }
+    }
+    buf.clear();
+    for (req, _) in &applies {
+        encode_record(
+            &WalRecord {
+                idempotency_key: req.idempotency_key.clone(),
+                response: if req.idempotency_key.is_some() { req.response.clone() } else { String::new() },
+                created_secs: now,
+                events: req.events.clone(),
+            },
+            buf,
+        );
+    }
+    if !buf.is_empty() {
+        let started = Instant::now();
+        if let Err(e) = wal.append_durable(buf) {
+            if let Error::Poisoned(p) = &e {
+                tracing::error!(error = %p, "write-ahead log poisoned; refusing further writes");
+                *inner.poisoned.lock() = Some(p.clone());
+            }
+            let msg = e.to_string();
+            let poisoned = matches!(e, Error::Poisoned(_));
+            let fail = || if poisoned { Error::Poisoned(msg.clone()) } else { Error::Unavailable(msg.clone()) };
+            for reply in applies.into_iter().map(|a| a.1).chain(replays.into_iter().map(|r| r.0)).chain(barriers) {
+                reply(Err(fail()));
+            }
+            return;
+        }
+        inner.observer.wal_synced(started.elapsed(), buf.len(), applies.len());
+    }
+    let freeze = {
+        let mut st = inner.state.write();
+        for (req, _) in &applies {
+            for e in &req.events {
+                st.head.insert(e);
+                st.watermark = Some(st.watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
+            }
+            if let Some(k) = &req.idempotency_key {
+                st.keys.insert(k.clone(), req.response.clone(), now);
+            }
+        }
+        (force_freeze && !st.head.is_empty()) || st.head.len() >= inner.cfg.head_max_rows
+    };
+    for (_, reply) in applies {
+        reply(Ok(WriteOutcome::Applied));
+    }
+    for (reply, resp) in replays {
+        reply(Ok(WriteOutcome::Replayed(resp)));
+    }
+    if freeze {
+        freeze_head(inner, wal);
+    }
+    for reply in barriers {
+        reply(Ok(WriteOutcome::Applied));
+    }
+}
+
+/// Moves the head to the frozen queue and starts a new log file for the next
+/// head; waits while the flusher is too far behind (backpressure).
+fn freeze_head(inner: &Inner, wal: &mut WalWriter) {
+    {
+        let mut guard = inner.frozen_lock.lock();
+        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads && inner.poisoned.lock().is_none() {
+            inner.frozen_cv.wait_for(&mut guard, Duration::from_millis(100));
+        }
+    }
+    let wal_next = match wal.rotate() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a new log file; the head stays in memory for now");
+            return;
+        }
+    };
+    {
+        let mut st = inner.state.write();
+        let head = std::mem::replace(&mut st.head, Head::new());
+        st.frozen.push_back(Frozen {
+            head: Arc::new(head),
+            wal_next,
+        });
+    }
+    *inner.flush_wake.lock() = true;
+    inner.flush_cv.notify_all();
+}
+
+fn flusher_loop(inner: &Inner) {
+    loop {
+        {
+            let mut wake = inner.flush_wake.lock();
+            if !*wake {
+                inner.flush_cv.wait_for(&mut wake, Duration::from_secs(1));
+            }
+            *wake = false;
+        }
+        if let Err(e) = flush_frozen(inner) {
+            report_background_error(inner, "flush", e);
+        }
+        if inner.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            match compact_once(inner) {
+                Ok(true) => {
+                    if inner.state.read().frozen.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = flush_frozen(inner) {
+                        report_background_error(inner, "flush", e);
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    report_background_error(inner, "compaction", e);
+                    break;
+                }
+            }
+        }
+        enforce_memory_budget(inner);
+    }
+}
+
+fn report_background_error(inner: &Inner, what: &str, e: Error) {
+    tracing::error!(error = %e, "{what} failed");
+    if let Error::Poisoned(p) = e {
+        *inner.poisoned.lock() = Some(p);
+        inner.frozen_cv.notify_all();
+    }
+}
+
+fn flush_frozen(inner: &Inner) -> Result<()> {
+    loop {
+        let Some((head, wal_next)) = inner
+            .state
+            .read()
+            .frozen
+            .front()
+            .map(|f| (f.head.clone(), f.wal_next))
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut by_day: HashMap<i64, Vec<u32>> = HashMap::new();
+        for (r, ts) in head.rows.ts.iter().enumerate() {
+            by_day.entry(ts.div_euclid(86_400)).or_default().push(r as u32);
+        }
+        let seg_dir = segments_dir(&inner.cfg.dir);
+        let mut manifest = inner.manifest.lock();
+        let mut new_segments = Vec::new();
+        for (day, subset) in by_day {
+            let id = manifest.next_segment_id;
+            manifest.next_segment_id += 1;
+            let path = seg_dir.join(SegmentMeta::file_name(id));
+            let meta = write_segment(&head.rows, &subset, day, id, &path)?;
+            manifest.segments.push(meta);
+            new_segments.push(Arc::new(Segment::open(&path, id)?));
+        }
+        crate::wal::sync_dir(&seg_dir)?;
+        inner.state.read().keys.store_durable(&inner.cfg.dir)?;
+        let old_wal_start = manifest.wal_start;
+        manifest.wal_start = wal_next;
+        manifest.store_durable(&inner.cfg.dir)?;
+        {
+            let mut st = inner.state.write();
+            st.frozen.pop_front();
+            st.segments.extend(new_segments);
+        }
+        let wdir = wal_dir(&inner.cfg.dir);
+        for n in old_wal_start..wal_next {
+            let _ = fs::remove_file(wal::file_path(&wdir, n));
+        }
+        inner.frozen_cv.notify_all();
+        inner.observer.head_flushed(started.elapsed(), head.len());
+    }
+}
+
+/// Size tier of a segment: segments in one tier are within a factor of `fanin`.
+fn tier(rows: u64, fanin: usize) -> u32 {
+    let mut t = 0;
+    let mut cap = fanin as u64;
+    while rows >= cap {
+        t += 1;
+        cap = cap.saturating_mul(fanin as u64);
+    }
+    t
+}
+
+/// Merges one group of same-day, same-tier segments if there is one.
+fn compact_once(inner: &Inner) -> Result<bool> {
+    let fanin = inner.cfg.compaction_fanin.max(2);
+    let victims: Vec<Arc<Segment>> = {
+        let st = inner.state.read();
+        let mut groups: HashMap<(i64, u32), Vec<Arc<Segment>>> = HashMap::new();
+        for s in &st.segments {
+            if s.meta.rows < inner.cfg.max_segment_rows {
+                groups.entry((s.meta.partition, tier(s.meta.rows, fanin))).or_default().push(s.clone());
+            }
+        }
+        let mut pick = groups.into_values().filter(|g| g.len() >= fanin).min_by_key(|g| g[0].meta.id);
+        match pick.as_mut() {
+            Some(g) => {
+                g.sort_by_key(|s| s.meta.id);
+                g.truncate(fanin);
+                g.clone()
+            }
+            None => return Ok(false),
+        }
+    };
+    let started = Instant::now();
+    let mut rows = Rows::default();
+    for s in &victims {
+        s.append_to(&mut rows);
+    }
+    let subset: Vec<u32> = (0..rows.len() as u32).collect();
+    let partition = victims[0].meta.partition;
+    let seg_dir = segments_dir(&inner.cfg.dir);
+    let mut manifest = inner.manifest.lock();
+    let id = manifest.next_segment_id;
+    manifest.next_segment_id += 1;
+    let path = seg_dir.join(SegmentMeta::file_name(id));
+    let meta = write_segment(&rows, &subset, partition, id, &path)?;
+    let merged = Arc::new(Segment::open(&path, id)?);
+    crate::wal::sync_dir(&seg_dir)?;
+    let gone: std::collections::HashSet<u64> = victims.iter().map(|s| s.meta.id).collect();
+    manifest.segments.retain(|m| !gone.contains(&m.id));
+    manifest.segments.push(meta.clone());
+    manifest.store_durable(&inner.cfg.dir)?;
+    {
+        let mut st = inner.state.write();
+        st.segments.retain(|s| !gone.contains(&s.meta.id));
+        st.segments.push(merged);
+    }
+    for s in &victims {
+        let _ = fs::remove_file(s.path());
+    }
+    inner.observer.compacted(started.elapsed(), meta.rows);
+    Ok(true)
+}
+
+/// Resident memory of this process, from /proc (0 where unavailable).
+pub fn resident_bytes() -> u64 {
+    let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+/// Drops mapped segment pages from this process when it nears its budget;
+/// they stay in the kernel's page cache and are mapped again on access.
+fn enforce_memory_budget(inner: &Inner) {
+    if resident_bytes() > inner.cfg.memory_budget_bytes / 4 * 3 {
+        let segs = inner.state.read().segments.clone();
+        for s in segs {
+            s.release_memory();
+        }
+    }
+}

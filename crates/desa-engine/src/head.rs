@@ -1,0 +1,194 @@
+//! The head: the newest acknowledged events, in memory, indexed for the three
+//! queries, until they are flushed to a segment. Every event here is also in
+//! the write-ahead log, so the head is rebuilt by replay after a crash.
+//!
+//! The head is bounded by `head_max_rows`; queries scan at most the rows of one
+//! series (avg) or of one type (top-K, geo) in it.
+
+use std::collections::HashMap;
+
+use desa_model::{DoubleDouble, Event, GeoBox, TimeWindow};
+
+/// Interned strings: id order is insertion order, not string order.
+#[derive(Debug, Default)]
+pub struct Dict {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Dict {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(Box::from(s));
+        self.ids.insert(Box::from(s), id);
+        id
+    }
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Events as columns with interned type and device.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub types: Dict,
+    pub devices: Dict,
+    pub type_id: Vec<u32>,
+    pub device_id: Vec<u32>,
+    pub ts: Vec<i64>,
+    pub value: Vec<f64>,
+    pub lat: Vec<f64>,
+    pub lon: Vec<f64>,
+    /// `meta_end[i]` is where row i's metadata ends in `meta`, and
+    /// `meta_present[i]` whether row i has any.
+    pub meta_end: Vec<u64>,
+    pub meta_present: Vec<bool>,
+    pub meta: String,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    pub fn push(&mut self, event_type: &str, device: &str, ts: i64, value: f64, lat: f64, lon: f64, meta: Option<&str>) {
+        let t = self.types.intern(event_type);
+        let d = self.devices.intern(device);
+        self.type_id.push(t);
+        self.device_id.push(d);
+        self.ts.push(ts);
+        self.value.push(value);
+        self.lat.push(lat);
+        self.lon.push(lon);
+        if let Some(m) = meta {
+            self.meta.push_str(m);
+        }
+        self.meta_present.push(meta.is_some());
+        self.meta_end.push(self.meta.len() as u64);
+    }
+
+    pub fn metadata(&self, row: usize) -> Option<&str> {
+        if !self.meta_present[row] {
+            return None;
+        }
+        let start = if row == 0 { 0 } else { self.meta_end[row - 1] as usize };
+        Some(&self.meta[start..self.meta_end[row] as usize])
+    }
+}
+
+/// Rows plus the indexes the queries need.
+#[derive(Debug, Default)]
+pub struct Head {
+    pub rows: Rows,
+    /// Rows of each (type, device) series, in arrival order.
+    series: HashMap<(u32, u32), Vec<u32>>,
+    /// Rows of each type, in arrival order.
+    by_type: Vec<Vec<u32>>,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+impl Head {
+    pub fn new() -> Self {
+        Head {
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            ..Head::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn insert(&mut self, e: &Event) {
+        let row = self.rows.len() as u32;
+        self.rows.push(
+            &e.event_type,
+            &e.device_id,
+            e.ts_secs,
+            e.value,
+            e.latitude,
+            e.longitude,
+            e.metadata.as_deref(),
+        );
+        let t = self.rows.type_id[row as usize];
+        let d = self.rows.device_id[row as usize];
+        self.series.entry((t, d)).or_default().push(row);
+        if self.by_type.len() <= t as usize {
+            self.by_type.resize_with(t as usize + 1, Vec::new);
+        }
+        self.by_type[t as usize].push(row);
+        self.min_ts = self.min_ts.min(e.ts_secs);
+        self.max_ts = self.max_ts.max(e.ts_secs);
+    }
+
+    /// Count and sum of one series in the window.
+    pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
+        let (Some(t), Some(d)) = (self.rows.types.get(event_type), self.rows.devices.get(device)) else {
+            return (0, DoubleDouble::ZERO);
+        };
+        let mut count = 0;
+        let mut sum = DoubleDouble::ZERO;
+        for &r in self.series.get(&(t, d)).map(Vec::as_slice).unwrap_or(&[]) {
+            if w.contains(self.rows.ts[r as usize]) {
+                count += 1;
+                sum = sum.add_f64(self.rows.value[r as usize]);
+            }
+        }
+        (count, sum)
+    }
+
+    /// Event count per device of one type in the window.
+    pub fn device_counts(&self, event_type: &str, w: TimeWindow) -> HashMap<&str, u64> {
+        let mut counts: HashMap<u32, u64> = HashMap::new();
+        if let Some(t) = self.rows.types.get(event_type) {
+            for &r in &self.by_type[t as usize] {
+                if w.contains(self.rows.ts[r as usize]) {
+                    *counts.entry(self.rows.device_id[r as usize]).or_default() += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(d, c)| (self.rows.devices.name(d), c))
+            .collect()
+    }
+
+    /// Count and sum of one type inside the box and window.
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
+        let mut count = 0;
+        let mut sum = DoubleDouble::ZERO;
+        if let Some(t) = self.rows.types.get(event_type) {
+            for &r in &self.by_type[t as usize] {
+                let r = r as usize;
+                if w.contains(self.rows.ts[r]) && bbox.contains(self.rows.lat[r], self.rows.lon[r]) {
+                    count += 1;
+                    sum = sum.add_f64(self.rows.value[r]);
+                }
+            }
+        }
+        (count, sum)
+    }
+
+}

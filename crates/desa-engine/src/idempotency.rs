@@ -1,0 +1,104 @@
+//! Idempotency keys: a request retried with the same `Idempotency-Key` is not
+//! applied again and gets the response of the first attempt.
+//!
+//! Keys live as long as [`RETENTION_SECS`] (and at most [`MAX_KEYS`], oldest
+//! dropped first). A key is durable with the events it covered: it is written
+//! in the same write-ahead log record, and when that record's head is flushed
+//! the live keys are copied to `idempotency.json` (replaced atomically) before
+//! the log file is deleted.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::wal::sync_dir;
+
+/// How long a key is remembered, in seconds (24 hours).
+pub const RETENTION_SECS: i64 = 24 * 3600;
+/// How many keys are remembered at most.
+pub const MAX_KEYS: usize = 1_000_000;
+/// Longest accepted key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+const FILE: &str = "idempotency.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    key: String,
+    response: String,
+    created_secs: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct IdempotencyKeys {
+    by_key: HashMap<String, String>,
+    order: VecDeque<(String, i64)>,
+}
+
+impl IdempotencyKeys {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.by_key.get(key).map(String::as_str)
+    }
+
+    pub fn insert(&mut self, key: String, response: String, created_secs: i64) {
+        if self.by_key.insert(key.clone(), response).is_none() {
+            self.order.push_back((key, created_secs));
+        }
+        while self.order.len() > MAX_KEYS {
+            self.pop_oldest();
+        }
+    }
+
+    pub fn expire(&mut self, now_secs: i64) {
+        while self.order.front().is_some_and(|(_, t)| *t < now_secs - RETENTION_SECS) {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((k, _)) = self.order.pop_front() {
+            self.by_key.remove(&k);
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(FILE);
+        let mut keys = IdempotencyKeys::default();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(Error::io("read", &path)(e)),
+        };
+        let entries: Vec<Entry> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(&path, 0, format!("idempotency keys are not valid JSON: {e}")))?;
+        for e in entries {
+            keys.insert(e.key, e.response, e.created_secs);
+        }
+        Ok(keys)
+    }
+
+    pub fn store_durable(&self, dir: &Path) -> Result<()> {
+        let entries: Vec<Entry> = self
+            .order
+            .iter()
+            .filter_map(|(k, t)| {
+                self.by_key.get(k).map(|r| Entry {
+                    key: k.clone(),
+                    response: r.clone(),
+                    created_secs: *t,
+                })
+            })
+            .collect();
+        let tmp = dir.join("idempotency.json.tmp");
+        let bytes = serde_json::to_vec(&entries).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
+        fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
+        sync_dir(dir)
+    }
+}

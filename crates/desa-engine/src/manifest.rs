@@ -1,0 +1,52 @@
+//! The manifest: which segments are live and which write-ahead log files still
+//! hold events that are not in a segment.
+//!
+//! `MANIFEST` is JSON, replaced atomically: written to `MANIFEST.tmp`, fsynced,
+//! renamed over `MANIFEST`, and the directory fsynced. A crash leaves either
+//! the old or the new manifest, never a mix.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::segment::SegmentMeta;
+use crate::wal::sync_dir;
+
+pub const FILE: &str = "MANIFEST";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub next_segment_id: u64,
+    /// Log files numbered below this are wholly in segments.
+    pub wal_start: u64,
+    pub segments: Vec<SegmentMeta>,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::corrupt(&path, e.column() as u64, format!("manifest is not valid: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    /// Replaces the manifest atomically and durably.
+    pub fn store_durable(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("MANIFEST.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
+        fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
+        sync_dir(dir)
+    }
+}

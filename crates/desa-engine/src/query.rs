@@ -1,0 +1,181 @@
+//! Query execution over the head(s) and the segments that overlap a window.
+//!
+//! Costs, with `S` the segments overlapping the window (segments are per UTC
+//! day, and compaction keeps O(log n) of them per day):
+//! - **avg**: per segment, a binary search for the series and two on its
+//!   timestamps, then a prefix-sum difference: `O(S log n)`, whatever the
+//!   number of events of that device in the window.
+//! - **geo**: per segment, a k-d tree descent that takes whole nodes inside
+//!   the box without reading them: only nodes cut by the box's edges or the
+//!   window's ends are opened.
+//! - **top-K**: Fagin's threshold algorithm. Each segment offers its devices
+//!   by all-time count descending (sorted access) and a device's exact count in
+//!   the window by binary search (random access); for a segment only partly in
+//!   the window the all-time count is an upper bound, which keeps the stopping
+//!   rule sound. The search stops once the K-th best exact count exceeds the
+//!   sum of the bounds at the cursors, which under skew is after a few entries.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
+
+use crate::segment::Segment;
+
+pub(crate) fn avg(segs: &[Arc<Segment>], device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
+    let mut count = 0;
+    let mut sum = DoubleDouble::ZERO;
+    for s in segs.iter().filter(|s| s.overlaps(w)) {
+        let (c, x) = s.avg(device, event_type, w);
+        count += c;
+        sum = sum.add(x);
+    }
+    (count, sum)
+}
+
+pub(crate) fn geo(segs: &[Arc<Segment>], event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
+    let mut count = 0;
+    let mut sum = DoubleDouble::ZERO;
+    for s in segs.iter().filter(|s| s.overlaps(w)) {
+        let (c, x) = s.geo(event_type, bbox, w);
+        count += c;
+        sum = sum.add(x);
+    }
+    (count, sum)
+}
+
+/// One input of the threshold algorithm.
+enum List<'a> {
+    /// Exact counts already known (the in-memory heads).
+    Exact {
+        sorted: Vec<(&'a str, u64)>,
+        counts: &'a HashMap<String, u64>,
+    },
+    /// A segment's series of one type, by all-time count descending.
+    Segment {
+        seg: &'a Segment,
+        t: usize,
+        order: &'a [u32],
+        within: bool,
+        w: TimeWindow,
+    },
+}
+
+impl<'a> List<'a> {
+    fn len(&self) -> usize {
+        match self {
+            List::Exact { sorted, .. } => sorted.len(),
+            List::Segment { order, .. } => order.len(),
+        }
+    }
+
+    /// Upper bound of the count of the entry at `pos` and of every later one.
+    fn bound(&self, pos: usize) -> u64 {
+        match self {
+            List::Exact { sorted, .. } => sorted.get(pos).map_or(0, |e| e.1),
+            List::Segment { seg, order, .. } => order.get(pos).map_or(0, |&s| seg.series_len(s as usize)),
+        }
+    }
+
+    fn device(&self, pos: usize) -> &'a str {
+        match self {
+            List::Exact { sorted, .. } => sorted[pos].0,
+            List::Segment { seg, order, .. } => seg.series_device(order[pos] as usize),
+        }
+    }
+
+    /// Exact count of `device` in the window.
+    fn exact(&self, device: &str) -> u64 {
+        match self {
+            List::Exact { counts, .. } => counts.get(device).copied().unwrap_or(0),
+            List::Segment { seg, t, within, w, .. } => match seg.find_series(*t, device) {
+                None => 0,
+                Some(s) if *within => seg.series_len(s),
+                Some(s) => seg.series_count(s, *w),
+            },
+        }
+    }
+}
+
+/// Top-K over exact head counts and the segments; ordered by count
+/// descending, then device ascending.
+pub(crate) fn topk(
+    head_counts: &HashMap<String, u64>,
+    segs: &[Arc<Segment>],
+    event_type: &str,
+    w: TimeWindow,
+    k: usize,
+) -> Vec<DeviceCount> {
+    let mut lists: Vec<List> = Vec::new();
+    if !head_counts.is_empty() {
+        let mut sorted: Vec<(&str, u64)> = head_counts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+        sorted.sort_unstable_by_key(|e| Reverse(e.1));
+        lists.push(List::Exact {
+            sorted,
+            counts: head_counts,
+        });
+    }
+    for seg in segs.iter().filter(|s| s.overlaps(w)) {
+        if let Some(t) = seg.find_type(event_type) {
+            lists.push(List::Segment {
+                seg,
+                t,
+                order: seg.topk_order(t),
+                within: seg.within(w),
+                w,
+            });
+        }
+    }
+
+    let mut cursor = vec![0usize; lists.len()];
+    let mut seen: HashSet<&str> = HashSet::new();
+    // Min-heap of the best K by (count, device descending): its top is the
+    // K-th best so far.
+    let mut best: BinaryHeap<Reverse<(u64, Reverse<&str>)>> = BinaryHeap::new();
+    loop {
+        let mut threshold = 0u64;
+        let mut next: Option<(usize, u64)> = None;
+        for (i, list) in lists.iter().enumerate() {
+            if cursor[i] < list.len() {
+                let b = list.bound(cursor[i]);
+                threshold += b;
+                if next.is_none_or(|(_, nb)| b > nb) {
+                    next = Some((i, b));
+                }
+            }
+        }
+        // An unseen device counts at most `threshold`; ties on count are
+        // broken by device id, so an equal count could still enter.
+        let kth = best.peek().map(|Reverse((c, _))| *c);
+        if best.len() == k && kth.is_some_and(|c| c > threshold) {
+            break;
+        }
+        let Some((i, _)) = next else { break };
+        let device = lists[i].device(cursor[i]);
+        cursor[i] += 1;
+        if !seen.insert(device) {
+            continue;
+        }
+        let total: u64 = lists.iter().map(|l| l.exact(device)).sum();
+        if total == 0 {
+            continue;
+        }
+        let entry = Reverse((total, Reverse(device)));
+        if best.len() < k {
+            best.push(entry);
+        } else if best.peek().is_some_and(|worst| entry < *worst) {
+            best.pop();
+            best.push(entry);
+        }
+    }
+    let mut out: Vec<DeviceCount> = best
+        .into_iter()
+        .map(|Reverse((count, Reverse(d)))| DeviceCount {
+            device_id: d.to_owned(),
+            count,
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.device_id.cmp(&b.device_id)));
+    out
+}

@@ -1,0 +1,110 @@
+//! Immutable segments: the events of one flush or compaction, for one UTC day
+//! (the segment's *partition*), laid out so that each query reads a handful of
+//! bytes per segment whatever the number of events in it.
+//!
+//! # Layout
+//! Rows are sorted by (type, device, timestamp). Per segment:
+//! - **avg**: the series table (one entry per (type, device), with its first
+//!   row) and double-double prefix sums of `value` in row order. A window of
+//!   one series is two binary searches on its timestamps and one subtraction.
+//! - **top-K**: per type, the series ordered by event count descending, the
+//!   sorted access of the threshold algorithm (see `query::topk`).
+//! - **geo**: per type, a copy of (lat, lon, ts, value) in the order of an
+//!   implicit k-d tree (leaf size [`KD_LEAF_ROWS`], split on lat, lon, ts in
+//!   turn) with per-node bounding boxes, and prefix sums in that order. A node
+//!   wholly inside the query box and window contributes `hi - lo` events and a
+//!   prefix difference without being read; only nodes cut by an edge descend.
+//!
+//! # File format (version 1, little-endian)
+//! ```text
+//! header   "DESASEG1" + 8 zero bytes
+//! sections SECTION_COUNT byte ranges, each starting 8-byte aligned, in the
+//!          order of the S_* constants below (arrays of u32/u64/i64/f64/KdNode)
+//! footer   SECTION_COUNT x (offset u64, len u64)
+//!          rows u64, series u64, types u64, nodes u64,
+//!          min_ts i64, max_ts i64, partition i64, leaf_rows u64
+//!          crc32c u32 of every byte before it, version u32, "DESASEGF"
+//! ```
+//! A segment is written whole, fsynced, and only then named in the manifest;
+//! a file the manifest does not name is a leftover of a crash and is deleted
+//! on open. A checksum mismatch is reported as corruption, never served.
+
+mod build;
+mod kd;
+mod read;
+
+pub use build::write_segment;
+pub use kd::KdNode;
+pub use read::Segment;
+
+/// Rows per k-d tree leaf.
+pub const KD_LEAF_ROWS: usize = 32;
+
+pub(crate) const HEADER_MAGIC: &[u8; 8] = b"DESASEG1";
+pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"DESASEGF";
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_BYTES: u64 = 16;
+
+pub(crate) const S_TYPES_BLOB: usize = 0;
+pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
+pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
+pub(crate) const S_TYPE_ROWS: usize = 3; // u32 x (types + 1)
+pub(crate) const S_DEV_BLOB: usize = 4;
+pub(crate) const S_SERIES_DEV_OFF: usize = 5; // u32 x (series + 1)
+pub(crate) const S_SERIES_ROW: usize = 6; // u32 x (series + 1)
+pub(crate) const S_TS: usize = 7; // i64 x rows
+pub(crate) const S_VALUE: usize = 8; // f64 x rows
+pub(crate) const S_PREFIX_HI: usize = 9; // f64 x (rows + 1)
+pub(crate) const S_PREFIX_LO: usize = 10; // f64 x (rows + 1)
+pub(crate) const S_LAT: usize = 11; // f64 x rows
+pub(crate) const S_LON: usize = 12; // f64 x rows
+pub(crate) const S_META_OFF: usize = 13; // u64 x (rows + 1); empty range = no metadata
+pub(crate) const S_META_BLOB: usize = 14;
+pub(crate) const S_TOPK: usize = 15; // u32 x series
+pub(crate) const S_KD_LAT: usize = 16; // f64 x rows
+pub(crate) const S_KD_LON: usize = 17; // f64 x rows
+pub(crate) const S_KD_TS: usize = 18; // i64 x rows
+pub(crate) const S_KD_VALUE: usize = 19; // f64 x rows
+pub(crate) const S_KD_PREFIX_HI: usize = 20; // f64 x (rows + 1)
+pub(crate) const S_KD_PREFIX_LO: usize = 21; // f64 x (rows + 1)
+pub(crate) const S_KD_NODES: usize = 22; // KdNode x nodes
+pub(crate) const S_TYPE_NODES: usize = 23; // u32 x (types + 1)
+pub(crate) const SECTION_COUNT: usize = 24;
+
+pub(crate) const FOOTER_BYTES: u64 = SECTION_COUNT as u64 * 16 + 8 * 8 + 4 + 4 + 8;
+
+/// What the manifest records about a segment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentMeta {
+    pub id: u64,
+    /// UTC day number (`ts / 86400`) all rows fall in.
+    pub partition: i64,
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub bytes: u64,
+}
+
+impl SegmentMeta {
+    pub fn file_name(id: u64) -> String {
+        format!("{id:012}.seg")
+    }
+}
+
+/// Number of levels below the root of the k-d tree over `n` rows.
+pub(crate) fn kd_depth(n: usize, leaf: usize) -> u32 {
+    let mut d = 0;
+    while n.div_ceil(1 << d) > leaf {
+        d += 1;
+    }
+    d
+}
+
+/// Nodes of the k-d tree over `n` rows (heap layout).
+pub(crate) fn kd_nodes(n: usize, leaf: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (1usize << (kd_depth(n, leaf) + 1)) - 1
+    }
+}

@@ -1,0 +1,226 @@
+//! Writing a segment from rows held in memory.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use desa_model::DoubleDouble;
+
+use super::kd::{self, KdNode, Point};
+use super::*;
+use crate::error::{Error, Result};
+use crate::head::Rows;
+
+/// Streams sections to the file, padding each to 8 bytes and folding every
+/// byte into the checksum.
+struct SectionWriter {
+    out: BufWriter<File>,
+    pos: u64,
+    crc: u32,
+    table: Vec<(u64, u64)>,
+}
+
+impl SectionWriter {
+    fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn section(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let pad = (8 - self.pos % 8) % 8;
+        self.write_raw(&[0u8; 8][..pad as usize])?;
+        self.table.push((self.pos, bytes.len() as u64));
+        self.write_raw(bytes)
+    }
+}
+
+fn prefix_sums(values: impl Iterator<Item = f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut hi = Vec::with_capacity(n + 1);
+    let mut lo = Vec::with_capacity(n + 1);
+    let mut acc = DoubleDouble::ZERO;
+    hi.push(0.0);
+    lo.push(0.0);
+    for v in values {
+        acc = acc.add_f64(v);
+        hi.push(acc.hi);
+        lo.push(acc.lo);
+    }
+    (hi, lo)
+}
+
+/// Ranks of dictionary ids in string order.
+fn ranks(dict: &crate::head::Dict) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..dict.len() as u32).collect();
+    ids.sort_unstable_by(|&a, &b| dict.name(a).cmp(dict.name(b)));
+    let mut rank = vec![0u32; ids.len()];
+    for (r, &id) in ids.iter().enumerate() {
+        rank[id as usize] = r as u32;
+    }
+    rank
+}
+
+/// Writes the rows `subset` of `rows` (all in UTC day `partition`) as segment
+/// `id` at `path`, fsynced before returning.
+pub fn write_segment(rows: &Rows, subset: &[u32], partition: i64, id: u64, path: &Path) -> Result<SegmentMeta> {
+    let type_rank = ranks(&rows.types);
+    let dev_rank = ranks(&rows.devices);
+    let mut order: Vec<u32> = subset.to_vec();
+    order.sort_unstable_by_key(|&r| {
+        let r = r as usize;
+        (type_rank[rows.type_id[r] as usize], dev_rank[rows.device_id[r] as usize], rows.ts[r])
+    });
+    let n = order.len();
+
+    let mut types_blob = Vec::new();
+    let mut types_off = vec![0u32];
+    let mut type_series = vec![0u32];
+    let mut type_rows = vec![0u32];
+    let mut dev_blob = Vec::new();
+    let mut series_dev_off = vec![0u32];
+    let mut series_row = vec![0u32];
+    for (i, &r) in order.iter().enumerate() {
+        let (t, d) = (rows.type_id[r as usize], rows.device_id[r as usize]);
+        let new_type = i == 0 || rows.type_id[order[i - 1] as usize] != t;
+        let new_series = new_type || rows.device_id[order[i - 1] as usize] != d;
+        if new_type && i > 0 {
+            type_series.push(series_row.len() as u32);
+            type_rows.push(i as u32);
+        }
+        if new_type {
+            types_blob.extend_from_slice(rows.types.name(t).as_bytes());
+            types_off.push(types_blob.len() as u32);
+        }
+        if new_series && i > 0 {
+            series_row.push(i as u32);
+        }
+        if new_series {
+            dev_blob.extend_from_slice(rows.devices.name(d).as_bytes());
+            series_dev_off.push(dev_blob.len() as u32);
+        }
+    }
+    if n > 0 {
+        type_series.push(series_row.len() as u32);
+        type_rows.push(n as u32);
+        series_row.push(n as u32);
+    }
+    let type_count = types_off.len() - 1;
+    let series_count = series_dev_off.len() - 1;
+
+    let ts: Vec<i64> = order.iter().map(|&r| rows.ts[r as usize]).collect();
+    let value: Vec<f64> = order.iter().map(|&r| rows.value[r as usize]).collect();
+    let lat: Vec<f64> = order.iter().map(|&r| rows.lat[r as usize]).collect();
+    let lon: Vec<f64> = order.iter().map(|&r| rows.lon[r as usize]).collect();
+    let (prefix_hi, prefix_lo) = prefix_sums(value.iter().copied(), n);
+    let mut meta_blob = Vec::new();
+    let mut meta_off = vec![0u64];
+    for &r in &order {
+        if let Some(m) = rows.metadata(r as usize) {
+            meta_blob.extend_from_slice(m.as_bytes());
+        }
+        meta_off.push(meta_blob.len() as u64);
+    }
+
+    // Top-K sorted access: per type, series by count descending; the sort is
+    // stable, so ties stay in device order.
+    let mut topk: Vec<u32> = Vec::with_capacity(series_count);
+    for t in 0..type_count {
+        let mut s: Vec<u32> = (type_series[t]..type_series[t + 1]).collect();
+        s.sort_by_key(|&s| std::cmp::Reverse(series_row[s as usize + 1] - series_row[s as usize]));
+        topk.extend(s);
+    }
+
+    // Geo: a k-d tree per type over that type's rows.
+    let mut points: Vec<Point> = (0..n)
+        .map(|i| Point {
+            lat: lat[i],
+            lon: lon[i],
+            ts: ts[i],
+            value: value[i],
+        })
+        .collect();
+    let mut nodes: Vec<KdNode> = Vec::new();
+    let mut type_nodes = vec![0u32];
+    for t in 0..type_count {
+        let (lo, hi) = (type_rows[t] as usize, type_rows[t + 1] as usize);
+        let count = kd_nodes(hi - lo, KD_LEAF_ROWS);
+        let base = nodes.len();
+        nodes.resize(base + count, bytemuck::Zeroable::zeroed());
+        kd::build(&mut points[lo..hi], &mut nodes[base..], kd_depth(hi - lo, KD_LEAF_ROWS));
+        type_nodes.push(nodes.len() as u32);
+    }
+    let kd_lat: Vec<f64> = points.iter().map(|p| p.lat).collect();
+    let kd_lon: Vec<f64> = points.iter().map(|p| p.lon).collect();
+    let kd_ts: Vec<i64> = points.iter().map(|p| p.ts).collect();
+    let kd_value: Vec<f64> = points.iter().map(|p| p.value).collect();
+    let (kd_prefix_hi, kd_prefix_lo) = prefix_sums(kd_value.iter().copied(), n);
+
+    let min_ts = ts.iter().copied().min().unwrap_or(0);
+    let max_ts = ts.iter().copied().max().unwrap_or(0);
+
+    let file = File::create(path).map_err(Error::io("create", path))?;
+    let mut w = SectionWriter {
+        out: BufWriter::with_capacity(1 << 20, file),
+        pos: 0,
+        crc: 0,
+        table: Vec::new(),
+    };
+    let b = bytemuck::cast_slice::<u32, u8>;
+    let write = |w: &mut SectionWriter| -> std::io::Result<()> {
+        w.write_raw(HEADER_MAGIC)?;
+        w.write_raw(&[0u8; 8])?;
+        w.section(&types_blob)?;
+        w.section(b(&types_off))?;
+        w.section(b(&type_series))?;
+        w.section(b(&type_rows))?;
+        w.section(&dev_blob)?;
+        w.section(b(&series_dev_off))?;
+        w.section(b(&series_row))?;
+        w.section(bytemuck::cast_slice(&ts))?;
+        w.section(bytemuck::cast_slice(&value))?;
+        w.section(bytemuck::cast_slice(&prefix_hi))?;
+        w.section(bytemuck::cast_slice(&prefix_lo))?;
+        w.section(bytemuck::cast_slice(&lat))?;
+        w.section(bytemuck::cast_slice(&lon))?;
+        w.section(bytemuck::cast_slice(&meta_off))?;
+        w.section(&meta_blob)?;
+        w.section(b(&topk))?;
+        w.section(bytemuck::cast_slice(&kd_lat))?;
+        w.section(bytemuck::cast_slice(&kd_lon))?;
+        w.section(bytemuck::cast_slice(&kd_ts))?;
+        w.section(bytemuck::cast_slice(&kd_value))?;
+        w.section(bytemuck::cast_slice(&kd_prefix_hi))?;
+        w.section(bytemuck::cast_slice(&kd_prefix_lo))?;
+        w.section(bytemuck::cast_slice(&nodes))?;
+        w.section(b(&type_nodes))?;
+        let mut footer = Vec::with_capacity(FOOTER_BYTES as usize);
+        for (off, len) in &w.table {
+            footer.extend_from_slice(&off.to_le_bytes());
+            footer.extend_from_slice(&len.to_le_bytes());
+        }
+        for x in [n as u64, series_count as u64, type_count as u64, nodes.len() as u64] {
+            footer.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [min_ts, max_ts, partition] {
+            footer.extend_from_slice(&x.to_le_bytes());
+        }
+        footer.extend_from_slice(&(KD_LEAF_ROWS as u64).to_le_bytes());
+        w.write_raw(&footer)?;
+        let crc = w.crc;
+        w.write_raw(&crc.to_le_bytes())?;
+        w.write_raw(&VERSION.to_le_bytes())?;
+        w.write_raw(FOOTER_MAGIC)?;
+        w.out.flush()?;
+        w.out.get_ref().sync_all()
+    };
+    write(&mut w).map_err(Error::io("write segment", path))?;
+    Ok(SegmentMeta {
+        id,
+        partition,
+        rows: n as u64,
+        min_ts,
+        max_ts,
+        bytes: w.pos,
+    })
+}

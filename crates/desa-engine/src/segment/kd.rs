@@ -1,0 +1,113 @@
+//! The per-type k-d tree: built over copied points, stored in heap layout
+//! (children of node `i` are `2i+1` and `2i+2`); a node's row range follows
+//! from its position, so nodes store only their bounding box.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Bounding box of the rows under a node.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
+pub struct KdNode {
+    pub min_lat: f64,
+    pub max_lat: f64,
+    pub min_lon: f64,
+    pub max_lon: f64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+impl KdNode {
+    fn empty() -> Self {
+        KdNode {
+            min_lat: f64::INFINITY,
+            max_lat: f64::NEG_INFINITY,
+            min_lon: f64::INFINITY,
+            max_lon: f64::NEG_INFINITY,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Point {
+    pub lat: f64,
+    pub lon: f64,
+    pub ts: i64,
+    pub value: f64,
+}
+
+/// Reorders `points` into k-d order and fills `nodes` (length `kd_nodes(n)`).
+pub(crate) fn build(points: &mut [Point], nodes: &mut [KdNode], depth_max: u32) {
+    if !points.is_empty() {
+        build_node(points, nodes, 0, 0, depth_max);
+    }
+}
+
+fn build_node(points: &mut [Point], nodes: &mut [KdNode], i: usize, depth: u32, depth_max: u32) {
+    let mut b = KdNode::empty();
+    for p in points.iter() {
+        b.min_lat = b.min_lat.min(p.lat);
+        b.max_lat = b.max_lat.max(p.lat);
+        b.min_lon = b.min_lon.min(p.lon);
+        b.max_lon = b.max_lon.max(p.lon);
+        b.min_ts = b.min_ts.min(p.ts);
+        b.max_ts = b.max_ts.max(p.ts);
+    }
+    nodes[i] = b;
+    if depth == depth_max {
+        return;
+    }
+    let mid = points.len() / 2;
+    match depth % 3 {
+        0 => points.select_nth_unstable_by(mid, |a, b| a.lat.total_cmp(&b.lat)),
+        1 => points.select_nth_unstable_by(mid, |a, b| a.lon.total_cmp(&b.lon)),
+        _ => points.select_nth_unstable_by(mid, |a, b| a.ts.cmp(&b.ts)),
+    };
+    let (left, right) = points.split_at_mut(mid);
+    build_node(left, nodes, 2 * i + 1, depth + 1, depth_max);
+    build_node(right, nodes, 2 * i + 2, depth + 1, depth_max);
+}
+
+/// A query box in k-d terms: inclusive lat/lon, half-open time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KdQuery {
+    pub min_lat: f64,
+    pub max_lat: f64,
+    pub min_lon: f64,
+    pub max_lon: f64,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl KdQuery {
+    #[inline]
+    pub fn disjoint(&self, n: &KdNode) -> bool {
+        n.max_lat < self.min_lat
+            || n.min_lat > self.max_lat
+            || n.max_lon < self.min_lon
+            || n.min_lon > self.max_lon
+            || n.max_ts < self.start
+            || n.min_ts >= self.end
+    }
+
+    #[inline]
+    pub fn covers(&self, n: &KdNode) -> bool {
+        n.min_lat >= self.min_lat
+            && n.max_lat <= self.max_lat
+            && n.min_lon >= self.min_lon
+            && n.max_lon <= self.max_lon
+            && n.min_ts >= self.start
+            && n.max_ts < self.end
+    }
+
+    #[inline]
+    pub fn contains(&self, lat: f64, lon: f64, ts: i64) -> bool {
+        lat >= self.min_lat
+            && lat <= self.max_lat
+            && lon >= self.min_lon
+            && lon <= self.max_lon
+            && ts >= self.start
+            && ts < self.end
+    }
+}

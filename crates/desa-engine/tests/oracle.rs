@@ -1,0 +1,202 @@
+//! Model-based test: seeded random event sets written in random batches, then
+//! random queries compared with the brute-force oracle — before and after
+//! flushes, compactions and a reopen.
+
+use std::sync::Arc;
+
+use desa_engine::{Engine, EngineConfig, SystemClock, WriteRequest};
+use desa_gen::{GenConfig, Generator};
+use desa_model::oracle::{close, Oracle};
+use desa_model::{Event, GeoBox, TimeWindow};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DAY: i64 = 86_400;
+const T0: i64 = 1_767_225_600;
+
+/// Events chosen to sit on the edges: poles, the antimeridian, integer
+/// coordinates (so integer query boxes hit them exactly), day boundaries.
+fn edge_event(rng: &mut StdRng) -> Event {
+    let lat = match rng.gen_range(0..5) {
+        0 => 90.0,
+        1 => -90.0,
+        _ => rng.gen_range(-10..=10) as f64 * 9.0,
+    };
+    let lon = match rng.gen_range(0..5) {
+        0 => 180.0,
+        1 => -180.0,
+        _ => rng.gen_range(-18..=18) as f64 * 10.0,
+    };
+    let ts = match rng.gen_range(0..4) {
+        0 => T0 + rng.gen_range(0..6) * DAY,
+        1 => T0 + rng.gen_range(0..6) * DAY - 1,
+        _ => T0 + rng.gen_range(-DAY..6 * DAY),
+    };
+    Event {
+        device_id: format!("edge-{}", rng.gen_range(0..20)),
+        ts_secs: ts,
+        event_type: ["temperature", "humidity"][rng.gen_range(0..2)].to_owned(),
+        value: rng.gen_range(-1e6..1e6),
+        latitude: lat,
+        longitude: lon,
+        metadata: None,
+    }
+}
+
+fn random_window(rng: &mut StdRng, oracle: &Oracle) -> TimeWindow {
+    if rng.gen_bool(0.3) {
+        // Bounds on stored timestamps: the half-open edges must hold exactly.
+        let mut a = oracle.events[rng.gen_range(0..oracle.events.len())].ts_secs;
+        let mut b = oracle.events[rng.gen_range(0..oracle.events.len())].ts_secs;
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        if rng.gen_bool(0.3) {
+            // ending on the newest or oldest event tests whole-segment covers
+            b = oracle.events.iter().map(|e| e.ts_secs).max().unwrap();
+            a = a.min(oracle.events.iter().map(|e| e.ts_secs).min().unwrap() + 1);
+        }
+        return TimeWindow::new(a, b.max(a + 1)).unwrap();
+    }
+    let start = T0 + rng.gen_range(-2 * DAY..7 * DAY);
+    let len = match rng.gen_range(0..5) {
+        0 => 1,
+        1 => rng.gen_range(1..3_600),
+        2 => rng.gen_range(3_600..2 * DAY),
+        3 => DAY,
+        _ => rng.gen_range(DAY..30 * DAY),
+    };
+    let start = if rng.gen_bool(0.2) { start - start.rem_euclid(DAY) } else { start };
+    TimeWindow::new(start, start + len).unwrap()
+}
+
+fn random_box(rng: &mut StdRng) -> GeoBox {
+    if rng.gen_bool(0.15) {
+        return GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap();
+    }
+    let mut lat = [rng.gen_range(-10..=10) as f64 * 9.0, rng.gen_range(-10..=10) as f64 * 9.0];
+    lat.sort_by(f64::total_cmp);
+    if rng.gen_bool(0.3) {
+        lat = [rng.gen_range(-90.0..0.0), rng.gen_range(0.0..90.0)];
+    }
+    let lon = [rng.gen_range(-18..=18) as f64 * 10.0, rng.gen_range(-18..=18) as f64 * 10.0];
+    // unsorted longitudes on purpose: min > max crosses the antimeridian
+    GeoBox::new(lat[0], lat[1], lon[0], lon[1]).unwrap()
+}
+
+fn check_all(engine: &Engine, oracle: &Oracle, rng: &mut StdRng, devices: &[String], rounds: usize) {
+    for _ in 0..rounds {
+        let w = random_window(rng, oracle);
+        let ty = ["temperature", "humidity", "pressure", "co2"][rng.gen_range(0..4)];
+        let dev = &devices[rng.gen_range(0..devices.len())];
+        let (got, want) = (engine.avg(dev, ty, w), oracle.avg(dev, ty, w));
+        assert_eq!(got.count, want.count, "avg count {dev} {ty} {w:?}");
+        match (got.avg, want.avg) {
+            (Some(a), Some(b)) => assert!(close(a, b, 1e-9), "avg {a} vs {b} for {dev} {ty} {w:?}"),
+            (a, b) => assert_eq!(a, b),
+        }
+        let k = [1, 3, 10, 50][rng.gen_range(0..4)];
+        let (got, want) = (engine.topk(ty, w, k), oracle.topk(ty, w, k));
+        assert_eq!(got.devices, want.devices, "topk {ty} {w:?} k={k}");
+        let b = random_box(rng);
+        let (got, want) = (engine.geo(ty, &b, w), oracle.geo(ty, &b, w));
+        assert_eq!(got.count, want.count, "geo count {ty} {b:?} {w:?}");
+        match (got.avg, want.avg) {
+            (Some(x), Some(y)) => assert!(close(x, y, 1e-9), "geo avg {x} vs {y}"),
+            (x, y) => assert_eq!(x, y),
+        }
+    }
+}
+
+fn run(seed: u64, events: u64, head_max_rows: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_rows = head_max_rows;
+    cfg.compaction_fanin = 3;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let gen = Generator::new(GenConfig {
+        seed,
+        devices: 300,
+        count: events,
+        start_ts: T0,
+        span_secs: 5 * DAY,
+        duplicate_fraction: 0.02,
+        late_fraction: 0.05,
+        ..GenConfig::default()
+    });
+    let mut oracle = Oracle::default();
+    let mut batch = Vec::new();
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    let mut devices: Vec<String> = vec!["nobody".into()];
+    for g in gen {
+        let mut e = g.event.unwrap();
+        if rng.gen_bool(0.05) {
+            e = edge_event(&mut rng);
+        }
+        if devices.len() < 400 && !devices.contains(&e.device_id) {
+            devices.push(e.device_id.clone());
+        }
+        oracle.add(e.clone());
+        batch.push(e);
+        if batch.len() >= rng.gen_range(1..400) {
+            engine
+                .write(WriteRequest {
+                    events: std::mem::take(&mut batch),
+                    idempotency_key: None,
+                    response: String::new(),
+                })
+                .unwrap();
+        }
+    }
+    engine
+        .write(WriteRequest {
+            events: batch,
+            idempotency_key: None,
+            response: String::new(),
+        })
+        .unwrap();
+    check_all(&engine, &oracle, &mut rng, &devices, 300);
+    engine.flush().unwrap();
+    check_all(&engine, &oracle, &mut rng, &devices, 300);
+    let stats = engine.stats();
+    assert_eq!(stats.head_rows + stats.frozen_rows + stats.segment_rows, oracle.events.len() as u64);
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    check_all(&engine, &oracle, &mut rng, &devices, 300);
+}
+
+#[test]
+fn small_heads_many_segments() {
+    run(1, 20_000, 700);
+}
+
+#[test]
+fn head_only() {
+    run(2, 3_000, 1_000_000);
+}
+
+#[test]
+fn several_seeds() {
+    for seed in 3..6 {
+        run(seed, 8_000, 2_000);
+    }
+}
+
+#[test]
+fn unflushed_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig::new(dir.path());
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut oracle = Oracle::default();
+    {
+        let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+        for _ in 0..50 {
+            let events: Vec<Event> = (0..20).map(|_| edge_event(&mut rng)).collect();
+            oracle.events.extend(events.iter().cloned());
+            engine.write(WriteRequest { events, idempotency_key: None, response: String::new() }).unwrap();
+        }
+    }
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    let devices: Vec<String> = (0..20).map(|i| format!("edge-{i}")).collect();
+    check_all(&engine, &oracle, &mut rng, &devices, 200);
+}
