@@ -1,1 +1,101 @@
+//! desa's HTTP API: `POST /v1/events`, the three queries, `/healthz` and
+//! `/metrics`. The contract (paths, parameters, JSON shapes, status codes) is
+//! stable; see the README for curl examples.
+//!
+//! It owns request framing (content types, gzip, body limits, idempotency
+//! keys, the late-data policy) and maps errors to status codes. It does not
+//! validate events itself (`desa-model` does) nor store them (`desa-engine`).
+//!
+//! Limits: a body is at most `max_body_bytes` (default 64 MiB) before and
+//! after gzip decoding; `metadata` at most 8 KiB per event; an
+//! `Idempotency-Key` at most 256 bytes, remembered for 24 hours.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod error;
+mod ingest;
+pub mod metrics;
+mod query;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use desa_engine::{Clock, Engine};
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Request limits and policies of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+    /// Events further ahead of the node's clock are rejected.
+    pub max_future_secs: i64,
+    /// When set, events further behind the watermark are rejected.
+    pub max_lateness_secs: Option<i64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 64 << 20,
+            max_future_secs: 86_400,
+            max_lateness_secs: None,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub cfg: Arc<ServerConfig>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/query/avg", get(query::avg))
+        .route("/v1/query/topk", get(query::topk))
+        .route("/v1/query/geo", get(query::geo))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
+    let stats = app.engine.stats();
+    let (status, storage) = match &stats.poisoned {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("poisoned: {p}")),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "storage": storage,
+        "stored_events": stats.head_rows + stats.frozen_rows + stats.segment_rows,
+        "segments": stats.segments,
+        "watermark": stats.watermark_secs,
+    });
+    (status, Json(body))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let text = app.metrics.render(&app.engine.stats());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

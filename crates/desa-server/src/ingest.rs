@@ -1,0 +1,170 @@
+//! `POST /v1/events`.
+
+use std::io::Read;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use desa_engine::idempotency::MAX_KEY_BYTES;
+use desa_engine::{WriteOutcome, WriteRequest};
+use desa_model::{parse_body, BodyError, BodyFormat, Limits, Rejection};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::metrics::rejection_reason;
+use crate::AppState;
+
+#[derive(Serialize)]
+struct IngestResponse<'a> {
+    accepted: usize,
+    rejected: &'a [Rejection],
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
+        "application/json" => Ok(BodyFormat::Json),
+        "" => Err(ApiError::UnsupportedMedia(
+            "Content-Type is missing; send application/x-ndjson or application/json".into(),
+        )),
+        other => Err(ApiError::UnsupportedMedia(format!(
+            "Content-Type {other} is not supported; send application/x-ndjson or application/json"
+        ))),
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("body is larger than the limit of {max_bytes} bytes (--max-body-bytes)"));
+    let raw = axum::body::to_bytes(body, max_bytes).await.map_err(|_| too_large())?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(raw),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(max_bytes as u64 + 1);
+            decoder
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::BadRequest(format!("gzip body cannot be decoded: {e}")))?;
+            if out.len() > max_bytes {
+                return Err(ApiError::TooLarge(format!(
+                    "decompressed body is larger than the limit of {max_bytes} bytes (--max-body-bytes)"
+                )));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(ApiError::UnsupportedMedia(format!(
+            "Content-Encoding {other} is not supported; send gzip or no encoding"
+        ))),
+    }
+}
+
+pub async fn post_events(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let format = body_format(&headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+            if k.is_empty() || k.len() > MAX_KEY_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+                    k.len()
+                )));
+            }
+            Some(k.to_owned())
+        }
+    };
+    if let Some(stored) = key.as_deref().and_then(|k| app.engine.idempotent_response(k)) {
+        app.metrics.requests_replayed.inc();
+        return Ok(json_response(stored));
+    }
+    let bytes = read_body(body, &headers, app.cfg.max_body_bytes).await?;
+
+    let limits = Limits {
+        now_secs: app.clock.now_secs(),
+        max_future_secs: app.cfg.max_future_secs,
+    };
+    let watermark = app.engine.watermark_secs();
+    let max_lateness = app.cfg.max_lateness_secs;
+    let app2 = app.clone();
+    let (events, rejected) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let parsed = parse_body(&bytes, format, &limits).map_err(|e| match e {
+            BodyError::NotUtf8 { .. } | BodyError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+        })?;
+        let mut rejected = parsed.rejected;
+        let mut events = Vec::with_capacity(parsed.events.len());
+        for (index, e) in parsed.events {
+            let lateness = watermark.map_or(0, |w| w - e.ts_secs);
+            if let Some(max) = max_lateness {
+                if lateness > max {
+                    rejected.push(Rejection {
+                        index,
+                        error: format!(
+                            "timestamp {} is {lateness} s behind the event-time watermark {}, more than max-lateness ({max} s)",
+                            e.ts_secs,
+                            watermark.unwrap_or_default()
+                        ),
+                    });
+                    continue;
+                }
+            }
+            if lateness > 0 {
+                app2.metrics.event_lateness.observe(lateness as f64);
+            }
+            events.push(e);
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok((events, rejected))
+    })
+    .await
+    .map_err(|e| ApiError::BadRequest(format!("request processing failed: {e}")))??;
+
+    let accepted = events.len();
+    let response = serde_json::to_string(&IngestResponse {
+        accepted,
+        rejected: &rejected,
+    })
+    .unwrap_or_default();
+    if accepted > 0 || key.is_some() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        app.engine.write_with(
+            WriteRequest {
+                events,
+                idempotency_key: key,
+                response: response.clone(),
+            },
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        let outcome = rx.await.unwrap_or(Err(desa_engine::Error::Closed))?;
+        if let WriteOutcome::Replayed(stored) = outcome {
+            app.metrics.requests_replayed.inc();
+            return Ok(json_response(stored));
+        }
+    }
+    app.metrics.events_accepted.inc_by(accepted as u64);
+    for r in &rejected {
+        app.metrics.events_rejected.with_label_values(&[rejection_reason(&r.error)]).inc();
+    }
+    app.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
+    Ok(json_response(response))
+}
+
+fn json_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,182 @@
+//! Prometheus metrics of one node, served at `GET /metrics`.
+
+use std::time::Duration;
+
+use desa_engine::{EngineObserver, EngineStats};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_accepted: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub event_lateness: Histogram,
+    pub ingest_duration: Histogram,
+    pub requests_replayed: IntCounter,
+    pub query_duration: HistogramVec,
+    wal_sync_duration: Histogram,
+    wal_sync_bytes: IntCounter,
+    flush_duration: Histogram,
+    compaction_duration: Histogram,
+    stored_events: IntGauge,
+    head_events: IntGauge,
+    segments: IntGauge,
+    storage_bytes: IntGauge,
+    resident_bytes: IntGauge,
+    watermark: Gauge,
+    poisoned: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const LATENESS_BUCKETS: &[f64] = &[1.0, 10.0, 60.0, 300.0, 3_600.0, 21_600.0, 86_400.0, 604_800.0, 2_592_000.0];
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let q = HistogramVec::new(
+            HistogramOpts::new("desa_query_duration_seconds", "Query latency by kind (avg, topk, geo).")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
+        let rejected = IntCounterVec::new(
+            Opts::new("desa_events_rejected_total", "Events not stored, by the field or rule at fault."),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
+        let counter = |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
+        let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
+        let m = Metrics {
+            registry: Registry::new(),
+            events_accepted: counter("desa_events_accepted_total", "Events stored durably."),
+            events_rejected: rejected,
+            event_lateness: histogram(
+                "desa_event_lateness_seconds",
+                "How far behind the event-time watermark accepted events were (on-time events are not observed).",
+                LATENESS_BUCKETS,
+            ),
+            ingest_duration: histogram(
+                "desa_ingest_request_duration_seconds",
+                "POST /v1/events latency, from body read to durable acknowledgement.",
+                LATENCY_BUCKETS,
+            ),
+            requests_replayed: counter(
+                "desa_ingest_idempotent_replays_total",
+                "Requests answered from a stored Idempotency-Key response.",
+            ),
+            query_duration: q,
+            wal_sync_duration: histogram(
+                "desa_wal_fsync_duration_seconds",
+                "Write and fsync of one group commit to the write-ahead log.",
+                LATENCY_BUCKETS,
+            ),
+            wal_sync_bytes: counter("desa_wal_written_bytes_total", "Bytes appended to the write-ahead log."),
+            flush_duration: histogram(
+                "desa_head_flush_duration_seconds",
+                "Writing a frozen head to segments.",
+                LATENCY_BUCKETS,
+            ),
+            compaction_duration: histogram(
+                "desa_compaction_duration_seconds",
+                "Merging segments of one day.",
+                LATENCY_BUCKETS,
+            ),
+            stored_events: gauge("desa_stored_events", "Events stored (head and segments)."),
+            head_events: gauge("desa_head_events", "Events in memory not yet in segments."),
+            segments: gauge("desa_segments", "Live segment files."),
+            storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment files."),
+            resident_bytes: gauge("desa_resident_memory_bytes", "Resident memory of the process."),
+            watermark: Gauge::new("desa_event_time_watermark_seconds", "Largest event timestamp stored.")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            poisoned: gauge("desa_storage_poisoned", "1 when writes are refused after a failed fsync."),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.events_accepted.clone()),
+            Box::new(m.events_rejected.clone()),
+            Box::new(m.event_lateness.clone()),
+            Box::new(m.ingest_duration.clone()),
+            Box::new(m.requests_replayed.clone()),
+            Box::new(m.query_duration.clone()),
+            Box::new(m.wal_sync_duration.clone()),
+            Box::new(m.wal_sync_bytes.clone()),
+            Box::new(m.flush_duration.clone()),
+            Box::new(m.compaction_duration.clone()),
+            Box::new(m.stored_events.clone()),
+            Box::new(m.head_events.clone()),
+            Box::new(m.segments.clone()),
+            Box::new(m.storage_bytes.clone()),
+            Box::new(m.resident_bytes.clone()),
+            Box::new(m.watermark.clone()),
+            Box::new(m.poisoned.clone()),
+        ];
+        for c in collectors {
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| unreachable!("metric names are unique: {e}"));
+        }
+        m
+    }
+
+    /// The text exposition, with gauges refreshed from the engine.
+    pub fn render(&self, stats: &EngineStats) -> String {
+        self.stored_events
+            .set((stats.head_rows + stats.frozen_rows + stats.segment_rows) as i64);
+        self.head_events.set((stats.head_rows + stats.frozen_rows) as i64);
+        self.segments.set(stats.segments as i64);
+        self.storage_bytes.set(stats.segment_bytes as i64);
+        self.resident_bytes.set(desa_engine::resident_bytes() as i64);
+        if let Some(w) = stats.watermark_secs {
+            self.watermark.set(w as f64);
+        }
+        self.poisoned.set(stats.poisoned.is_some() as i64);
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl EngineObserver for Metrics {
+    fn wal_synced(&self, elapsed: Duration, bytes: usize, _requests: usize) {
+        self.wal_sync_duration.observe(elapsed.as_secs_f64());
+        self.wal_sync_bytes.inc_by(bytes as u64);
+    }
+    fn head_flushed(&self, elapsed: Duration, _rows: usize) {
+        self.flush_duration.observe(elapsed.as_secs_f64());
+    }
+    fn compacted(&self, elapsed: Duration, _rows: u64) {
+        self.compaction_duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The `reason` label of a rejection: the field or rule its message names.
+pub fn rejection_reason(message: &str) -> &'static str {
+    const FIELDS: &[(&str, &str)] = &[
+        ("max-lateness", "too_late"),
+        ("max-future", "too_far_in_future"),
+        ("invalid JSON", "invalid_json"),
+        ("device_id", "device_id"),
+        ("timestamp", "timestamp"),
+        ("location", "location"),
+        ("metadata", "metadata"),
+        ("value", "value"),
+        ("type", "type"),
+    ];
+    FIELDS
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map_or("invalid_event", |(_, r)| r)
+}

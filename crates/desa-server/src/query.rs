@@ -1,0 +1,86 @@
+//! `GET /v1/query/{avg,topk,geo}`: strict parameter parsing, then the engine.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use desa_model::{GeoBox, QueryError, TimeWindow, MAX_TOPK_K};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+type Params = Query<HashMap<String, String>>;
+
+fn text<'a>(p: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, QueryError> {
+    p.get(name).map(String::as_str).filter(|s| !s.is_empty()).ok_or(QueryError::Missing(name))
+}
+
+fn int(p: &HashMap<String, String>, name: &'static str) -> Result<i64, QueryError> {
+    let s = text(p, name)?;
+    s.parse().map_err(|_| QueryError::Malformed {
+        name,
+        expected: "an integer (unix seconds)",
+        got: s.to_owned(),
+    })
+}
+
+fn float(p: &HashMap<String, String>, name: &'static str) -> Result<f64, QueryError> {
+    let s = text(p, name)?;
+    s.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or(QueryError::Malformed {
+        name,
+        expected: "a finite number",
+        got: s.to_owned(),
+    })
+}
+
+fn window(p: &HashMap<String, String>) -> Result<TimeWindow, QueryError> {
+    TimeWindow::new(int(p, "start")?, int(p, "end")?)
+}
+
+/// Runs a query off the async runtime and records its latency.
+async fn timed<T: Send + 'static>(app: &AppState, kind: &'static str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("query failed: {e}")))?;
+    app.metrics
+        .query_duration
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+pub async fn avg(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+    let device = text(&p, "device_id")?.to_owned();
+    let ty = text(&p, "type")?.to_owned();
+    let w = window(&p)?;
+    let engine = app.engine.clone();
+    Ok(Json(timed(&app, "avg", move || engine.avg(&device, &ty, w)).await?))
+}
+
+pub async fn topk(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+    let ty = text(&p, "type")?.to_owned();
+    let w = window(&p)?;
+    let k = int(&p, "k")?;
+    if k < 1 || k > MAX_TOPK_K as i64 {
+        return Err(QueryError::KOutOfRange(k).into());
+    }
+    let engine = app.engine.clone();
+    Ok(Json(timed(&app, "topk", move || engine.topk(&ty, w, k as usize)).await?))
+}
+
+pub async fn geo(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+    let ty = text(&p, "type")?.to_owned();
+    let bbox = GeoBox::new(
+        float(&p, "min_lat")?,
+        float(&p, "max_lat")?,
+        float(&p, "min_lon")?,
+        float(&p, "max_lon")?,
+    )
+    .map_err(QueryError::BadBox)?;
+    let w = window(&p)?;
+    let engine = app.engine.clone();
+    Ok(Json(timed(&app, "geo", move || engine.geo(&ty, &bbox, w)).await?))
+}

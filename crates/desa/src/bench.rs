@@ -1,0 +1,311 @@
+//! `desa bench`: generate a dataset, load it into a fresh `desa serve` child
+//! process over HTTP, then time the three queries and read the node's memory.
+//!
+//! The dataset is written to an NDJSON file first, so that the ingest rate
+//! measures desa and not the generator.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use desa_gen::{GenConfig, Generator};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::gen::progress_bar;
+use crate::units::parse_secs;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Events in the dataset.
+    #[arg(long, env = "DESA_BENCH_EVENTS", default_value_t = 10_000_000)]
+    pub events: u64,
+    #[arg(long, env = "DESA_BENCH_DEVICES", default_value_t = 100_000)]
+    pub devices: u64,
+    /// Event time the dataset covers.
+    #[arg(long, env = "DESA_BENCH_SPAN", default_value = "30d", value_parser = parse_secs)]
+    pub span: i64,
+    #[arg(long, env = "DESA_BENCH_ZIPF", default_value_t = 1.1)]
+    pub zipf: f64,
+    #[arg(long, env = "DESA_BENCH_SEED", default_value_t = 7)]
+    pub seed: u64,
+    /// Where the dataset and the node's data go (default: a temporary directory).
+    #[arg(long, env = "DESA_BENCH_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Use this NDJSON file instead of generating one.
+    #[arg(long, env = "DESA_BENCH_INPUT")]
+    pub input: Option<PathBuf>,
+    /// Bytes per POST body.
+    #[arg(long, env = "DESA_BENCH_BODY_BYTES", default_value_t = 4 << 20)]
+    pub body_bytes: usize,
+    #[arg(long, env = "DESA_BENCH_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Queries timed per kind.
+    #[arg(long, env = "DESA_BENCH_QUERIES", default_value_t = 300)]
+    pub queries: usize,
+    /// Write the results as JSON here.
+    #[arg(long, env = "DESA_BENCH_OUT")]
+    pub out: Option<PathBuf>,
+}
+
+struct ChildNode {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(data_dir: &std::path::Path) -> Result<ChildNode> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("DESA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting desa serve")?;
+    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let base = line
+        .strip_prefix("desa listening on ")
+        .ok_or_else(|| anyhow!("unexpected first line from desa serve: {line:?}"))?
+        .to_owned();
+    Ok(ChildNode { child, base })
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn post_file(client: &Client, path: &std::path::Path, body_bytes: usize, concurrency: usize, total_hint: u64) -> Result<(u64, Duration)> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let bar = progress_bar(total_hint, "ingest");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, u64)>(concurrency * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (client, rx, accepted, failure, bar) = (client.clone(), rx.clone(), accepted.clone(), failure.clone(), bar.clone());
+            std::thread::spawn(move || loop {
+                let Ok(Ok((body, lines))) = rx.lock().map(|r| r.recv()) else { return };
+                match client.post_ndjson(&body, None) {
+                    Ok(r) => {
+                        accepted.fetch_add(r.accepted, Ordering::Relaxed);
+                        bar.inc(lines);
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut buf = std::mem::take(&mut carry);
+        let have = buf.len();
+        buf.resize(have + body_bytes, 0);
+        let n = file.read(&mut buf[have..])?;
+        buf.truncate(have + n);
+        if buf.is_empty() {
+            break;
+        }
+        let cut = if n == 0 { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        carry = buf.split_off(cut);
+        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        if !buf.is_empty() && tx.send((buf, lines)).is_err() {
+            break;
+        }
+        if n == 0 && carry.is_empty() {
+            break;
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    bar.finish_and_clear();
+    if let Some(e) = failure.lock().map_err(|_| anyhow!("poisoned lock"))?.take() {
+        return Err(e);
+    }
+    Ok((accepted.load(Ordering::Relaxed), started.elapsed()))
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let tmp = tempfile::Builder::new().prefix("desa-bench-").tempdir()?;
+    let work = args.work_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&work)?;
+    let start_ts = 1_767_225_600;
+    let cfg = GenConfig {
+        seed: args.seed,
+        devices: args.devices,
+        count: args.events,
+        start_ts,
+        span_secs: args.span,
+        zipf_s: args.zipf,
+        ..GenConfig::default()
+    };
+    let input = match &args.input {
+        Some(p) => p.clone(),
+        None => {
+            let path = work.join("events.ndjson");
+            let bar = progress_bar(args.events, "generate");
+            let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            for (i, g) in Generator::new(cfg.clone()).enumerate() {
+                out.write_all(g.line.as_bytes())?;
+                out.write_all(b"\n")?;
+                if i % 50_000 == 0 {
+                    bar.set_position(i as u64);
+                }
+            }
+            out.flush()?;
+            bar.finish_and_clear();
+            path
+        }
+    };
+    let input_bytes = std::fs::metadata(&input)?.len();
+    let data_dir = work.join("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let node = start_node(&data_dir)?;
+    let client = Client::new(&node.base);
+    client.wait_ready(Duration::from_secs(30))?;
+    let (accepted, elapsed) = post_file(&client, &input, args.body_bytes, args.concurrency, args.events)?;
+    let ingest_rate = accepted as f64 / elapsed.as_secs_f64();
+    eprintln!("ingest: {accepted} events in {:.1}s = {ingest_rate:.0} events/s (durable, over HTTP)", elapsed.as_secs_f64());
+
+    // Queries.
+    let g = Generator::new(cfg);
+    let devices = [
+        ("hottest", g.device_id(0)),
+        ("rank_100", g.device_id(100.min(args.devices - 1))),
+        ("median", g.device_id(args.devices / 2)),
+    ];
+    let windows: [(&str, i64); 5] = [("1m", 60), ("1h", 3_600), ("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
+    let boxes: [(&str, [f64; 4]); 4] = [
+        ("10km", [48.81, 48.90, 2.29, 2.42]),
+        ("100km", [48.4, 49.3, 1.7, 3.0]),
+        ("1000km", [43.0, 52.0, -4.5, 9.0]),
+        ("europe", [35.0, 71.0, -11.0, 40.0]),
+    ];
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let span_end = start_ts + args.span;
+    let mut results = serde_json::Map::new();
+    let mut time = |kind: &str, label: String, path: &str, mut params: Box<dyn FnMut(&mut StdRng) -> Vec<(&'static str, String)>>| -> Result<()> {
+        let mut lat = Vec::with_capacity(args.queries);
+        for _ in 0..args.queries {
+            let p = params(&mut rng);
+            let t = Instant::now();
+            client.get_json(path, &p)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lat.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        eprintln!("{kind:>5} {label:<22} p50 {p50:8.3} ms   p99 {p99:8.3} ms");
+        results.insert(format!("{kind}/{label}"), json!({"p50_ms": p50, "p99_ms": p99, "n": lat.len()}));
+        Ok(())
+    };
+    for (dname, dev) in &devices {
+        for (wname, len) in windows {
+            let dev = dev.clone();
+            time("avg", format!("{dname}/{wname}"), "/v1/query/avg", Box::new(move |rng| {
+                let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                vec![("device_id", dev.clone()), ("type", "temperature".into()), ("start", s.to_string()), ("end", (s + len).to_string())]
+            }))?;
+        }
+    }
+    for (wname, len) in windows.iter().skip(1) {
+        let len = *len;
+        time("topk", format!("k10/{wname}"), "/v1/query/topk", Box::new(move |rng| {
+            let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+            vec![("type", "temperature".into()), ("start", s.to_string()), ("end", (s + len).to_string()), ("k", "10".into())]
+        }))?;
+    }
+    for (bname, b) in boxes {
+        for (wname, len) in [("1h", 3_600), ("7d", 7 * 86_400), ("30d", 30 * 86_400)] {
+            time("geo", format!("{bname}/{wname}"), "/v1/query/geo", Box::new(move |rng| {
+                let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                vec![
+                    ("type", "temperature".into()),
+                    ("min_lat", b[0].to_string()),
+                    ("max_lat", b[1].to_string()),
+                    ("min_lon", b[2].to_string()),
+                    ("max_lon", b[3].to_string()),
+                    ("start", s.to_string()),
+                    ("end", (s + len).to_string()),
+                ]
+            }))?;
+        }
+    }
+    let (rss, hwm) = memory_of(node.child.id());
+    let health = client.get_json("/healthz", &[])?;
+    let storage = std::fs::read_dir(data_dir.join("segments"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    eprintln!(
+        "memory: resident {:.0} MiB now, peak {:.0} MiB; segments {:.1} bytes/event; input {:.1} bytes/event",
+        rss as f64 / 1048576.0,
+        hwm as f64 / 1048576.0,
+        storage as f64 / accepted.max(1) as f64,
+        input_bytes as f64 / args.events.max(1) as f64
+    );
+    let report = json!({
+        "events": accepted,
+        "devices": args.devices,
+        "span_secs": args.span,
+        "ingest_events_per_sec": ingest_rate,
+        "ingest_secs": elapsed.as_secs_f64(),
+        "resident_bytes": rss,
+        "peak_resident_bytes": hwm,
+        "segment_bytes_per_event": storage as f64 / accepted.max(1) as f64,
+        "node": health,
+        "queries": results,
+    });
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+        eprintln!("results written to {}", out.display());
+    }
+    Ok(())
+}

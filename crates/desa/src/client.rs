@@ -1,0 +1,83 @@
+//! A small blocking HTTP client for the desa API (gen, query, demo, bench).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestReply {
+    pub accepted: u64,
+    pub rejected: Vec<desa_model::Rejection>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .max_idle_connections_per_host(64)
+            .build();
+        Client {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Posts an NDJSON body; an error carries the status and the server's message.
+    pub fn post_ndjson(&self, body: &[u8], idempotency_key: Option<&str>) -> Result<IngestReply> {
+        let mut req = self
+            .agent
+            .post(&format!("{}/v1/events", self.base))
+            .set("Content-Type", "application/x-ndjson");
+        if let Some(k) = idempotency_key {
+            req = req.set("Idempotency-Key", k);
+        }
+        match req.send_bytes(body) {
+            Ok(resp) => resp.into_json().context("reading the ingest response"),
+            Err(ureq::Error::Status(code, resp)) => {
+                Err(anyhow!("HTTP {code}: {}", resp.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err(anyhow!(e)),
+        }
+    }
+
+    /// GETs a path with query parameters and returns the JSON body.
+    pub fn get_json(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+        let mut req = self.agent.get(&format!("{}{path}", self.base));
+        for (k, v) in params {
+            req = req.query(k, v);
+        }
+        match req.call() {
+            Ok(resp) => resp.into_json().context("reading the response"),
+            Err(ureq::Error::Status(code, resp)) => {
+                Err(anyhow!("HTTP {code}: {}", resp.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err(anyhow!(e)),
+        }
+    }
+
+    /// Waits until `/healthz` answers.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.get_json("/healthz", &[]).is_ok() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!("{} did not become ready within {timeout:?}", self.base));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

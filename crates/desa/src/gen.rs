@@ -1,0 +1,163 @@
+//! `desa gen`: the seeded stream as NDJSON, to a file or stdout, or POSTed to a node.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use desa_gen::Generator;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::GenArgs;
+use crate::client::Client;
+
+/// What a POSTed stream achieved.
+#[derive(Debug, Default, Clone)]
+pub struct PostSummary {
+    pub lines: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub elapsed: Duration,
+}
+
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>10} [{{elapsed_precise}}] {{bar:40.cyan/blue}} {{human_pos}}/{{human_len}} ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// POSTs NDJSON bodies of `batch` lines with `concurrency` connections,
+/// pacing to `rate` lines/s when it is not 0.
+pub fn post_lines(
+    client: &Client,
+    lines: impl Iterator<Item = String>,
+    batch: usize,
+    concurrency: usize,
+    rate: u64,
+    bar: &ProgressBar,
+) -> Result<PostSummary> {
+    let started = Instant::now();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, u64)>(concurrency * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, rx, accepted, rejected, failure, bar) =
+            (client.clone(), rx.clone(), accepted.clone(), rejected.clone(), failure.clone(), bar.clone());
+        workers.push(std::thread::spawn(move || loop {
+            let next = rx.lock().map(|r| r.recv());
+            let Ok(Ok((body, n))) = next else { return };
+            match client.post_ndjson(&body, None) {
+                Ok(reply) => {
+                    accepted.fetch_add(reply.accepted, Ordering::Relaxed);
+                    rejected.fetch_add(reply.rejected.len() as u64, Ordering::Relaxed);
+                    bar.inc(n);
+                }
+                Err(e) => {
+                    if let Ok(mut f) = failure.lock() {
+                        f.get_or_insert(e);
+                    }
+                    return;
+                }
+            }
+        }));
+    }
+    let mut sent = 0u64;
+    let mut body = Vec::with_capacity(batch * 200);
+    let mut in_body = 0u64;
+    for line in lines {
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+        in_body += 1;
+        sent += 1;
+        if in_body as usize >= batch {
+            if tx.send((std::mem::take(&mut body), in_body)).is_err() {
+                break;
+            }
+            in_body = 0;
+            if rate > 0 {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+            break;
+        }
+    }
+    if in_body > 0 {
+        let _ = tx.send((body, in_body));
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    if let Some(e) = failure.lock().map_err(|_| anyhow!("poisoned lock"))?.take() {
+        return Err(e.context(format!("posting to {}", client.base())));
+    }
+    Ok(PostSummary {
+        lines: sent,
+        accepted: accepted.load(Ordering::Relaxed),
+        rejected: rejected.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+pub fn run(args: GenArgs) -> Result<()> {
+    let cfg = args.config();
+    let total = cfg.count;
+    let generator = Generator::new(cfg);
+    if let Some(url) = &args.post {
+        let client = Client::new(url);
+        let bar = progress_bar(total, "posting");
+        let s = post_lines(&client, generator.map(|g| g.line), args.batch, args.concurrency, args.rate, &bar)?;
+        bar.finish_and_clear();
+        eprintln!(
+            "posted {} lines to {url} in {:.1}s ({:.0} lines/s): {} accepted, {} rejected",
+            s.lines,
+            s.elapsed.as_secs_f64(),
+            s.lines as f64 / s.elapsed.as_secs_f64().max(1e-9),
+            s.accepted,
+            s.rejected
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    let to_stdout = args.output == "-";
+    let out: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(File::create(&args.output).with_context(|| format!("creating {}", args.output))?)
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let bar = if to_stdout { ProgressBar::hidden() } else { progress_bar(total, "writing") };
+    let (mut lines, mut valid) = (0u64, 0u64);
+    for g in generator {
+        out.write_all(g.line.as_bytes())?;
+        out.write_all(b"\n")?;
+        lines += 1;
+        valid += g.event.is_some() as u64;
+        if lines % 10_000 == 0 {
+            bar.set_position(lines.min(total));
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {lines} lines ({valid} valid events, {} invalid) to {} in {:.1}s",
+        lines - valid,
+        if to_stdout { "stdout" } else { &args.output },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

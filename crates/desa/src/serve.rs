@@ -1,0 +1,109 @@
+//! `desa serve`: a node with the embedded storage engine behind the HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use desa_engine::{Clock, Engine, EngineConfig, SystemClock};
+use desa_server::{AppState, Metrics, ServerConfig};
+
+use crate::cli::ServeArgs;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DESA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// A running node inside this process.
+pub struct Node {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Opens the engine (recovering it) and starts serving.
+    pub async fn start(args: &ServeArgs) -> Result<Node> {
+        let metrics = Arc::new(Metrics::new());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut cfg = EngineConfig::new(&args.data_dir);
+        cfg.head_max_rows = args.head_max_events.max(1);
+        cfg.memory_budget_bytes = args.memory_budget;
+        let engine = {
+            let clock = clock.clone();
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || Engine::open_with_observer(cfg, clock, metrics))
+                .await?
+                .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?
+        };
+        let engine = Arc::new(engine);
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            engine: engine.clone(),
+            metrics,
+            clock,
+            cfg: Arc::new(ServerConfig {
+                max_body_bytes: args.max_body as usize,
+                max_future_secs: args.max_future,
+                max_lateness_secs: args.max_lateness,
+            }),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(desa_server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Ok(Node {
+            addr,
+            shutdown: Some(tx),
+            server,
+        })
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.await??;
+        Ok(())
+    }
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("desa-http")
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    init_logging();
+    runtime()?.block_on(async {
+        let node = Node::start(&args).await?;
+        // Tests and scripts read this line to learn the port.
+        println!("desa listening on http://{}", node.addr);
+        tracing::info!(addr = %node.addr, data_dir = %args.data_dir.display(), "serving");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.stop().await
+    })
+}
