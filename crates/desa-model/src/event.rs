@@ -8,6 +8,8 @@ pub const MAX_DEVICE_ID_BYTES: usize = 128;
 pub const MAX_TYPE_BYTES: usize = 64;
 /// Largest accepted `metadata` object, in bytes of its JSON text as sent.
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// Deepest accepted nesting of objects and arrays inside `metadata`.
+pub const MAX_METADATA_DEPTH: usize = 32;
 
 /// One validated sensor reading.
 ///
@@ -131,6 +133,38 @@ pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), String> {
         if !meta.starts_with('{') {
             return Err("metadata must be a JSON object".to_owned());
         }
+        let depth = nesting_depth(meta);
+        if depth > MAX_METADATA_DEPTH {
+            return Err(format!(
+                "metadata must nest at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Deepest nesting of `{`/`[` in JSON text that is already known to be valid.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }

@@ -80,6 +80,7 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
         "status": if status == StatusCode::OK { "ok" } else { "degraded" },
         "storage": storage,
         "stored_events": stats.head_rows + stats.frozen_rows + stats.segment_rows,
+        "unflushed_events": stats.head_rows + stats.frozen_rows,
         "segments": stats.segments,
         "watermark": stats.watermark_secs,
     });

@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real `desa` binary on a free loopback
+//! port and talks HTTP to it, killing it with SIGKILL where the test says so.
+
+mod bad_input;
+mod crash;
+mod oracle;
+mod policies;
+mod support;

@@ -1,0 +1,195 @@
+//! `TestServer`: a real `desa serve` process on a free port, with its own data dir.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+}
+
+fn to_reply(r: Result<ureq::Response, ureq::Error>) -> Result<Reply, String> {
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
+    let text = resp.into_string().map_err(|e| e.to_string())?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply { status, headers, body })
+}
+
+impl TestServer {
+    /// Starts a node on a new temporary data dir.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut s = TestServer::start_in(&data_dir, extra).unwrap();
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a node on `data_dir`; `Err` holds its log when it exits instead.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<TestServer, String> {
+        let mut s = TestServer {
+            child: None,
+            base: String::new(),
+            data_dir: data_dir.to_owned(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            log: data_dir.with_extension("log"),
+            _tmp: None,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_desa"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("DESA_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        match line.strip_prefix("desa listening on ") {
+            Some(base) => {
+                self.base = base.to_owned();
+                self.child = Some(child);
+                Ok(())
+            }
+            None => {
+                let _ = child.wait();
+                Err(self.log_text())
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn().unwrap_or_else(|log| panic!("restart failed:\n{log}"));
+    }
+
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn post(&self, body: &[u8], content_type: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut req = agent().post(&format!("{}/v1/events", self.base));
+        if !content_type.is_empty() {
+            req = req.set("Content-Type", content_type);
+        }
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        to_reply(req.send_bytes(body))
+    }
+
+    pub fn post_ndjson(&self, body: &str) -> Reply {
+        self.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap()
+    }
+
+    pub fn get(&self, path: &str, params: &[(&str, String)]) -> Reply {
+        let mut req = agent().get(&format!("{}{path}", self.base));
+        for (k, v) in params {
+            req = req.query(k, v);
+        }
+        to_reply(req.call()).unwrap()
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        agent().get(&format!("{}{path}", self.base)).call().unwrap().into_string().unwrap()
+    }
+
+    /// Waits until every stored event is in segments.
+    pub fn wait_flushed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.get("/healthz", &[]).body["unflushed_events"] != 0 {
+            assert!(Instant::now() < deadline, "head not flushed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn window(start: i64, end: i64) -> Vec<(&'static str, String)> {
+    vec![("start", start.to_string()), ("end", end.to_string())]
+}
+
+/// Counts of every device of a type over all time, via top-K with a large K.
+pub fn all_counts(s: &TestServer, ty: &str) -> std::collections::HashMap<String, u64> {
+    let mut p = window(0, 4_000_000_000);
+    p.push(("type", ty.to_owned()));
+    p.push(("k", "10000".into()));
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["count"].as_u64().unwrap()))
+        .collect()
+}
