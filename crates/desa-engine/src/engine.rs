@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use desa_model::{AvgAnswer, DeviceCount, DoubleDouble, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{
+    AvgAnswer, DeviceCount, DoubleDouble, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer,
+};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::Clock;
@@ -19,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::head::{Head, Rows};
 use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
+use crate::query;
 use crate::segment::{write_segment, Segment, SegmentMeta};
 use crate::wal::{self, encode_record, WalRecord, WalWriter};
-use crate::query;
 
 /// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -151,7 +153,11 @@ impl Engine {
         Engine::open_with_observer(cfg, clock, Arc::new(NoObserver))
     }
 
-    pub fn open_with_observer(cfg: EngineConfig, clock: Arc<dyn Clock>, observer: Arc<dyn EngineObserver>) -> Result<Engine> {
+    pub fn open_with_observer(
+        cfg: EngineConfig,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn EngineObserver>,
+    ) -> Result<Engine> {
         let dir = cfg.dir.clone();
         for d in [dir.clone(), segments_dir(&dir), wal_dir(&dir)] {
             fs::create_dir_all(&d).map_err(Error::io("create dir", &d))?;
@@ -167,10 +173,16 @@ impl Engine {
         let seg_dir = segments_dir(&dir);
         let mut segments = Vec::new();
         for m in &manifest.segments {
-            segments.push(Arc::new(Segment::open(&seg_dir.join(SegmentMeta::file_name(m.id)), m.id)?));
+            segments.push(Arc::new(Segment::open(
+                &seg_dir.join(SegmentMeta::file_name(m.id)),
+                m.id,
+            )?));
         }
-        let live: std::collections::HashSet<String> =
-            manifest.segments.iter().map(|m| SegmentMeta::file_name(m.id)).collect();
+        let live: std::collections::HashSet<String> = manifest
+            .segments
+            .iter()
+            .map(|m| SegmentMeta::file_name(m.id))
+            .collect();
         for entry in fs::read_dir(&seg_dir).map_err(Error::io("read dir", &seg_dir))? {
             let entry = entry.map_err(Error::io("read dir", &seg_dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -189,7 +201,11 @@ impl Engine {
         }
         let mut keys = IdempotencyKeys::load(&dir)?;
         let mut head = Head::new();
-        let mut watermark = segments.iter().filter(|s| s.meta.rows > 0).map(|s| s.meta.max_ts).max();
+        let mut watermark = segments
+            .iter()
+            .filter(|s| s.meta.rows > 0)
+            .map(|s| s.meta.max_ts)
+            .max();
         let newest = wal::replay(&wdir, manifest.wal_start, |rec| {
             for e in &rec.events {
                 head.insert(e);
@@ -200,8 +216,13 @@ impl Engine {
             }
         })?;
         keys.expire(clock.now_secs());
-        let writer = WalWriter::create(&wdir, newest.max(manifest.wal_start.saturating_sub(1)) + 1)?;
-        tracing::info!(segments = segments.len(), replayed_rows = head.len(), "storage engine opened");
+        let writer =
+            WalWriter::create(&wdir, newest.max(manifest.wal_start.saturating_sub(1)) + 1)?;
+        tracing::info!(
+            segments = segments.len(),
+            replayed_rows = head.len(),
+            "storage engine opened"
+        );
 
         let mut frozen = VecDeque::new();
         if !head.is_empty() {
@@ -255,7 +276,11 @@ impl Engine {
 
     /// Queues a write; `reply` runs once the events are durable and visible
     /// (or the write failed). Concurrent writes share one log sync.
-    pub fn write_with(&self, req: WriteRequest, reply: impl FnOnce(Result<WriteOutcome>) + Send + 'static) {
+    pub fn write_with(
+        &self,
+        req: WriteRequest,
+        reply: impl FnOnce(Result<WriteOutcome>) + Send + 'static,
+    ) {
         self.send(Commit {
             req: Some(req),
             reply: Box::new(reply),
@@ -300,13 +325,13 @@ impl Engine {
             for h in heads(&st) {
                 let (c, s) = h.avg(device, event_type, w);
                 count += c;
-                sum = sum.add(s);
+                sum = sum + s;
             }
             (count, sum, st.segments.clone())
         };
         let (c, s) = query::avg(&segs, device, event_type, w);
         count += c;
-        sum = sum.add(s);
+        sum = sum + s;
         AvgAnswer::new(device, event_type, w, count, sum.value())
     }
 
@@ -318,13 +343,13 @@ impl Engine {
             for h in heads(&st) {
                 let (c, s) = h.geo(event_type, bbox, w);
                 count += c;
-                sum = sum.add(s);
+                sum = sum + s;
             }
             (count, sum, st.segments.clone())
         };
         let (c, s) = query::geo(&segs, event_type, bbox, w);
         count += c;
-        sum = sum.add(s);
+        sum = sum + s;
         GeoAnswer::new(event_type, w, bbox, count, sum.value())
     }
 
@@ -383,7 +408,9 @@ impl Engine {
             if let Some(p) = self.inner.poisoned.lock().clone() {
                 return Err(Error::Poisoned(p));
             }
-            self.inner.frozen_cv.wait_for(&mut guard, Duration::from_millis(50));
+            self.inner
+                .frozen_cv
+                .wait_for(&mut guard, Duration::from_millis(50));
         }
     }
 }
@@ -448,7 +475,12 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
                 continue;
             };
             if let Some(k) = &req.idempotency_key {
-                if let Some(resp) = st.keys.get(k).map(str::to_owned).or_else(|| in_group.get(k).cloned()) {
+                if let Some(resp) = st
+                    .keys
+                    .get(k)
+                    .map(str::to_owned)
+                    .or_else(|| in_group.get(k).cloned())
+                {
                     replays.push((c.reply, resp));
                     continue;
                 }
@@ -462,7 +494,11 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
         encode_record(
             &WalRecord {
                 idempotency_key: req.idempotency_key.clone(),
-                response: if req.idempotency_key.is_some() { req.response.clone() } else { String::new() },
+                response: if req.idempotency_key.is_some() {
+                    req.response.clone()
+                } else {
+                    String::new()
+                },
                 created_secs: now,
                 events: req.events.clone(),
             },
@@ -478,13 +514,26 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
             }
             let msg = e.to_string();
             let poisoned = matches!(e, Error::Poisoned(_));
-            let fail = || if poisoned { Error::Poisoned(msg.clone()) } else { Error::Unavailable(msg.clone()) };
-            for reply in applies.into_iter().map(|a| a.1).chain(replays.into_iter().map(|r| r.0)).chain(barriers) {
+            let fail = || {
+                if poisoned {
+                    Error::Poisoned(msg.clone())
+                } else {
+                    Error::Unavailable(msg.clone())
+                }
+            };
+            for reply in applies
+                .into_iter()
+                .map(|a| a.1)
+                .chain(replays.into_iter().map(|r| r.0))
+                .chain(barriers)
+            {
                 reply(Err(fail()));
             }
             return;
         }
-        inner.observer.wal_synced(started.elapsed(), buf.len(), applies.len());
+        inner
+            .observer
+            .wal_synced(started.elapsed(), buf.len(), applies.len());
     }
     let freeze = {
         let mut st = inner.state.write();
@@ -518,8 +567,12 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
 fn freeze_head(inner: &Inner, wal: &mut WalWriter) {
     {
         let mut guard = inner.frozen_lock.lock();
-        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads && inner.poisoned.lock().is_none() {
-            inner.frozen_cv.wait_for(&mut guard, Duration::from_millis(100));
+        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads
+            && inner.poisoned.lock().is_none()
+        {
+            inner
+                .frozen_cv
+                .wait_for(&mut guard, Duration::from_millis(100));
         }
     }
     let wal_next = match wal.rotate() {
@@ -599,7 +652,10 @@ fn flush_frozen(inner: &Inner) -> Result<()> {
         let started = Instant::now();
         let mut by_day: HashMap<i64, Vec<u32>> = HashMap::new();
         for (r, ts) in head.rows.ts.iter().enumerate() {
-            by_day.entry(ts.div_euclid(86_400)).or_default().push(r as u32);
+            by_day
+                .entry(ts.div_euclid(86_400))
+                .or_default()
+                .push(r as u32);
         }
         let seg_dir = segments_dir(&inner.cfg.dir);
         let mut manifest = inner.manifest.lock();
@@ -650,10 +706,16 @@ fn compact_once(inner: &Inner) -> Result<bool> {
         let mut groups: HashMap<(i64, u32), Vec<Arc<Segment>>> = HashMap::new();
         for s in &st.segments {
             if s.meta.rows < inner.cfg.max_segment_rows {
-                groups.entry((s.meta.partition, tier(s.meta.rows, fanin))).or_default().push(s.clone());
+                groups
+                    .entry((s.meta.partition, tier(s.meta.rows, fanin)))
+                    .or_default()
+                    .push(s.clone());
             }
         }
-        let mut pick = groups.into_values().filter(|g| g.len() >= fanin).min_by_key(|g| g[0].meta.id);
+        let mut pick = groups
+            .into_values()
+            .filter(|g| g.len() >= fanin)
+            .min_by_key(|g| g[0].meta.id);
         match pick.as_mut() {
             Some(g) => {
                 g.sort_by_key(|s| s.meta.id);
@@ -697,7 +759,11 @@ fn compact_once(inner: &Inner) -> Result<bool> {
 /// Resident memory of this process, from /proc (0 where unavailable).
 pub fn resident_bytes() -> u64 {
     let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64

@@ -40,6 +40,18 @@ impl Dict {
     }
 }
 
+/// One event's fields, borrowed, on their way into [`Rows`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+    pub event_type: &'a str,
+    pub device: &'a str,
+    pub ts: i64,
+    pub value: f64,
+    pub lat: f64,
+    pub lon: f64,
+    pub meta: Option<&'a str>,
+}
+
 /// Events as columns with interned type and device.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -67,19 +79,19 @@ impl Rows {
         self.ts.is_empty()
     }
 
-    pub fn push(&mut self, event_type: &str, device: &str, ts: i64, value: f64, lat: f64, lon: f64, meta: Option<&str>) {
-        let t = self.types.intern(event_type);
-        let d = self.devices.intern(device);
+    pub fn push(&mut self, row: NewRow<'_>) {
+        let t = self.types.intern(row.event_type);
+        let d = self.devices.intern(row.device);
         self.type_id.push(t);
         self.device_id.push(d);
-        self.ts.push(ts);
-        self.value.push(value);
-        self.lat.push(lat);
-        self.lon.push(lon);
-        if let Some(m) = meta {
+        self.ts.push(row.ts);
+        self.value.push(row.value);
+        self.lat.push(row.lat);
+        self.lon.push(row.lon);
+        if let Some(m) = row.meta {
             self.meta.push_str(m);
         }
-        self.meta_present.push(meta.is_some());
+        self.meta_present.push(row.meta.is_some());
         self.meta_end.push(self.meta.len() as u64);
     }
 
@@ -87,7 +99,11 @@ impl Rows {
         if !self.meta_present[row] {
             return None;
         }
-        let start = if row == 0 { 0 } else { self.meta_end[row - 1] as usize };
+        let start = if row == 0 {
+            0
+        } else {
+            self.meta_end[row - 1] as usize
+        };
         Some(&self.meta[start..self.meta_end[row] as usize])
     }
 }
@@ -123,15 +139,15 @@ impl Head {
 
     pub fn insert(&mut self, e: &Event) {
         let row = self.rows.len() as u32;
-        self.rows.push(
-            &e.event_type,
-            &e.device_id,
-            e.ts_secs,
-            e.value,
-            e.latitude,
-            e.longitude,
-            e.metadata.as_deref(),
-        );
+        self.rows.push(NewRow {
+            event_type: &e.event_type,
+            device: &e.device_id,
+            ts: e.ts_secs,
+            value: e.value,
+            lat: e.latitude,
+            lon: e.longitude,
+            meta: e.metadata.as_deref(),
+        });
         let t = self.rows.type_id[row as usize];
         let d = self.rows.device_id[row as usize];
         self.series.entry((t, d)).or_default().push(row);
@@ -145,7 +161,10 @@ impl Head {
 
     /// Count and sum of one series in the window.
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
-        let (Some(t), Some(d)) = (self.rows.types.get(event_type), self.rows.devices.get(device)) else {
+        let (Some(t), Some(d)) = (
+            self.rows.types.get(event_type),
+            self.rows.devices.get(device),
+        ) else {
             return (0, DoubleDouble::ZERO);
         };
         let mut count = 0;
@@ -182,7 +201,8 @@ impl Head {
         if let Some(t) = self.rows.types.get(event_type) {
             for &r in &self.by_type[t as usize] {
                 let r = r as usize;
-                if w.contains(self.rows.ts[r]) && bbox.contains(self.rows.lat[r], self.rows.lon[r]) {
+                if w.contains(self.rows.ts[r]) && bbox.contains(self.rows.lat[r], self.rows.lon[r])
+                {
                     count += 1;
                     sum = sum.add_f64(self.rows.value[r]);
                 }
@@ -190,5 +210,4 @@ impl Head {
         }
         (count, sum)
     }
-
 }

@@ -54,7 +54,11 @@ impl IdempotencyKeys {
     }
 
     pub fn expire(&mut self, now_secs: i64) {
-        while self.order.front().is_some_and(|(_, t)| *t < now_secs - RETENTION_SECS) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, t)| *t < now_secs - RETENTION_SECS)
+        {
             self.pop_oldest();
         }
     }
@@ -73,8 +77,13 @@ impl IdempotencyKeys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
             Err(e) => return Err(Error::io("read", &path)(e)),
         };
-        let entries: Vec<Entry> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(&path, 0, format!("idempotency keys are not valid JSON: {e}")))?;
+        let entries: Vec<Entry> = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                &path,
+                0,
+                format!("idempotency keys are not valid JSON: {e}"),
+            )
+        })?;
         for e in entries {
             keys.insert(e.key, e.response, e.created_secs);
         }
@@ -97,7 +106,8 @@ impl IdempotencyKeys {
         let bytes = serde_json::to_vec(&entries).map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
         f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
-        f.sync_all().map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
+        f.sync_all()
+            .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
         fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
         sync_dir(dir)
     }

@@ -38,5 +38,7 @@ pub mod segment;
 pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest};
+pub use engine::{
+    resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest,
+};
 pub use error::{Error, Result};

@@ -31,9 +31,13 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Option<Manifest>> {
         let path = dir.join(FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::corrupt(&path, e.column() as u64, format!("manifest is not valid: {e}"))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::corrupt(
+                    &path,
+                    e.column() as u64,
+                    format!("manifest is not valid: {e}"),
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read", &path)(e)),
         }
@@ -42,10 +46,12 @@ impl Manifest {
     /// Replaces the manifest atomically and durably.
     pub fn store_durable(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join("MANIFEST.tmp");
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
         f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
-        f.sync_all().map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
+        f.sync_all()
+            .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
         fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
         sync_dir(dir)
     }

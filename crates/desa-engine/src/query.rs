@@ -23,24 +23,34 @@ use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
 use crate::segment::Segment;
 
-pub(crate) fn avg(segs: &[Arc<Segment>], device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
+pub(crate) fn avg(
+    segs: &[Arc<Segment>],
+    device: &str,
+    event_type: &str,
+    w: TimeWindow,
+) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
     for s in segs.iter().filter(|s| s.overlaps(w)) {
         let (c, x) = s.avg(device, event_type, w);
         count += c;
-        sum = sum.add(x);
+        sum = sum + x;
     }
     (count, sum)
 }
 
-pub(crate) fn geo(segs: &[Arc<Segment>], event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
+pub(crate) fn geo(
+    segs: &[Arc<Segment>],
+    event_type: &str,
+    bbox: &GeoBox,
+    w: TimeWindow,
+) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
     for s in segs.iter().filter(|s| s.overlaps(w)) {
         let (c, x) = s.geo(event_type, bbox, w);
         count += c;
-        sum = sum.add(x);
+        sum = sum + x;
     }
     (count, sum)
 }
@@ -74,7 +84,9 @@ impl<'a> List<'a> {
     fn bound(&self, pos: usize) -> u64 {
         match self {
             List::Exact { sorted, .. } => sorted.get(pos).map_or(0, |e| e.1),
-            List::Segment { seg, order, .. } => order.get(pos).map_or(0, |&s| seg.series_len(s as usize)),
+            List::Segment { seg, order, .. } => {
+                order.get(pos).map_or(0, |&s| seg.series_len(s as usize))
+            }
         }
     }
 
@@ -89,7 +101,9 @@ impl<'a> List<'a> {
     fn exact(&self, device: &str) -> u64 {
         match self {
             List::Exact { counts, .. } => counts.get(device).copied().unwrap_or(0),
-            List::Segment { seg, t, within, w, .. } => match seg.find_series(*t, device) {
+            List::Segment {
+                seg, t, within, w, ..
+            } => match seg.find_series(*t, device) {
                 None => 0,
                 Some(s) if *within => seg.series_len(s),
                 Some(s) => seg.series_count(s, *w),
@@ -109,7 +123,8 @@ pub(crate) fn topk(
 ) -> Vec<DeviceCount> {
     let mut lists: Vec<List> = Vec::new();
     if !head_counts.is_empty() {
-        let mut sorted: Vec<(&str, u64)> = head_counts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+        let mut sorted: Vec<(&str, u64)> =
+            head_counts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
         sorted.sort_unstable_by_key(|e| Reverse(e.1));
         lists.push(List::Exact {
             sorted,
@@ -176,6 +191,10 @@ pub(crate) fn topk(
             count,
         })
         .collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.device_id.cmp(&b.device_id)));
+    out.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.device_id.cmp(&b.device_id))
+    });
     out
 }

@@ -107,21 +107,30 @@ impl<'a> Cursor<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
     }
     fn f64(&mut self) -> Option<f64> {
         self.u64().map(f64::from_bits)
     }
     fn str(&mut self, n: usize) -> Option<String> {
-        self.take(n).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned)
+        self.take(n)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(str::to_owned)
     }
 }
 
 fn decode_payload(payload: &[u8]) -> Option<WalRecord> {
-    let mut c = Cursor { buf: payload, pos: 0 };
+    let mut c = Cursor {
+        buf: payload,
+        pos: 0,
+    };
     let created_secs = c.u64()? as i64;
     let key_len = c.u16()?;
     let idempotency_key = if key_len == u16::MAX {
@@ -169,7 +178,8 @@ fn decode_payload(payload: &[u8]) -> Option<WalRecord> {
 /// A record found at `offset`, and where the next one starts.
 fn read_record_at(buf: &[u8], offset: usize) -> Option<(WalRecord, usize)> {
     let header = buf.get(offset..offset + HEADER_BYTES)?;
-    let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     if word(0) != MAGIC {
         return None;
     }
@@ -210,7 +220,10 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<u64>> {
 /// Reads every record of the files numbered `>= from`, in order, truncating a
 /// torn tail of the newest file. Returns the newest file number seen (0 if none).
 pub fn replay(dir: &Path, from: u64, mut apply: impl FnMut(WalRecord)) -> Result<u64> {
-    let files: Vec<u64> = list_files(dir)?.into_iter().filter(|&n| n >= from).collect();
+    let files: Vec<u64> = list_files(dir)?
+        .into_iter()
+        .filter(|&n| n >= from)
+        .collect();
     let newest = files.last().copied().unwrap_or(0);
     for &n in &files {
         let path = file_path(dir, n);
@@ -226,7 +239,8 @@ pub fn replay(dir: &Path, from: u64, mut apply: impl FnMut(WalRecord)) -> Result
                     pos = next;
                 }
                 None => {
-                    let later_valid = (pos + 1..buf.len()).any(|p| read_record_at(&buf, p).is_some());
+                    let later_valid =
+                        (pos + 1..buf.len()).any(|p| read_record_at(&buf, p).is_some());
                     if n != newest || later_valid {
                         return Err(Error::corrupt(
                             &path,
@@ -236,8 +250,12 @@ pub fn replay(dir: &Path, from: u64, mut apply: impl FnMut(WalRecord)) -> Result
                     }
                     tracing::warn!(path = %path.display(), offset = pos, dropped_bytes = buf.len() - pos,
                         "truncating torn tail of the write-ahead log");
-                    let f = OpenOptions::new().write(true).open(&path).map_err(Error::io("open", &path))?;
-                    f.set_len(pos as u64).map_err(Error::io("truncate", &path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(Error::io("open", &path))?;
+                    f.set_len(pos as u64)
+                        .map_err(Error::io("truncate", &path))?;
                     f.sync_all().map_err(Error::io("fsync", &path))?;
                     break;
                 }
@@ -284,11 +302,15 @@ impl WalWriter {
         if let Err(e) = self.file.write_all(bytes) {
             return match self.file.set_len(self.durable_len) {
                 Ok(()) => Err(Error::Unavailable(e.to_string())),
-                Err(e2) => Err(Error::Poisoned(format!("write failed ({e}) and rollback failed ({e2})"))),
+                Err(e2) => Err(Error::Poisoned(format!(
+                    "write failed ({e}) and rollback failed ({e2})"
+                ))),
             };
         }
         if let Err(e) = self.file.sync_data() {
-            return Err(Error::Poisoned(format!("fsync of the write-ahead log failed: {e}")));
+            return Err(Error::Poisoned(format!(
+                "fsync of the write-ahead log failed: {e}"
+            )));
         }
         self.durable_len += bytes.len() as u64;
         Ok(())

@@ -66,7 +66,11 @@ fn random_window(rng: &mut StdRng, oracle: &Oracle) -> TimeWindow {
         3 => DAY,
         _ => rng.gen_range(DAY..30 * DAY),
     };
-    let start = if rng.gen_bool(0.2) { start - start.rem_euclid(DAY) } else { start };
+    let start = if rng.gen_bool(0.2) {
+        start - start.rem_euclid(DAY)
+    } else {
+        start
+    };
     TimeWindow::new(start, start + len).unwrap()
 }
 
@@ -74,17 +78,29 @@ fn random_box(rng: &mut StdRng) -> GeoBox {
     if rng.gen_bool(0.15) {
         return GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap();
     }
-    let mut lat = [rng.gen_range(-10..=10) as f64 * 9.0, rng.gen_range(-10..=10) as f64 * 9.0];
+    let mut lat = [
+        rng.gen_range(-10..=10) as f64 * 9.0,
+        rng.gen_range(-10..=10) as f64 * 9.0,
+    ];
     lat.sort_by(f64::total_cmp);
     if rng.gen_bool(0.3) {
         lat = [rng.gen_range(-90.0..0.0), rng.gen_range(0.0..90.0)];
     }
-    let lon = [rng.gen_range(-18..=18) as f64 * 10.0, rng.gen_range(-18..=18) as f64 * 10.0];
+    let lon = [
+        rng.gen_range(-18..=18) as f64 * 10.0,
+        rng.gen_range(-18..=18) as f64 * 10.0,
+    ];
     // unsorted longitudes on purpose: min > max crosses the antimeridian
     GeoBox::new(lat[0], lat[1], lon[0], lon[1]).unwrap()
 }
 
-fn check_all(engine: &Engine, oracle: &Oracle, rng: &mut StdRng, devices: &[String], rounds: usize) {
+fn check_all(
+    engine: &Engine,
+    oracle: &Oracle,
+    rng: &mut StdRng,
+    devices: &[String],
+    rounds: usize,
+) {
     for _ in 0..rounds {
         let w = random_window(rng, oracle);
         let ty = ["temperature", "humidity", "pressure", "co2"][rng.gen_range(0..4)];
@@ -159,7 +175,10 @@ fn run(seed: u64, events: u64, head_max_rows: usize) {
     engine.flush().unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
     let stats = engine.stats();
-    assert_eq!(stats.head_rows + stats.frozen_rows + stats.segment_rows, oracle.events.len() as u64);
+    assert_eq!(
+        stats.head_rows + stats.frozen_rows + stats.segment_rows,
+        oracle.events.len() as u64
+    );
     drop(engine);
     let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
@@ -193,7 +212,13 @@ fn unflushed_writes_survive_reopen() {
         for _ in 0..50 {
             let events: Vec<Event> = (0..20).map(|_| edge_event(&mut rng)).collect();
             oracle.events.extend(events.iter().cloned());
-            engine.write(WriteRequest { events, idempotency_key: None, response: String::new() }).unwrap();
+            engine
+                .write(WriteRequest {
+                    events,
+                    idempotency_key: None,
+                    response: String::new(),
+                })
+                .unwrap();
         }
     }
     let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();

@@ -131,7 +131,9 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(cfg: GenConfig) -> Self {
-        let zipf = (cfg.zipf_s > 0.0).then(|| Zipf::new(cfg.devices.max(1), cfg.zipf_s)).and_then(Result::ok);
+        let zipf = (cfg.zipf_s > 0.0)
+            .then(|| Zipf::new(cfg.devices.max(1), cfg.zipf_s))
+            .and_then(Result::ok);
         let total: f64 = CITIES.iter().map(|c| c.3).sum();
         let mut acc = 0.0;
         let city_cdf = CITIES
@@ -171,7 +173,11 @@ impl Generator {
             _ => {}
         }
         let u: f64 = r.gen();
-        let c = self.city_cdf.iter().position(|&p| u <= p).unwrap_or(CITIES.len() - 1);
+        let c = self
+            .city_cdf
+            .iter()
+            .position(|&p| u <= p)
+            .unwrap_or(CITIES.len() - 1);
         let (_, lat, lon, _) = CITIES[c];
         let lat = (lat + self.jitter.sample(&mut r)).clamp(-90.0, 90.0);
         let mut lon = lon + self.jitter.sample(&mut r) * 1.3;
@@ -194,14 +200,16 @@ impl Generator {
         let (lat, lon) = self.home(rank);
         let ntypes = cfg.types.clamp(1, TYPES.len());
         let (ty, base, spread) = TYPES[(self.rng.gen::<u32>() as usize) % ntypes];
-        let mut ts = cfg.start_ts + ((i as i128 * cfg.span_secs as i128) / cfg.count.max(1) as i128) as i64;
+        let mut ts =
+            cfg.start_ts + ((i as i128 * cfg.span_secs as i128) / cfg.count.max(1) as i128) as i64;
         let roll: f64 = self.rng.gen();
         if roll < cfg.late_fraction {
             ts -= self.rng.gen_range(3_600..=cfg.late_secs.max(3_601));
         } else if roll < cfg.late_fraction + cfg.out_of_order_fraction {
             ts -= self.rng.gen_range(1..=cfg.out_of_order_secs.max(1));
         }
-        let value = ((base + self.jitter.sample(&mut self.rng) * spread * 2.5) * 1000.0).round() / 1000.0;
+        let value =
+            ((base + self.jitter.sample(&mut self.rng) * spread * 2.5) * 1000.0).round() / 1000.0;
         let metadata = (self.rng.gen::<f64>() < cfg.metadata_fraction).then(|| {
             format!(
                 "{{\"fw\":\"1.{}.{}\",\"battery\":{:.2}}}",
@@ -226,12 +234,28 @@ impl Generator {
         let line = good.to_json();
         match self.rng.gen_range(0..7) {
             0 => line.replace("\"device_id\"", "\"device\""),
-            1 => line.replacen(&format!("\"latitude\":{:?}", good.latitude), "\"latitude\":123.5", 1),
-            2 => line.replacen(&format!("\"value\":{:?}", good.value), "\"value\":\"NaN\"", 1),
+            1 => line.replacen(
+                &format!("\"latitude\":{:?}", good.latitude),
+                "\"latitude\":123.5",
+                1,
+            ),
+            2 => line.replacen(
+                &format!("\"value\":{:?}", good.value),
+                "\"value\":\"NaN\"",
+                1,
+            ),
             3 => line[..line.len() / 2].to_owned(),
-            4 => line.replacen(&format!("\"timestamp\":{}", good.ts_secs), "\"timestamp\":\"yesterday\"", 1),
+            4 => line.replacen(
+                &format!("\"timestamp\":{}", good.ts_secs),
+                "\"timestamp\":\"yesterday\"",
+                1,
+            ),
             5 => line.replacen(&format!("\"value\":{:?}", good.value), "\"value\":1e400", 1),
-            _ => line.replacen(&format!("\"timestamp\":{}", good.ts_secs), "\"timestamp\":-7", 1),
+            _ => line.replacen(
+                &format!("\"timestamp\":{}", good.ts_secs),
+                "\"timestamp\":-7",
+                1,
+            ),
         }
     }
 }
@@ -304,7 +328,9 @@ mod tests {
             ..GenConfig::default()
         };
         let hot = Generator::new(cfg.clone()).device_id(0);
-        let n = Generator::new(cfg).filter(|g| g.event.as_ref().is_some_and(|e| e.device_id == hot)).count();
+        let n = Generator::new(cfg)
+            .filter(|g| g.event.as_ref().is_some_and(|e| e.device_id == hot))
+            .count();
         assert!(n > 20_000 / 20, "busiest device sent only {n}");
     }
 }

@@ -93,7 +93,9 @@ pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), String> {
     }
     let ty = event.event_type.len();
     if ty == 0 || ty > MAX_TYPE_BYTES {
-        return Err(format!("type must be 1 to {MAX_TYPE_BYTES} bytes, got {ty}"));
+        return Err(format!(
+            "type must be 1 to {MAX_TYPE_BYTES} bytes, got {ty}"
+        ));
     }
     if event.ts_secs < 0 {
         return Err(format!(

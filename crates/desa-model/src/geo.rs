@@ -20,7 +20,9 @@ impl GeoBox {
             ("max_lon", max_lon, 180.0),
         ] {
             if !v.is_finite() || v < -lim || v > lim {
-                return Err(format!("{name} must be a number in [-{lim}, {lim}], got {v}"));
+                return Err(format!(
+                    "{name} must be a number in [-{lim}, {lim}], got {v}"
+                ));
             }
         }
         if min_lat > max_lat {

@@ -27,7 +27,9 @@ mod parse;
 mod query;
 mod sum;
 
-pub use event::{Event, Limits, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TYPE_BYTES};
+pub use event::{
+    Event, Limits, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
+};
 pub use geo::GeoBox;
 pub use parse::{parse_body, parse_event, BodyError, BodyFormat, ParsedBody, Rejection};
 pub use query::{

@@ -28,7 +28,13 @@ impl Oracle {
             .filter(|e| window.contains(e.ts_secs))
             .map(|e| e.value)
             .collect();
-        AvgAnswer::new(device_id, event_type, window, values.len() as u64, fsum(&values))
+        AvgAnswer::new(
+            device_id,
+            event_type,
+            window,
+            values.len() as u64,
+            fsum(&values),
+        )
     }
 
     pub fn topk(&self, event_type: &str, window: TimeWindow, k: usize) -> TopkAnswer {

@@ -109,14 +109,14 @@ pub fn parse_body(
         BodyFormat::Json => {
             let trimmed = text.trim_start();
             if trimmed.starts_with('[') {
-                let items: Vec<&RawValue> = serde_json::from_str(text)
-                    .map_err(|e| BodyError::Malformed(e.to_string()))?;
+                let items: Vec<&RawValue> =
+                    serde_json::from_str(text).map_err(|e| BodyError::Malformed(e.to_string()))?;
                 for (index, item) in items.iter().enumerate() {
                     take(index, item.get());
                 }
             } else {
-                let item: &RawValue = serde_json::from_str(text)
-                    .map_err(|e| BodyError::Malformed(e.to_string()))?;
+                let item: &RawValue =
+                    serde_json::from_str(text).map_err(|e| BodyError::Malformed(e.to_string()))?;
                 take(0, item.get());
             }
         }
@@ -206,14 +206,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert!(reject(&GOOD.replace("\"timestamp\":5", "\"timestamp\":5.5")).contains("timestamp"));
+        assert!(
+            reject(&GOOD.replace("\"timestamp\":5", "\"timestamp\":5.5")).contains("timestamp")
+        );
         assert!(reject(&GOOD.replace("\"timestamp\":5", "\"timestamp\":-5")).contains("timestamp"));
         assert!(reject(&GOOD.replace("1.5", "\"NaN\"")).contains("value"));
         assert!(reject(&GOOD.replace("1.5", "1e400")).contains("number out of range"));
         assert!(reject(&GOOD.replace("\"latitude\":1", "\"latitude\":91")).contains("latitude"));
-        assert!(reject(&GOOD.replace("\"longitude\":2", "\"longitude\":-180.5")).contains("longitude"));
+        assert!(
+            reject(&GOOD.replace("\"longitude\":2", "\"longitude\":-180.5")).contains("longitude")
+        );
         assert!(reject(&GOOD.replace("\"device_id\":\"d\",", "")).contains("device_id"));
-        assert!(reject(&GOOD.replace("\"device_id\":\"d\"", "\"device_id\":\"\"")).contains("device_id"));
+        assert!(
+            reject(&GOOD.replace("\"device_id\":\"d\"", "\"device_id\":\"\""))
+                .contains("device_id")
+        );
         assert!(reject(&GOOD.replace("\"type\":\"t\"", "\"type\":7")).contains("type"));
         let far = GOOD.replace("\"timestamp\":5", "\"timestamp\":1800000000");
         assert!(reject(&far).contains("max-future"));
@@ -223,7 +230,8 @@ mod tests {
 
     #[test]
     fn metadata_is_kept_verbatim_and_bounded() {
-        let with = GOOD.trim_end_matches('}').to_owned() + r#"},"metadata":{"fw": "1.2" ,"x":[1,2]}}"#;
+        let with =
+            GOOD.trim_end_matches('}').to_owned() + r#"},"metadata":{"fw": "1.2" ,"x":[1,2]}}"#;
         let e = parse_event(&with, &limits()).expect("valid");
         assert_eq!(e.metadata.as_deref(), Some(r#"{"fw": "1.2" ,"x":[1,2]}"#));
         let big = format!(r#"{{"k":"{}"}}"#, "x".repeat(9000));
@@ -235,7 +243,10 @@ mod tests {
     fn ndjson_reports_line_positions() {
         let body = format!("{GOOD}\nnot json\n\n{GOOD}\n");
         let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, &limits()).expect("readable");
-        assert_eq!(parsed.events.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(
+            parsed.events.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
         assert_eq!(parsed.rejected.len(), 1);
         assert_eq!(parsed.rejected[0].index, 1);
     }

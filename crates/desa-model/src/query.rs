@@ -110,7 +110,13 @@ impl GeoAnswer {
 }
 
 impl AvgAnswer {
-    pub fn new(device_id: &str, event_type: &str, window: TimeWindow, count: u64, sum: f64) -> Self {
+    pub fn new(
+        device_id: &str,
+        event_type: &str,
+        window: TimeWindow,
+        count: u64,
+        sum: f64,
+    ) -> Self {
         AvgAnswer {
             device_id: device_id.to_owned(),
             event_type: event_type.to_owned(),
@@ -124,7 +130,11 @@ impl AvgAnswer {
 
 /// Orders top-K entries as the API promises and keeps the first `k`.
 pub fn rank_devices(mut devices: Vec<DeviceCount>, k: usize) -> Vec<DeviceCount> {
-    devices.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.device_id.cmp(&b.device_id)));
+    devices.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.device_id.cmp(&b.device_id))
+    });
     devices.truncate(k);
     devices
 }

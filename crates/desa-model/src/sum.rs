@@ -39,27 +39,33 @@ impl DoubleDouble {
         DoubleDouble { hi, lo }
     }
 
-    /// `self + other`.
-    #[inline]
-    pub fn add(self, other: DoubleDouble) -> Self {
-        let (s, e) = two_sum(self.hi, other.hi);
-        let (hi, lo) = fast_two_sum(s, e + self.lo + other.lo);
-        DoubleDouble { hi, lo }
-    }
-
-    /// `self - other`.
-    #[inline]
-    pub fn sub(self, other: DoubleDouble) -> Self {
-        self.add(DoubleDouble {
-            hi: -other.hi,
-            lo: -other.lo,
-        })
-    }
-
     /// The nearest f64.
     #[inline]
     pub fn value(self) -> f64 {
         self.hi + self.lo
+    }
+}
+
+impl std::ops::Add for DoubleDouble {
+    type Output = DoubleDouble;
+
+    #[inline]
+    fn add(self, other: DoubleDouble) -> DoubleDouble {
+        let (s, e) = two_sum(self.hi, other.hi);
+        let (hi, lo) = fast_two_sum(s, e + self.lo + other.lo);
+        DoubleDouble { hi, lo }
+    }
+}
+
+impl std::ops::Sub for DoubleDouble {
+    type Output = DoubleDouble;
+
+    #[inline]
+    fn sub(self, other: DoubleDouble) -> DoubleDouble {
+        self + DoubleDouble {
+            hi: -other.hi,
+            lo: -other.lo,
+        }
     }
 }
 
@@ -78,7 +84,7 @@ mod tests {
         prefix = prefix.add_f64(1e-7);
         // Plain f64 would answer 0 here; double-double keeps ~106 bits of the
         // running total, so the error is ~1e-32 of the total, not of the window.
-        let window = prefix.sub(before).value();
+        let window = (prefix - before).value();
         assert!((window - 1e-7).abs() < 1e-16, "{window}");
     }
 }

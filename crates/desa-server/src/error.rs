@@ -19,7 +19,10 @@ pub enum ApiError {
     /// 503 with `Retry-After`: the node cannot persist now; nothing of the
     /// request was acknowledged.
     #[error("{message}")]
-    Unavailable { message: String, retry_after_secs: u32 },
+    Unavailable {
+        message: String,
+        retry_after_secs: u32,
+    },
 }
 
 impl IntoResponse for ApiError {
@@ -30,8 +33,15 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        if let ApiError::Unavailable { retry_after_secs, .. } = self {
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }

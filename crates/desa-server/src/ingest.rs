@@ -27,9 +27,16 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+            Ok(BodyFormat::Ndjson)
+        }
         "application/json" => Ok(BodyFormat::Json),
         "" => Err(ApiError::UnsupportedMedia(
             "Content-Type is missing; send application/x-ndjson or application/json".into(),
@@ -41,8 +48,14 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::TooLarge(format!("body is larger than the limit of {max_bytes} bytes (--max-body-bytes)"));
-    let raw = axum::body::to_bytes(body, max_bytes).await.map_err(|_| too_large())?;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "body is larger than the limit of {max_bytes} bytes (--max-body)"
+        ))
+    };
+    let raw = axum::body::to_bytes(body, max_bytes)
+        .await
+        .map_err(|_| too_large())?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -59,7 +72,7 @@ async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<
                 .map_err(|e| ApiError::BadRequest(format!("gzip body cannot be decoded: {e}")))?;
             if out.len() > max_bytes {
                 return Err(ApiError::TooLarge(format!(
-                    "decompressed body is larger than the limit of {max_bytes} bytes (--max-body-bytes)"
+                    "decompressed body is larger than the limit of {max_bytes} bytes (--max-body)"
                 )));
             }
             Ok(Bytes::from(out))
@@ -70,15 +83,19 @@ async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<
     }
 }
 
-pub async fn post_events(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn post_events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let format = body_format(&headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+            let k = v.to_str().map_err(|_| {
+                ApiError::BadRequest("Idempotency-Key must be visible ASCII".into())
+            })?;
             if k.is_empty() || k.len() > MAX_KEY_BYTES {
                 return Err(ApiError::BadRequest(format!(
                     "Idempotency-Key must be 1 to {MAX_KEY_BYTES} bytes, got {}",
@@ -88,7 +105,10 @@ pub async fn post_events(State(app): State<AppState>, headers: HeaderMap, body: 
             Some(k.to_owned())
         }
     };
-    if let Some(stored) = key.as_deref().and_then(|k| app.engine.idempotent_response(k)) {
+    if let Some(stored) = key
+        .as_deref()
+        .and_then(|k| app.engine.idempotent_response(k))
+    {
         app.metrics.requests_replayed.inc();
         return Ok(json_response(stored));
     }
@@ -159,9 +179,14 @@ pub async fn post_events(State(app): State<AppState>, headers: HeaderMap, body: 
     }
     app.metrics.events_accepted.inc_by(accepted as u64);
     for r in &rejected {
-        app.metrics.events_rejected.with_label_values(&[rejection_reason(&r.error)]).inc();
+        app.metrics
+            .events_rejected
+            .with_label_values(&[rejection_reason(&r.error)])
+            .inc();
     }
-    app.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .ingest_duration
+        .observe(started.elapsed().as_secs_f64());
     Ok(json_response(response))
 }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use desa_engine::{EngineObserver, EngineStats};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -30,9 +30,20 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
 ];
-const LATENESS_BUCKETS: &[f64] = &[1.0, 10.0, 60.0, 300.0, 3_600.0, 21_600.0, 86_400.0, 604_800.0, 2_592_000.0];
+const LATENESS_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    3_600.0,
+    21_600.0,
+    86_400.0,
+    604_800.0,
+    2_592_000.0,
+];
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
@@ -42,17 +53,24 @@ fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
 impl Metrics {
     pub fn new() -> Self {
         let q = HistogramVec::new(
-            HistogramOpts::new("desa_query_duration_seconds", "Query latency by kind (avg, topk, geo).")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "desa_query_duration_seconds",
+                "Query latency by kind (avg, topk, geo).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],
         )
         .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
         let rejected = IntCounterVec::new(
-            Opts::new("desa_events_rejected_total", "Events not stored, by the field or rule at fault."),
+            Opts::new(
+                "desa_events_rejected_total",
+                "Events not stored, by the field or rule at fault.",
+            ),
             &["reason"],
         )
         .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
-        let counter = |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
+        let counter =
+            |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
         let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
         let m = Metrics {
             registry: Registry::new(),
@@ -129,10 +147,12 @@ impl Metrics {
     pub fn render(&self, stats: &EngineStats) -> String {
         self.stored_events
             .set((stats.head_rows + stats.frozen_rows + stats.segment_rows) as i64);
-        self.head_events.set((stats.head_rows + stats.frozen_rows) as i64);
+        self.head_events
+            .set((stats.head_rows + stats.frozen_rows) as i64);
         self.segments.set(stats.segments as i64);
         self.storage_bytes.set(stats.segment_bytes as i64);
-        self.resident_bytes.set(desa_engine::resident_bytes() as i64);
+        self.resident_bytes
+            .set(desa_engine::resident_bytes() as i64);
         if let Some(w) = stats.watermark_secs {
             self.watermark.set(w as f64);
         }

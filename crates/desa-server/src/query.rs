@@ -14,7 +14,10 @@ use crate::AppState;
 type Params = Query<HashMap<String, String>>;
 
 fn text<'a>(p: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, QueryError> {
-    p.get(name).map(String::as_str).filter(|s| !s.is_empty()).ok_or(QueryError::Missing(name))
+    p.get(name)
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(QueryError::Missing(name))
 }
 
 fn int(p: &HashMap<String, String>, name: &'static str) -> Result<i64, QueryError> {
@@ -28,11 +31,14 @@ fn int(p: &HashMap<String, String>, name: &'static str) -> Result<i64, QueryErro
 
 fn float(p: &HashMap<String, String>, name: &'static str) -> Result<f64, QueryError> {
     let s = text(p, name)?;
-    s.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or(QueryError::Malformed {
-        name,
-        expected: "a finite number",
-        got: s.to_owned(),
-    })
+    s.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .ok_or(QueryError::Malformed {
+            name,
+            expected: "a finite number",
+            got: s.to_owned(),
+        })
 }
 
 fn window(p: &HashMap<String, String>) -> Result<TimeWindow, QueryError> {
@@ -40,7 +46,11 @@ fn window(p: &HashMap<String, String>) -> Result<TimeWindow, QueryError> {
 }
 
 /// Runs a query off the async runtime and records its latency.
-async fn timed<T: Send + 'static>(app: &AppState, kind: &'static str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+async fn timed<T: Send + 'static>(
+    app: &AppState,
+    kind: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let started = Instant::now();
     let out = tokio::task::spawn_blocking(f)
         .await
@@ -52,15 +62,23 @@ async fn timed<T: Send + 'static>(app: &AppState, kind: &'static str, f: impl Fn
     Ok(out)
 }
 
-pub async fn avg(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+pub async fn avg(
+    State(app): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<impl Serialize>, ApiError> {
     let device = text(&p, "device_id")?.to_owned();
     let ty = text(&p, "type")?.to_owned();
     let w = window(&p)?;
     let engine = app.engine.clone();
-    Ok(Json(timed(&app, "avg", move || engine.avg(&device, &ty, w)).await?))
+    Ok(Json(
+        timed(&app, "avg", move || engine.avg(&device, &ty, w)).await?,
+    ))
 }
 
-pub async fn topk(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+pub async fn topk(
+    State(app): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<impl Serialize>, ApiError> {
     let ty = text(&p, "type")?.to_owned();
     let w = window(&p)?;
     let k = int(&p, "k")?;
@@ -68,10 +86,15 @@ pub async fn topk(State(app): State<AppState>, Query(p): Params) -> Result<Json<
         return Err(QueryError::KOutOfRange(k).into());
     }
     let engine = app.engine.clone();
-    Ok(Json(timed(&app, "topk", move || engine.topk(&ty, w, k as usize)).await?))
+    Ok(Json(
+        timed(&app, "topk", move || engine.topk(&ty, w, k as usize)).await?,
+    ))
 }
 
-pub async fn geo(State(app): State<AppState>, Query(p): Params) -> Result<Json<impl Serialize>, ApiError> {
+pub async fn geo(
+    State(app): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<impl Serialize>, ApiError> {
     let ty = text(&p, "type")?.to_owned();
     let bbox = GeoBox::new(
         float(&p, "min_lat")?,
@@ -82,5 +105,7 @@ pub async fn geo(State(app): State<AppState>, Query(p): Params) -> Result<Json<i
     .map_err(QueryError::BadBox)?;
     let w = window(&p)?;
     let engine = app.engine.clone();
-    Ok(Json(timed(&app, "geo", move || engine.geo(&ty, &bbox, w)).await?))
+    Ok(Json(
+        timed(&app, "geo", move || engine.geo(&ty, &bbox, w)).await?,
+    ))
 }

@@ -56,6 +56,9 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
+/// Draws the parameters of one timed query.
+type ParamGen = Box<dyn FnMut(&mut StdRng) -> Vec<(&'static str, String)>>;
+
 struct ChildNode {
     child: Child,
     base: String,
@@ -114,7 +117,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn post_file(client: &Client, path: &std::path::Path, body_bytes: usize, concurrency: usize, total_hint: u64) -> Result<(u64, Duration)> {
+fn post_file(
+    client: &Client,
+    path: &std::path::Path,
+    body_bytes: usize,
+    concurrency: usize,
+    total_hint: u64,
+) -> Result<(u64, Duration)> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let bar = progress_bar(total_hint, "ingest");
     let accepted = Arc::new(AtomicU64::new(0));
@@ -124,9 +133,17 @@ fn post_file(client: &Client, path: &std::path::Path, body_bytes: usize, concurr
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (client, rx, accepted, failure, bar) = (client.clone(), rx.clone(), accepted.clone(), failure.clone(), bar.clone());
+            let (client, rx, accepted, failure, bar) = (
+                client.clone(),
+                rx.clone(),
+                accepted.clone(),
+                failure.clone(),
+                bar.clone(),
+            );
             std::thread::spawn(move || loop {
-                let Ok(Ok((body, lines))) = rx.lock().map(|r| r.recv()) else { return };
+                let Ok(Ok((body, lines))) = rx.lock().map(|r| r.recv()) else {
+                    return;
+                };
                 match client.post_ndjson(&body, None) {
                     Ok(r) => {
                         accepted.fetch_add(r.accepted, Ordering::Relaxed);
@@ -152,7 +169,11 @@ fn post_file(client: &Client, path: &std::path::Path, body_bytes: usize, concurr
         if buf.is_empty() {
             break;
         }
-        let cut = if n == 0 { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        let cut = if n == 0 {
+            buf.len()
+        } else {
+            buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+        };
         carry = buf.split_off(cut);
         let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
         if !buf.is_empty() && tx.send((buf, lines)).is_err() {
@@ -175,7 +196,10 @@ fn post_file(client: &Client, path: &std::path::Path, body_bytes: usize, concurr
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("desa-bench-").tempdir()?;
-    let work = args.work_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&work)?;
     let start_ts = 1_767_225_600;
     let cfg = GenConfig {
@@ -211,9 +235,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let node = start_node(&data_dir)?;
     let client = Client::new(&node.base);
     client.wait_ready(Duration::from_secs(30))?;
-    let (accepted, elapsed) = post_file(&client, &input, args.body_bytes, args.concurrency, args.events)?;
+    let (accepted, elapsed) = post_file(
+        &client,
+        &input,
+        args.body_bytes,
+        args.concurrency,
+        args.events,
+    )?;
     let ingest_rate = accepted as f64 / elapsed.as_secs_f64();
-    eprintln!("ingest: {accepted} events in {:.1}s = {ingest_rate:.0} events/s (durable, over HTTP)", elapsed.as_secs_f64());
+    eprintln!(
+        "ingest: {accepted} events in {:.1}s = {ingest_rate:.0} events/s (durable, over HTTP)",
+        elapsed.as_secs_f64()
+    );
 
     // Queries.
     let g = Generator::new(cfg);
@@ -222,7 +255,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ("rank_100", g.device_id(100.min(args.devices - 1))),
         ("median", g.device_id(args.devices / 2)),
     ];
-    let windows: [(&str, i64); 5] = [("1m", 60), ("1h", 3_600), ("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
+    let windows: [(&str, i64); 5] = [
+        ("1m", 60),
+        ("1h", 3_600),
+        ("1d", 86_400),
+        ("7d", 7 * 86_400),
+        ("30d", 30 * 86_400),
+    ];
     let boxes: [(&str, [f64; 4]); 4] = [
         ("10km", [48.81, 48.90, 2.29, 2.42]),
         ("100km", [48.4, 49.3, 1.7, 3.0]),
@@ -232,7 +271,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let span_end = start_ts + args.span;
     let mut results = serde_json::Map::new();
-    let mut time = |kind: &str, label: String, path: &str, mut params: Box<dyn FnMut(&mut StdRng) -> Vec<(&'static str, String)>>| -> Result<()> {
+    let mut time = |kind: &str, label: String, path: &str, mut params: ParamGen| -> Result<()> {
         let mut lat = Vec::with_capacity(args.queries);
         for _ in 0..args.queries {
             let p = params(&mut rng);
@@ -243,39 +282,67 @@ pub fn run(args: BenchArgs) -> Result<()> {
         lat.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         eprintln!("{kind:>5} {label:<22} p50 {p50:8.3} ms   p99 {p99:8.3} ms");
-        results.insert(format!("{kind}/{label}"), json!({"p50_ms": p50, "p99_ms": p99, "n": lat.len()}));
+        results.insert(
+            format!("{kind}/{label}"),
+            json!({"p50_ms": p50, "p99_ms": p99, "n": lat.len()}),
+        );
         Ok(())
     };
     for (dname, dev) in &devices {
         for (wname, len) in windows {
             let dev = dev.clone();
-            time("avg", format!("{dname}/{wname}"), "/v1/query/avg", Box::new(move |rng| {
-                let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
-                vec![("device_id", dev.clone()), ("type", "temperature".into()), ("start", s.to_string()), ("end", (s + len).to_string())]
-            }))?;
+            time(
+                "avg",
+                format!("{dname}/{wname}"),
+                "/v1/query/avg",
+                Box::new(move |rng| {
+                    let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                    vec![
+                        ("device_id", dev.clone()),
+                        ("type", "temperature".into()),
+                        ("start", s.to_string()),
+                        ("end", (s + len).to_string()),
+                    ]
+                }),
+            )?;
         }
     }
     for (wname, len) in windows.iter().skip(1) {
         let len = *len;
-        time("topk", format!("k10/{wname}"), "/v1/query/topk", Box::new(move |rng| {
-            let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
-            vec![("type", "temperature".into()), ("start", s.to_string()), ("end", (s + len).to_string()), ("k", "10".into())]
-        }))?;
-    }
-    for (bname, b) in boxes {
-        for (wname, len) in [("1h", 3_600), ("7d", 7 * 86_400), ("30d", 30 * 86_400)] {
-            time("geo", format!("{bname}/{wname}"), "/v1/query/geo", Box::new(move |rng| {
+        time(
+            "topk",
+            format!("k10/{wname}"),
+            "/v1/query/topk",
+            Box::new(move |rng| {
                 let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
                 vec![
                     ("type", "temperature".into()),
-                    ("min_lat", b[0].to_string()),
-                    ("max_lat", b[1].to_string()),
-                    ("min_lon", b[2].to_string()),
-                    ("max_lon", b[3].to_string()),
                     ("start", s.to_string()),
                     ("end", (s + len).to_string()),
+                    ("k", "10".into()),
                 ]
-            }))?;
+            }),
+        )?;
+    }
+    for (bname, b) in boxes {
+        for (wname, len) in [("1h", 3_600), ("7d", 7 * 86_400), ("30d", 30 * 86_400)] {
+            time(
+                "geo",
+                format!("{bname}/{wname}"),
+                "/v1/query/geo",
+                Box::new(move |rng| {
+                    let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                    vec![
+                        ("type", "temperature".into()),
+                        ("min_lat", b[0].to_string()),
+                        ("max_lat", b[1].to_string()),
+                        ("min_lon", b[2].to_string()),
+                        ("max_lon", b[3].to_string()),
+                        ("start", s.to_string()),
+                        ("end", (s + len).to_string()),
+                    ]
+                }),
+            )?;
         }
     }
     let (rss, hwm) = memory_of(node.child.id());

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::units::{parse_secs, parse_size};
 
 #[derive(Parser)]
-#[command(name = "desa", version, about = "Distributed Event Stream Analytics: exact real-time queries over IoT event streams")]
+#[command(
+    name = "desa",
+    version,
+    about = "Distributed Event Stream Analytics: exact real-time queries over IoT event streams"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -151,7 +155,12 @@ impl GenArgs {
 #[derive(Args, Clone, Debug)]
 pub struct QueryArgs {
     /// The node to ask.
-    #[arg(long, env = "DESA_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "DESA_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// Print the JSON answer instead of a table.
     #[arg(long, global = true)]

@@ -45,9 +45,10 @@ impl Client {
         }
         match req.send_bytes(body) {
             Ok(resp) => resp.into_json().context("reading the ingest response"),
-            Err(ureq::Error::Status(code, resp)) => {
-                Err(anyhow!("HTTP {code}: {}", resp.into_string().unwrap_or_default()))
-            }
+            Err(ureq::Error::Status(code, resp)) => Err(anyhow!(
+                "HTTP {code}: {}",
+                resp.into_string().unwrap_or_default()
+            )),
             Err(e) => Err(anyhow!(e)),
         }
     }
@@ -60,9 +61,10 @@ impl Client {
         }
         match req.call() {
             Ok(resp) => resp.into_json().context("reading the response"),
-            Err(ureq::Error::Status(code, resp)) => {
-                Err(anyhow!("HTTP {code}: {}", resp.into_string().unwrap_or_default()))
-            }
+            Err(ureq::Error::Status(code, resp)) => Err(anyhow!(
+                "HTTP {code}: {}",
+                resp.into_string().unwrap_or_default()
+            )),
             Err(e) => Err(anyhow!(e)),
         }
     }
@@ -75,7 +77,10 @@ impl Client {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(anyhow!("{} did not become ready within {timeout:?}", self.base));
+                return Err(anyhow!(
+                    "{} did not become ready within {timeout:?}",
+                    self.base
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

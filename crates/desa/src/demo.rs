@@ -18,7 +18,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     crate::serve::init_logging();
     let tmp = tempfile::Builder::new().prefix("desa-demo-").tempdir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     let rt = runtime()?;
     let serve = ServeArgs {
         data_dir: data_dir.clone(),
@@ -31,9 +34,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let node = rt.block_on(Node::start(&serve))?;
     let base = format!("http://{}", node.addr);
-    println!("desa node listening on {base} (data dir {})", data_dir.display());
+    println!(
+        "desa node listening on {base} (data dir {})",
+        data_dir.display()
+    );
 
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
     let start = now - 7 * DAY;
     let cfg = GenConfig {
         devices: args.devices,
@@ -50,7 +58,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     let client = Client::new(&base);
     let bar = progress_bar(args.events, "ingest");
-    let s = post_lines(&client, Generator::new(cfg).map(|g| g.line), 5_000, 4, 0, &bar)?;
+    let s = post_lines(
+        &client,
+        Generator::new(cfg).map(|g| g.line),
+        5_000,
+        4,
+        0,
+        &bar,
+    )?;
     bar.finish_and_clear();
     println!(
         "ingested {} events in {:.1}s: {:.0} events/s, each acknowledged only once fsynced\n",
@@ -59,7 +74,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         s.accepted as f64 / s.elapsed.as_secs_f64().max(1e-9)
     );
 
-    let queries: Vec<(&str, &str, Vec<(&str, String)>)> = vec![
+    type Params = Vec<(&'static str, String)>;
+    let queries: Vec<(&str, &str, Params)> = vec![
         (
             "average temperature of the busiest device over the last 24 hours",
             "/v1/query/avg",

@@ -51,8 +51,14 @@ pub fn post_lines(
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (client, rx, accepted, rejected, failure, bar) =
-            (client.clone(), rx.clone(), accepted.clone(), rejected.clone(), failure.clone(), bar.clone());
+        let (client, rx, accepted, rejected, failure, bar) = (
+            client.clone(),
+            rx.clone(),
+            accepted.clone(),
+            rejected.clone(),
+            failure.clone(),
+            bar.clone(),
+        );
         workers.push(std::thread::spawn(move || loop {
             let next = rx.lock().map(|r| r.recv());
             let Ok(Ok((body, n))) = next else { return };
@@ -120,7 +126,14 @@ pub fn run(args: GenArgs) -> Result<()> {
     if let Some(url) = &args.post {
         let client = Client::new(url);
         let bar = progress_bar(total, "posting");
-        let s = post_lines(&client, generator.map(|g| g.line), args.batch, args.concurrency, args.rate, &bar)?;
+        let s = post_lines(
+            &client,
+            generator.map(|g| g.line),
+            args.batch,
+            args.concurrency,
+            args.rate,
+            &bar,
+        )?;
         bar.finish_and_clear();
         eprintln!(
             "posted {} lines to {url} in {:.1}s ({:.0} lines/s): {} accepted, {} rejected",
@@ -140,7 +153,11 @@ pub fn run(args: GenArgs) -> Result<()> {
         Box::new(File::create(&args.output).with_context(|| format!("creating {}", args.output))?)
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    let bar = if to_stdout { ProgressBar::hidden() } else { progress_bar(total, "writing") };
+    let bar = if to_stdout {
+        ProgressBar::hidden()
+    } else {
+        progress_bar(total, "writing")
+    };
     let (mut lines, mut valid) = (0u64, 0u64);
     for g in generator {
         out.write_all(g.line.as_bytes())?;

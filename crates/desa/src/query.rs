@@ -9,7 +9,12 @@ use crate::client::Client;
 pub fn run(args: QueryArgs) -> Result<()> {
     let client = Client::new(&args.url);
     let (path, params): (&str, Vec<(&str, String)>) = match &args.kind {
-        QueryKind::Avg { device_id, event_type, start, end } => (
+        QueryKind::Avg {
+            device_id,
+            event_type,
+            start,
+            end,
+        } => (
             "/v1/query/avg",
             vec![
                 ("device_id", device_id.clone()),
@@ -18,7 +23,12 @@ pub fn run(args: QueryArgs) -> Result<()> {
                 ("end", end.to_string()),
             ],
         ),
-        QueryKind::Topk { event_type, start, end, k } => (
+        QueryKind::Topk {
+            event_type,
+            start,
+            end,
+            k,
+        } => (
             "/v1/query/topk",
             vec![
                 ("type", event_type.clone()),
@@ -27,7 +37,15 @@ pub fn run(args: QueryArgs) -> Result<()> {
                 ("k", k.to_string()),
             ],
         ),
-        QueryKind::Geo { event_type, min_lat, max_lat, min_lon, max_lon, start, end } => (
+        QueryKind::Geo {
+            event_type,
+            min_lat,
+            max_lat,
+            min_lon,
+            max_lon,
+            start,
+            end,
+        } => (
             "/v1/query/geo",
             vec![
                 ("type", event_type.clone()),
@@ -57,7 +75,10 @@ pub fn table(answer: &Value) -> String {
             "top {} devices for type {} in [{}, {}):\n",
             answer["k"], answer["type"], answer["start"], answer["end"]
         ));
-        out.push_str(&format!("{:>5}  {:<32} {:>12}\n", "rank", "device_id", "count"));
+        out.push_str(&format!(
+            "{:>5}  {:<32} {:>12}\n",
+            "rank", "device_id", "count"
+        ));
         for (i, d) in devices.iter().enumerate() {
             out.push_str(&format!(
                 "{:>5}  {:<32} {:>12}\n",

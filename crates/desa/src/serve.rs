@@ -12,7 +12,10 @@ use crate::cli::ServeArgs;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DESA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// A running node inside this process.

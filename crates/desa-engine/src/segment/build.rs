@@ -63,13 +63,23 @@ fn ranks(dict: &crate::head::Dict) -> Vec<u32> {
 
 /// Writes the rows `subset` of `rows` (all in UTC day `partition`) as segment
 /// `id` at `path`, fsynced before returning.
-pub fn write_segment(rows: &Rows, subset: &[u32], partition: i64, id: u64, path: &Path) -> Result<SegmentMeta> {
+pub fn write_segment(
+    rows: &Rows,
+    subset: &[u32],
+    partition: i64,
+    id: u64,
+    path: &Path,
+) -> Result<SegmentMeta> {
     let type_rank = ranks(&rows.types);
     let dev_rank = ranks(&rows.devices);
     let mut order: Vec<u32> = subset.to_vec();
     order.sort_unstable_by_key(|&r| {
         let r = r as usize;
-        (type_rank[rows.type_id[r] as usize], dev_rank[rows.device_id[r] as usize], rows.ts[r])
+        (
+            type_rank[rows.type_id[r] as usize],
+            dev_rank[rows.device_id[r] as usize],
+            rows.ts[r],
+        )
     });
     let n = order.len();
 
@@ -147,7 +157,11 @@ pub fn write_segment(rows: &Rows, subset: &[u32], partition: i64, id: u64, path:
         let count = kd_nodes(hi - lo, KD_LEAF_ROWS);
         let base = nodes.len();
         nodes.resize(base + count, bytemuck::Zeroable::zeroed());
-        kd::build(&mut points[lo..hi], &mut nodes[base..], kd_depth(hi - lo, KD_LEAF_ROWS));
+        kd::build(
+            &mut points[lo..hi],
+            &mut nodes[base..],
+            kd_depth(hi - lo, KD_LEAF_ROWS),
+        );
         type_nodes.push(nodes.len() as u32);
     }
     let kd_lat: Vec<f64> = points.iter().map(|p| p.lat).collect();
@@ -199,7 +213,12 @@ pub fn write_segment(rows: &Rows, subset: &[u32], partition: i64, id: u64, path:
             footer.extend_from_slice(&off.to_le_bytes());
             footer.extend_from_slice(&len.to_le_bytes());
         }
-        for x in [n as u64, series_count as u64, type_count as u64, nodes.len() as u64] {
+        for x in [
+            n as u64,
+            series_count as u64,
+            type_count as u64,
+            nodes.len() as u64,
+        ] {
             footer.extend_from_slice(&x.to_le_bytes());
         }
         for x in [min_ts, max_ts, partition] {

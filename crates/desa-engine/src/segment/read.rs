@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use super::kd::{KdNode, KdQuery};
 use super::*;
 use crate::error::{Error, Result};
-use crate::head::Rows;
+use crate::head::{NewRow, Rows};
 
 /// An open, checksum-verified segment.
 pub struct Segment {
@@ -50,11 +50,24 @@ impl Segment {
         if &f[f.len() - 8..] != FOOTER_MAGIC {
             return Err(bad(len - 8, "bad footer magic (file truncated?)"));
         }
-        let version = u32::from_le_bytes([f[f.len() - 12], f[f.len() - 11], f[f.len() - 10], f[f.len() - 9]]);
+        let version = u32::from_le_bytes([
+            f[f.len() - 12],
+            f[f.len() - 11],
+            f[f.len() - 10],
+            f[f.len() - 9],
+        ]);
         if version != VERSION {
-            return Err(bad(len - 12, &format!("unsupported segment version {version}")));
+            return Err(bad(
+                len - 12,
+                &format!("unsupported segment version {version}"),
+            ));
         }
-        let stored_crc = u32::from_le_bytes([f[f.len() - 16], f[f.len() - 15], f[f.len() - 14], f[f.len() - 13]]);
+        let stored_crc = u32::from_le_bytes([
+            f[f.len() - 16],
+            f[f.len() - 15],
+            f[f.len() - 14],
+            f[f.len() - 13],
+        ]);
         let crc = crc32c::crc32c(&map[..map.len() - 16]);
         if crc != stored_crc {
             return Err(bad(0, "segment checksum mismatch"));
@@ -73,7 +86,10 @@ impl Segment {
         let partition = le_u64(f, tail + 48) as i64;
         let leaf = le_u64(f, tail + 56) as usize;
         if leaf != KD_LEAF_ROWS {
-            return Err(bad(len, &format!("k-d leaf size {leaf} is not {KD_LEAF_ROWS}")));
+            return Err(bad(
+                len,
+                &format!("k-d leaf size {leaf} is not {KD_LEAF_ROWS}"),
+            ));
         }
         let expect: [(usize, Option<usize>); SECTION_COUNT] = [
             (1, None),
@@ -102,11 +118,15 @@ impl Segment {
             (4, Some(types + 1)),
         ];
         for (i, ((off, slen), (width, count))) in sections.iter().zip(expect).enumerate() {
-            let in_bounds = off.checked_add(*slen).is_some_and(|e| e <= footer_at) && *off >= HEADER_BYTES as usize;
+            let in_bounds = off.checked_add(*slen).is_some_and(|e| e <= footer_at)
+                && *off >= HEADER_BYTES as usize;
             let aligned = off % 8 == 0;
             let sized = count.is_none_or(|c| c * width == *slen);
             if !(in_bounds && aligned && sized) {
-                return Err(bad(*off as u64, &format!("section {i} is out of bounds or mis-sized")));
+                return Err(bad(
+                    *off as u64,
+                    &format!("section {i} is out of bounds or mis-sized"),
+                ));
             }
         }
         let seg = Segment {
@@ -172,7 +192,10 @@ impl Segment {
         let (mut lo, mut hi) = (0, self.types);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, mid).cmp(event_type) {
+            match self
+                .blob_str(S_TYPES_BLOB, S_TYPES_OFF, mid)
+                .cmp(event_type)
+            {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Some(mid),
@@ -211,7 +234,10 @@ impl Segment {
         let r = self.u32s(S_SERIES_ROW);
         let (lo, hi) = (r[s] as usize, r[s + 1] as usize);
         let ts = &self.i64s(S_TS)[lo..hi];
-        (lo + ts.partition_point(|&t| t < w.start), lo + ts.partition_point(|&t| t < w.end))
+        (
+            lo + ts.partition_point(|&t| t < w.start),
+            lo + ts.partition_point(|&t| t < w.end),
+        )
     }
 
     /// Count of series `s` inside the window.
@@ -222,12 +248,15 @@ impl Segment {
 
     /// Count and sum of one device and type in the window.
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
-        let Some(s) = self.find_type(event_type).and_then(|t| self.find_series(t, device)) else {
+        let Some(s) = self
+            .find_type(event_type)
+            .and_then(|t| self.find_series(t, device))
+        else {
             return (0, DoubleDouble::ZERO);
         };
         let (a, b) = self.series_rows_in(s, w);
         let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
-        let sum = DoubleDouble::new(hi[b], lo[b]).sub(DoubleDouble::new(hi[a], lo[a]));
+        let sum = DoubleDouble::new(hi[b], lo[b]) - DoubleDouble::new(hi[a], lo[a]);
         ((b - a) as u64, sum)
     }
 
@@ -285,7 +314,7 @@ impl Segment {
         if q.covers(&nodes[i]) {
             let (ph, pl) = (self.f64s(S_KD_PREFIX_HI), self.f64s(S_KD_PREFIX_LO));
             *count += (hi - lo) as u64;
-            *sum = sum.add(DoubleDouble::new(ph[hi], pl[hi]).sub(DoubleDouble::new(ph[lo], pl[lo])));
+            *sum = *sum + (DoubleDouble::new(ph[hi], pl[hi]) - DoubleDouble::new(ph[lo], pl[lo]));
             return;
         }
         if depth == depth_max {
@@ -304,13 +333,38 @@ impl Segment {
             return;
         }
         let mid = lo + (hi - lo) / 2;
-        self.kd_visit(nodes, q, 2 * i + 1, lo, mid, depth + 1, depth_max, count, sum);
-        self.kd_visit(nodes, q, 2 * i + 2, mid, hi, depth + 1, depth_max, count, sum);
+        self.kd_visit(
+            nodes,
+            q,
+            2 * i + 1,
+            lo,
+            mid,
+            depth + 1,
+            depth_max,
+            count,
+            sum,
+        );
+        self.kd_visit(
+            nodes,
+            q,
+            2 * i + 2,
+            mid,
+            hi,
+            depth + 1,
+            depth_max,
+            count,
+            sum,
+        );
     }
 
     /// Appends every event of the segment to `rows` (for compaction).
     pub fn append_to(&self, rows: &mut Rows) {
-        let (ts, value, lat, lon) = (self.i64s(S_TS), self.f64s(S_VALUE), self.f64s(S_LAT), self.f64s(S_LON));
+        let (ts, value, lat, lon) = (
+            self.i64s(S_TS),
+            self.f64s(S_VALUE),
+            self.f64s(S_LAT),
+            self.f64s(S_LON),
+        );
         let meta_off = self.u64s(S_META_OFF);
         let meta = self.bytes(S_META_BLOB);
         let type_series = self.u32s(S_TYPE_SERIES);
@@ -322,7 +376,15 @@ impl Segment {
                 for r in series_row[s] as usize..series_row[s + 1] as usize {
                     let m = &meta[meta_off[r] as usize..meta_off[r + 1] as usize];
                     let m = (!m.is_empty()).then(|| std::str::from_utf8(m).unwrap_or("{}"));
-                    rows.push(ty, dev, ts[r], value[r], lat[r], lon[r], m);
+                    rows.push(NewRow {
+                        event_type: ty,
+                        device: dev,
+                        ts: ts[r],
+                        value: value[r],
+                        lat: lat[r],
+                        lon: lon[r],
+                        meta: m,
+                    });
                 }
             }
         }
@@ -333,6 +395,9 @@ impl Segment {
     pub fn release_memory(&self) {
         // SAFETY: the mapping is a read-only shared file mapping, for which
         // MADV_DONTNEED only discards clean pages that are re-read on access.
-        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 }

@@ -29,14 +29,19 @@ fn batch_body(b: usize) -> String {
 
 #[test]
 fn kill9_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() {
-    let server = Arc::new(Mutex::new(TestServer::start(&["--head-max-events", "3000"])));
+    let server = Arc::new(Mutex::new(TestServer::start(&[
+        "--head-max-events",
+        "3000",
+    ])));
     let base = Arc::new(Mutex::new(server.lock().unwrap().base.clone()));
     let done = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let client = {
         let (base, done, acked) = (base.clone(), done.clone(), acked.clone());
         std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+            let agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .build();
             for b in 0..BATCHES {
                 // Retry the same batch under the same key until it is acknowledged.
                 loop {
@@ -74,9 +79,16 @@ fn kill9_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() {
     let counts = all_counts(&s, "t");
     let total: u64 = counts.values().sum();
     assert_eq!(acked.load(Ordering::SeqCst), (BATCHES * PER_BATCH) as u64);
-    assert_eq!(total, (BATCHES * PER_BATCH) as u64, "stored events differ from acknowledged ones");
+    assert_eq!(
+        total,
+        (BATCHES * PER_BATCH) as u64,
+        "stored events differ from acknowledged ones"
+    );
     for d in 0..DEVICES {
-        assert_eq!(counts[&format!("crash-{d}")], (BATCHES * PER_BATCH / DEVICES) as u64);
+        assert_eq!(
+            counts[&format!("crash-{d}")],
+            (BATCHES * PER_BATCH / DEVICES) as u64
+        );
     }
 }
 

@@ -25,7 +25,8 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
     let types = ["temperature", "humidity", "pressure", "co2"];
     for _ in 0..rounds {
         let start = T0 + rng.gen_range(-DAY..6 * DAY);
-        let len = [1, 60, 3_600, DAY, 3 * DAY, 40 * DAY][rng.gen_range(0..6)] + rng.gen_range(0..100);
+        let len =
+            [1, 60, 3_600, DAY, 3 * DAY, 40 * DAY][rng.gen_range(0..6)] + rng.gen_range(0..100);
         let w = TimeWindow::new(start, start + len).unwrap();
         let ty = types[rng.gen_range(0..types.len())];
         let dev = &devices[rng.gen_range(0..devices.len())];
@@ -36,7 +37,11 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
         let got = s.get("/v1/query/avg", &p);
         assert_eq!(got.status, 200, "{}", got.body);
         let want = oracle.avg(dev, ty, w);
-        assert_eq!(got.body["count"].as_u64(), Some(want.count), "avg {dev} {ty} {w:?}");
+        assert_eq!(
+            got.body["count"].as_u64(),
+            Some(want.count),
+            "avg {dev} {ty} {w:?}"
+        );
         match want.avg {
             Some(a) => assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9)),
             None => assert!(got.body["avg"].is_null()),
@@ -52,9 +57,18 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["count"].as_u64().unwrap()))
+            .map(|d| {
+                (
+                    d["device_id"].as_str().unwrap().to_owned(),
+                    d["count"].as_u64().unwrap(),
+                )
+            })
             .collect();
-        let want_devices: Vec<(String, u64)> = want.devices.iter().map(|d| (d.device_id.clone(), d.count)).collect();
+        let want_devices: Vec<(String, u64)> = want
+            .devices
+            .iter()
+            .map(|d| (d.device_id.clone(), d.count))
+            .collect();
         assert_eq!(got_devices, want_devices, "topk {ty} {w:?} k={k}");
 
         let lat: [f64; 2] = [rng.gen_range(-90.0..90.0), rng.gen_range(-90.0..90.0)];
@@ -63,13 +77,22 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
         let b = GeoBox::new(min_lat, max_lat, min_lon, max_lon).unwrap();
         let mut p = window(w.start, w.end);
         p.push(("type", ty.to_owned()));
-        for (name, v) in [("min_lat", min_lat), ("max_lat", max_lat), ("min_lon", min_lon), ("max_lon", max_lon)] {
+        for (name, v) in [
+            ("min_lat", min_lat),
+            ("max_lat", max_lat),
+            ("min_lon", min_lon),
+            ("max_lon", max_lon),
+        ] {
             p.push((name, format!("{v:?}")));
         }
         let got = s.get("/v1/query/geo", &p);
         assert_eq!(got.status, 200, "{}", got.body);
         let want = oracle.geo(ty, &b, w);
-        assert_eq!(got.body["count"].as_u64(), Some(want.count), "geo {ty} {b:?} {w:?}");
+        assert_eq!(
+            got.body["count"].as_u64(),
+            Some(want.count),
+            "geo {ty} {b:?} {w:?}"
+        );
         if let Some(a) = want.avg {
             assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9));
         }
@@ -103,20 +126,62 @@ fn http_answers_match_the_oracle_across_flushes_and_restarts() {
             .cloned()
             .collect();
         let (body, ct): (Vec<u8>, &str) = match n % 3 {
-            0 => (chunk.iter().map(|g| g.line.clone() + "\n").collect::<String>().into_bytes(), "application/x-ndjson"),
+            0 => (
+                chunk
+                    .iter()
+                    .map(|g| g.line.clone() + "\n")
+                    .collect::<String>()
+                    .into_bytes(),
+                "application/x-ndjson",
+            ),
             1 => (
-                format!("[{}]", chunk.iter().map(|g| g.line.clone()).collect::<Vec<_>>().join(",")).into_bytes(),
+                format!(
+                    "[{}]",
+                    chunk
+                        .iter()
+                        .map(|g| g.line.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+                .into_bytes(),
                 "application/json",
             ),
-            _ => (gzip(chunk.iter().map(|g| g.line.clone() + "\n").collect::<String>().as_bytes()), "application/x-ndjson"),
+            _ => (
+                gzip(
+                    chunk
+                        .iter()
+                        .map(|g| g.line.clone() + "\n")
+                        .collect::<String>()
+                        .as_bytes(),
+                ),
+                "application/x-ndjson",
+            ),
         };
-        let headers: &[(&str, &str)] = if n % 3 == 2 { &[("Content-Encoding", "gzip")] } else { &[] };
+        let headers: &[(&str, &str)] = if n % 3 == 2 {
+            &[("Content-Encoding", "gzip")]
+        } else {
+            &[]
+        };
         let r = s.post(&body, ct, headers).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
-        let valid: Vec<_> = chunk.iter().enumerate().filter(|(_, g)| g.event.is_some()).collect();
+        let valid: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.event.is_some())
+            .collect();
         assert_eq!(r.body["accepted"].as_u64(), Some(valid.len() as u64));
-        let rejected: Vec<u64> = r.body["rejected"].as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
-        let invalid: Vec<u64> = chunk.iter().enumerate().filter(|(_, g)| g.event.is_none()).map(|(i, _)| i as u64).collect();
+        let rejected: Vec<u64> = r.body["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["index"].as_u64().unwrap())
+            .collect();
+        let invalid: Vec<u64> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.event.is_none())
+            .map(|(i, _)| i as u64)
+            .collect();
         assert_eq!(rejected, invalid);
         for (_, g) in valid {
             let e = g.event.clone().unwrap();

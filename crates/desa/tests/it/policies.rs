@@ -16,19 +16,48 @@ fn event(device: &str, ts: i64) -> String {
 fn idempotency_key_applies_a_request_once_even_across_kill9() {
     let mut s = TestServer::start(&[]);
     let body = event("a", 1_767_225_600) + &event("b", 1_767_225_601) + "garbage\n";
-    let first = s.post(body.as_bytes(), "application/x-ndjson", &[("Idempotency-Key", "k1")]).unwrap();
+    let first = s
+        .post(
+            body.as_bytes(),
+            "application/x-ndjson",
+            &[("Idempotency-Key", "k1")],
+        )
+        .unwrap();
     assert_eq!(first.status, 200);
     assert_eq!(first.body["accepted"], 2);
-    let again = s.post(body.as_bytes(), "application/x-ndjson", &[("Idempotency-Key", "k1")]).unwrap();
+    let again = s
+        .post(
+            body.as_bytes(),
+            "application/x-ndjson",
+            &[("Idempotency-Key", "k1")],
+        )
+        .unwrap();
     assert_eq!(again.body, first.body);
     s.restart();
-    let after = s.post(body.as_bytes(), "application/x-ndjson", &[("Idempotency-Key", "k1")]).unwrap();
+    let after = s
+        .post(
+            body.as_bytes(),
+            "application/x-ndjson",
+            &[("Idempotency-Key", "k1")],
+        )
+        .unwrap();
     assert_eq!(after.body, first.body);
     // And across a flush of the head to segments (the keys file).
     let mut s2 = TestServer::start(&["--head-max-events", "1"]);
-    s2.post(body.as_bytes(), "application/x-ndjson", &[("Idempotency-Key", "k2")]).unwrap();
+    s2.post(
+        body.as_bytes(),
+        "application/x-ndjson",
+        &[("Idempotency-Key", "k2")],
+    )
+    .unwrap();
     s2.restart();
-    let replay = s2.post(body.as_bytes(), "application/x-ndjson", &[("Idempotency-Key", "k2")]).unwrap();
+    let replay = s2
+        .post(
+            body.as_bytes(),
+            "application/x-ndjson",
+            &[("Idempotency-Key", "k2")],
+        )
+        .unwrap();
     assert_eq!(replay.body["accepted"], 2);
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 2);
     assert_eq!(all_counts(&s2, "t").values().sum::<u64>(), 2);
@@ -45,16 +74,31 @@ fn max_lateness_rejects_old_events_with_a_reason_and_lateness_is_measured() {
     let r = s.post_ndjson(&(event("a", t - 1_800) + &event("a", t - 7_200)));
     assert_eq!(r.body["accepted"], 1);
     assert_eq!(r.body["rejected"][0]["index"], 1);
-    assert!(r.body["rejected"][0]["error"].as_str().unwrap().contains("max-lateness"));
+    assert!(r.body["rejected"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("max-lateness"));
     let metrics = s.get_text("/metrics");
-    assert!(metrics.contains("desa_events_rejected_total{reason=\"too_late\"} 1"), "{metrics}");
-    assert!(metrics.contains("desa_event_lateness_seconds_count 1"), "{metrics}");
-    assert!(metrics.contains(&format!("desa_event_time_watermark_seconds {t}")), "{metrics}");
+    assert!(
+        metrics.contains("desa_events_rejected_total{reason=\"too_late\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("desa_event_lateness_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("desa_event_time_watermark_seconds {t}")),
+        "{metrics}"
+    );
 
     // By default late events are accepted and counted.
     let s = TestServer::start(&[]);
     s.post_ndjson(&event("a", t));
-    assert_eq!(s.post_ndjson(&event("a", t - 30 * 86_400)).body["accepted"], 1);
+    assert_eq!(
+        s.post_ndjson(&event("a", t - 30 * 86_400)).body["accepted"],
+        1
+    );
     assert_eq!(all_counts(&s, "t")["a"], 2);
 }
 
@@ -62,7 +106,15 @@ fn max_lateness_rejects_old_events_with_a_reason_and_lateness_is_measured() {
 fn metrics_cover_ingest_queries_storage_and_memory() {
     let s = TestServer::start(&[]);
     s.post_ndjson(&(event("a", 1_767_225_600) + "nope\n"));
-    s.get("/v1/query/avg", &[("device_id", "a".into()), ("type", "t".into()), ("start", "0".into()), ("end", "2000000000".into())]);
+    s.get(
+        "/v1/query/avg",
+        &[
+            ("device_id", "a".into()),
+            ("type", "t".into()),
+            ("start", "0".into()),
+            ("end", "2000000000".into()),
+        ],
+    );
     let m = s.get_text("/metrics");
     for needle in [
         "desa_events_accepted_total 1",
@@ -79,7 +131,10 @@ fn metrics_cover_ingest_queries_storage_and_memory() {
 }
 
 fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut files: Vec<_> = fs::read_dir(dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.pop().unwrap()
 }
@@ -95,7 +150,12 @@ fn torn_log_tail_is_truncated_and_mid_log_corruption_stops_the_node() {
     let wal = newest_wal(&s.data_dir);
     let bytes = fs::read(&wal).unwrap();
     assert!(bytes.len() > 100, "the three batches are in the log");
-    fs::OpenOptions::new().append(true).open(&wal).unwrap().write_all(&bytes[..40]).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&wal)
+        .unwrap()
+        .write_all(&bytes[..40])
+        .unwrap();
     s.restart();
     assert_eq!(all_counts(&s, "t")["a"], 3);
 
@@ -109,23 +169,34 @@ fn torn_log_tail_is_truncated_and_mid_log_corruption_stops_the_node() {
     let mut bytes = fs::read(&wal).unwrap();
     bytes[20] ^= 0xFF;
     fs::write(&wal, &bytes).unwrap();
-    let log = s.try_restart().expect_err("a corrupt log must not be served");
+    let log = s
+        .try_restart()
+        .expect_err("a corrupt log must not be served");
     assert!(log.contains("corrupt") && log.contains(".wal"), "{log}");
 }
 
 #[test]
 fn corrupt_segment_stops_the_node_with_its_name() {
     let mut s = TestServer::start(&["--head-max-events", "2"]);
-    s.post_ndjson(&(event("a", 1_767_225_600) + &event("a", 1_767_225_601) + &event("a", 1_767_225_602)));
+    s.post_ndjson(
+        &(event("a", 1_767_225_600) + &event("a", 1_767_225_601) + &event("a", 1_767_225_602)),
+    );
     s.restart(); // replays and flushes everything into segments
     assert_eq!(all_counts(&s, "t")["a"], 3);
     s.wait_flushed();
     s.kill9();
-    let seg = fs::read_dir(s.data_dir.join("segments")).unwrap().next().unwrap().unwrap().path();
+    let seg = fs::read_dir(s.data_dir.join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = fs::read(&seg).unwrap();
     bytes[100] ^= 0x01;
     fs::write(&seg, &bytes).unwrap();
-    let log = s.try_restart().expect_err("a corrupt segment must not be served");
+    let log = s
+        .try_restart()
+        .expect_err("a corrupt segment must not be served");
     assert!(log.contains("checksum") && log.contains(".seg"), "{log}");
 }
 
@@ -143,13 +214,18 @@ fn disk_full_gives_503_with_retry_after_and_keeps_acknowledged_events() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); the disk-full path is not exercised");
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?); the disk-full path is not exercised"
+        );
         return;
     }
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _guard = Unmount(mnt.clone());
@@ -160,8 +236,12 @@ fn disk_full_gives_503_with_retry_after_and_keeps_acknowledged_events() {
     let mut acked = 0u64;
     let mut refused = None;
     for b in 0..2_000 {
-        let body: String = (0..200).map(|i| event(&format!("d{}", i % 7), 1_767_225_600 + b * 200 + i)).collect();
-        let r = s.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap();
+        let body: String = (0..200)
+            .map(|i| event(&format!("d{}", i % 7), 1_767_225_600 + b * 200 + i))
+            .collect();
+        let r = s
+            .post(body.as_bytes(), "application/x-ndjson", &[])
+            .unwrap();
         if r.status == 200 {
             acked += r.body["accepted"].as_u64().unwrap();
         } else {

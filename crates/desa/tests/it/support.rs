@@ -24,7 +24,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn error(&self) -> &str {
         self.body["error"].as_str().unwrap_or("")
@@ -32,7 +35,9 @@ impl Reply {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
 }
 
 fn to_reply(r: Result<ureq::Response, ureq::Error>) -> Result<Reply, String> {
@@ -49,7 +54,11 @@ fn to_reply(r: Result<ureq::Response, ureq::Error>) -> Result<Reply, String> {
         .collect();
     let text = resp.into_string().map_err(|e| e.to_string())?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Reply { status, headers, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 impl TestServer {
@@ -77,7 +86,11 @@ impl TestServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_desa"))
             .arg("serve")
             .arg("--listen")
@@ -124,7 +137,8 @@ impl TestServer {
 
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn().unwrap_or_else(|log| panic!("restart failed:\n{log}"));
+        self.spawn()
+            .unwrap_or_else(|log| panic!("restart failed:\n{log}"));
     }
 
     pub fn try_restart(&mut self) -> Result<(), String> {
@@ -132,7 +146,12 @@ impl TestServer {
         self.spawn()
     }
 
-    pub fn post(&self, body: &[u8], content_type: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    pub fn post(
+        &self,
+        body: &[u8],
+        content_type: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         let mut req = agent().post(&format!("{}/v1/events", self.base));
         if !content_type.is_empty() {
             req = req.set("Content-Type", content_type);
@@ -144,7 +163,8 @@ impl TestServer {
     }
 
     pub fn post_ndjson(&self, body: &str) -> Reply {
-        self.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap()
+        self.post(body.as_bytes(), "application/x-ndjson", &[])
+            .unwrap()
     }
 
     pub fn get(&self, path: &str, params: &[(&str, String)]) -> Reply {
@@ -156,7 +176,12 @@ impl TestServer {
     }
 
     pub fn get_text(&self, path: &str) -> String {
-        agent().get(&format!("{}{path}", self.base)).call().unwrap().into_string().unwrap()
+        agent()
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
     }
 
     /// Waits until every stored event is in segments.
@@ -190,6 +215,11 @@ pub fn all_counts(s: &TestServer, ty: &str) -> std::collections::HashMap<String,
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["count"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap().to_owned(),
+                d["count"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }

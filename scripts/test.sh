@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command of the README, and what CI runs (.ci/run).
+#
+# Installs what the tests need on a fresh Debian machine, then runs every
+# test of the workspace: unit, model-based (oracle) and the integration tests
+# that start the real `desa` process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Rebuilds reuse a target dir outside the clone when one is given or exists.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/desa-target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+need_cmd() { command -v "$1" >/dev/null 2>&1; }
+if ! need_cmd cc || ! need_cmd mount; then
+  if need_cmd apt-get; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq build-essential mount >/dev/null
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --quiet
