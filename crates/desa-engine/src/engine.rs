@@ -23,7 +23,7 @@ use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
 use crate::query;
 use crate::segment::{write_segment, Segment, SegmentMeta};
-use crate::wal::{self, encode_record, WalRecord, WalWriter};
+use crate::wal::{self, encode_parts, WalWriter};
 
 /// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl EngineConfig {
             max_frozen_heads: 2,
             memory_budget_bytes: 1 << 30,
             compaction_fanin: 4,
-            max_segment_rows: 4 << 20,
+            max_segment_rows: 1 << 20,
         }
     }
 }
@@ -491,17 +491,17 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
     }
     buf.clear();
     for (req, _) in &applies {
-        encode_record(
-            &WalRecord {
-                idempotency_key: req.idempotency_key.clone(),
-                response: if req.idempotency_key.is_some() {
-                    req.response.clone()
-                } else {
-                    String::new()
-                },
-                created_secs: now,
-                events: req.events.clone(),
-            },
+        // The response is only needed to answer a retry of a keyed request.
+        let response = if req.idempotency_key.is_some() {
+            req.response.as_str()
+        } else {
+            ""
+        };
+        encode_parts(
+            req.idempotency_key.as_deref(),
+            response,
+            now,
+            &req.events,
             buf,
         );
     }
@@ -610,7 +610,9 @@ fn flusher_loop(inner: &Inner) {
             return;
         }
         loop {
-            match compact_once(inner) {
+            let compacted = compact_once(inner);
+            enforce_memory_budget(inner);
+            match compacted {
                 Ok(true) => {
                     if inner.state.read().frozen.is_empty() {
                         continue;
@@ -729,6 +731,7 @@ fn compact_once(inner: &Inner) -> Result<bool> {
     let mut rows = Rows::default();
     for s in &victims {
         s.append_to(&mut rows);
+        s.release_memory();
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     let partition = victims[0].meta.partition;
@@ -769,9 +772,15 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-/// Drops mapped segment pages from this process when it nears its budget;
-/// they stay in the kernel's page cache and are mapped again on access.
+/// Returns freed heap to the OS and drops mapped segment pages from this
+/// process when it nears its budget; the pages stay in the kernel's page
+/// cache and are mapped again on access.
 fn enforce_memory_budget(inner: &Inner) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     if resident_bytes() > inner.cfg.memory_budget_bytes / 4 * 3 {
         let segs = inner.state.read().segments.clone();
         for s in segs {

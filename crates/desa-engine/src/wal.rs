@@ -51,21 +51,38 @@ pub struct WalRecord {
 /// `dev_len u8 | dev | type_len u8 | type | ts i64 | value f64 | lat f64 |
 /// lon f64 | meta_len u32 (0xFFFF_FFFF = none) | meta`.
 pub fn encode_record(rec: &WalRecord, out: &mut Vec<u8>) {
+    encode_parts(
+        rec.idempotency_key.as_deref(),
+        &rec.response,
+        rec.created_secs,
+        &rec.events,
+        out,
+    )
+}
+
+/// [`encode_record`] from borrowed parts, so a write need not copy its events.
+pub fn encode_parts(
+    key: Option<&str>,
+    response: &str,
+    created_secs: i64,
+    events: &[Event],
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]); // len and crc, filled below
-    out.extend_from_slice(&rec.created_secs.to_le_bytes());
-    match &rec.idempotency_key {
+    out.extend_from_slice(&created_secs.to_le_bytes());
+    match key {
         Some(k) => {
             out.extend_from_slice(&(k.len() as u16).to_le_bytes());
             out.extend_from_slice(k.as_bytes());
         }
         None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
     }
-    out.extend_from_slice(&(rec.response.len() as u32).to_le_bytes());
-    out.extend_from_slice(rec.response.as_bytes());
-    out.extend_from_slice(&(rec.events.len() as u32).to_le_bytes());
-    for e in &rec.events {
+    out.extend_from_slice(&(response.len() as u32).to_le_bytes());
+    out.extend_from_slice(response.as_bytes());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for e in events {
         out.push(e.device_id.len() as u8);
         out.extend_from_slice(e.device_id.as_bytes());
         out.push(e.event_type.len() as u8);

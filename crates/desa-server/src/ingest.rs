@@ -47,15 +47,54 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     }
 }
 
+/// Reads the body up to `max_bytes`. An oversized body is still read (and
+/// dropped) up to [`DRAIN_FACTOR`] times the limit, so that the client, still
+/// sending, receives the 413 instead of a connection reset.
+async fn read_limited(mut body: Body, max_bytes: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total <= max_bytes {
+            buf.extend_from_slice(&data);
+        } else if total > max_bytes.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if total > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    Ok(Bytes::from(buf))
+}
+
+const DRAIN_FACTOR: usize = 4;
+
+fn too_large(max_bytes: usize) -> ApiError {
+    ApiError::TooLarge(format!(
+        "body is larger than the limit of {max_bytes} bytes (--max-body)"
+    ))
+}
+
+/// Reads the raw (possibly compressed) body within the limit.
 async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "body is larger than the limit of {max_bytes} bytes (--max-body)"
-        ))
-    };
-    let raw = axum::body::to_bytes(body, max_bytes)
-        .await
-        .map_err(|_| too_large())?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_bytes.saturating_mul(DRAIN_FACTOR)) {
+        return Err(too_large(max_bytes));
+    }
+    read_limited(body, max_bytes).await
+}
+
+/// Undoes `Content-Encoding`, keeping the decoded body within the limit.
+fn decode(raw: Bytes, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -89,6 +128,10 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // The body is read before any other check can fail, so that an error
+    // response never races a client that is still sending (a reset would
+    // hide the response).
+    let raw = read_body(body, &headers, app.cfg.max_body_bytes).await?;
     let format = body_format(&headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -112,7 +155,7 @@ pub async fn post_events(
         app.metrics.requests_replayed.inc();
         return Ok(json_response(stored));
     }
-    let bytes = read_body(body, &headers, app.cfg.max_body_bytes).await?;
+    let bytes = decode(raw, &headers, app.cfg.max_body_bytes)?;
 
     let limits = Limits {
         now_secs: app.clock.now_secs(),

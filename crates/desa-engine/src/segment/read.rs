@@ -72,6 +72,9 @@ impl Segment {
         if crc != stored_crc {
             return Err(bad(0, "segment checksum mismatch"));
         }
+        // Verifying read every page; they need not stay resident.
+        // SAFETY: read-only shared file mapping, see `release_memory`.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         let mut sections = [(0usize, 0usize); SECTION_COUNT];
         for (i, s) in sections.iter_mut().enumerate() {
             *s = (le_u64(f, i * 16) as usize, le_u64(f, i * 16 + 8) as usize);

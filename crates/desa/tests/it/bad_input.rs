@@ -85,7 +85,9 @@ fn malformed_input_gets_clear_errors_and_good_data_survives() {
         ),
     ];
     for (body, ct, headers, status, needle) in cases {
-        let r = s.post(&body, ct, &headers).unwrap();
+        let r = s
+            .post(&body, ct, &headers)
+            .unwrap_or_else(|e| panic!("{ct} {headers:?} {} bytes: {e}", body.len()));
         assert_eq!(r.status, status, "{ct} {headers:?}: {}", r.body);
         assert!(
             r.error().contains(needle),
