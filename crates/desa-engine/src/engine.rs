@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -130,6 +130,7 @@ struct Inner {
     frozen_cv: Condvar,
     frozen_lock: Mutex<()>,
     shutdown: AtomicBool,
+    queries: AtomicU64,
 }
 
 /// The embedded storage engine of one node.
@@ -251,6 +252,7 @@ impl Engine {
             frozen_cv: Condvar::new(),
             frozen_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
+            queries: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Commit>();
         let committer = {
@@ -332,6 +334,7 @@ impl Engine {
         let (c, s) = query::avg(&segs, device, event_type, w);
         count += c;
         sum = sum + s;
+        self.after_query();
         AvgAnswer::new(device, event_type, w, count, sum.value())
     }
 
@@ -350,6 +353,7 @@ impl Engine {
         let (c, s) = query::geo(&segs, event_type, bbox, w);
         count += c;
         sum = sum + s;
+        self.after_query();
         GeoAnswer::new(event_type, w, bbox, count, sum.value())
     }
 
@@ -365,12 +369,22 @@ impl Engine {
             (counts, st.segments.clone())
         };
         let devices: Vec<DeviceCount> = query::topk(&counts, &segs, event_type, w, k);
+        self.after_query();
         TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
             end: w.end,
             k,
             devices,
+        }
+    }
+
+    /// Queries map segment pages in; every few queries, drop them again if
+    /// the process is near its memory budget.
+    fn after_query(&self) {
+        let n = self.inner.queries.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(QUERIES_PER_MEMORY_CHECK) {
+            enforce_memory_budget(&self.inner);
         }
     }
 
@@ -434,6 +448,10 @@ fn heads(st: &State) -> impl Iterator<Item = &Head> {
 }
 
 const MAX_GROUP_BYTES: usize = 64 << 20;
+/// How often the flusher checks resident memory when it has nothing to do.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Queries check resident memory every this many queries.
+const QUERIES_PER_MEMORY_CHECK: u64 = 8;
 
 fn committer_loop(inner: &Inner, mut wal: WalWriter, rx: mpsc::Receiver<Commit>) {
     let mut buf = Vec::with_capacity(1 << 20);
@@ -599,7 +617,7 @@ fn flusher_loop(inner: &Inner) {
         {
             let mut wake = inner.flush_wake.lock();
             if !*wake {
-                inner.flush_cv.wait_for(&mut wake, Duration::from_secs(1));
+                inner.flush_cv.wait_for(&mut wake, MEMORY_CHECK_INTERVAL);
             }
             *wake = false;
         }
@@ -611,6 +629,7 @@ fn flusher_loop(inner: &Inner) {
         }
         loop {
             let compacted = compact_once(inner);
+            trim_heap();
             enforce_memory_budget(inner);
             match compacted {
                 Ok(true) => {
@@ -628,7 +647,17 @@ fn flusher_loop(inner: &Inner) {
                 }
             }
         }
+        trim_heap();
         enforce_memory_budget(inner);
+    }
+}
+
+/// Returns freed heap memory to the operating system (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -689,10 +718,14 @@ fn flush_frozen(inner: &Inner) -> Result<()> {
     }
 }
 
+/// Segments below this many rows share the lowest tier, so the small
+/// segments of late events merge together quickly.
+const TIER0_ROWS: u64 = 64 * 1024;
+
 /// Size tier of a segment: segments in one tier are within a factor of `fanin`.
 fn tier(rows: u64, fanin: usize) -> u32 {
     let mut t = 0;
-    let mut cap = fanin as u64;
+    let mut cap = TIER0_ROWS;
     while rows >= cap {
         t += 1;
         cap = cap.saturating_mul(fanin as u64);
@@ -776,11 +809,6 @@ pub fn resident_bytes() -> u64 {
 /// process when it nears its budget; the pages stay in the kernel's page
 /// cache and are mapped again on access.
 fn enforce_memory_budget(inner: &Inner) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
     if resident_bytes() > inner.cfg.memory_budget_bytes / 4 * 3 {
         let segs = inner.state.read().segments.clone();
         for s in segs {

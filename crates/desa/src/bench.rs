@@ -248,6 +248,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         elapsed.as_secs_f64()
     );
 
+    // Let flushes and compaction finish, so queries see the steady state.
+    let settle_started = Instant::now();
+    let mut last = (u64::MAX, 0u32);
+    while settle_started.elapsed() < Duration::from_secs(900) {
+        let h = client.get_json("/healthz", &[])?;
+        let segs = h["segments"].as_u64().unwrap_or(0);
+        let unflushed = h["unflushed_events"].as_u64().unwrap_or(0);
+        last = if segs == last.0 && unflushed == 0 {
+            (segs, last.1 + 1)
+        } else {
+            (segs, 0)
+        };
+        if last.1 >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "flush and compaction settled after {:.0}s: {} segments",
+        settle_started.elapsed().as_secs_f64(),
+        last.0
+    );
+
     // Queries.
     let g = Generator::new(cfg);
     let devices = [
