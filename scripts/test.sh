@@ -19,6 +19,18 @@ if ! need_cmd cc || ! need_cmd mount; then
   fi
 fi
 
+# The Kafka-protocol broker the Kafka tests start: tansu, pinned, built once
+# into a cache outside the clone.
+TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+TOOLS="${DESA_TOOLS:-/var/tmp/desa-tools}"
+if [ -z "${DESA_TANSU:-}" ]; then
+  if ! "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    echo "== building tansu $TANSU_VERSION into $TOOLS (once; several minutes)"
+    cargo install --locked --root "$TOOLS" --version "$TANSU_VERSION" --features dynostore tansu
+  fi
+  export DESA_TANSU="$TOOLS/bin/tansu"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

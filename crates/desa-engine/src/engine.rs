@@ -2,7 +2,7 @@
 //! background flusher (frozen heads to segments, compaction, memory budget),
 //! and queries over a consistent view of head, frozen heads and segments.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
 use crate::query;
 use crate::segment::{write_segment, Segment, SegmentMeta};
-use crate::wal::{self, encode_parts, WalWriter};
+use crate::wal::{self, encode_parts, RecordParts, SourceOffset, WalWriter};
 
 /// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -61,6 +61,20 @@ pub struct WriteRequest {
     pub idempotency_key: Option<String>,
     /// The response to store with the key.
     pub response: String,
+    /// Source positions that become durable atomically with the events.
+    pub source_offsets: Vec<SourceOffset>,
+}
+
+impl WriteRequest {
+    /// Events with no key and no source positions.
+    pub fn events(events: Vec<Event>) -> Self {
+        WriteRequest {
+            events,
+            idempotency_key: None,
+            response: String::new(),
+            source_offsets: Vec::new(),
+        }
+    }
 }
 
 /// What a durable write did.
@@ -115,6 +129,8 @@ struct State {
     segments: Vec<Arc<Segment>>,
     keys: IdempotencyKeys,
     watermark: Option<i64>,
+    /// Next offset per (source, partition), as durable as the events before it.
+    offsets: BTreeMap<(String, i32), i64>,
 }
 
 struct Inner {
@@ -168,6 +184,7 @@ impl Engine {
             next_segment_id: 1,
             wal_start: 1,
             segments: Vec::new(),
+            source_offsets: Vec::new(),
         });
 
         // Segments: the manifest's, verified; any other file is a leftover.
@@ -207,7 +224,13 @@ impl Engine {
             .filter(|s| s.meta.rows > 0)
             .map(|s| s.meta.max_ts)
             .max();
+        let mut offsets: BTreeMap<(String, i32), i64> = manifest
+            .source_offsets
+            .iter()
+            .map(|o| ((o.source.clone(), o.partition), o.next_offset))
+            .collect();
         let newest = wal::replay(&wdir, manifest.wal_start, |rec| {
+            advance_offsets(&mut offsets, &rec.source_offsets);
             for e in &rec.events {
                 head.insert(e);
                 watermark = Some(watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
@@ -244,6 +267,7 @@ impl Engine {
                 segments,
                 keys,
                 watermark,
+                offsets,
             }),
             manifest: Mutex::new(manifest),
             poisoned: Mutex::new(None),
@@ -312,6 +336,21 @@ impl Engine {
     /// The stored response of an idempotency key, if it was seen.
     pub fn idempotent_response(&self, key: &str) -> Option<String> {
         self.inner.state.read().keys.get(key).map(str::to_owned)
+    }
+
+    /// The next offset to read from a source partition, if any was stored.
+    pub fn source_offset(&self, source: &str, partition: i32) -> Option<i64> {
+        self.inner
+            .state
+            .read()
+            .offsets
+            .get(&(source.to_owned(), partition))
+            .copied()
+    }
+
+    /// Every stored source position.
+    pub fn source_offsets(&self) -> Vec<SourceOffset> {
+        offsets_list(&self.inner.state.read().offsets)
     }
 
     /// Largest event timestamp stored so far.
@@ -443,6 +482,26 @@ impl Drop for Engine {
     }
 }
 
+fn advance_offsets(offsets: &mut BTreeMap<(String, i32), i64>, new: &[SourceOffset]) {
+    for o in new {
+        let next = offsets
+            .entry((o.source.clone(), o.partition))
+            .or_insert(o.next_offset);
+        *next = (*next).max(o.next_offset);
+    }
+}
+
+fn offsets_list(offsets: &BTreeMap<(String, i32), i64>) -> Vec<SourceOffset> {
+    offsets
+        .iter()
+        .map(|((source, partition), next)| SourceOffset {
+            source: source.clone(),
+            partition: *partition,
+            next_offset: *next,
+        })
+        .collect()
+}
+
 fn heads(st: &State) -> impl Iterator<Item = &Head> {
     std::iter::once(&st.head).chain(st.frozen.iter().map(|f| f.head.as_ref()))
 }
@@ -515,13 +574,14 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
         } else {
             ""
         };
-        encode_parts(
-            req.idempotency_key.as_deref(),
+        let parts = RecordParts {
+            idempotency_key: req.idempotency_key.as_deref(),
             response,
-            now,
-            &req.events,
-            buf,
-        );
+            created_secs: now,
+            events: &req.events,
+            source_offsets: &req.source_offsets,
+        };
+        encode_parts(&parts, buf);
     }
     if !buf.is_empty() {
         let started = Instant::now();
@@ -556,6 +616,7 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
     let freeze = {
         let mut st = inner.state.write();
         for (req, _) in &applies {
+            advance_offsets(&mut st.offsets, &req.source_offsets);
             for e in &req.events {
                 st.head.insert(e);
                 st.watermark = Some(st.watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
@@ -703,6 +764,9 @@ fn flush_frozen(inner: &Inner) -> Result<()> {
         inner.state.read().keys.store_durable(&inner.cfg.dir)?;
         let old_wal_start = manifest.wal_start;
         manifest.wal_start = wal_next;
+        // May include positions of the active head too: its events are still
+        // in the log from `wal_start`, and replay takes the larger offset.
+        manifest.source_offsets = offsets_list(&inner.state.read().offsets);
         manifest.store_durable(&inner.cfg.dir)?;
         {
             let mut st = inner.state.write();

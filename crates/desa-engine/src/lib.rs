@@ -20,7 +20,7 @@
 //! let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(SystemClock)).unwrap();
 //! let e = Event { device_id: "d1".into(), ts_secs: 100, event_type: "temperature".into(),
 //!     value: 20.0, latitude: 1.0, longitude: 2.0, metadata: None };
-//! engine.write(WriteRequest { events: vec![e], idempotency_key: None, response: String::new() }).unwrap();
+//! engine.write(WriteRequest::events(vec![e])).unwrap();
 //! let answer = engine.avg("d1", "temperature", TimeWindow::new(0, 200).unwrap());
 //! assert_eq!(answer.count, 1);
 //! ```
@@ -42,3 +42,4 @@ pub use engine::{
     resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest,
 };
 pub use error::{Error, Result};
+pub use wal::SourceOffset;

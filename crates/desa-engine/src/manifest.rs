@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::segment::SegmentMeta;
-use crate::wal::sync_dir;
+use crate::wal::{sync_dir, SourceOffset};
 
 pub const FILE: &str = "MANIFEST";
 
@@ -25,6 +25,9 @@ pub struct Manifest {
     /// Log files numbered below this are wholly in segments.
     pub wal_start: u64,
     pub segments: Vec<SegmentMeta>,
+    /// Source positions covered by the segments and the log from `wal_start`.
+    #[serde(default)]
+    pub source_offsets: Vec<SourceOffset>,
 }
 
 impl Manifest {

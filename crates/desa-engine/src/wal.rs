@@ -37,37 +37,60 @@ const HEADER_BYTES: usize = 12;
 const MAX_RECORD_BYTES: usize = 1 << 30;
 
 /// One acknowledged write: the events of one request and, when the request
-/// carried an `Idempotency-Key`, the key and the response it got.
+/// carried an `Idempotency-Key`, the key and the response it got; for events
+/// from a log-structured source (Kafka), the source positions they reach.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WalRecord {
     pub idempotency_key: Option<String>,
     pub response: String,
     pub created_secs: i64,
     pub events: Vec<Event>,
+    pub source_offsets: Vec<SourceOffset>,
+}
+
+/// The next offset to read from one partition of a source, made durable
+/// together with the events that came before it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceOffset {
+    /// For example `kafka:events`.
+    pub source: String,
+    pub partition: i32,
+    pub next_offset: i64,
 }
 
 /// Payload layout: `created_secs i64 | key_len u16 (0xFFFF = none) | key |
-/// response_len u32 | response | n u32 | n events`, where an event is
-/// `dev_len u8 | dev | type_len u8 | type | ts i64 | value f64 | lat f64 |
-/// lon f64 | meta_len u32 (0xFFFF_FFFF = none) | meta`.
+/// response_len u32 | response | n u32 | n events | m u16 | m offsets`,
+/// where an event is `dev_len u8 | dev | type_len u8 | type | ts i64 |
+/// value f64 | lat f64 | lon f64 | meta_len u32 (0xFFFF_FFFF = none) | meta`
+/// and an offset `source_len u8 | source | partition i32 | next_offset i64`.
 pub fn encode_record(rec: &WalRecord, out: &mut Vec<u8>) {
-    encode_parts(
-        rec.idempotency_key.as_deref(),
-        &rec.response,
-        rec.created_secs,
-        &rec.events,
-        out,
-    )
+    let parts = RecordParts {
+        idempotency_key: rec.idempotency_key.as_deref(),
+        response: &rec.response,
+        created_secs: rec.created_secs,
+        events: &rec.events,
+        source_offsets: &rec.source_offsets,
+    };
+    encode_parts(&parts, out)
 }
 
-/// [`encode_record`] from borrowed parts, so a write need not copy its events.
-pub fn encode_parts(
-    key: Option<&str>,
-    response: &str,
-    created_secs: i64,
-    events: &[Event],
-    out: &mut Vec<u8>,
-) {
+/// A record's fields, borrowed, so a write need not copy its events.
+pub struct RecordParts<'a> {
+    pub idempotency_key: Option<&'a str>,
+    pub response: &'a str,
+    pub created_secs: i64,
+    pub events: &'a [Event],
+    pub source_offsets: &'a [SourceOffset],
+}
+
+/// [`encode_record`] from borrowed parts.
+pub fn encode_parts(rec: &RecordParts<'_>, out: &mut Vec<u8>) {
+    let (key, response, created_secs, events) = (
+        rec.idempotency_key,
+        rec.response,
+        rec.created_secs,
+        rec.events,
+    );
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]); // len and crc, filled below
@@ -98,6 +121,13 @@ pub fn encode_parts(
             }
             None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
+    }
+    out.extend_from_slice(&(rec.source_offsets.len() as u16).to_le_bytes());
+    for o in rec.source_offsets {
+        out.push(o.source.len() as u8);
+        out.extend_from_slice(o.source.as_bytes());
+        out.extend_from_slice(&o.partition.to_le_bytes());
+        out.extend_from_slice(&o.next_offset.to_le_bytes());
     }
     let len = (out.len() - start - HEADER_BYTES) as u32;
     let len_bytes = len.to_le_bytes();
@@ -184,11 +214,25 @@ fn decode_payload(payload: &[u8]) -> Option<WalRecord> {
             metadata,
         });
     }
+    let m = c.u16()? as usize;
+    let mut source_offsets = Vec::with_capacity(m);
+    for _ in 0..m {
+        let len = c.u8()? as usize;
+        let source = c.str(len)?;
+        let partition = c.u32()? as i32;
+        let next_offset = c.u64()? as i64;
+        source_offsets.push(SourceOffset {
+            source,
+            partition,
+            next_offset,
+        });
+    }
     (c.pos == payload.len()).then_some(WalRecord {
         idempotency_key,
         response,
         created_secs,
         events,
+        source_offsets,
     })
 }
 
@@ -365,6 +409,13 @@ mod tests {
                 longitude: -2.0,
                 metadata: (i % 3 == 0).then(|| Box::from("{\"a\":1}")),
             }],
+            source_offsets: (0..i % 3)
+                .map(|p| SourceOffset {
+                    source: "kafka:events".into(),
+                    partition: p as i32,
+                    next_offset: i * 10,
+                })
+                .collect(),
         }
     }
 

@@ -156,21 +156,11 @@ fn run(seed: u64, events: u64, head_max_rows: usize) {
         batch.push(e);
         if batch.len() >= rng.gen_range(1..400) {
             engine
-                .write(WriteRequest {
-                    events: std::mem::take(&mut batch),
-                    idempotency_key: None,
-                    response: String::new(),
-                })
+                .write(WriteRequest::events(std::mem::take(&mut batch)))
                 .unwrap();
         }
     }
-    engine
-        .write(WriteRequest {
-            events: batch,
-            idempotency_key: None,
-            response: String::new(),
-        })
-        .unwrap();
+    engine.write(WriteRequest::events(batch)).unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
     engine.flush().unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
@@ -212,16 +202,51 @@ fn unflushed_writes_survive_reopen() {
         for _ in 0..50 {
             let events: Vec<Event> = (0..20).map(|_| edge_event(&mut rng)).collect();
             oracle.events.extend(events.iter().cloned());
-            engine
-                .write(WriteRequest {
-                    events,
-                    idempotency_key: None,
-                    response: String::new(),
-                })
-                .unwrap();
+            engine.write(WriteRequest::events(events)).unwrap();
         }
     }
     let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
     let devices: Vec<String> = (0..20).map(|i| format!("edge-{i}")).collect();
     check_all(&engine, &oracle, &mut rng, &devices, 200);
+}
+
+#[test]
+fn source_offsets_are_durable_with_their_events() {
+    use desa_engine::SourceOffset;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_rows = 50;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut expected = std::collections::BTreeMap::new();
+    {
+        let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+        for i in 0..40i64 {
+            let p = (i % 4) as i32;
+            let mut req = WriteRequest::events((0..7).map(|_| edge_event(&mut rng)).collect());
+            req.source_offsets = vec![SourceOffset {
+                source: "kafka:events".into(),
+                partition: p,
+                next_offset: 100 + i,
+            }];
+            engine.write(req).unwrap();
+            expected.insert(p, 100 + i);
+        }
+        // some positions are in segments (head of 50 rows), the rest only in the log
+        assert!(engine.stats().segment_rows > 0);
+        for (p, o) in &expected {
+            assert_eq!(engine.source_offset("kafka:events", *p), Some(*o));
+        }
+    }
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    for (p, o) in &expected {
+        assert_eq!(engine.source_offset("kafka:events", *p), Some(*o));
+    }
+    assert_eq!(engine.source_offset("kafka:events", 9), None);
+    engine.flush().unwrap();
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    assert_eq!(engine.source_offsets().len(), 4);
+    for (p, o) in &expected {
+        assert_eq!(engine.source_offset("kafka:events", *p), Some(*o));
+    }
 }

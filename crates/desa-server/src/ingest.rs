@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use desa_engine::idempotency::MAX_KEY_BYTES;
 use desa_engine::{WriteOutcome, WriteRequest};
-use desa_model::{parse_body, BodyError, BodyFormat, Limits, Rejection};
+use desa_model::{check_lateness, parse_body, BodyError, BodyFormat, Limits, Rejection};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -171,24 +171,14 @@ pub async fn post_events(
         let mut rejected = parsed.rejected;
         let mut events = Vec::with_capacity(parsed.events.len());
         for (index, e) in parsed.events {
-            let lateness = watermark.map_or(0, |w| w - e.ts_secs);
-            if let Some(max) = max_lateness {
-                if lateness > max {
-                    rejected.push(Rejection {
-                        index,
-                        error: format!(
-                            "timestamp {} is {lateness} s behind the event-time watermark {}, more than max-lateness ({max} s)",
-                            e.ts_secs,
-                            watermark.unwrap_or_default()
-                        ),
-                    });
-                    continue;
+            match check_lateness(e.ts_secs, watermark, max_lateness) {
+                Ok(0) => events.push(e),
+                Ok(lateness) => {
+                    app2.metrics.event_lateness.observe(lateness as f64);
+                    events.push(e);
                 }
+                Err(error) => rejected.push(Rejection { index, error }),
             }
-            if lateness > 0 {
-                app2.metrics.event_lateness.observe(lateness as f64);
-            }
-            events.push(e);
         }
         rejected.sort_by_key(|r| r.index);
         Ok((events, rejected))
@@ -209,6 +199,7 @@ pub async fn post_events(
                 events,
                 idempotency_key: key,
                 response: response.clone(),
+                source_offsets: Vec::new(),
             },
             move |r| {
                 let _ = tx.send(r);

@@ -49,6 +49,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// Another part of the node (a source, say) that reports in `/healthz` and
+/// `/metrics`.
+pub trait Component: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `(healthy, details)`; an unhealthy component makes the node "degraded".
+    fn health(&self) -> (bool, serde_json::Value);
+    /// Prometheus text exposition.
+    fn metrics(&self) -> String;
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -56,6 +66,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub cfg: Arc<ServerConfig>,
+    pub components: Vec<Arc<dyn Component>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -76,8 +87,16 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
         None => (StatusCode::OK, "ok".to_owned()),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("poisoned: {p}")),
     };
+    let mut healthy = status == StatusCode::OK;
+    let mut parts = serde_json::Map::new();
+    for c in &app.components {
+        let (ok, details) = c.health();
+        healthy &= ok;
+        parts.insert(c.name().to_owned(), details);
+    }
     let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
+        "components": parts,
         "storage": storage,
         "stored_events": stats.head_rows + stats.frozen_rows + stats.segment_rows,
         "unflushed_events": stats.head_rows + stats.frozen_rows,
@@ -88,7 +107,10 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let text = app.metrics.render(&app.engine.stats());
+    let mut text = app.metrics.render(&app.engine.stats());
+    for c in &app.components {
+        text.push_str(&c.metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Queries timed per kind.
     #[arg(long, env = "DESA_BENCH_QUERIES", default_value_t = 300)]
     pub queries: usize,
+    /// Query the data a previous run left in the work dir instead of loading.
+    #[arg(long)]
+    pub reuse_data: bool,
     /// Write the results as JSON here.
     #[arg(long, env = "DESA_BENCH_OUT")]
     pub out: Option<PathBuf>,
@@ -211,8 +214,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         zipf_s: args.zipf,
         ..GenConfig::default()
     };
+    let data_dir = work.join("data");
+    let reuse = args.reuse_data && data_dir.join("MANIFEST").exists();
     let input = match &args.input {
         Some(p) => p.clone(),
+        None if reuse => PathBuf::new(),
         None => {
             let path = work.join("events.ndjson");
             let bar = progress_bar(args.events, "generate");
@@ -248,7 +254,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         elapsed.as_secs_f64()
     );
 
-    // Let flushes and compaction finish, so queries see the steady state.
+    // Let compaction finish, so queries see the steady state (the newest
+    // events stay in the in-memory head until it fills).
     let settle_started = Instant::now();
     let mut last = (u64::MAX, 0u32);
     while settle_started.elapsed() < Duration::from_secs(900) {

@@ -58,6 +58,49 @@ pub struct ServeArgs {
     /// Events held in memory before they are flushed to a segment.
     #[arg(long, env = "DESA_HEAD_MAX_EVENTS", default_value_t = 262_144)]
     pub head_max_events: usize,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Consuming a Kafka topic (all optional: without brokers there is no consumer).
+#[derive(Args, Clone, Debug, Default)]
+pub struct KafkaArgs {
+    /// Brokers to consume from, `host:port[,host:port]`.
+    #[arg(long, env = "DESA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to consume.
+    #[arg(long, env = "DESA_KAFKA_TOPIC", default_value = "events")]
+    pub kafka_topic: String,
+    /// Consumer group.
+    #[arg(long, env = "DESA_KAFKA_GROUP", default_value = "desa")]
+    pub kafka_group: String,
+    /// Dead letters: `topic:NAME` or `file:PATH` (default: topic `<topic>.dlq`).
+    #[arg(long, env = "DESA_KAFKA_DLQ")]
+    pub kafka_dlq: Option<String>,
+    /// Extra librdkafka setting `key=value` (security.protocol, sasl.*, ssl.*); repeatable.
+    #[arg(long = "kafka-option", env = "DESA_KAFKA_OPTIONS", value_delimiter = ';')]
+    pub kafka_options: Vec<String>,
+    /// Events per write to the store at most.
+    #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]
+    pub kafka_batch_events: usize,
+    /// Longest a consumed event waits before it is written (freshness).
+    #[arg(long, env = "DESA_KAFKA_BATCH_WAIT", default_value = "100ms", value_parser = crate::units::parse_duration)]
+    pub kafka_batch_wait: std::time::Duration,
+}
+
+impl KafkaArgs {
+    /// `key=value` options as pairs; the error names the malformed one.
+    pub fn option_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| {
+                o.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -129,6 +172,12 @@ pub struct GenArgs {
     /// Events per second to send at most (0 = as fast as possible).
     #[arg(long, env = "DESA_GEN_RATE", default_value_t = 0)]
     pub rate: u64,
+    /// Produce into Kafka instead (idempotent, acks=all, keyed by device_id).
+    #[arg(long, env = "DESA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to produce to.
+    #[arg(long, env = "DESA_KAFKA_TOPIC", default_value = "events")]
+    pub kafka_topic: String,
 }
 
 impl GenArgs {

@@ -31,6 +31,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         max_body: 64 << 20,
         memory_budget: 1 << 30,
         head_max_events: 262_144,
+        kafka: Default::default(),
     };
     let node = rt.block_on(Node::start(&serve))?;
     let base = format!("http://{}", node.addr);

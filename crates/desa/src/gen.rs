@@ -123,6 +123,25 @@ pub fn run(args: GenArgs) -> Result<()> {
     let cfg = args.config();
     let total = cfg.count;
     let generator = Generator::new(cfg);
+    if let Some(brokers) = &args.kafka_brokers {
+        let bar = progress_bar(total, "producing");
+        let messages = generator.map(|g| (g.event.as_ref().map(|e| e.device_id.clone()), g.line));
+        let s = desa_kafka::produce_lines(brokers, &args.kafka_topic, &[], messages, |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        eprintln!(
+            "produced {} messages to {} on {brokers} in {:.1}s ({:.0} msgs/s): {} delivered, {} failed",
+            s.sent,
+            args.kafka_topic,
+            s.elapsed.as_secs_f64(),
+            s.sent as f64 / s.elapsed.as_secs_f64().max(1e-9),
+            s.delivered,
+            s.failed
+        );
+        if s.failed > 0 {
+            anyhow::bail!("{} messages were not delivered", s.failed);
+        }
+        return Ok(());
+    }
     if let Some(url) = &args.post {
         let client = Client::new(url);
         let bar = progress_bar(total, "posting");

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use desa_engine::{Clock, Engine, EngineConfig, SystemClock};
-use desa_server::{AppState, Metrics, ServerConfig};
+use desa_kafka::{DlqTarget, KafkaConfig, KafkaSource, KafkaStatus};
+use desa_server::{AppState, Component, Metrics, ServerConfig};
 
 use crate::cli::ServeArgs;
 
@@ -23,6 +24,44 @@ pub struct Node {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    _kafka: Option<KafkaSource>,
+}
+
+/// The Kafka source as a component of `/healthz` and `/metrics`.
+struct KafkaComponent(Arc<KafkaStatus>);
+
+impl Component for KafkaComponent {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn health(&self) -> (bool, serde_json::Value) {
+        self.0.health()
+    }
+    fn metrics(&self) -> String {
+        self.0.render_prometheus()
+    }
+}
+
+type Components = Vec<Arc<dyn Component>>;
+
+fn start_kafka(args: &ServeArgs, engine: &Arc<Engine>, clock: &Arc<dyn Clock>) -> Result<(Option<KafkaSource>, Components)> {
+    let k = &args.kafka;
+    let Some(brokers) = &k.kafka_brokers else {
+        return Ok((None, Vec::new()));
+    };
+    let mut cfg = KafkaConfig::new(brokers, &k.kafka_topic, &k.kafka_group);
+    if let Some(dlq) = &k.kafka_dlq {
+        cfg.dlq = dlq.parse::<DlqTarget>().map_err(anyhow::Error::msg)?;
+    }
+    cfg.options = k.option_pairs()?;
+    cfg.batch_max_events = k.kafka_batch_events.max(1);
+    cfg.batch_max_wait = k.kafka_batch_wait;
+    cfg.max_future_secs = args.max_future;
+    cfg.max_lateness_secs = args.max_lateness;
+    let source = KafkaSource::start(cfg, engine.clone(), clock.clone(), args.data_dir.join("dlq.ndjson"))
+        .context("starting the Kafka consumer")?;
+    let component: Arc<dyn Component> = Arc::new(KafkaComponent(source.status()));
+    Ok((Some(source), vec![component]))
 }
 
 impl Node {
@@ -45,9 +84,11 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let (kafka, components) = start_kafka(args, &engine, &clock)?;
         let state = AppState {
             engine: engine.clone(),
             metrics,
+            components,
             clock,
             cfg: Arc::new(ServerConfig {
                 max_body_bytes: args.max_body as usize,
@@ -63,6 +104,7 @@ impl Node {
             addr,
             shutdown: Some(tx),
             server,
+            _kafka: kafka,
         })
     }
 

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash;
+mod kafka;
 mod oracle;
 mod policies;
 mod support;

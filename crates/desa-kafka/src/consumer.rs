@@ -1,0 +1,337 @@
+//! The consume loop: poll, parse, batch, write durably with offsets, commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use desa_engine::{Clock, Engine, SourceOffset, WriteRequest};
+use desa_model::{check_lateness, parse_body, BodyFormat, Event, Limits};
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::status::KafkaStatus;
+use crate::{KafkaConfig, Result};
+
+/// Consumed but not yet durable.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    /// Next offset per partition covered by this batch.
+    offsets: BTreeMap<i32, i64>,
+    event_max_ts: BTreeMap<i32, i64>,
+    dead: Vec<DeadLetter>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.offsets.is_empty() && self.dead.is_empty()
+    }
+}
+
+struct LoopState {
+    pending: Pending,
+    /// Next offset to apply per assigned partition (the engine's, advanced by
+    /// `pending`); messages below it were applied already and are dropped.
+    next: HashMap<i32, i64>,
+    dlq: DeadLetters,
+}
+
+struct Shared {
+    cfg: KafkaConfig,
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    status: Arc<KafkaStatus>,
+    state: Mutex<LoopState>,
+    stop: AtomicBool,
+}
+
+struct Context(Arc<Shared>);
+
+impl ClientContext for Context {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error");
+        self.0.status.broker_error(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Make everything consumed from the revoked partitions durable and
+            // committed before another member takes them over.
+            flush(&self.0, consumer, CommitMode::Sync);
+            let parts = partitions_of(tpl, &self.0.cfg.topic);
+            let mut st = self.0.state.lock();
+            for p in &parts {
+                st.next.remove(p);
+            }
+            self.0.status.revoked(&parts);
+            tracing::info!(partitions = ?parts, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.0.cfg.topic);
+            let source = self.0.cfg.source_name();
+            self.0.status.assigned(&parts);
+            let mut st = self.0.state.lock();
+            for p in &parts {
+                let stored = self.0.engine.source_offset(&source, *p);
+                self.0.status.resumed_at(*p, stored);
+                if let Some(next) = stored {
+                    st.next.insert(*p, next);
+                    // Skip what is already applied; if the seek is refused
+                    // here, the messages are dropped as they arrive instead.
+                    let _ = consumer.seek(&self.0.cfg.topic, *p, Offset::Offset(next), Duration::from_millis(500));
+                }
+            }
+            tracing::info!(partitions = ?parts, "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_ok() {
+            for e in offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    self.0.status.committed(e.partition(), o);
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
+}
+
+/// A running Kafka source; dropping it stops the consumer after a last flush.
+pub struct KafkaSource {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KafkaSource {
+    /// Subscribes and starts consuming on a thread of its own.
+    pub fn start(cfg: KafkaConfig, engine: Arc<Engine>, clock: Arc<dyn Clock>, fallback_dlq: std::path::PathBuf) -> Result<KafkaSource> {
+        let dlq = DeadLetters::new(&cfg.topic, cfg.dlq.clone(), &cfg.brokers, &cfg.options, fallback_dlq)?;
+        let shared = Arc::new(Shared {
+            status: Arc::new(KafkaStatus::new(&cfg.topic)),
+            cfg,
+            engine,
+            clock,
+            state: Mutex::new(LoopState {
+                pending: Pending::default(),
+                next: HashMap::new(),
+                dlq,
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &shared.cfg.brokers)
+            .set("group.id", &shared.cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &shared.cfg.options {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer<Context> = client.create_with_context(Context(shared.clone()))?;
+        consumer.subscribe(&[&shared.cfg.topic])?;
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("desa-kafka".into())
+                .spawn(move || run(&shared, consumer))
+                .map_err(|e| crate::Error::Other(format!("cannot start the Kafka thread: {e}")))?
+        };
+        Ok(KafkaSource {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn status(&self) -> Arc<KafkaStatus> {
+        self.shared.status.clone()
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Arc<Shared>, consumer: BaseConsumer<Context>) {
+    let mut last_flush = Instant::now();
+    let mut last_probe = Instant::now();
+    while !shared.stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => handle(shared, &m),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka consume error");
+                shared.status.broker_error(e.to_string());
+            }
+            None => {}
+        }
+        let (count, any) = {
+            let st = shared.state.lock();
+            (st.pending.events.len(), !st.pending.is_empty())
+        };
+        if count >= shared.cfg.batch_max_events || (any && last_flush.elapsed() >= shared.cfg.batch_max_wait) {
+            flush(shared, &consumer, CommitMode::Async);
+            last_flush = Instant::now();
+        }
+        if last_probe.elapsed() >= Duration::from_secs(2) {
+            probe(shared, &consumer);
+            last_probe = Instant::now();
+        }
+    }
+    flush(shared, &consumer, CommitMode::Sync);
+    consumer.unsubscribe();
+}
+
+/// Checks that the broker answers and refreshes the high watermarks.
+fn probe(shared: &Shared, consumer: &BaseConsumer<Context>) {
+    let topic = &shared.cfg.topic;
+    match consumer.fetch_metadata(Some(topic), Duration::from_millis(1000)) {
+        Ok(_) => shared.status.broker_ok(),
+        Err(e) => {
+            shared.status.broker_error(format!("broker unreachable: {e}"));
+            return;
+        }
+    }
+    let parts: Vec<i32> = shared.state.lock().next.keys().copied().collect();
+    let assigned = consumer.assignment().map(|tpl| partitions_of(&tpl, topic)).unwrap_or(parts);
+    for p in assigned {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
+            shared.status.high_watermark(p, high);
+        }
+    }
+}
+
+fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
+    let (p, offset) = (m.partition(), m.offset());
+    let mut st = shared.state.lock();
+    if st.next.get(&p).is_some_and(|&next| offset < next) {
+        shared.status.skipped();
+        return;
+    }
+    shared.status.message();
+    let dead = |st: &mut LoopState, index: Option<usize>, error: String, payload: &[u8], reason: &'static str| {
+        shared.status.dead_letter(reason);
+        st.pending.dead.push(DeadLetter {
+            partition: p,
+            offset,
+            index,
+            error,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+        });
+    };
+    let payload = m.payload().unwrap_or(&[]);
+    if payload.is_empty() {
+        dead(&mut st, None, "message has no value".into(), payload, "empty");
+    } else {
+        let limits = Limits {
+            now_secs: shared.clock.now_secs(),
+            max_future_secs: shared.cfg.max_future_secs,
+        };
+        match parse_body(payload, BodyFormat::Ndjson, &limits) {
+            Err(e) => dead(&mut st, None, e.to_string(), payload, "unreadable"),
+            Ok(parsed) => {
+                let lines: Vec<&[u8]> = payload.split(|&b| b == b'\n').collect();
+                for r in parsed.rejected {
+                    let line = lines.get(r.index).copied().unwrap_or(payload);
+                    dead(&mut st, Some(r.index), r.error, line, "invalid_event");
+                }
+                let watermark = shared.engine.watermark_secs();
+                for (index, e) in parsed.events {
+                    match check_lateness(e.ts_secs, watermark, shared.cfg.max_lateness_secs) {
+                        Ok(_) => {
+                            let max = st.pending.event_max_ts.entry(p).or_insert(e.ts_secs);
+                            *max = (*max).max(e.ts_secs);
+                            st.pending.events.push(e);
+                        }
+                        Err(error) => {
+                            let line = lines.get(index).copied().unwrap_or(payload);
+                            dead(&mut st, Some(index), error, line, "too_late");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    st.pending.offsets.insert(p, offset + 1);
+    st.next.insert(p, offset + 1);
+}
+
+/// Makes the pending batch durable (dead letters first, then events with
+/// their offsets in one engine write), then commits the offsets to Kafka.
+/// Retries with backoff while the store cannot persist; nothing is dropped.
+fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
+    let mut st = shared.state.lock();
+    if st.pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut st.pending);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let dead_ok = st.dlq.write_durable(&batch.dead);
+        let result = match dead_ok {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                let source = shared.cfg.source_name();
+                let mut req = WriteRequest::events(batch.events.clone());
+                req.source_offsets = batch
+                    .offsets
+                    .iter()
+                    .map(|(p, next)| SourceOffset {
+                        source: source.clone(),
+                        partition: *p,
+                        next_offset: *next,
+                    })
+                    .collect();
+                shared.engine.write(req).map(|_| ()).map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot persist consumed events; retrying");
+                shared.status.storage_error(Some(e));
+                if shared.stop.load(Ordering::SeqCst) && backoff > Duration::from_secs(5) {
+                    // Shutting down: what was not written is read again on restart.
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    drop(st);
+    shared.status.written(batch.events.len(), &batch.offsets, &batch.event_max_ts);
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in &batch.offsets {
+        let _ = tpl.add_partition_offset(&shared.cfg.topic, *p, Offset::Offset(*next));
+    }
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        // The node's own offsets are authoritative; Kafka's are for lag tools
+        // and the next owner, and are committed again with the next batch.
+        tracing::debug!(error = %e, "offset commit to Kafka failed");
+    }
+}

@@ -1,0 +1,343 @@
+//! The Kafka source against a real Kafka-protocol broker (tansu) started on a
+//! free loopback port: exactly-once effect across kill -9, a broker outage,
+//! a consumer-group member joining and leaving, and dead letters.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use desa_gen::{GenConfig, Generator};
+use desa_model::oracle::{close, Oracle};
+use desa_model::TimeWindow;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+
+use crate::support::{all_counts, window, TestServer};
+
+/// Where the tests look for the broker: `DESA_TANSU`, then `tansu` on PATH,
+/// then where `scripts/test.sh` installs it.
+fn tansu_bin() -> String {
+    if let Ok(p) = std::env::var("DESA_TANSU") {
+        return p;
+    }
+    for candidate in ["/var/tmp/desa-tools/bin/tansu", "tansu"] {
+        if Command::new(candidate).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+            return candidate.to_owned();
+        }
+    }
+    panic!("the tansu broker is not installed; run scripts/test.sh, which builds it, or set DESA_TANSU");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child: Some(child), port }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(tansu_bin())
+            .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "creating topic {name}");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill").args([sig, &c.id().to_string()]).status().unwrap();
+        }
+    }
+
+    /// An outage without data loss: the broker process is frozen.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.resume();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn produce(broker: &Broker, topic: &str, lines: Vec<(Option<String>, String)>) {
+    let s = desa_kafka::produce_lines(&broker.addr(), topic, &[], lines.into_iter(), |_| {}).unwrap();
+    assert_eq!(s.failed, 0);
+    assert_eq!(s.delivered, s.sent);
+}
+
+fn kafka_args<'a>(broker: &'a str, topic: &'a str, group: &'a str) -> Vec<&'a str> {
+    vec!["--kafka-brokers", broker, "--kafka-topic", topic, "--kafka-group", group, "--kafka-batch-wait", "50ms"]
+}
+
+/// Waits until the node has stored `n` events.
+fn wait_stored(s: &TestServer, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = s.get("/healthz", &[]).body["stored_events"].as_u64().unwrap_or(0);
+        if stored == n {
+            return;
+        }
+        assert!(stored <= n, "stored {stored} events, more than the {n} produced");
+        assert!(Instant::now() < deadline, "only {stored} of {n} events stored in time:\n{}", s.get_text("/metrics"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn seeded(seed: u64, count: u64, invalid: f64) -> (Vec<(Option<String>, String)>, Oracle) {
+    let mut oracle = Oracle::default();
+    let lines = Generator::new(GenConfig {
+        seed,
+        devices: 80,
+        count,
+        start_ts: 1_767_225_600,
+        span_secs: 3 * 86_400,
+        invalid_fraction: invalid,
+        duplicate_fraction: 0.01,
+        late_fraction: 0.05,
+        ..GenConfig::default()
+    })
+    .map(|g| {
+        if let Some(e) = &g.event {
+            oracle.add(e.clone());
+        }
+        (g.event.as_ref().map(|e| e.device_id.clone()), g.line)
+    })
+    .collect();
+    (lines, oracle)
+}
+
+fn check_queries(s: &TestServer, oracle: &Oracle, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let devices: Vec<String> = oracle.events.iter().take(50).map(|e| e.device_id.clone()).collect();
+    for _ in 0..40 {
+        let start = 1_767_225_600 + rng.gen_range(-3_600..3 * 86_400);
+        let w = TimeWindow::new(start, start + rng.gen_range(1..2 * 86_400)).unwrap();
+        let dev = &devices[rng.gen_range(0..devices.len())];
+        let mut p = window(w.start, w.end);
+        p.push(("device_id", dev.clone()));
+        p.push(("type", "temperature".into()));
+        let got = s.get("/v1/query/avg", &p);
+        let want = oracle.avg(dev, "temperature", w);
+        assert_eq!(got.body["count"].as_u64(), Some(want.count));
+        if let Some(a) = want.avg {
+            assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9));
+        }
+        let mut p = window(w.start, w.end);
+        p.push(("type", "humidity".into()));
+        p.push(("k", "5".into()));
+        let got = s.get("/v1/query/topk", &p);
+        let want = oracle.topk("humidity", w, 5);
+        let got: Vec<(String, u64)> = got.body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["count"].as_u64().unwrap()))
+            .collect();
+        let want: Vec<(String, u64)> = want.devices.into_iter().map(|d| (d.device_id, d.count)).collect();
+        assert_eq!(got, want);
+        let b = desa_model::GeoBox::new(-60.0, 70.0, -20.0, 150.0).unwrap();
+        let mut p = window(w.start, w.end);
+        p.push(("type", "pressure".into()));
+        for (k, v) in [("min_lat", -60.0), ("max_lat", 70.0), ("min_lon", -20.0), ("max_lon", 150.0)] {
+            p.push((k, v.to_string()));
+        }
+        let got = s.get("/v1/query/geo", &p);
+        assert_eq!(got.body["count"].as_u64(), Some(oracle.geo("pressure", &b, w).count));
+    }
+}
+
+fn dead_letters(broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        } else if !out.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
+    let broker = Broker::start();
+    broker.create_topic("events", 4);
+    broker.create_topic("events.dlq", 1);
+    let (lines, oracle) = seeded(21, 20_000, 0.01);
+    let invalid = lines.len() - oracle.events.len();
+    produce(&broker, "events", lines);
+    let addr = broker.addr();
+    let s = TestServer::start(&kafka_args(&addr, "events", "g1"));
+    wait_stored(&s, oracle.events.len() as u64, Duration::from_secs(60));
+    check_queries(&s, &oracle, 21);
+    let dlq = dead_letters(&broker, "events.dlq");
+    assert_eq!(dlq.len(), invalid, "every invalid message is a dead letter");
+    for d in &dlq {
+        assert!(d["partition"].as_i64().is_some() && d["offset"].as_i64().is_some(), "{d}");
+        assert!(!d["error"].as_str().unwrap().is_empty());
+    }
+    let m = s.get_text("/metrics");
+    for needle in [
+        "desa_kafka_consumed_offset{topic=\"events\",partition=\"3\"}",
+        "desa_kafka_lag{topic=\"events\",partition=\"0\"} 0",
+        "desa_kafka_dead_letters_total{topic=\"events\",reason=\"invalid_event\"}",
+        "desa_kafka_event_time_watermark_seconds",
+    ] {
+        assert!(m.contains(needle), "missing {needle}:\n{m}");
+    }
+    // Freshness: one more event is visible within 2 seconds.
+    let produced = Instant::now();
+    produce(
+        &broker,
+        "events",
+        vec![(None, r#"{"device_id":"fresh","timestamp":1767225600,"type":"t","value":1,"location":{"latitude":0,"longitude":0}}"#.into())],
+    );
+    wait_stored(&s, oracle.events.len() as u64 + 1, Duration::from_secs(2));
+    eprintln!("produce-to-visible: {:?}", produced.elapsed());
+}
+
+#[test]
+fn kill9_while_consuming_counts_every_event_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 4);
+    let (lines, oracle) = seeded(22, 60_000, 0.0);
+    let addr = broker.addr();
+    let mut s = TestServer::start(&kafka_args(&addr, "ev", "g2"));
+    let producer = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            for chunk in lines.chunks(5_000) {
+                desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..800)));
+        s.restart();
+    }
+    producer.join().unwrap();
+    wait_stored(&s, oracle.events.len() as u64, Duration::from_secs(90));
+    s.restart();
+    let mut want: HashMap<String, u64> = HashMap::new();
+    for e in oracle.events.iter().filter(|e| e.event_type == "co2") {
+        *want.entry(e.device_id.clone()).or_default() += 1;
+    }
+    assert_eq!(all_counts(&s, "co2"), want);
+}
+
+#[test]
+fn broker_outage_is_reported_and_consumption_resumes_without_loss() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 2);
+    let (lines, oracle) = seeded(23, 10_000, 0.0);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce(&broker, "ev", first.to_vec());
+    let addr = broker.addr();
+    let s = TestServer::start(&kafka_args(&addr, "ev", "g3"));
+    wait_stored(&s, first.len() as u64, Duration::from_secs(60));
+    broker.pause();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = s.get("/healthz", &[]);
+        if h.body["components"]["kafka"]["broker"] != "ok" {
+            assert_eq!(h.body["status"], "degraded");
+            break;
+        }
+        assert!(Instant::now() < deadline, "outage not reported: {}", h.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Queries and HTTP ingest keep working during the outage.
+    let r = s.post_ndjson("{\"device_id\":\"http\",\"timestamp\":1767225600,\"type\":\"t\",\"value\":1,\"location\":{\"latitude\":0,\"longitude\":0}}\n");
+    assert_eq!(r.body["accepted"], 1);
+    broker.resume();
+    produce(&broker, "ev", second.to_vec());
+    wait_stored(&s, oracle.events.len() as u64 + 1, Duration::from_secs(60));
+    check_queries(&s, &oracle, 23);
+}
+
+#[test]
+fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 4);
+    let (lines, oracle) = seeded(24, 40_000, 0.0);
+    let addr = broker.addr();
+    let a = TestServer::start(&kafka_args(&addr, "ev", "g4"));
+    let producer = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            for chunk in lines.chunks(2_000) {
+                desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let mut b = TestServer::start(&kafka_args(&addr, "ev", "g4"));
+    std::thread::sleep(Duration::from_secs(3));
+    b.terminate(); // leaves the group: its partitions are flushed, committed, revoked
+    let in_b = {
+        let offline = TestServer::start_in(&b.data_dir, &[]).unwrap();
+        offline.get("/healthz", &[]).body["stored_events"].as_u64().unwrap()
+    };
+    assert!(in_b > 0, "the second member consumed nothing while it was in the group");
+    producer.join().unwrap();
+    let total = oracle.events.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let in_a = a.get("/healthz", &[]).body["stored_events"].as_u64().unwrap();
+        if in_a + in_b == total {
+            break;
+        }
+        assert!(in_a + in_b < total, "{in_a} + {in_b} events stored for {total} produced");
+        assert!(Instant::now() < deadline, "{in_a} + {in_b} of {total} events stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
