@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -146,7 +146,6 @@ struct Inner {
     frozen_cv: Condvar,
     frozen_lock: Mutex<()>,
     shutdown: AtomicBool,
-    queries: AtomicU64,
 }
 
 /// The embedded storage engine of one node.
@@ -276,7 +275,6 @@ impl Engine {
             frozen_cv: Condvar::new(),
             frozen_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
-            queries: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Commit>();
         let committer = {
@@ -293,10 +291,22 @@ impl Engine {
                 .spawn(move || flusher_loop(&inner))
                 .map_err(Error::io("spawn", "desa-flush"))?
         };
+        let governor = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("desa-memory".into())
+                .spawn(move || {
+                    while !inner.shutdown.load(Ordering::SeqCst) {
+                        enforce_memory_budget(&inner);
+                        std::thread::sleep(MEMORY_CHECK_INTERVAL);
+                    }
+                })
+                .map_err(Error::io("spawn", "desa-memory"))?
+        };
         Ok(Engine {
             inner,
             commit_tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![committer, flusher]),
+            threads: Mutex::new(vec![committer, flusher, governor]),
         })
     }
 
@@ -373,7 +383,6 @@ impl Engine {
         let (c, s) = query::avg(&segs, device, event_type, w);
         count += c;
         sum = sum + s;
-        self.after_query();
         AvgAnswer::new(device, event_type, w, count, sum.value())
     }
 
@@ -392,7 +401,6 @@ impl Engine {
         let (c, s) = query::geo(&segs, event_type, bbox, w);
         count += c;
         sum = sum + s;
-        self.after_query();
         GeoAnswer::new(event_type, w, bbox, count, sum.value())
     }
 
@@ -408,22 +416,12 @@ impl Engine {
             (counts, st.segments.clone())
         };
         let devices: Vec<DeviceCount> = query::topk(&counts, &segs, event_type, w, k);
-        self.after_query();
         TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
             end: w.end,
             k,
             devices,
-        }
-    }
-
-    /// Queries map segment pages in; every few queries, drop them again if
-    /// the process is near its memory budget.
-    fn after_query(&self) {
-        let n = self.inner.queries.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(QUERIES_PER_MEMORY_CHECK) {
-            enforce_memory_budget(&self.inner);
         }
     }
 
@@ -507,10 +505,11 @@ fn heads(st: &State) -> impl Iterator<Item = &Head> {
 }
 
 const MAX_GROUP_BYTES: usize = 64 << 20;
-/// How often the flusher checks resident memory when it has nothing to do.
-const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-/// Queries check resident memory every this many queries.
-const QUERIES_PER_MEMORY_CHECK: u64 = 8;
+/// How often the flusher wakes up when it has nothing to do.
+const FLUSHER_IDLE_WAKE: Duration = Duration::from_millis(200);
+/// How often resident memory is checked against the budget. Queries map
+/// segment pages in quickly; this bounds how far they can overshoot.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
 fn committer_loop(inner: &Inner, mut wal: WalWriter, rx: mpsc::Receiver<Commit>) {
     let mut buf = Vec::with_capacity(1 << 20);
@@ -678,7 +677,7 @@ fn flusher_loop(inner: &Inner) {
         {
             let mut wake = inner.flush_wake.lock();
             if !*wake {
-                inner.flush_cv.wait_for(&mut wake, MEMORY_CHECK_INTERVAL);
+                inner.flush_cv.wait_for(&mut wake, FLUSHER_IDLE_WAKE);
             }
             *wake = false;
         }
@@ -873,7 +872,7 @@ pub fn resident_bytes() -> u64 {
 /// process when it nears its budget; the pages stay in the kernel's page
 /// cache and are mapped again on access.
 fn enforce_memory_budget(inner: &Inner) {
-    if resident_bytes() > inner.cfg.memory_budget_bytes / 4 * 3 {
+    if resident_bytes() > inner.cfg.memory_budget_bytes / 10 * 7 {
         let segs = inner.state.read().segments.clone();
         for s in segs {
             s.release_memory();

@@ -11,9 +11,10 @@
 //!   sorted access of the threshold algorithm (see `query::topk`).
 //! - **geo**: per type, a copy of (lat, lon, ts, value) in the order of an
 //!   implicit k-d tree (leaf size [`KD_LEAF_ROWS`], split on lat, lon, ts in
-//!   turn) with per-node bounding boxes, and prefix sums in that order. A node
-//!   wholly inside the query box and window contributes `hi - lo` events and a
-//!   prefix difference without being read; only nodes cut by an edge descend.
+//!   turn), stored point by point so that a leaf is one contiguous kilobyte,
+//!   and per node its bounding box and double-double sum of values. A node
+//!   wholly inside the query box and window contributes `hi - lo` events and
+//!   its sum without its rows being read; only nodes cut by an edge descend.
 //!
 //! # File format (version 1, little-endian)
 //! ```text
@@ -34,7 +35,7 @@ mod kd;
 mod read;
 
 pub use build::write_segment;
-pub use kd::KdNode;
+pub use kd::{KdNode, KdPoint};
 pub use read::Segment;
 
 /// Rows per k-d tree leaf.
@@ -61,15 +62,10 @@ pub(crate) const S_LON: usize = 12; // f64 x rows
 pub(crate) const S_META_OFF: usize = 13; // u64 x (rows + 1); empty range = no metadata
 pub(crate) const S_META_BLOB: usize = 14;
 pub(crate) const S_TOPK: usize = 15; // u32 x series
-pub(crate) const S_KD_LAT: usize = 16; // f64 x rows
-pub(crate) const S_KD_LON: usize = 17; // f64 x rows
-pub(crate) const S_KD_TS: usize = 18; // i64 x rows
-pub(crate) const S_KD_VALUE: usize = 19; // f64 x rows
-pub(crate) const S_KD_PREFIX_HI: usize = 20; // f64 x (rows + 1)
-pub(crate) const S_KD_PREFIX_LO: usize = 21; // f64 x (rows + 1)
-pub(crate) const S_KD_NODES: usize = 22; // KdNode x nodes
-pub(crate) const S_TYPE_NODES: usize = 23; // u32 x (types + 1)
-pub(crate) const SECTION_COUNT: usize = 24;
+pub(crate) const S_KD_POINTS: usize = 16; // KdPoint x rows
+pub(crate) const S_KD_NODES: usize = 17; // KdNode x nodes
+pub(crate) const S_TYPE_NODES: usize = 18; // u32 x (types + 1)
+pub(crate) const SECTION_COUNT: usize = 19;
 
 pub(crate) const FOOTER_BYTES: u64 = SECTION_COUNT as u64 * 16 + 8 * 8 + 4 + 4 + 8;
 

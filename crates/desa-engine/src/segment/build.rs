@@ -6,7 +6,7 @@ use std::path::Path;
 
 use desa_model::DoubleDouble;
 
-use super::kd::{self, KdNode, Point};
+use super::kd::{self, KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::Rows;
@@ -142,8 +142,8 @@ pub fn write_segment(
     }
 
     // Geo: a k-d tree per type over that type's rows.
-    let mut points: Vec<Point> = (0..n)
-        .map(|i| Point {
+    let mut points: Vec<KdPoint> = (0..n)
+        .map(|i| KdPoint {
             lat: lat[i],
             lon: lon[i],
             ts: ts[i],
@@ -164,11 +164,6 @@ pub fn write_segment(
         );
         type_nodes.push(nodes.len() as u32);
     }
-    let kd_lat: Vec<f64> = points.iter().map(|p| p.lat).collect();
-    let kd_lon: Vec<f64> = points.iter().map(|p| p.lon).collect();
-    let kd_ts: Vec<i64> = points.iter().map(|p| p.ts).collect();
-    let kd_value: Vec<f64> = points.iter().map(|p| p.value).collect();
-    let (kd_prefix_hi, kd_prefix_lo) = prefix_sums(kd_value.iter().copied(), n);
 
     let min_ts = ts.iter().copied().min().unwrap_or(0);
     let max_ts = ts.iter().copied().max().unwrap_or(0);
@@ -200,12 +195,7 @@ pub fn write_segment(
         w.section(bytemuck::cast_slice(&meta_off))?;
         w.section(&meta_blob)?;
         w.section(b(&topk))?;
-        w.section(bytemuck::cast_slice(&kd_lat))?;
-        w.section(bytemuck::cast_slice(&kd_lon))?;
-        w.section(bytemuck::cast_slice(&kd_ts))?;
-        w.section(bytemuck::cast_slice(&kd_value))?;
-        w.section(bytemuck::cast_slice(&kd_prefix_hi))?;
-        w.section(bytemuck::cast_slice(&kd_prefix_lo))?;
+        w.section(bytemuck::cast_slice(&points))?;
         w.section(bytemuck::cast_slice(&nodes))?;
         w.section(b(&type_nodes))?;
         let mut footer = Vec::with_capacity(FOOTER_BYTES as usize);

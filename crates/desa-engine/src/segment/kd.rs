@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Bounding box of the rows under a node.
+/// Bounding box and sum of the rows under a node.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
 pub struct KdNode {
@@ -14,6 +14,9 @@ pub struct KdNode {
     pub max_lon: f64,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// Double-double sum of the values under the node.
+    pub sum_hi: f64,
+    pub sum_lo: f64,
 }
 
 impl KdNode {
@@ -25,12 +28,16 @@ impl KdNode {
             max_lon: f64::NEG_INFINITY,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
+            sum_hi: 0.0,
+            sum_lo: 0.0,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Point {
+/// One row of the geo copy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
+pub struct KdPoint {
     pub lat: f64,
     pub lon: f64,
     pub ts: i64,
@@ -38,15 +45,17 @@ pub(crate) struct Point {
 }
 
 /// Reorders `points` into k-d order and fills `nodes` (length `kd_nodes(n)`).
-pub(crate) fn build(points: &mut [Point], nodes: &mut [KdNode], depth_max: u32) {
+pub(crate) fn build(points: &mut [KdPoint], nodes: &mut [KdNode], depth_max: u32) {
     if !points.is_empty() {
         build_node(points, nodes, 0, 0, depth_max);
     }
 }
 
-fn build_node(points: &mut [Point], nodes: &mut [KdNode], i: usize, depth: u32, depth_max: u32) {
+fn build_node(points: &mut [KdPoint], nodes: &mut [KdNode], i: usize, depth: u32, depth_max: u32) {
     let mut b = KdNode::empty();
+    let mut sum = desa_model::DoubleDouble::ZERO;
     for p in points.iter() {
+        sum = sum.add_f64(p.value);
         b.min_lat = b.min_lat.min(p.lat);
         b.max_lat = b.max_lat.max(p.lat);
         b.min_lon = b.min_lon.min(p.lon);
@@ -54,6 +63,8 @@ fn build_node(points: &mut [Point], nodes: &mut [KdNode], i: usize, depth: u32, 
         b.min_ts = b.min_ts.min(p.ts);
         b.max_ts = b.max_ts.max(p.ts);
     }
+    b.sum_hi = sum.hi;
+    b.sum_lo = sum.lo;
     nodes[i] = b;
     if depth == depth_max {
         return;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use desa_model::{DoubleDouble, GeoBox, TimeWindow};
 use memmap2::Mmap;
 
-use super::kd::{KdNode, KdQuery};
+use super::kd::{KdNode, KdPoint, KdQuery};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::{NewRow, Rows};
@@ -111,12 +111,7 @@ impl Segment {
             (8, Some(rows + 1)),
             (1, None),
             (4, Some(series)),
-            (8, Some(rows)),
-            (8, Some(rows)),
-            (8, Some(rows)),
-            (8, Some(rows)),
-            (8, Some(rows + 1)),
-            (8, Some(rows + 1)),
+            (std::mem::size_of::<KdPoint>(), Some(rows)),
             (std::mem::size_of::<KdNode>(), Some(nodes)),
             (4, Some(types + 1)),
         ];
@@ -315,22 +310,16 @@ impl Segment {
             return;
         }
         if q.covers(&nodes[i]) {
-            let (ph, pl) = (self.f64s(S_KD_PREFIX_HI), self.f64s(S_KD_PREFIX_LO));
             *count += (hi - lo) as u64;
-            *sum = *sum + (DoubleDouble::new(ph[hi], pl[hi]) - DoubleDouble::new(ph[lo], pl[lo]));
+            *sum = *sum + DoubleDouble::new(nodes[i].sum_hi, nodes[i].sum_lo);
             return;
         }
         if depth == depth_max {
-            let (lat, lon, ts, val) = (
-                self.f64s(S_KD_LAT),
-                self.f64s(S_KD_LON),
-                self.i64s(S_KD_TS),
-                self.f64s(S_KD_VALUE),
-            );
-            for r in lo..hi {
-                if q.contains(lat[r], lon[r], ts[r]) {
+            let points: &[KdPoint] = bytemuck::cast_slice(self.bytes(S_KD_POINTS));
+            for p in &points[lo..hi] {
+                if q.contains(p.lat, p.lon, p.ts) {
                     *count += 1;
-                    *sum = sum.add_f64(val[r]);
+                    *sum = sum.add_f64(p.value);
                 }
             }
             return;
