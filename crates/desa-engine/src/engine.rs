@@ -146,6 +146,8 @@ struct Inner {
     frozen_cv: Condvar,
     frozen_lock: Mutex<()>,
     shutdown: AtomicBool,
+    /// Where the memory governor continues releasing segment pages.
+    release_cursor: Mutex<usize>,
 }
 
 /// The embedded storage engine of one node.
@@ -275,6 +277,7 @@ impl Engine {
             frozen_cv: Condvar::new(),
             frozen_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
+            release_cursor: Mutex::new(0),
         });
         let (tx, rx) = mpsc::channel::<Commit>();
         let committer = {
@@ -868,14 +871,26 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-/// Returns freed heap to the OS and drops mapped segment pages from this
-/// process when it nears its budget; the pages stay in the kernel's page
-/// cache and are mapped again on access.
+/// Drops mapped segment pages from this process when it nears its budget;
+/// they stay in the kernel's page cache and are mapped again on access.
+/// Segments are released a few at a time, continuing round the list from
+/// where the last call stopped, until resident memory is well below the
+/// threshold, so the hot pages are not all dropped at once.
 fn enforce_memory_budget(inner: &Inner) {
-    if resident_bytes() > inner.cfg.memory_budget_bytes / 10 * 7 {
-        let segs = inner.state.read().segments.clone();
-        for s in segs {
-            s.release_memory();
+    let budget = inner.cfg.memory_budget_bytes;
+    if resident_bytes() <= budget / 10 * 7 {
+        return;
+    }
+    let segs = inner.state.read().segments.clone();
+    if segs.is_empty() {
+        return;
+    }
+    let mut cursor = inner.release_cursor.lock();
+    for _ in 0..segs.len() {
+        *cursor = (*cursor + 1) % segs.len();
+        segs[*cursor].release_memory();
+        if (*cursor).is_multiple_of(4) && resident_bytes() <= budget / 2 {
+            break;
         }
     }
 }

@@ -91,7 +91,12 @@ impl ConsumerContext for Context {
                     st.next.insert(*p, next);
                     // Skip what is already applied; if the seek is refused
                     // here, the messages are dropped as they arrive instead.
-                    let _ = consumer.seek(&self.0.cfg.topic, *p, Offset::Offset(next), Duration::from_millis(500));
+                    let _ = consumer.seek(
+                        &self.0.cfg.topic,
+                        *p,
+                        Offset::Offset(next),
+                        Duration::from_millis(500),
+                    );
                 }
             }
             tracing::info!(partitions = ?parts, "partitions assigned");
@@ -110,7 +115,11 @@ impl ConsumerContext for Context {
 }
 
 fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
-    tpl.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
 }
 
 /// A running Kafka source; dropping it stops the consumer after a last flush.
@@ -121,8 +130,19 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Subscribes and starts consuming on a thread of its own.
-    pub fn start(cfg: KafkaConfig, engine: Arc<Engine>, clock: Arc<dyn Clock>, fallback_dlq: std::path::PathBuf) -> Result<KafkaSource> {
-        let dlq = DeadLetters::new(&cfg.topic, cfg.dlq.clone(), &cfg.brokers, &cfg.options, fallback_dlq)?;
+    pub fn start(
+        cfg: KafkaConfig,
+        engine: Arc<Engine>,
+        clock: Arc<dyn Clock>,
+        fallback_dlq: std::path::PathBuf,
+    ) -> Result<KafkaSource> {
+        let dlq = DeadLetters::new(
+            &cfg.topic,
+            cfg.dlq.clone(),
+            &cfg.brokers,
+            &cfg.options,
+            fallback_dlq,
+        )?;
         let shared = Arc::new(Shared {
             status: Arc::new(KafkaStatus::new(&cfg.topic)),
             cfg,
@@ -148,7 +168,8 @@ impl KafkaSource {
         for (k, v) in &shared.cfg.options {
             client.set(k, v);
         }
-        let consumer: BaseConsumer<Context> = client.create_with_context(Context(shared.clone()))?;
+        let consumer: BaseConsumer<Context> =
+            client.create_with_context(Context(shared.clone()))?;
         consumer.subscribe(&[&shared.cfg.topic])?;
         let thread = {
             let shared = shared.clone();
@@ -193,7 +214,9 @@ fn run(shared: &Arc<Shared>, consumer: BaseConsumer<Context>) {
             let st = shared.state.lock();
             (st.pending.events.len(), !st.pending.is_empty())
         };
-        if count >= shared.cfg.batch_max_events || (any && last_flush.elapsed() >= shared.cfg.batch_max_wait) {
+        if count >= shared.cfg.batch_max_events
+            || (any && last_flush.elapsed() >= shared.cfg.batch_max_wait)
+        {
             flush(shared, &consumer, CommitMode::Async);
             last_flush = Instant::now();
         }
@@ -212,12 +235,17 @@ fn probe(shared: &Shared, consumer: &BaseConsumer<Context>) {
     match consumer.fetch_metadata(Some(topic), Duration::from_millis(1000)) {
         Ok(_) => shared.status.broker_ok(),
         Err(e) => {
-            shared.status.broker_error(format!("broker unreachable: {e}"));
+            shared
+                .status
+                .broker_error(format!("broker unreachable: {e}"));
             return;
         }
     }
     let parts: Vec<i32> = shared.state.lock().next.keys().copied().collect();
-    let assigned = consumer.assignment().map(|tpl| partitions_of(&tpl, topic)).unwrap_or(parts);
+    let assigned = consumer
+        .assignment()
+        .map(|tpl| partitions_of(&tpl, topic))
+        .unwrap_or(parts);
     for p in assigned {
         if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
             shared.status.high_watermark(p, high);
@@ -233,7 +261,11 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
         return;
     }
     shared.status.message();
-    let dead = |st: &mut LoopState, index: Option<usize>, error: String, payload: &[u8], reason: &'static str| {
+    let dead = |st: &mut LoopState,
+                index: Option<usize>,
+                error: String,
+                payload: &[u8],
+                reason: &'static str| {
         shared.status.dead_letter(reason);
         st.pending.dead.push(DeadLetter {
             partition: p,
@@ -245,7 +277,13 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
     };
     let payload = m.payload().unwrap_or(&[]);
     if payload.is_empty() {
-        dead(&mut st, None, "message has no value".into(), payload, "empty");
+        dead(
+            &mut st,
+            None,
+            "message has no value".into(),
+            payload,
+            "empty",
+        );
     } else {
         let limits = Limits {
             now_secs: shared.clock.now_secs(),
@@ -306,7 +344,11 @@ fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
                         next_offset: *next,
                     })
                     .collect();
-                shared.engine.write(req).map(|_| ()).map_err(|e| e.to_string())
+                shared
+                    .engine
+                    .write(req)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         };
         match result {
@@ -324,7 +366,9 @@ fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
         }
     }
     drop(st);
-    shared.status.written(batch.events.len(), &batch.offsets, &batch.event_max_ts);
+    shared
+        .status
+        .written(batch.events.len(), &batch.offsets, &batch.event_max_ts);
     let mut tpl = TopicPartitionList::new();
     for (p, next) in &batch.offsets {
         let _ = tpl.add_partition_offset(&shared.cfg.topic, *p, Offset::Offset(*next));

@@ -36,7 +36,9 @@ impl std::str::FromStr for DlqTarget {
         } else if let Some(p) = s.strip_prefix("file:") {
             Ok(DlqTarget::File(PathBuf::from(p)))
         } else {
-            Err(format!("dead-letter target {s:?} must be topic:NAME or file:PATH"))
+            Err(format!(
+                "dead-letter target {s:?} must be topic:NAME or file:PATH"
+            ))
         }
     }
 }
@@ -81,7 +83,13 @@ pub(crate) struct DeadLetters {
 impl DeadLetters {
     /// `fallback` is the file used when the dead-letter topic refuses a
     /// message, so that a bad message never blocks its partition.
-    pub fn new(source_topic: &str, target: DlqTarget, brokers: &str, options: &[(String, String)], fallback: PathBuf) -> Result<Self> {
+    pub fn new(
+        source_topic: &str,
+        target: DlqTarget,
+        brokers: &str,
+        options: &[(String, String)],
+        fallback: PathBuf,
+    ) -> Result<Self> {
         let counter = Arc::new(DeliveryCounter::default());
         let producer = match &target {
             DlqTarget::Topic(_) => {
@@ -125,13 +133,19 @@ impl DeadLetters {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| Error::DlqFile { path: path.clone(), source })?;
+                .map_err(|source| Error::DlqFile {
+                    path: path.clone(),
+                    source,
+                })?;
             self.file = Some(f);
         }
         if let Some(f) = self.file.as_mut() {
             f.write_all(line.as_bytes())
                 .and_then(|_| f.write_all(b"\n"))
-                .map_err(|source| Error::DlqFile { path: path.clone(), source })?;
+                .map_err(|source| Error::DlqFile {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -147,7 +161,8 @@ impl DeadLetters {
             (DlqTarget::Topic(topic), Some(producer)) => {
                 let before = self.counter.failed.load(Ordering::SeqCst);
                 for line in &lines {
-                    let mut record: BaseRecord<'_, (), String> = BaseRecord::to(topic).payload(line);
+                    let mut record: BaseRecord<'_, (), String> =
+                        BaseRecord::to(topic).payload(line);
                     loop {
                         match producer.send(record) {
                             Ok(()) => break,
@@ -176,7 +191,8 @@ impl DeadLetters {
                 self.append_file(&path, line)?;
             }
             if let Some(f) = &self.file {
-                f.sync_data().map_err(|source| Error::DlqFile { path, source })?;
+                f.sync_data()
+                    .map_err(|source| Error::DlqFile { path, source })?;
             }
         }
         Ok(())

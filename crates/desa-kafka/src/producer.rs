@@ -76,7 +76,7 @@ pub fn produce_lines(
             }
         }
         sent += 1;
-        if sent % 10_000 == 0 {
+        if sent.is_multiple_of(10_000) {
             progress(sent);
         }
     }

@@ -74,7 +74,12 @@ impl KafkaStatus {
         *self.inner.lock().dead_letters.entry(reason).or_default() += 1;
     }
 
-    pub(crate) fn written(&self, events: usize, offsets: &BTreeMap<i32, i64>, event_max_ts: &BTreeMap<i32, i64>) {
+    pub(crate) fn written(
+        &self,
+        events: usize,
+        offsets: &BTreeMap<i32, i64>,
+        event_max_ts: &BTreeMap<i32, i64>,
+    ) {
         let mut s = self.inner.lock();
         s.events += events as u64;
         s.storage_error = None;
@@ -89,11 +94,21 @@ impl KafkaStatus {
     }
 
     pub(crate) fn resumed_at(&self, partition: i32, next: Option<i64>) {
-        self.inner.lock().partitions.entry(partition).or_default().consumed = next;
+        self.inner
+            .lock()
+            .partitions
+            .entry(partition)
+            .or_default()
+            .consumed = next;
     }
 
     pub(crate) fn committed(&self, partition: i32, offset: i64) {
-        self.inner.lock().partitions.entry(partition).or_default().committed = Some(offset);
+        self.inner
+            .lock()
+            .partitions
+            .entry(partition)
+            .or_default()
+            .committed = Some(offset);
     }
 
     pub(crate) fn high_watermark(&self, partition: i32, high: i64) {
@@ -141,25 +156,39 @@ impl KafkaStatus {
         let s = self.inner.lock();
         let mut out = String::new();
         let topic = &self.topic;
-        let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&Partition) -> Option<i64>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (p, part) in &s.partitions {
-                if let Some(v) = f(part) {
-                    let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{p}\"}} {v}");
+        let gauge =
+            |out: &mut String, name: &str, help: &str, f: &dyn Fn(&Partition) -> Option<i64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for (p, part) in &s.partitions {
+                    if let Some(v) = f(part) {
+                        let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{p}\"}} {v}");
+                    }
                 }
-            }
-        };
+            };
         gauge(
             &mut out,
             "desa_kafka_consumed_offset",
             "Next offset the node reads, durable in its log.",
             &|p| p.consumed,
         );
-        gauge(&mut out, "desa_kafka_committed_offset", "Offset last committed to Kafka.", &|p| p.committed);
-        gauge(&mut out, "desa_kafka_high_watermark", "Partition high watermark.", &|p| p.high_watermark);
-        gauge(&mut out, "desa_kafka_lag", "High watermark minus consumed offset.", &|p| {
-            Some((p.high_watermark? - p.consumed.unwrap_or(0)).max(0))
-        });
+        gauge(
+            &mut out,
+            "desa_kafka_committed_offset",
+            "Offset last committed to Kafka.",
+            &|p| p.committed,
+        );
+        gauge(
+            &mut out,
+            "desa_kafka_high_watermark",
+            "Partition high watermark.",
+            &|p| p.high_watermark,
+        );
+        gauge(
+            &mut out,
+            "desa_kafka_lag",
+            "High watermark minus consumed offset.",
+            &|p| Some((p.high_watermark? - p.consumed.unwrap_or(0)).max(0)),
+        );
         gauge(
             &mut out,
             "desa_kafka_event_time_watermark_seconds",
@@ -167,10 +196,23 @@ impl KafkaStatus {
             &|p| p.event_watermark,
         );
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{topic=\"{topic}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{topic=\"{topic}\"}} {v}"
+            );
         };
-        counter(&mut out, "desa_kafka_messages_total", "Messages consumed.", s.messages);
-        counter(&mut out, "desa_kafka_events_total", "Events stored from Kafka.", s.events);
+        counter(
+            &mut out,
+            "desa_kafka_messages_total",
+            "Messages consumed.",
+            s.messages,
+        );
+        counter(
+            &mut out,
+            "desa_kafka_events_total",
+            "Events stored from Kafka.",
+            s.events,
+        );
         counter(
             &mut out,
             "desa_kafka_skipped_messages_total",
@@ -182,7 +224,10 @@ impl KafkaStatus {
             "# HELP desa_kafka_dead_letters_total Messages or lines sent to the dead-letter destination, by reason.\n# TYPE desa_kafka_dead_letters_total counter"
         );
         for (reason, n) in &s.dead_letters {
-            let _ = writeln!(out, "desa_kafka_dead_letters_total{{topic=\"{topic}\",reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "desa_kafka_dead_letters_total{{topic=\"{topic}\",reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,

@@ -173,7 +173,11 @@ fn nesting_depth(json: &str) -> usize {
 
 /// How far `ts_secs` is behind the event-time `watermark` (0 when on time),
 /// or the rejection when `max_lateness_secs` is set and exceeded.
-pub fn check_lateness(ts_secs: i64, watermark: Option<i64>, max_lateness_secs: Option<i64>) -> Result<i64, String> {
+pub fn check_lateness(
+    ts_secs: i64,
+    watermark: Option<i64>,
+    max_lateness_secs: Option<i64>,
+) -> Result<i64, String> {
     let lateness = watermark.map_or(0, |w| (w - ts_secs).max(0));
     match max_lateness_secs {
         Some(max) if lateness > max => Err(format!(

@@ -28,8 +28,8 @@ mod query;
 mod sum;
 
 pub use event::{
-    check_lateness,
-    Event, Limits, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
+    check_lateness, Event, Limits, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
+    MAX_TYPE_BYTES,
 };
 pub use geo::GeoBox;
 pub use parse::{parse_body, parse_event, BodyError, BodyFormat, ParsedBody, Rejection};

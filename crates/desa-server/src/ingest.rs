@@ -166,7 +166,9 @@ pub async fn post_events(
     let app2 = app.clone();
     let (events, rejected) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let parsed = parse_body(&bytes, format, &limits).map_err(|e| match e {
-            BodyError::NotUtf8 { .. } | BodyError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+            BodyError::NotUtf8 { .. } | BodyError::Malformed(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
         })?;
         let mut rejected = parsed.rejected;
         let mut events = Vec::with_capacity(parsed.events.len());

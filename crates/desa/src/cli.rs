@@ -78,7 +78,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "DESA_KAFKA_DLQ")]
     pub kafka_dlq: Option<String>,
     /// Extra librdkafka setting `key=value` (security.protocol, sasl.*, ssl.*); repeatable.
-    #[arg(long = "kafka-option", env = "DESA_KAFKA_OPTIONS", value_delimiter = ';')]
+    #[arg(
+        long = "kafka-option",
+        env = "DESA_KAFKA_OPTIONS",
+        value_delimiter = ';'
+    )]
     pub kafka_options: Vec<String>,
     /// Events per write to the store at most.
     #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]

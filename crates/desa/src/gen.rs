@@ -126,7 +126,9 @@ pub fn run(args: GenArgs) -> Result<()> {
     if let Some(brokers) = &args.kafka_brokers {
         let bar = progress_bar(total, "producing");
         let messages = generator.map(|g| (g.event.as_ref().map(|e| e.device_id.clone()), g.line));
-        let s = desa_kafka::produce_lines(brokers, &args.kafka_topic, &[], messages, |n| bar.set_position(n))?;
+        let s = desa_kafka::produce_lines(brokers, &args.kafka_topic, &[], messages, |n| {
+            bar.set_position(n)
+        })?;
         bar.finish_and_clear();
         eprintln!(
             "produced {} messages to {} on {brokers} in {:.1}s ({:.0} msgs/s): {} delivered, {} failed",

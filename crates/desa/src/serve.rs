@@ -44,7 +44,11 @@ impl Component for KafkaComponent {
 
 type Components = Vec<Arc<dyn Component>>;
 
-fn start_kafka(args: &ServeArgs, engine: &Arc<Engine>, clock: &Arc<dyn Clock>) -> Result<(Option<KafkaSource>, Components)> {
+fn start_kafka(
+    args: &ServeArgs,
+    engine: &Arc<Engine>,
+    clock: &Arc<dyn Clock>,
+) -> Result<(Option<KafkaSource>, Components)> {
     let k = &args.kafka;
     let Some(brokers) = &k.kafka_brokers else {
         return Ok((None, Vec::new()));
@@ -58,8 +62,13 @@ fn start_kafka(args: &ServeArgs, engine: &Arc<Engine>, clock: &Arc<dyn Clock>) -
     cfg.batch_max_wait = k.kafka_batch_wait;
     cfg.max_future_secs = args.max_future;
     cfg.max_lateness_secs = args.max_lateness;
-    let source = KafkaSource::start(cfg, engine.clone(), clock.clone(), args.data_dir.join("dlq.ndjson"))
-        .context("starting the Kafka consumer")?;
+    let source = KafkaSource::start(
+        cfg,
+        engine.clone(),
+        clock.clone(),
+        args.data_dir.join("dlq.ndjson"),
+    )
+    .context("starting the Kafka consumer")?;
     let component: Arc<dyn Component> = Arc::new(KafkaComponent(source.status()));
     Ok((Some(source), vec![component]))
 }

@@ -24,7 +24,13 @@ fn tansu_bin() -> String {
         return p;
     }
     for candidate in ["/var/tmp/desa-tools/bin/tansu", "tansu"] {
-        if Command::new(candidate).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return candidate.to_owned();
         }
     }
@@ -32,7 +38,11 @@ fn tansu_bin() -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Broker {
@@ -45,7 +55,15 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,7 +74,10 @@ impl Broker {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child: Some(child), port }
+        Broker {
+            child: Some(child),
+            port,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -65,7 +86,15 @@ impl Broker {
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let status = Command::new(tansu_bin())
-            .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -74,7 +103,10 @@ impl Broker {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            Command::new("kill").args([sig, &c.id().to_string()]).status().unwrap();
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
         }
     }
 
@@ -98,25 +130,44 @@ impl Drop for Broker {
 }
 
 fn produce(broker: &Broker, topic: &str, lines: Vec<(Option<String>, String)>) {
-    let s = desa_kafka::produce_lines(&broker.addr(), topic, &[], lines.into_iter(), |_| {}).unwrap();
+    let s =
+        desa_kafka::produce_lines(&broker.addr(), topic, &[], lines.into_iter(), |_| {}).unwrap();
     assert_eq!(s.failed, 0);
     assert_eq!(s.delivered, s.sent);
 }
 
 fn kafka_args<'a>(broker: &'a str, topic: &'a str, group: &'a str) -> Vec<&'a str> {
-    vec!["--kafka-brokers", broker, "--kafka-topic", topic, "--kafka-group", group, "--kafka-batch-wait", "50ms"]
+    vec![
+        "--kafka-brokers",
+        broker,
+        "--kafka-topic",
+        topic,
+        "--kafka-group",
+        group,
+        "--kafka-batch-wait",
+        "50ms",
+    ]
 }
 
 /// Waits until the node has stored `n` events.
 fn wait_stored(s: &TestServer, n: u64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let stored = s.get("/healthz", &[]).body["stored_events"].as_u64().unwrap_or(0);
+        let stored = s.get("/healthz", &[]).body["stored_events"]
+            .as_u64()
+            .unwrap_or(0);
         if stored == n {
             return;
         }
-        assert!(stored <= n, "stored {stored} events, more than the {n} produced");
-        assert!(Instant::now() < deadline, "only {stored} of {n} events stored in time:\n{}", s.get_text("/metrics"));
+        assert!(
+            stored <= n,
+            "stored {stored} events, more than the {n} produced"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} of {n} events stored in time:\n{}",
+            s.get_text("/metrics")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -146,7 +197,12 @@ fn seeded(seed: u64, count: u64, invalid: f64) -> (Vec<(Option<String>, String)>
 
 fn check_queries(s: &TestServer, oracle: &Oracle, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let devices: Vec<String> = oracle.events.iter().take(50).map(|e| e.device_id.clone()).collect();
+    let devices: Vec<String> = oracle
+        .events
+        .iter()
+        .take(50)
+        .map(|e| e.device_id.clone())
+        .collect();
     for _ in 0..40 {
         let start = 1_767_225_600 + rng.gen_range(-3_600..3 * 86_400);
         let w = TimeWindow::new(start, start + rng.gen_range(1..2 * 86_400)).unwrap();
@@ -169,18 +225,35 @@ fn check_queries(s: &TestServer, oracle: &Oracle, seed: u64) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["count"].as_u64().unwrap()))
+            .map(|d| {
+                (
+                    d["device_id"].as_str().unwrap().to_owned(),
+                    d["count"].as_u64().unwrap(),
+                )
+            })
             .collect();
-        let want: Vec<(String, u64)> = want.devices.into_iter().map(|d| (d.device_id, d.count)).collect();
+        let want: Vec<(String, u64)> = want
+            .devices
+            .into_iter()
+            .map(|d| (d.device_id, d.count))
+            .collect();
         assert_eq!(got, want);
         let b = desa_model::GeoBox::new(-60.0, 70.0, -20.0, 150.0).unwrap();
         let mut p = window(w.start, w.end);
         p.push(("type", "pressure".into()));
-        for (k, v) in [("min_lat", -60.0), ("max_lat", 70.0), ("min_lon", -20.0), ("max_lon", 150.0)] {
+        for (k, v) in [
+            ("min_lat", -60.0),
+            ("max_lat", 70.0),
+            ("min_lon", -20.0),
+            ("max_lon", 150.0),
+        ] {
             p.push((k, v.to_string()));
         }
         let got = s.get("/v1/query/geo", &p);
-        assert_eq!(got.body["count"].as_u64(), Some(oracle.geo("pressure", &b, w).count));
+        assert_eq!(
+            got.body["count"].as_u64(),
+            Some(oracle.geo("pressure", &b, w).count)
+        );
     }
 }
 
@@ -219,7 +292,10 @@ fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
     let dlq = dead_letters(&broker, "events.dlq");
     assert_eq!(dlq.len(), invalid, "every invalid message is a dead letter");
     for d in &dlq {
-        assert!(d["partition"].as_i64().is_some() && d["offset"].as_i64().is_some(), "{d}");
+        assert!(
+            d["partition"].as_i64().is_some() && d["offset"].as_i64().is_some(),
+            "{d}"
+        );
         assert!(!d["error"].as_str().unwrap().is_empty());
     }
     let m = s.get_text("/metrics");
@@ -325,19 +401,32 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     b.terminate(); // leaves the group: its partitions are flushed, committed, revoked
     let in_b = {
         let offline = TestServer::start_in(&b.data_dir, &[]).unwrap();
-        offline.get("/healthz", &[]).body["stored_events"].as_u64().unwrap()
+        offline.get("/healthz", &[]).body["stored_events"]
+            .as_u64()
+            .unwrap()
     };
-    assert!(in_b > 0, "the second member consumed nothing while it was in the group");
+    assert!(
+        in_b > 0,
+        "the second member consumed nothing while it was in the group"
+    );
     producer.join().unwrap();
     let total = oracle.events.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let in_a = a.get("/healthz", &[]).body["stored_events"].as_u64().unwrap();
+        let in_a = a.get("/healthz", &[]).body["stored_events"]
+            .as_u64()
+            .unwrap();
         if in_a + in_b == total {
             break;
         }
-        assert!(in_a + in_b < total, "{in_a} + {in_b} events stored for {total} produced");
-        assert!(Instant::now() < deadline, "{in_a} + {in_b} of {total} events stored");
+        assert!(
+            in_a + in_b < total,
+            "{in_a} + {in_b} events stored for {total} produced"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{in_a} + {in_b} of {total} events stored"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -138,7 +138,10 @@ impl TestServer {
     /// SIGTERM: a graceful shutdown.
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
-            Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
             c.wait().unwrap();
         }
     }
