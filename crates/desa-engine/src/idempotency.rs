@@ -9,13 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::wal::sync_dir;
+use crate::wal::replace_file_durable;
 
 /// How long a key is remembered, in seconds (24 hours).
 pub const RETENTION_SECS: i64 = 24 * 3600;
@@ -102,13 +101,7 @@ impl IdempotencyKeys {
                 })
             })
             .collect();
-        let tmp = dir.join("idempotency.json.tmp");
         let bytes = serde_json::to_vec(&entries).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
-        f.sync_all()
-            .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
-        fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
-        sync_dir(dir)
+        replace_file_durable(dir, FILE, &bytes)
     }
 }

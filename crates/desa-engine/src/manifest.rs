@@ -1,19 +1,18 @@
 //! The manifest: which segments are live and which write-ahead log files still
 //! hold events that are not in a segment.
 //!
-//! `MANIFEST` is JSON, replaced atomically: written to `MANIFEST.tmp`, fsynced,
-//! renamed over `MANIFEST`, and the directory fsynced. A crash leaves either
-//! the old or the new manifest, never a mix.
+//! `MANIFEST` is JSON, replaced atomically (`wal::replace_file_durable`:
+//! `MANIFEST.tmp` written and fsynced, renamed, directory fsynced). A crash
+//! leaves either the old or the new manifest, never a mix.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::segment::SegmentMeta;
-use crate::wal::{sync_dir, SourceOffset};
+use crate::wal::{replace_file_durable, SourceOffset};
 
 pub const FILE: &str = "MANIFEST";
 
@@ -48,14 +47,8 @@ impl Manifest {
 
     /// Replaces the manifest atomically and durably.
     pub fn store_durable(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("MANIFEST.tmp");
         let bytes =
             serde_json::to_vec_pretty(self).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let mut f = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(&bytes).map_err(Error::io("write", &tmp))?;
-        f.sync_all()
-            .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
-        fs::rename(&tmp, dir.join(FILE)).map_err(Error::io("rename", &tmp))?;
-        sync_dir(dir)
+        replace_file_durable(dir, FILE, &bytes)
     }
 }

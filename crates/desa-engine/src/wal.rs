@@ -385,6 +385,19 @@ impl WalWriter {
     }
 }
 
+/// Replaces `dir/name` with `bytes` atomically and durably: a temporary file
+/// is written and fsynced, renamed over the old one, and the directory
+/// fsynced. A crash leaves the old or the new contents, never a mix.
+pub(crate) fn replace_file_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+    f.write_all(bytes).map_err(Error::io("write", &tmp))?;
+    f.sync_all()
+        .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, dir.join(name)).map_err(Error::io("rename", &tmp))?;
+    sync_dir(dir)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())

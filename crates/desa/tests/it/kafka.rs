@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 
-use crate::support::{all_counts, window, TestServer};
+use crate::support::{all_counts, devices_of, window, TestServer};
 
 /// Where the tests look for the broker: `DESA_TANSU`, then `tansu` on PATH,
 /// then where `scripts/test.sh` installs it.
@@ -221,17 +221,7 @@ fn check_queries(s: &TestServer, oracle: &Oracle, seed: u64) {
         p.push(("k", "5".into()));
         let got = s.get("/v1/query/topk", &p);
         let want = oracle.topk("humidity", w, 5);
-        let got: Vec<(String, u64)> = got.body["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                (
-                    d["device_id"].as_str().unwrap().to_owned(),
-                    d["count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let got = devices_of(&got.body);
         let want: Vec<(String, u64)> = want
             .devices
             .into_iter()
@@ -257,7 +247,7 @@ fn check_queries(s: &TestServer, oracle: &Oracle, seed: u64) {
     }
 }
 
-fn dead_letters(broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
+fn dead_letters(broker: &Broker, topic: &str, expected: usize) -> Vec<serde_json::Value> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.addr())
         .set("group.id", "dlq-reader")
@@ -266,13 +256,15 @@ fn dead_letters(broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && out.len() < expected {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        } else if !out.is_empty() {
-            break;
         }
+    }
+    // anything beyond the expected count would be a repeated dead letter
+    while let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+        out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
     }
     out
 }
@@ -289,7 +281,7 @@ fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
     let s = TestServer::start(&kafka_args(&addr, "events", "g1"));
     wait_stored(&s, oracle.events.len() as u64, Duration::from_secs(60));
     check_queries(&s, &oracle, 21);
-    let dlq = dead_letters(&broker, "events.dlq");
+    let dlq = dead_letters(&broker, "events.dlq", invalid);
     assert_eq!(dlq.len(), invalid, "every invalid message is a dead letter");
     for d in &dlq {
         assert!(
@@ -298,10 +290,24 @@ fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
         );
         assert!(!d["error"].as_str().unwrap().is_empty());
     }
+    // The high watermarks are refreshed every 2 seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s
+        .get_text("/metrics")
+        .contains("desa_kafka_lag{topic=\"events\",partition=\"0\"} 0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lag never reached 0:\n{}",
+            s.get_text("/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let m = s.get_text("/metrics");
     for needle in [
         "desa_kafka_consumed_offset{topic=\"events\",partition=\"3\"}",
-        "desa_kafka_lag{topic=\"events\",partition=\"0\"} 0",
+        "desa_kafka_committed_offset{topic=\"events\",partition=\"3\"}",
+        "desa_kafka_high_watermark{topic=\"events\",partition=\"3\"}",
         "desa_kafka_dead_letters_total{topic=\"events\",reason=\"invalid_event\"}",
         "desa_kafka_event_time_watermark_seconds",
     ] {
@@ -383,13 +389,13 @@ fn broker_outage_is_reported_and_consumption_resumes_without_loss() {
 fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     let broker = Broker::start();
     broker.create_topic("ev", 4);
-    let (lines, oracle) = seeded(24, 40_000, 0.0);
+    let (lines, oracle) = seeded(24, 60_000, 0.0);
     let addr = broker.addr();
     let a = TestServer::start(&kafka_args(&addr, "ev", "g4"));
     let producer = {
         let addr = addr.clone();
         std::thread::spawn(move || {
-            for chunk in lines.chunks(2_000) {
+            for chunk in lines.chunks(500) {
                 desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -397,7 +403,20 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     };
     std::thread::sleep(Duration::from_millis(700));
     let mut b = TestServer::start(&kafka_args(&addr, "ev", "g4"));
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait until the group has given b partitions and b has stored events.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.get("/healthz", &[]).body["stored_events"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second member never consumed: {}",
+            b.get("/healthz", &[]).body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     b.terminate(); // leaves the group: its partitions are flushed, committed, revoked
     let in_b = {
         let offline = TestServer::start_in(&b.data_dir, &[]).unwrap();

@@ -10,7 +10,7 @@ use desa_model::{GeoBox, TimeWindow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{window, TestServer};
+use crate::support::{devices_of, window, TestServer};
 
 const T0: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
@@ -53,17 +53,7 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
         p.push(("k", k.to_string()));
         let got = s.get("/v1/query/topk", &p);
         let want = oracle.topk(ty, w, k);
-        let got_devices: Vec<(String, u64)> = got.body["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                (
-                    d["device_id"].as_str().unwrap().to_owned(),
-                    d["count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let got_devices = devices_of(&got.body);
         let want_devices: Vec<(String, u64)> = want
             .devices
             .iter()

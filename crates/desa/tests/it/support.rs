@@ -222,7 +222,12 @@ pub fn all_counts(s: &TestServer, ty: &str) -> std::collections::HashMap<String,
     p.push(("k", "10000".into()));
     let r = s.get("/v1/query/topk", &p);
     assert_eq!(r.status, 200, "{}", r.body);
-    r.body["devices"]
+    devices_of(&r.body).into_iter().collect()
+}
+
+/// The `devices` of a top-K answer as (device_id, count) pairs, in order.
+pub fn devices_of(answer: &serde_json::Value) -> Vec<(String, u64)> {
+    answer["devices"]
         .as_array()
         .unwrap()
         .iter()
