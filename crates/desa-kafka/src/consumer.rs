@@ -56,6 +56,24 @@ struct Shared {
 struct Context(Arc<Shared>);
 
 impl ClientContext for Context {
+    /// Every second: the high watermark the broker attached to its last fetch
+    /// response, and the offset committed to Kafka, per assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.0.cfg.topic) {
+            for (p, part) in &topic.partitions {
+                if *p < 0 {
+                    continue;
+                }
+                if part.hi_offset >= 0 {
+                    self.0.status.high_watermark(*p, part.hi_offset);
+                }
+                if part.committed_offset >= 0 {
+                    self.0.status.committed(*p, part.committed_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "Kafka client error");
         self.0.status.broker_error(format!("{error}: {reason}"));
@@ -104,6 +122,9 @@ impl ConsumerContext for Context {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "offset commit to Kafka failed");
+        }
         if result.is_ok() {
             for e in offsets.elements() {
                 if let Offset::Offset(o) = e.offset() {
@@ -163,8 +184,12 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            // A member killed without leaving holds up the next rebalance
+            // until the broker gives up on it: keep both timeouts short.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "30000")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &shared.cfg.options {
             client.set(k, v);
         }
@@ -229,27 +254,15 @@ fn run(shared: &Arc<Shared>, consumer: BaseConsumer<Context>) {
     consumer.unsubscribe();
 }
 
-/// Checks that the broker answers and refreshes the high watermarks.
+/// Checks that the broker answers. (High watermarks and committed offsets
+/// come from librdkafka's statistics, see `Context::stats`.)
 fn probe(shared: &Shared, consumer: &BaseConsumer<Context>) {
     let topic = &shared.cfg.topic;
     match consumer.fetch_metadata(Some(topic), Duration::from_millis(1000)) {
         Ok(_) => shared.status.broker_ok(),
-        Err(e) => {
-            shared
-                .status
-                .broker_error(format!("broker unreachable: {e}"));
-            return;
-        }
-    }
-    let parts: Vec<i32> = shared.state.lock().next.keys().copied().collect();
-    let assigned = consumer
-        .assignment()
-        .map(|tpl| partitions_of(&tpl, topic))
-        .unwrap_or(parts);
-    for p in assigned {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
-            shared.status.high_watermark(p, high);
-        }
+        Err(e) => shared
+            .status
+            .broker_error(format!("broker unreachable: {e}")),
     }
 }
 
