@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    println!("raw librdkafka consumer: {n} messages in {secs:.1}s = {:.0} msgs/s", n as f64 / secs);
+    println!(
+        "raw librdkafka consumer: {n} messages in {secs:.1}s = {:.0} msgs/s",
+        n as f64 / secs
+    );
     Ok(())
 }
