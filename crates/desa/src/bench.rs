@@ -322,6 +322,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let span_end = start_ts + args.span;
     let mut results = serde_json::Map::new();
     let mut time = |kind: &str, label: String, path: &str, mut params: ParamGen| -> Result<()> {
+        // Warm runs: the timings below are warm, as the peers' are. A node
+        // that just started has none of its segment pages mapped.
+        for _ in 0..args.queries.div_ceil(4) {
+            client.get_json(path, &params(&mut rng))?;
+        }
         let mut lat = Vec::with_capacity(args.queries);
         for _ in 0..args.queries {
             let p = params(&mut rng);
