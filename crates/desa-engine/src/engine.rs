@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub dir: PathBuf,
     /// Rows in the in-memory head before it is frozen and flushed.
     pub head_max_rows: usize,
+    /// Approximate bytes in the head before it is frozen (large metadata
+    /// fills a head long before its row limit).
+    pub head_max_bytes: usize,
     /// Frozen heads waiting for the flusher before writers wait too.
     pub max_frozen_heads: usize,
     /// Resident memory the node aims to stay under.
@@ -46,6 +49,7 @@ impl EngineConfig {
         EngineConfig {
             dir: dir.into(),
             head_max_rows: 262_144,
+            head_max_bytes: 64 << 20,
             max_frozen_heads: 2,
             memory_budget_bytes: 1 << 30,
             compaction_fanin: 4,
@@ -627,7 +631,9 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
                 st.keys.insert(k.clone(), req.response.clone(), now);
             }
         }
-        (force_freeze && !st.head.is_empty()) || st.head.len() >= inner.cfg.head_max_rows
+        (force_freeze && !st.head.is_empty())
+            || st.head.len() >= inner.cfg.head_max_rows
+            || st.head.approx_bytes() >= inner.cfg.head_max_bytes
     };
     for (_, reply) in applies {
         reply(Ok(WriteOutcome::Applied));

@@ -2,7 +2,7 @@
 //! queries, until they are flushed to a segment. Every event here is also in
 //! the write-ahead log, so the head is rebuilt by replay after a crash.
 //!
-//! The head is bounded by `head_max_rows`; queries scan at most the rows of one
+//! The head is bounded by `head_max_rows` and `head_max_bytes`; queries scan at most the rows of one
 //! series (avg) or of one type (top-K, geo) in it.
 
 use std::collections::HashMap;
@@ -131,6 +131,16 @@ impl Head {
 
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Approximate heap bytes held: columns, indexes, metadata text and
+    /// interned strings.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ROW: usize = 4 + 4 + 8 * 5 + 1 + 4 + 4; // columns + two index entries
+        self.rows.len() * PER_ROW
+            + self.rows.meta.len()
+            + self.rows.devices.len() * 64
+            + self.series.len() * 48
     }
 
     pub fn is_empty(&self) -> bool {

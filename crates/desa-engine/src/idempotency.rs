@@ -19,7 +19,10 @@ use crate::wal::replace_file_durable;
 /// How long a key is remembered, in seconds (24 hours).
 pub const RETENTION_SECS: i64 = 24 * 3600;
 /// How many keys are remembered at most.
-pub const MAX_KEYS: usize = 1_000_000;
+pub const MAX_KEYS: usize = 100_000;
+/// Longest stored response; a longer one (a huge list of rejected events) is
+/// replaced by its accepted count and a note, to bound memory.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 /// Longest accepted key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -44,6 +47,7 @@ impl IdempotencyKeys {
     }
 
     pub fn insert(&mut self, key: String, response: String, created_secs: i64) {
+        let response = bounded_response(response);
         if self.by_key.insert(key.clone(), response).is_none() {
             self.order.push_back((key, created_secs));
         }
@@ -103,5 +107,47 @@ impl IdempotencyKeys {
             .collect();
         let bytes = serde_json::to_vec(&entries).map_err(|e| Error::Unavailable(e.to_string()))?;
         replace_file_durable(dir, FILE, &bytes)
+    }
+}
+
+/// Keeps a stored response within [`MAX_RESPONSE_BYTES`]: a longer one keeps
+/// its `accepted` count and says how many rejections were dropped.
+fn bounded_response(response: String) -> String {
+    if response.len() <= MAX_RESPONSE_BYTES {
+        return response;
+    }
+    let v: serde_json::Value = serde_json::from_str(&response).unwrap_or_default();
+    let rejected = v["rejected"].as_array().map_or(0, Vec::len);
+    serde_json::json!({
+        "accepted": v["accepted"],
+        "rejected": [],
+        "rejected_count": rejected,
+        "note": "replayed response: the list of rejected events was too long to keep",
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_expire_are_capped_and_long_responses_are_bounded() {
+        let mut keys = IdempotencyKeys::default();
+        keys.insert("old".into(), "{}".into(), 0);
+        keys.insert("new".into(), "{}".into(), RETENTION_SECS + 10);
+        keys.expire(RETENTION_SECS + 5);
+        assert!(keys.get("old").is_none());
+        assert!(keys.get("new").is_some());
+        let rejected: Vec<_> = (0..5_000)
+            .map(|i| serde_json::json!({"index": i, "error": "bad"}))
+            .collect();
+        let long = serde_json::json!({"accepted": 3, "rejected": rejected}).to_string();
+        keys.insert("long".into(), long, 1);
+        let stored: serde_json::Value =
+            serde_json::from_str(keys.get("long").unwrap_or("")).unwrap_or_default();
+        assert_eq!(stored["accepted"], 3);
+        assert_eq!(stored["rejected_count"], 5_000);
+        assert!(keys.get("long").unwrap_or("").len() <= MAX_RESPONSE_BYTES);
     }
 }

@@ -250,3 +250,32 @@ fn source_offsets_are_durable_with_their_events() {
         assert_eq!(engine.source_offset("kafka:events", *p), Some(*o));
     }
 }
+
+#[test]
+fn large_metadata_freezes_the_head_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_bytes = 1 << 20;
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let meta: Box<str> = format!("{{\"blob\":\"{}\"}}", "x".repeat(8_000)).into();
+    for _ in 0..10 {
+        let events = (0..30)
+            .map(|_| Event {
+                metadata: Some(meta.clone()),
+                ..edge_event(&mut rng)
+            })
+            .collect();
+        engine.write(WriteRequest::events(events)).unwrap();
+    }
+    // 300 events of 8 KB cannot all stay in a 1 MiB head.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.stats().segment_rows == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the head was never frozen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(engine.stats().head_rows < 300);
+}

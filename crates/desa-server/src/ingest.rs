@@ -128,6 +128,11 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let _permit = app
+        .ingest_permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::BadRequest("the node is shutting down".into()))?;
     // The body is read before any other check can fail, so that an error
     // response never races a client that is still sending (a reset would
     // hide the response).

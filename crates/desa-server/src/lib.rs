@@ -6,7 +6,7 @@
 //! keys, the late-data policy) and maps errors to status codes. It does not
 //! validate events itself (`desa-model` does) nor store them (`desa-engine`).
 //!
-//! Limits: a body is at most `max_body_bytes` (default 64 MiB) before and
+//! Limits: a body is at most `max_body_bytes` (default 16 MiB) before and
 //! after gzip decoding; `metadata` at most 8 KiB per event; an
 //! `Idempotency-Key` at most 256 bytes, remembered for 24 hours.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -37,14 +37,18 @@ pub struct ServerConfig {
     pub max_future_secs: i64,
     /// When set, events further behind the watermark are rejected.
     pub max_lateness_secs: Option<i64>,
+    /// Ingest requests read and parsed at once; the others wait their turn.
+    /// With `max_body_bytes` it bounds the memory ingest can take.
+    pub max_concurrent_ingest: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_body_bytes: 64 << 20,
+            max_body_bytes: 16 << 20,
             max_future_secs: 86_400,
             max_lateness_secs: None,
+            max_concurrent_ingest: 4,
         }
     }
 }
@@ -67,6 +71,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub cfg: Arc<ServerConfig>,
     pub components: Vec<Arc<dyn Component>>,
+    /// Permits for concurrent ingest requests (`max_concurrent_ingest`).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -50,8 +50,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DESA_MAX_LATENESS", value_parser = parse_secs)]
     pub max_lateness: Option<i64>,
     /// Largest request body, before and after gzip decoding.
-    #[arg(long, env = "DESA_MAX_BODY", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "DESA_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
+    /// `POST /v1/events` requests read and parsed at once (others wait).
+    #[arg(long, env = "DESA_MAX_CONCURRENT_INGEST", default_value_t = 4)]
+    pub max_concurrent_ingest: usize,
     /// Resident memory the node stays under.
     #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
     pub memory_budget: u64,

@@ -84,7 +84,7 @@ pub fn table(answer: &Value) -> String {
                 "{:>5}  {:<32} {:>12}\n",
                 i + 1,
                 d["device_id"].as_str().unwrap_or(""),
-                d["count"]
+                d["count"].as_u64().unwrap_or(0)
             ));
         }
         return out;

@@ -103,7 +103,11 @@ impl Node {
                 max_body_bytes: args.max_body as usize,
                 max_future_secs: args.max_future,
                 max_lateness_secs: args.max_lateness,
+                max_concurrent_ingest: args.max_concurrent_ingest.max(1),
             }),
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(
+                args.max_concurrent_ingest.max(1),
+            )),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(desa_server::serve(listener, state, async move {
