@@ -150,8 +150,6 @@ struct Inner {
     frozen_cv: Condvar,
     frozen_lock: Mutex<()>,
     shutdown: AtomicBool,
-    /// Where the memory governor continues releasing segment pages.
-    release_cursor: Mutex<usize>,
 }
 
 /// The embedded storage engine of one node.
@@ -281,7 +279,6 @@ impl Engine {
             frozen_cv: Condvar::new(),
             frozen_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
-            release_cursor: Mutex::new(0),
         });
         let (tx, rx) = mpsc::channel::<Commit>();
         let committer = {
@@ -879,23 +876,18 @@ pub fn resident_bytes() -> u64 {
 
 /// Drops mapped segment pages from this process when it nears its budget;
 /// they stay in the kernel's page cache and are mapped again on access.
-/// Segments are released a few at a time, continuing round the list from
-/// where the last call stopped, until resident memory is well below the
-/// threshold, so the hot pages are not all dropped at once.
+/// The least recently queried segments go first, a few at a time, until
+/// resident memory is below half the budget, so hot pages stay mapped.
 fn enforce_memory_budget(inner: &Inner) {
     let budget = inner.cfg.memory_budget_bytes;
     if resident_bytes() <= budget / 10 * 7 {
         return;
     }
-    let segs = inner.state.read().segments.clone();
-    if segs.is_empty() {
-        return;
-    }
-    let mut cursor = inner.release_cursor.lock();
-    for _ in 0..segs.len() {
-        *cursor = (*cursor + 1) % segs.len();
-        segs[*cursor].release_memory();
-        if (*cursor).is_multiple_of(4) && resident_bytes() <= budget / 2 {
+    let mut segs = inner.state.read().segments.clone();
+    segs.sort_by_key(|s| s.last_used());
+    for (i, s) in segs.iter().enumerate() {
+        s.release_memory();
+        if i % 4 == 3 && resident_bytes() <= budget / 2 {
             break;
         }
     }

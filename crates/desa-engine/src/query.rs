@@ -31,7 +31,7 @@ pub(crate) fn avg(
 ) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
-    for s in segs.iter().filter(|s| s.overlaps(w)) {
+    for s in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
         let (c, x) = s.avg(device, event_type, w);
         count += c;
         sum = sum + x;
@@ -47,7 +47,7 @@ pub(crate) fn geo(
 ) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
-    for s in segs.iter().filter(|s| s.overlaps(w)) {
+    for s in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
         let (c, x) = s.geo(event_type, bbox, w);
         count += c;
         sum = sum + x;
@@ -131,7 +131,7 @@ pub(crate) fn topk(
             counts: head_counts,
         });
     }
-    for seg in segs.iter().filter(|s| s.overlaps(w)) {
+    for seg in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
         if let Some(t) = seg.find_type(event_type) {
             lists.push(List::Segment {
                 seg,

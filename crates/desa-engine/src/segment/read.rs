@@ -5,6 +5,13 @@ use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, GeoBox, TimeWindow};
 use memmap2::Mmap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Series between two heap-resident fence keys (see `Segment::fences`).
+const FENCE_STRIDE: usize = 64;
+
+/// A logical clock for [`Segment::touch`]: only the order of uses matters.
+static USE_CLOCK: AtomicU64 = AtomicU64::new(1);
 
 use super::kd::{KdNode, KdPoint, KdQuery};
 use super::*;
@@ -16,6 +23,12 @@ pub struct Segment {
     pub meta: SegmentMeta,
     path: PathBuf,
     map: Mmap,
+    /// When a query last read this segment, on [`USE_CLOCK`]'s scale.
+    last_used: AtomicU64,
+    /// Per type, every [`FENCE_STRIDE`]-th series and its device, kept on the
+    /// heap: a device lookup reads one small run of the mapped series table
+    /// instead of ~log2(series) scattered pages.
+    fences: Vec<Vec<(u32, Box<str>)>>,
     sections: [(usize, usize); SECTION_COUNT],
 
     types: usize,
@@ -138,6 +151,8 @@ impl Segment {
             },
             path: path.to_owned(),
             map,
+            last_used: AtomicU64::new(0),
+            fences: Vec::new(),
             sections,
 
             types,
@@ -147,6 +162,16 @@ impl Segment {
         {
             return Err(bad(0, "row counts disagree between sections"));
         }
+        let mut seg = seg;
+        seg.fences = (0..types)
+            .map(|t| {
+                let ts = seg.u32s(S_TYPE_SERIES);
+                (ts[t]..ts[t + 1])
+                    .step_by(FENCE_STRIDE)
+                    .map(|s| (s, Box::from(seg.series_device(s as usize))))
+                    .collect()
+            })
+            .collect();
         Ok(seg)
     }
 
@@ -205,7 +230,15 @@ impl Segment {
     /// The series of `device` within type `t`.
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
         let ts = self.u32s(S_TYPE_SERIES);
-        let (mut lo, mut hi) = (ts[t] as usize, ts[t + 1] as usize);
+        let fences = &self.fences[t];
+        let k = fences.partition_point(|(_, name)| name.as_ref() <= device);
+        if k == 0 {
+            return None; // before the type's first device
+        }
+        let (mut lo, mut hi) = (
+            fences[k - 1].0 as usize,
+            fences.get(k).map_or(ts[t + 1], |f| f.0) as usize,
+        );
         while lo < hi {
             let mid = (lo + hi) / 2;
             match self.series_device(mid).cmp(device) {
@@ -384,6 +417,17 @@ impl Segment {
 
     /// Drops the mapping's resident pages; they are read again from the file
     /// (usually the page cache) on the next access. Keeps RSS within budget.
+    /// Records that a query is reading this segment.
+    pub fn touch(&self) {
+        self.last_used
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// When a query last read this segment (larger is more recent).
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
     pub fn release_memory(&self) {
         // SAFETY: the mapping is a read-only shared file mapping, for which
         // MADV_DONTNEED only discards clean pages that are re-read on access.
