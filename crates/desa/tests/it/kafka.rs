@@ -395,9 +395,11 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     let producer = {
         let addr = addr.clone();
         std::thread::spawn(move || {
-            for chunk in lines.chunks(500) {
+            // A producer per chunk: about a second each, so the stream
+            // lasts long enough for the second member to join and leave.
+            for chunk in lines.chunks(2_000) {
                 desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(200));
             }
         })
     };
