@@ -157,6 +157,42 @@ pub struct Engine {
     inner: Arc<Inner>,
     commit_tx: Mutex<Option<mpsc::Sender<Commit>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds the exclusive lock on `DIR/LOCK` while the engine is open.
+    _lock: fs::File,
+}
+
+/// Takes an exclusive `flock` on `DIR/LOCK` (released by the kernel when the
+/// process exits, kill -9 included) and writes this process's id into it.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(Error::Locked {
+            dir: dir.to_owned(),
+            holder: if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
+        });
+    }
+    let _ = f
+        .set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| write!(f, "{}", std::process::id()));
+    Ok(f)
 }
 
 fn segments_dir(dir: &Path) -> PathBuf {
@@ -182,6 +218,7 @@ impl Engine {
         for d in [dir.clone(), segments_dir(&dir), wal_dir(&dir)] {
             fs::create_dir_all(&d).map_err(Error::io("create dir", &d))?;
         }
+        let lock = lock_dir(&dir)?;
         let manifest = Manifest::load(&dir)?.unwrap_or(Manifest {
             version: 1,
             next_segment_id: 1,
@@ -311,6 +348,7 @@ impl Engine {
             inner,
             commit_tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![committer, flusher, governor]),
+            _lock: lock,
         })
     }
 

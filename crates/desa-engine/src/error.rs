@@ -34,6 +34,9 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the storage engine is shut down")]
     Closed,
+    /// Another process has the data directory open.
+    #[error("data directory {dir} is in use by another process{holder}; two nodes must not share a data directory")]
+    Locked { dir: PathBuf, holder: String },
 }
 
 impl Error {

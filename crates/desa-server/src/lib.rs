@@ -83,8 +83,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query/geo", get(query::geo))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
+    let error = format!(
+        "no such endpoint: {method} {}; see /v1/events, /v1/query/avg, /v1/query/topk, /v1/query/geo, /healthz, /metrics",
+        uri.path()
+    );
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": error })),
+    )
 }
 
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {

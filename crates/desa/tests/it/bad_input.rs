@@ -269,6 +269,10 @@ fn malformed_input_gets_clear_errors_and_good_data_survives() {
         );
     }
 
+    let r = s.get("/v1/query/median", &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("/v1/query/avg"), "{}", r.error());
+
     // The node still serves, and exactly the good events are stored.
     assert_eq!(all_counts(&s, "t")["good"], 3);
     let mut p = window(1_767_225_600, 1_767_225_601);

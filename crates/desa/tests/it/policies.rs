@@ -260,3 +260,15 @@ fn disk_full_gives_503_with_retry_after_and_keeps_acknowledged_events() {
     s.restart();
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), acked + 1);
 }
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused_until_the_first_dies() {
+    let mut s = TestServer::start(&[]);
+    s.post_ndjson(&event("a", 1_767_225_600));
+    let err = TestServer::start_in(&s.data_dir, &[])
+        .err()
+        .expect("a second node on the same data dir must not start");
+    assert!(err.contains("in use by another process"), "{err}");
+    s.restart(); // kill -9 releases the lock
+    assert_eq!(all_counts(&s, "t")["a"], 1);
+}
