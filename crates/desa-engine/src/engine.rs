@@ -411,39 +411,43 @@ impl Engine {
     }
 
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> AvgAnswer {
-        let (mut count, mut sum, segs) = {
-            let st = self.inner.state.read();
-            let mut count = 0;
-            let mut sum = DoubleDouble::ZERO;
-            for h in heads(&st) {
-                let (c, s) = h.avg(device, event_type, w);
-                count += c;
-                sum = sum + s;
-            }
-            (count, sum, st.segments.clone())
-        };
-        let (c, s) = query::avg(&segs, device, event_type, w);
-        count += c;
-        sum = sum + s;
+        let (count, sum) = self.count_and_sum(
+            |h| h.avg(device, event_type, w),
+            |segs| query::avg(segs, device, event_type, w),
+        );
         AvgAnswer::new(device, event_type, w, count, sum.value())
     }
 
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> GeoAnswer {
+        let (count, sum) = self.count_and_sum(
+            |h| h.geo(event_type, bbox, w),
+            |segs| query::geo(segs, event_type, bbox, w),
+        );
+        GeoAnswer::new(event_type, w, bbox, count, sum.value())
+    }
+
+    /// Adds up a count and sum over the heads (read under the state lock) and
+    /// the segments (read after it is released, from a snapshot of the list).
+    fn count_and_sum(
+        &self,
+        in_head: impl Fn(&Head) -> (u64, DoubleDouble),
+        in_segments: impl Fn(&[Arc<Segment>]) -> (u64, DoubleDouble),
+    ) -> (u64, DoubleDouble) {
         let (mut count, mut sum, segs) = {
             let st = self.inner.state.read();
             let mut count = 0;
             let mut sum = DoubleDouble::ZERO;
             for h in heads(&st) {
-                let (c, s) = h.geo(event_type, bbox, w);
+                let (c, s) = in_head(h);
                 count += c;
                 sum = sum + s;
             }
             (count, sum, st.segments.clone())
         };
-        let (c, s) = query::geo(&segs, event_type, bbox, w);
+        let (c, s) = in_segments(&segs);
         count += c;
         sum = sum + s;
-        GeoAnswer::new(event_type, w, bbox, count, sum.value())
+        (count, sum)
     }
 
     pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> TopkAnswer {
