@@ -12,10 +12,14 @@ use rdkafka::ClientContext;
 
 use crate::{Error, Result};
 
+/// An undelivered message: key and value, to send again.
+type Undelivered = (Option<Vec<u8>>, Vec<u8>);
+
 #[derive(Default)]
 struct Counts {
     delivered: AtomicU64,
-    failed: AtomicU64,
+    /// Messages the broker refused or that timed out, to send again.
+    failed: parking_lot::Mutex<Vec<Undelivered>>,
 }
 
 struct Ctx(Arc<Counts>);
@@ -23,12 +27,25 @@ impl ClientContext for Ctx {}
 impl ProducerContext for Ctx {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        use rdkafka::Message;
         match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, m)) => {
+                tracing::warn!(error = %e, "message not delivered; it will be sent again");
+                let key = m.key().map(<[u8]>::to_vec);
+                self.0
+                    .failed
+                    .lock()
+                    .push((key, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
     }
 }
+
+/// Rounds of resending undelivered messages before giving up on them.
+const RESEND_ROUNDS: usize = 5;
 
 #[derive(Debug, Clone, Default)]
 pub struct ProduceSummary {
@@ -39,7 +56,9 @@ pub struct ProduceSummary {
 }
 
 /// Sends `(key, value)` messages to `topic` and waits for every delivery
-/// report; `progress` is called with the number sent so far.
+/// report, sending undelivered messages again (a message that failed was not
+/// written, so this cannot duplicate it); `progress` is called with the
+/// number sent so far.
 pub fn produce_lines(
     brokers: &str,
     topic: &str,
@@ -81,11 +100,35 @@ pub fn produce_lines(
         }
     }
     producer.flush(Duration::from_secs(120))?;
+    for _ in 0..RESEND_ROUNDS {
+        let again = std::mem::take(&mut *counts.failed.lock());
+        if again.is_empty() {
+            break;
+        }
+        for (key, value) in &again {
+            let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>> = BaseRecord::to(topic).payload(value);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => return Err(Error::Kafka(e)),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+    }
     progress(sent);
+    let failed = counts.failed.lock().len() as u64;
     Ok(ProduceSummary {
         sent,
         delivered: counts.delivered.load(Ordering::Relaxed),
-        failed: counts.failed.load(Ordering::Relaxed),
+        failed,
         elapsed: started.elapsed(),
     })
 }

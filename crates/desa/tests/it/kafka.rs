@@ -335,7 +335,13 @@ fn kill9_while_consuming_counts_every_event_exactly_once() {
         let addr = addr.clone();
         std::thread::spawn(move || {
             for chunk in lines.chunks(5_000) {
-                desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
+                let s = desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {})
+                    .unwrap();
+                assert_eq!(
+                    (s.delivered, s.failed),
+                    (s.sent, 0),
+                    "the broker did not take every message"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -398,7 +404,13 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
             // A producer per chunk: about a second each, so the stream
             // lasts long enough for the second member to join and leave.
             for chunk in lines.chunks(2_000) {
-                desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {}).unwrap();
+                let s = desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {})
+                    .unwrap();
+                assert_eq!(
+                    (s.delivered, s.failed),
+                    (s.sent, 0),
+                    "the broker did not take every message"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
