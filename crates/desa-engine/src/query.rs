@@ -13,7 +13,7 @@
 //!   the window by binary search (random access); for a segment only partly in
 //!   the window the all-time count is an upper bound, which keeps the stopping
 //!   rule sound. The search stops once the K-th best exact count exceeds the
-//!   sum of the bounds at the cursors, which under skew is after a few entries.
+//!   sum of the bounds at the cursors; under skew the bounds fall fast.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};

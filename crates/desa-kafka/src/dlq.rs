@@ -16,6 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::producer::send_blocking;
 use crate::{Error, Result};
 
 /// Where dead letters go.
@@ -160,21 +161,14 @@ impl DeadLetters {
         match (&self.target, &self.producer) {
             (DlqTarget::Topic(topic), Some(producer)) => {
                 let before = self.counter.failed.load(Ordering::SeqCst);
-                for line in &lines {
-                    let mut record: BaseRecord<'_, (), String> =
-                        BaseRecord::to(topic).payload(line);
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((_, r)) => {
-                                record = r;
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                        }
-                    }
-                }
+                let queued = lines.iter().try_for_each(|line| {
+                    send_blocking(producer, BaseRecord::<(), String>::to(topic).payload(line))
+                });
                 let flushed = producer.flush(Duration::from_secs(10));
-                if flushed.is_err() || self.counter.failed.load(Ordering::SeqCst) != before {
+                if queued.is_err()
+                    || flushed.is_err()
+                    || self.counter.failed.load(Ordering::SeqCst) != before
+                {
                     tracing::warn!(topic = %topic, file = %self.fallback.display(),
                         "dead-letter topic did not take every message; writing them to the fallback file");
                     to_file = lines.iter().collect();

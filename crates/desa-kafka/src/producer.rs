@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// An undelivered message: key and value, to send again.
 type Undelivered = (Option<Vec<u8>>, Vec<u8>);
@@ -40,6 +41,28 @@ impl ProducerContext for Ctx {
                     .lock()
                     .push((key, m.payload().unwrap_or_default().to_vec()));
             }
+        }
+    }
+}
+
+/// Queues a record, waiting while librdkafka's local queue is full.
+pub(crate) fn send_blocking<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }
@@ -84,16 +107,7 @@ pub fn produce_lines(
         if let Some(k) = &key {
             record = record.key(k);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => return Err(Error::Kafka(e)),
-            }
-        }
+        send_blocking(&producer, record)?;
         sent += 1;
         if sent.is_multiple_of(10_000) {
             progress(sent);
@@ -110,16 +124,7 @@ pub fn produce_lines(
             if let Some(k) = key {
                 record = record.key(k);
             }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err((e, _)) => return Err(Error::Kafka(e)),
-                }
-            }
+            send_blocking(&producer, record)?;
         }
         producer.flush(Duration::from_secs(120))?;
     }

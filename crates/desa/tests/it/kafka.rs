@@ -130,10 +130,34 @@ impl Drop for Broker {
 }
 
 fn produce(broker: &Broker, topic: &str, lines: Vec<(Option<String>, String)>) {
-    let s =
-        desa_kafka::produce_lines(&broker.addr(), topic, &[], lines.into_iter(), |_| {}).unwrap();
-    assert_eq!(s.failed, 0);
-    assert_eq!(s.delivered, s.sent);
+    produce_to(&broker.addr(), topic, lines);
+}
+
+/// Produces and checks that the broker took every message.
+fn produce_to(addr: &str, topic: &str, lines: Vec<(Option<String>, String)>) {
+    let s = desa_kafka::produce_lines(addr, topic, &[], lines.into_iter(), |_| {}).unwrap();
+    assert_eq!(
+        (s.delivered, s.failed),
+        (s.sent, 0),
+        "the broker did not take every message"
+    );
+}
+
+/// Produces `lines` in chunks of `chunk`, pausing between them, on a thread.
+fn produce_in_background(
+    addr: &str,
+    topic: &str,
+    lines: Vec<(Option<String>, String)>,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (addr, topic) = (addr.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        for c in lines.chunks(chunk) {
+            produce_to(&addr, &topic, c.to_vec());
+            std::thread::sleep(pause);
+        }
+    })
 }
 
 fn kafka_args<'a>(broker: &'a str, topic: &'a str, group: &'a str) -> Vec<&'a str> {
@@ -331,21 +355,7 @@ fn kill9_while_consuming_counts_every_event_exactly_once() {
     let (lines, oracle) = seeded(22, 60_000, 0.0);
     let addr = broker.addr();
     let mut s = TestServer::start(&kafka_args(&addr, "ev", "g2"));
-    let producer = {
-        let addr = addr.clone();
-        std::thread::spawn(move || {
-            for chunk in lines.chunks(5_000) {
-                let s = desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {})
-                    .unwrap();
-                assert_eq!(
-                    (s.delivered, s.failed),
-                    (s.sent, 0),
-                    "the broker did not take every message"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let producer = produce_in_background(&addr, "ev", lines, 5_000, Duration::from_millis(100));
     let mut rng = StdRng::seed_from_u64(7);
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(200..800)));
@@ -398,23 +408,9 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     let (lines, oracle) = seeded(24, 60_000, 0.0);
     let addr = broker.addr();
     let a = TestServer::start(&kafka_args(&addr, "ev", "g4"));
-    let producer = {
-        let addr = addr.clone();
-        std::thread::spawn(move || {
-            // A producer per chunk: about a second each, so the stream
-            // lasts long enough for the second member to join and leave.
-            for chunk in lines.chunks(2_000) {
-                let s = desa_kafka::produce_lines(&addr, "ev", &[], chunk.iter().cloned(), |_| {})
-                    .unwrap();
-                assert_eq!(
-                    (s.delivered, s.failed),
-                    (s.sent, 0),
-                    "the broker did not take every message"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    // A producer per chunk: about a second each, so the stream
+    // lasts long enough for the second member to join and leave.
+    let producer = produce_in_background(&addr, "ev", lines, 2_000, Duration::from_millis(200));
     std::thread::sleep(Duration::from_millis(700));
     let mut b = TestServer::start(&kafka_args(&addr, "ev", "g4"));
     // Wait until the group has given b partitions and b has stored events.
