@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use desa_model::{
-    AvgAnswer, DeviceCount, DoubleDouble, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer,
+    AvgAnswer, DeviceCount, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -58,37 +58,7 @@ impl EngineConfig {
     }
 }
 
-/// Events of one request, with what to answer a retry of it.
-#[derive(Debug, Clone)]
-pub struct WriteRequest {
-    pub events: Vec<Event>,
-    pub idempotency_key: Option<String>,
-    /// The response to store with the key.
-    pub response: String,
-    /// Source positions that become durable atomically with the events.
-    pub source_offsets: Vec<SourceOffset>,
-}
-
-impl WriteRequest {
-    /// Events with no key and no source positions.
-    pub fn events(events: Vec<Event>) -> Self {
-        WriteRequest {
-            events,
-            idempotency_key: None,
-            response: String::new(),
-            source_offsets: Vec::new(),
-        }
-    }
-}
-
-/// What a durable write did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WriteOutcome {
-    /// The events are durable and visible.
-    Applied,
-    /// The key was seen before: nothing was applied; here is the first response.
-    Replayed(String),
-}
+pub use desa_store::{WriteOutcome, WriteRequest};
 
 /// Receives timings from the engine, for metrics.
 pub trait EngineObserver: Send + Sync + 'static {

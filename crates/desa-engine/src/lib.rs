@@ -35,6 +35,7 @@ pub mod idempotency;
 mod manifest;
 mod query;
 pub mod segment;
+mod store;
 pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};

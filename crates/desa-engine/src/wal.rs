@@ -48,15 +48,7 @@ pub struct WalRecord {
     pub source_offsets: Vec<SourceOffset>,
 }
 
-/// The next offset to read from one partition of a source, made durable
-/// together with the events that came before it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SourceOffset {
-    /// For example `kafka:events`.
-    pub source: String,
-    pub partition: i32,
-    pub next_offset: i64,
-}
+pub use desa_store::SourceOffset;
 
 /// Payload layout: `created_secs i64 | key_len u16 (0xFFFF = none) | key |
 /// response_len u32 | response | n u32 | n events | m u16 | m offsets`,

@@ -1,12 +1,13 @@
 //! The consume loop: poll, parse, batch, write durably with offsets, commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use desa_engine::{Clock, Engine, SourceOffset, WriteRequest};
+use desa_engine::Clock;
+use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
 use desa_model::{check_lateness, parse_body, BodyFormat, Event, Limits};
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
@@ -38,15 +39,18 @@ impl Pending {
 
 struct LoopState {
     pending: Pending,
-    /// Next offset to apply per assigned partition (the engine's, advanced by
+    /// Next offset to apply per assigned partition (the store's, advanced by
     /// `pending`); messages below it were applied already and are dropped.
     next: HashMap<i32, i64>,
+    /// Partitions another worker claimed since this one did: their messages
+    /// are dropped until the next assignment claims them again.
+    fenced: HashSet<i32>,
     dlq: DeadLetters,
 }
 
 struct Shared {
     cfg: KafkaConfig,
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     status: Arc<KafkaStatus>,
     state: Mutex<LoopState>,
@@ -101,9 +105,11 @@ impl ConsumerContext for Context {
             let parts = partitions_of(tpl, &self.0.cfg.topic);
             let source = self.0.cfg.source_name();
             self.0.status.assigned(&parts);
+            let claims = claim(&self.0, &source, &parts);
             let mut st = self.0.state.lock();
-            for p in &parts {
-                let stored = self.0.engine.source_offset(&source, *p);
+            for c in claims {
+                let (p, stored) = (&c.partition, c.next_offset);
+                st.fenced.remove(p);
                 self.0.status.resumed_at(*p, stored);
                 if let Some(next) = stored {
                     st.next.insert(*p, next);
@@ -135,6 +141,27 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Claims newly assigned partitions in the store, retrying while the store
+/// is unreachable: consuming a partition before it is claimed could commit
+/// over its new owner.
+fn claim(shared: &Shared, source: &str, parts: &[i32]) -> Vec<desa_store::Claim> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match shared.store.claim(source, parts) {
+            Ok(claims) => return claims,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim assigned partitions; retrying");
+                shared.status.storage_error(Some(e.to_string()));
+                if shared.stop.load(Ordering::SeqCst) {
+                    return Vec::new();
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
     tpl.elements()
         .iter()
@@ -153,7 +180,7 @@ impl KafkaSource {
     /// Subscribes and starts consuming on a thread of its own.
     pub fn start(
         cfg: KafkaConfig,
-        engine: Arc<Engine>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         fallback_dlq: std::path::PathBuf,
     ) -> Result<KafkaSource> {
@@ -167,11 +194,12 @@ impl KafkaSource {
         let shared = Arc::new(Shared {
             status: Arc::new(KafkaStatus::new(&cfg.topic)),
             cfg,
-            engine,
+            store,
             clock,
             state: Mutex::new(LoopState {
                 pending: Pending::default(),
                 next: HashMap::new(),
+                fenced: HashSet::new(),
                 dlq,
             }),
             stop: AtomicBool::new(false),
@@ -269,7 +297,7 @@ fn probe(shared: &Shared, consumer: &BaseConsumer<Context>) {
 fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
     let (p, offset) = (m.partition(), m.offset());
     let mut st = shared.state.lock();
-    if st.next.get(&p).is_some_and(|&next| offset < next) {
+    if st.fenced.contains(&p) || st.next.get(&p).is_some_and(|&next| offset < next) {
         shared.status.skipped();
         return;
     }
@@ -310,7 +338,7 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
                     let line = lines.get(r.index).copied().unwrap_or(payload);
                     dead(&mut st, Some(r.index), r.error, line, "invalid_event");
                 }
-                let watermark = shared.engine.watermark_secs();
+                let watermark = shared.store.watermark_secs();
                 for (index, e) in parsed.events {
                     match check_lateness(e.ts_secs, watermark, shared.cfg.max_lateness_secs) {
                         Ok(_) => {
@@ -332,8 +360,11 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
 }
 
 /// Makes the pending batch durable (dead letters first, then events with
-/// their offsets in one engine write), then commits the offsets to Kafka.
-/// Retries with backoff while the store cannot persist; nothing is dropped.
+/// their offsets in one store write), then commits the offsets to Kafka.
+/// Retries with backoff while the store cannot persist; nothing is dropped,
+/// unless another worker has claimed the batch's partitions: then the batch
+/// is theirs to read again from the store's offsets, and this worker stops
+/// consuming those partitions until they are assigned to it again.
 fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
     let mut st = shared.state.lock();
     if st.pending.is_empty() {
@@ -357,15 +388,32 @@ fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
                         next_offset: *next,
                     })
                     .collect();
-                shared
-                    .engine
-                    .write(req)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                match shared.store.write(req) {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::Fenced { stream, partition }) => {
+                        tracing::warn!(
+                            partition,
+                            source = %stream,
+                            "fenced: another worker owns the partition now; dropping the batch"
+                        );
+                        shared.status.fenced();
+                        // Every partition of the batch is dropped: its events
+                        // were not written, and are read again by their owner.
+                        for p in batch.offsets.keys() {
+                            st.fenced.insert(*p);
+                            st.next.remove(p);
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
         };
         match result {
-            Ok(()) => break,
+            Ok(()) => {
+                shared.status.storage_error(None);
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot persist consumed events; retrying");
                 shared.status.storage_error(Some(e));

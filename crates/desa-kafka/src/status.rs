@@ -26,6 +26,7 @@ struct Inner {
     messages: u64,
     events: u64,
     skipped: u64,
+    fenced: u64,
     dead_letters: BTreeMap<&'static str, u64>,
     last_message: Option<Instant>,
 }
@@ -125,6 +126,11 @@ impl KafkaStatus {
         self.inner.lock().broker_error = None;
     }
 
+    /// A batch was dropped because another worker claimed its partitions.
+    pub(crate) fn fenced(&self) {
+        self.inner.lock().fenced += 1;
+    }
+
     pub(crate) fn storage_error(&self, error: Option<String>) {
         self.inner.lock().storage_error = error;
     }
@@ -218,6 +224,12 @@ impl KafkaStatus {
             "desa_kafka_skipped_messages_total",
             "Messages below the node's own offsets (already applied), dropped.",
             s.skipped,
+        );
+        counter(
+            &mut out,
+            "desa_kafka_fenced_batches_total",
+            "Batches dropped unwritten because another worker had claimed their partitions.",
+            s.fenced,
         );
         let _ = writeln!(
             out,

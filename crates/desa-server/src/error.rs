@@ -55,10 +55,10 @@ impl From<desa_model::QueryError> for ApiError {
     }
 }
 
-impl From<desa_engine::Error> for ApiError {
-    fn from(e: desa_engine::Error) -> Self {
+impl From<desa_store::StoreError> for ApiError {
+    fn from(e: desa_store::StoreError) -> Self {
         let retry_after_secs = match e {
-            desa_engine::Error::Poisoned(_) => 60,
+            desa_store::StoreError::Refused(_) => 60,
             _ => 1,
         };
         ApiError::Unavailable {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use desa_engine::idempotency::MAX_KEY_BYTES;
-use desa_engine::{WriteOutcome, WriteRequest};
+use desa_store::{StoreError, WriteOutcome, WriteRequest};
 use desa_model::{check_lateness, parse_body, BodyError, BodyFormat, Limits, Rejection};
 use serde::Serialize;
 
@@ -155,7 +155,7 @@ pub async fn post_events(
     };
     if let Some(stored) = key
         .as_deref()
-        .and_then(|k| app.engine.idempotent_response(k))
+        .and_then(|k| app.store.idempotent_response(k))
     {
         app.metrics.requests_replayed.inc();
         return Ok(json_response(stored));
@@ -166,7 +166,7 @@ pub async fn post_events(
         now_secs: app.clock.now_secs(),
         max_future_secs: app.cfg.max_future_secs,
     };
-    let watermark = app.engine.watermark_secs();
+    let watermark = app.store.watermark_secs();
     let max_lateness = app.cfg.max_lateness_secs;
     let app2 = app.clone();
     let (events, rejected) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
@@ -201,18 +201,18 @@ pub async fn post_events(
     .unwrap_or_default();
     if accepted > 0 || key.is_some() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        app.engine.write_with(
+        app.store.write_with(
             WriteRequest {
                 events,
                 idempotency_key: key,
                 response: response.clone(),
                 source_offsets: Vec::new(),
             },
-            move |r| {
+            Box::new(move |r| {
                 let _ = tx.send(r);
-            },
+            }),
         );
-        let outcome = rx.await.unwrap_or(Err(desa_engine::Error::Closed))?;
+        let outcome = rx.await.unwrap_or(Err(StoreError::Closed))?;
         if let WriteOutcome::Replayed(stored) = outcome {
             app.metrics.requests_replayed.inc();
             return Ok(json_response(stored));

@@ -4,7 +4,8 @@
 //!
 //! It owns request framing (content types, gzip, body limits, idempotency
 //! keys, the late-data policy) and maps errors to status codes. It does not
-//! validate events itself (`desa-model` does) nor store them (`desa-engine`).
+//! validate events itself (`desa-model` does) nor store them (a
+//! [`desa_store::Store`] does: the embedded engine or PostgreSQL).
 //!
 //! Limits: a body is at most `max_body_bytes` (default 16 MiB) before and
 //! after gzip decoding; `metadata` at most 8 KiB per event; an
@@ -24,7 +25,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use desa_engine::{Clock, Engine};
+use desa_engine::Clock;
+use desa_store::Store;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -66,7 +68,7 @@ pub trait Component: Send + Sync {
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub cfg: Arc<ServerConfig>,
@@ -100,12 +102,13 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> impl Int
 }
 
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
-    let stats = app.engine.stats();
-    let (status, storage) = match &stats.poisoned {
-        None => (StatusCode::OK, "ok".to_owned()),
-        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("poisoned: {p}")),
+    let stats = app.store.stats();
+    let (status, storage) = match (&stats.refused, &stats.unavailable) {
+        (Some(refused), _) => (StatusCode::SERVICE_UNAVAILABLE, refused.clone()),
+        (None, Some(down)) => (StatusCode::OK, format!("unavailable: {down}")),
+        (None, None) => (StatusCode::OK, "ok".to_owned()),
     };
-    let mut healthy = status == StatusCode::OK;
+    let mut healthy = status == StatusCode::OK && stats.unavailable.is_none();
     let mut parts = serde_json::Map::new();
     for c in &app.components {
         let (ok, details) = c.health();
@@ -116,8 +119,9 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
         "status": if healthy { "ok" } else { "degraded" },
         "components": parts,
         "storage": storage,
-        "stored_events": stats.head_rows + stats.frozen_rows + stats.segment_rows,
-        "unflushed_events": stats.head_rows + stats.frozen_rows,
+        "backend": stats.backend,
+        "stored_events": stats.stored_events,
+        "unflushed_events": stats.unflushed_events,
         "segments": stats.segments,
         "watermark": stats.watermark_secs,
     });
@@ -125,7 +129,8 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let mut text = app.metrics.render(&app.engine.stats());
+    let mut text = app.metrics.render(&app.store.stats());
+    text.push_str(&app.store.metrics());
     for c in &app.components {
         text.push_str(&c.metrics());
     }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use desa_engine::{EngineObserver, EngineStats};
+use desa_engine::EngineObserver;
+use desa_store::StoreStats;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -144,19 +145,17 @@ impl Metrics {
     }
 
     /// The text exposition, with gauges refreshed from the engine.
-    pub fn render(&self, stats: &EngineStats) -> String {
-        self.stored_events
-            .set((stats.head_rows + stats.frozen_rows + stats.segment_rows) as i64);
-        self.head_events
-            .set((stats.head_rows + stats.frozen_rows) as i64);
+    pub fn render(&self, stats: &StoreStats) -> String {
+        self.stored_events.set(stats.stored_events as i64);
+        self.head_events.set(stats.unflushed_events as i64);
         self.segments.set(stats.segments as i64);
-        self.storage_bytes.set(stats.segment_bytes as i64);
+        self.storage_bytes.set(stats.storage_bytes as i64);
         self.resident_bytes
             .set(desa_engine::resident_bytes() as i64);
         if let Some(w) = stats.watermark_secs {
             self.watermark.set(w as f64);
         }
-        self.poisoned.set(stats.poisoned.is_some() as i64);
+        self.poisoned.set(stats.refused.is_some() as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -69,9 +69,9 @@ pub async fn avg(
     let device = text(&p, "device_id")?.to_owned();
     let ty = text(&p, "type")?.to_owned();
     let w = window(&p)?;
-    let engine = app.engine.clone();
+    let store = app.store.clone();
     Ok(Json(
-        timed(&app, "avg", move || engine.avg(&device, &ty, w)).await?,
+        timed(&app, "avg", move || store.avg(&device, &ty, w)).await??,
     ))
 }
 
@@ -85,9 +85,9 @@ pub async fn topk(
     if k < 1 || k > MAX_TOPK_K as i64 {
         return Err(QueryError::KOutOfRange(k).into());
     }
-    let engine = app.engine.clone();
+    let store = app.store.clone();
     Ok(Json(
-        timed(&app, "topk", move || engine.topk(&ty, w, k as usize)).await?,
+        timed(&app, "topk", move || store.topk(&ty, w, k as usize)).await??,
     ))
 }
 
@@ -104,8 +104,8 @@ pub async fn geo(
     )
     .map_err(QueryError::BadBox)?;
     let w = window(&p)?;
-    let engine = app.engine.clone();
+    let store = app.store.clone();
     Ok(Json(
-        timed(&app, "geo", move || engine.geo(&ty, &bbox, w)).await?,
+        timed(&app, "geo", move || store.geo(&ty, &bbox, w)).await??,
     ))
 }

@@ -20,8 +20,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a node: HTTP API over the embedded storage engine.
+    /// Run a node: HTTP API over the embedded storage engine, or a cluster
+    /// worker over PostgreSQL with `--store postgres://...`.
     Serve(ServeArgs),
+    /// Create or check the PostgreSQL schema of cluster mode (idempotent;
+    /// `desa serve --store` runs it too).
+    Migrate(MigrateArgs),
     /// Start a node on a fresh data dir, feed it a generated stream, run the
     /// three queries, and keep serving until Ctrl-C.
     Demo(DemoArgs),
@@ -61,8 +65,23 @@ pub struct ServeArgs {
     /// Events held in memory before they are flushed to a segment.
     #[arg(long, env = "DESA_HEAD_MAX_EVENTS", default_value_t = 262_144)]
     pub head_max_events: usize,
+    /// Cluster mode: store events in this PostgreSQL database
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`) instead of the embedded
+    /// engine. Workers sharing it and a Kafka group split the partitions.
+    #[arg(long, env = "DESA_STORE")]
+    pub store: Option<String>,
+    /// This worker's name in the database's partition owners (default: host:pid).
+    #[arg(long, env = "DESA_WORKER_NAME")]
+    pub worker_name: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MigrateArgs {
+    /// The PostgreSQL database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
+    #[arg(long, env = "DESA_STORE")]
+    pub store: String,
 }
 
 /// Consuming a Kafka topic (all optional: without brokers there is no consumer).
@@ -272,6 +291,11 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(a) => crate::serve::run(a),
+        Command::Migrate(a) => {
+            let kind = desa_postgres::migrate(&a.store).map_err(|e| anyhow::anyhow!(e.describe()))?;
+            println!("desa schema {} ready ({kind:?} raw events)", desa_postgres::schema::SCHEMA_VERSION);
+            Ok(())
+        }
         Command::Demo(a) => crate::demo::run(a),
         Command::Gen(a) => crate::gen::run(a),
         Command::Query(a) => crate::query::run(a),

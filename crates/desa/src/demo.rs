@@ -32,6 +32,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         max_concurrent_ingest: 4,
         memory_budget: 1 << 30,
         head_max_events: 262_144,
+        store: None,
+        worker_name: None,
         kafka: Default::default(),
     };
     let node = rt.block_on(Node::start(&serve))?;

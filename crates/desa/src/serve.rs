@@ -1,4 +1,6 @@
-//! `desa serve`: a node with the embedded storage engine behind the HTTP API.
+//! `desa serve`: a node with the embedded storage engine (or, with
+//! `--store postgres://...`, a cluster worker over PostgreSQL) behind the
+//! HTTP API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use anyhow::{Context, Result};
 use desa_engine::{Clock, Engine, EngineConfig, SystemClock};
 use desa_kafka::{DlqTarget, KafkaConfig, KafkaSource, KafkaStatus};
 use desa_server::{AppState, Component, Metrics, ServerConfig};
+use desa_store::Store;
 
 use crate::cli::ServeArgs;
 
@@ -46,7 +49,7 @@ type Components = Vec<Arc<dyn Component>>;
 
 fn start_kafka(
     args: &ServeArgs,
-    engine: &Arc<Engine>,
+    store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
 ) -> Result<(Option<KafkaSource>, Components)> {
     let k = &args.kafka;
@@ -64,7 +67,7 @@ fn start_kafka(
     cfg.max_lateness_secs = args.max_lateness;
     let source = KafkaSource::start(
         cfg,
-        engine.clone(),
+        store.clone(),
         clock.clone(),
         args.data_dir.join("dlq.ndjson"),
     )
@@ -74,28 +77,43 @@ fn start_kafka(
 }
 
 impl Node {
-    /// Opens the engine (recovering it) and starts serving.
+    /// Opens the store (recovering the engine, or connecting to and
+    /// migrating the database) and starts serving.
     pub async fn start(args: &ServeArgs) -> Result<Node> {
         let metrics = Arc::new(Metrics::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut cfg = EngineConfig::new(&args.data_dir);
-        cfg.head_max_rows = args.head_max_events.max(1);
-        cfg.memory_budget_bytes = args.memory_budget;
-        let engine = {
-            let clock = clock.clone();
-            let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || Engine::open_with_observer(cfg, clock, metrics))
+        let store: Arc<dyn Store> = match &args.store {
+            Some(url) => {
+                let cfg = desa_postgres::PgConfig {
+                    url: url.clone(),
+                    worker: args.worker_name.clone().unwrap_or_else(default_worker_name),
+                };
+                let store = tokio::task::spawn_blocking(move || desa_postgres::PgStore::open(cfg))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("opening --store: {}", e.describe()))?;
+                Arc::new(store)
+            }
+            None => {
+                let mut cfg = EngineConfig::new(&args.data_dir);
+                cfg.head_max_rows = args.head_max_events.max(1);
+                cfg.memory_budget_bytes = args.memory_budget;
+                let clock = clock.clone();
+                let metrics = metrics.clone();
+                let engine = tokio::task::spawn_blocking(move || {
+                    Engine::open_with_observer(cfg, clock, metrics)
+                })
                 .await?
-                .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?
+                .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
+                Arc::new(engine)
+            }
         };
-        let engine = Arc::new(engine);
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let (kafka, components) = start_kafka(args, &engine, &clock)?;
+        let (kafka, components) = start_kafka(args, &store, &clock)?;
         let state = AppState {
-            engine: engine.clone(),
+            store,
             metrics,
             components,
             clock,
@@ -128,6 +146,13 @@ impl Node {
         self.server.await??;
         Ok(())
     }
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "desa".into());
+    format!("{host}:{}", std::process::id())
 }
 
 pub async fn shutdown_signal() {

@@ -1,0 +1,46 @@
+//! desa's PostgreSQL store: cluster mode, where several `desa` workers share
+//! a Kafka consumer group and one PostgreSQL-protocol database (PostgreSQL,
+//! TimescaleDB; Citus by the distribution described in `schema`).
+//!
+//! - Every write is one transaction holding the raw events (COPY), the
+//!   aggregate changes (set-based upserts) and the source offsets.
+//! - Offsets are fenced: claiming a partition bumps its epoch, and a write
+//!   whose epoch is no longer current fails with `Fenced` and commits nothing,
+//!   so a worker that lost its partitions cannot commit over the new owner.
+//! - Queries read hour and day aggregates per series and per 1° cell, plus
+//!   raw events for the less-than-an-hour edges of a window: exact answers
+//!   from bounded lookups (see `plan`).
+//!
+//! It is not a cluster manager: membership and partition ownership come from
+//! the Kafka consumer group, durability and replication from the database.
+//!
+//! ```no_run
+//! use desa_postgres::{PgConfig, PgStore};
+//! use desa_store::Store;
+//! let store = PgStore::open(PgConfig {
+//!     url: "postgres://desa@127.0.0.1:5432/desa".into(),
+//!     worker: "worker-1".into(),
+//! }).unwrap();
+//! println!("{} events stored", store.stats().stored_events);
+//! ```
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+pub mod plan;
+mod query;
+pub mod schema;
+mod store;
+mod write;
+
+pub use error::{Error, Result};
+pub use store::{PgConfig, PgStore};
+
+/// Creates or checks the schema (what `desa migrate` runs).
+pub fn migrate(url: &str) -> Result<schema::Partitioning> {
+    let pg: postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Config(format!("cannot read {url:?}: {e}")))?;
+    let mut client = pg.connect(postgres::NoTls)?;
+    schema::migrate(&mut client)
+}

@@ -1,0 +1,213 @@
+//! The schema, created by `desa migrate` or on a worker's start; every
+//! statement is idempotent, so any number of workers may run it at once.
+//!
+//! | table | one row per | serves |
+//! |---|---|---|
+//! | `desa_events` | event (partitioned by UTC day on `ts`; a hypertable under TimescaleDB) | raw storage; exact window edges |
+//! | `desa_series` | (type, device, resolution, bucket) | avg; top-K sorted and random access |
+//! | `desa_places` | (type, resolution, 1° cell, bucket, exact location) | geo, cells cut by the box edge |
+//! | `desa_cells` | (type, resolution, bucket, 1° cell) | geo, cells inside the box |
+//! | `desa_offsets` | (source, partition) | exactly-once resume point and owner epoch |
+//! | `desa_idempotency` | idempotency key | retried HTTP requests |
+//!
+//! Resolutions are hours (`res = 1`, bucket = `ts / 3600`) and UTC days
+//! (`res = 2`, bucket = `ts / 86400`). Sums are double-double (`sum_hi`,
+//! `sum_lo`), added in the database by `desa_dd_add`, so averages stay exact.
+//!
+//! On Citus the distribution column of `desa_series` is `device_id` (avg and
+//! top-K random access go to one shard), and `desa_places`/`desa_cells` are
+//! distributed by `type`; `desa_offsets` and `desa_idempotency` are reference
+//! tables. That layout is described, not exercised by the tests.
+
+use postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// Schema version this code reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+pub const RES_HOUR: i16 = 1;
+pub const RES_DAY: i16 = 2;
+
+const TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS desa_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS desa_series (
+    type text NOT NULL,
+    device_id text NOT NULL,
+    res smallint NOT NULL,
+    bucket integer NOT NULL,
+    n bigint NOT NULL,
+    sum_hi float8 NOT NULL,
+    sum_lo float8 NOT NULL,
+    PRIMARY KEY (type, device_id, res, bucket)
+);
+CREATE INDEX IF NOT EXISTS desa_series_by_count
+    ON desa_series (type, res, bucket, n DESC, device_id);
+CREATE TABLE IF NOT EXISTS desa_places (
+    type text NOT NULL,
+    res smallint NOT NULL,
+    cell integer NOT NULL,
+    bucket integer NOT NULL,
+    lat float8 NOT NULL,
+    lon float8 NOT NULL,
+    n bigint NOT NULL,
+    sum_hi float8 NOT NULL,
+    sum_lo float8 NOT NULL,
+    PRIMARY KEY (type, res, cell, bucket, lat, lon)
+);
+CREATE TABLE IF NOT EXISTS desa_cells (
+    type text NOT NULL,
+    res smallint NOT NULL,
+    bucket integer NOT NULL,
+    cell_lat smallint NOT NULL,
+    cell_lon smallint NOT NULL,
+    n bigint NOT NULL,
+    sum_hi float8 NOT NULL,
+    sum_lo float8 NOT NULL,
+    PRIMARY KEY (type, res, bucket, cell_lat, cell_lon)
+);
+CREATE TABLE IF NOT EXISTS desa_offsets (
+    source text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint,
+    epoch bigint NOT NULL,
+    owner text NOT NULL,
+    PRIMARY KEY (source, partition)
+);
+CREATE TABLE IF NOT EXISTS desa_idempotency (
+    key text PRIMARY KEY,
+    response text NOT NULL,
+    created_secs bigint NOT NULL
+);
+-- Double-double addition (two-sum, then fast-two-sum), as desa_model::DoubleDouble.
+CREATE OR REPLACE FUNCTION desa_dd_add(
+    a_hi float8, a_lo float8, b_hi float8, b_lo float8, OUT hi float8, OUT lo float8)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT s + e, e - ((s + e) - s)
+    FROM (SELECT s, (a_hi - (s - bb)) + (b_hi - bb) + a_lo + b_lo AS e
+          FROM (SELECT s, s - a_hi AS bb FROM (SELECT a_hi + b_hi AS s) x) y) z
+$$;
+"#;
+
+const EVENTS_PARTITIONED: &str = r#"
+CREATE TABLE IF NOT EXISTS desa_events (
+    ts bigint NOT NULL,
+    type text NOT NULL,
+    device_id text NOT NULL,
+    value float8 NOT NULL,
+    lat float8 NOT NULL,
+    lon float8 NOT NULL,
+    metadata text
+) PARTITION BY RANGE (ts);
+"#;
+
+const EVENTS_HYPERTABLE: &str = r#"
+CREATE TABLE IF NOT EXISTS desa_events (
+    ts bigint NOT NULL,
+    type text NOT NULL,
+    device_id text NOT NULL,
+    value float8 NOT NULL,
+    lat float8 NOT NULL,
+    lon float8 NOT NULL,
+    metadata text
+);
+SELECT create_hypertable('desa_events', 'ts', chunk_time_interval => 86400, if_not_exists => true);
+"#;
+
+const EVENT_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS desa_events_series ON desa_events (type, device_id, ts) INCLUDE (value);
+CREATE INDEX IF NOT EXISTS desa_events_type_ts ON desa_events (type, ts);
+"#;
+
+/// How raw events are time-partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// PostgreSQL declarative partitions, one per UTC day, created on demand.
+    Declarative,
+    /// A TimescaleDB hypertable with one-day chunks.
+    Hypertable,
+}
+
+/// Creates or checks the schema. Serialized across workers by an advisory
+/// lock, so concurrent starts do not race on `CREATE ... IF NOT EXISTS`.
+pub fn migrate(client: &mut Client) -> Result<Partitioning> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7218031)", &[])?;
+    let timescale = tx
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )?
+        .is_some();
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_class WHERE relname = 'desa_events'", &[])?
+        .is_some();
+    tx.batch_execute(TABLES)?;
+    let stored: Option<String> = tx
+        .query_opt("SELECT value FROM desa_meta WHERE key = 'schema_version'", &[])?
+        .map(|r| r.get(0));
+    match stored.as_deref().map(str::parse::<i32>) {
+        None => {
+            tx.execute(
+                "INSERT INTO desa_meta (key, value) VALUES ('schema_version', $1)",
+                &[&SCHEMA_VERSION.to_string()],
+            )?;
+        }
+        Some(Ok(SCHEMA_VERSION)) => {}
+        Some(other) => {
+            return Err(Error::Schema(format!(
+                "the database holds desa schema version {other:?}; this desa reads version {SCHEMA_VERSION}"
+            )))
+        }
+    }
+    if !exists {
+        if timescale {
+            tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
+            tx.batch_execute(EVENTS_HYPERTABLE)?;
+        } else {
+            tx.batch_execute(EVENTS_PARTITIONED)?;
+        }
+    }
+    tx.batch_execute(EVENT_INDEXES)?;
+    let partitioned: bool = tx
+        .query_one(
+            "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_events'",
+            &[],
+        )?
+        .get(0);
+    tx.commit()?;
+    Ok(if partitioned {
+        Partitioning::Declarative
+    } else {
+        Partitioning::Hypertable
+    })
+}
+
+/// Name of the daily partition of raw events for UTC day `day`.
+pub fn day_partition(day: i64) -> String {
+    format!("desa_events_d{day}")
+}
+
+/// Creates the partition of UTC day `day` unless it exists. Another worker
+/// may create it at the same moment; that is not an error.
+pub fn ensure_day_partition(client: &mut Client, day: i64) -> Result<()> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF desa_events FOR VALUES FROM ({}) TO ({})",
+        day_partition(day),
+        day * 86_400,
+        (day + 1) * 86_400
+    );
+    match client.batch_execute(&sql) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code() == Some(&postgres::error::SqlState::DUPLICATE_TABLE)
+                || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

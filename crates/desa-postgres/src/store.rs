@@ -1,0 +1,421 @@
+//! [`PgStore`]: the PostgreSQL backend of [`desa_store::Store`].
+//!
+//! Writes go through one writer thread with its own connection, one
+//! transaction per request; queries use a small pool of connections. When
+//! the database is unreachable every call fails with `Unavailable` (the HTTP
+//! API answers 503 with `Retry-After`; the Kafka source retries with backoff)
+//! and a probe thread reconnects, reporting in `/healthz` and `/metrics`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_store::{Claim, Reply, Store, StoreError, StoreStats, WriteRequest};
+use parking_lot::Mutex;
+use postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+use crate::schema::{self, Partitioning};
+use crate::write::{days_of, max_ts, write_tx};
+
+/// Idempotency keys are kept this long, as in the embedded engine.
+const KEY_RETENTION_SECS: i64 = 24 * 3600;
+const QUERY_POOL: usize = 4;
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Settings of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB` (or a key=value string).
+    pub url: String,
+    /// Name of this worker in `desa_offsets.owner` (for operators).
+    pub worker: String,
+}
+
+struct Shared {
+    cfg: PgConfig,
+    pg: postgres::Config,
+    partitioning: Partitioning,
+    /// This worker's claims: (source, partition) -> epoch.
+    epochs: Mutex<HashMap<(String, i32), i64>>,
+    /// Daily partitions known to exist.
+    days: Mutex<std::collections::HashSet<i64>>,
+    queries: Mutex<Vec<Client>>,
+    watermark: Mutex<Option<i64>>,
+    down: Mutex<Option<String>>,
+    stored_events: AtomicU64,
+    storage_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_failures: AtomicU64,
+    fenced: AtomicU64,
+    write_nanos: AtomicU64,
+    stop: AtomicBool,
+}
+
+struct Job {
+    req: WriteRequest,
+    reply: Reply,
+}
+
+/// A worker's connection to the shared database.
+pub struct PgStore {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn connect(pg: &postgres::Config, writer: bool) -> Result<Client> {
+    let mut c = pg.connect(NoTls)?;
+    // A worker paused in a transaction (SIGSTOP, a long GC-like stall) must
+    // not hold the offsets rows its successor needs to claim: the server
+    // ends such a session and the zombie's transaction rolls back.
+    if writer {
+        c.batch_execute(
+            "SET idle_in_transaction_session_timeout = '10s'; SET statement_timeout = '60s'",
+        )?;
+    } else {
+        c.batch_execute("SET statement_timeout = '30s'")?;
+    }
+    Ok(c)
+}
+
+impl PgStore {
+    /// Connects, creates or checks the schema, and starts the writer.
+    pub fn open(cfg: PgConfig) -> Result<PgStore> {
+        let pg: postgres::Config = cfg
+            .url
+            .parse()
+            .map_err(|e| Error::Config(format!("cannot read {:?}: {e}", cfg.url)))?;
+        let mut client = connect(&pg, true)?;
+        let partitioning = schema::migrate(&mut client)?;
+        let shared = Arc::new(Shared {
+            cfg,
+            pg,
+            partitioning,
+            epochs: Mutex::new(HashMap::new()),
+            days: Mutex::new(Default::default()),
+            queries: Mutex::new(Vec::new()),
+            watermark: Mutex::new(None),
+            down: Mutex::new(None),
+            stored_events: AtomicU64::new(0),
+            storage_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            write_nanos: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        refresh(&shared, &mut client)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("desa-pg-writer".into())
+                .spawn(move || writer_loop(&shared, Some(client), rx))
+                .map_err(|e| Error::Config(format!("cannot start the writer thread: {e}")))?
+        };
+        let prober = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("desa-pg-probe".into())
+                .spawn(move || probe_loop(&shared))
+                .map_err(|e| Error::Config(format!("cannot start the probe thread: {e}")))?
+        };
+        Ok(PgStore {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![writer, prober]),
+        })
+    }
+
+    /// Runs `f` on a pooled query connection; a failed connection is dropped.
+    fn with_query_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> desa_store::Result<T> {
+        let pooled = self.shared.queries.lock().pop();
+        let mut client = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.shared.pg, false).map_err(|e| unavailable(&self.shared, &e))?,
+        };
+        match f(&mut client) {
+            Ok(v) => {
+                let mut pool = self.shared.queries.lock();
+                if pool.len() < QUERY_POOL {
+                    pool.push(client);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(unavailable(&self.shared, &e)),
+        }
+    }
+}
+
+fn unavailable(shared: &Shared, e: &Error) -> StoreError {
+    let msg = e.describe();
+    if let Error::Db(db) = e {
+        if db.is_closed() || db.as_db_error().is_none() {
+            *shared.down.lock() = Some(msg.clone());
+        }
+    }
+    StoreError::Unavailable(msg)
+}
+
+/// Refreshes the figures `/healthz` and `/metrics` show, and the watermark.
+fn refresh(shared: &Shared, c: &mut Client) -> Result<()> {
+    let row = c.query_one(
+        "SELECT coalesce(sum(n), 0)::int8, max(bucket) FROM desa_cells WHERE res = 2",
+        &[],
+    )?;
+    shared
+        .stored_events
+        .store(row.get::<_, i64>(0) as u64, Ordering::Relaxed);
+    let last_day: Option<i32> = row.get(1);
+    if let Some(day) = last_day {
+        let from = day as i64 * 86_400;
+        let max: Option<i64> = c
+            .query_one(
+                "SELECT max(ts) FROM desa_events WHERE ts >= $1",
+                &[&from],
+            )?
+            .get(0);
+        let mut w = shared.watermark.lock();
+        *w = (*w).max(max);
+    }
+    let bytes: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(oid)), 0)::int8 FROM pg_class
+              WHERE relname LIKE 'desa\\_%' AND relkind = 'r'",
+            &[],
+        )?
+        .get(0);
+    shared.storage_bytes.store(bytes as u64, Ordering::Relaxed);
+    c.execute(
+        "DELETE FROM desa_idempotency WHERE created_secs < $1",
+        &[&(now_secs() - KEY_RETENTION_SECS)],
+    )?;
+    Ok(())
+}
+
+fn probe_loop(shared: &Shared) {
+    let mut client: Option<Client> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let result = match client.as_mut() {
+            Some(c) if !c.is_closed() => refresh(shared, c),
+            _ => connect(&shared.pg, false).and_then(|mut c| {
+                let r = refresh(shared, &mut c);
+                client = Some(c);
+                r
+            }),
+        };
+        match result {
+            Ok(()) => {
+                if shared.down.lock().take().is_some() {
+                    tracing::info!("PostgreSQL is reachable again");
+                }
+            }
+            Err(e) => {
+                let msg = e.describe();
+                tracing::warn!(error = %msg, "PostgreSQL probe failed");
+                *shared.down.lock() = Some(msg);
+                client = None;
+            }
+        }
+        for _ in 0..10 {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, mut client: Option<Client>, rx: mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        let started = Instant::now();
+        let result = write_one(shared, &mut client, &job.req);
+        shared
+            .write_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(_) => {
+                shared.writes.fetch_add(1, Ordering::Relaxed);
+                if let Some(ts) = max_ts(&job.req.events) {
+                    let mut w = shared.watermark.lock();
+                    *w = Some(w.map_or(ts, |x| x.max(ts)));
+                }
+            }
+            Err(StoreError::Fenced { .. }) => {
+                shared.fenced.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared.write_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        (job.reply)(result);
+    }
+}
+
+fn write_one(
+    shared: &Shared,
+    client: &mut Option<Client>,
+    req: &WriteRequest,
+) -> desa_store::Result<desa_store::WriteOutcome> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(&shared.pg, true).map_err(|e| unavailable(shared, &e))?);
+    }
+    let Some(c) = client.as_mut() else {
+        return Err(StoreError::Unavailable("no connection".into()));
+    };
+    if shared.partitioning == Partitioning::Declarative {
+        for day in days_of(&req.events) {
+            if shared.days.lock().contains(&day) {
+                continue;
+            }
+            schema::ensure_day_partition(c, day).map_err(|e| unavailable(shared, &e))?;
+            shared.days.lock().insert(day);
+        }
+    }
+    let epochs = shared.epochs.lock().clone();
+    write_tx(c, req, &epochs, now_secs()).map_err(|f| {
+        let e = StoreError::from(f);
+        if let StoreError::Unavailable(msg) = &e {
+            if c.is_closed() {
+                *shared.down.lock() = Some(msg.clone());
+            }
+        }
+        e
+    })
+}
+
+impl Store for PgStore {
+    fn write_with(&self, req: WriteRequest, reply: Reply) {
+        match self.tx.lock().as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(Job { req, reply }) {
+                    (job.reply)(Err(StoreError::Closed));
+                }
+            }
+            None => reply(Err(StoreError::Closed)),
+        }
+    }
+
+    fn idempotent_response(&self, key: &str) -> Option<String> {
+        self.with_query_client(|c| {
+            Ok(c.query_opt(
+                "SELECT response FROM desa_idempotency WHERE key = $1",
+                &[&key],
+            )?
+            .map(|r| r.get(0)))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Bumps each partition's epoch: from now on only this worker's writes
+    /// for it commit. Waits for a transaction of the previous owner that
+    /// holds the row (at most the server's idle/statement timeouts).
+    fn claim(&self, source: &str, partitions: &[i32]) -> desa_store::Result<Vec<Claim>> {
+        let worker = self.shared.cfg.worker.clone();
+        let mut parts = partitions.to_vec();
+        parts.sort_unstable();
+        let rows = self.with_query_client(|c| {
+            Ok(c.query(
+                "INSERT INTO desa_offsets AS o (source, partition, next_offset, epoch, owner)
+                 SELECT $1, p, NULL, 1, $3 FROM unnest($2::int4[]) AS p
+                 ON CONFLICT (source, partition) DO UPDATE SET epoch = o.epoch + 1, owner = $3
+                 RETURNING partition, next_offset, epoch",
+                &[&source, &parts, &worker],
+            )?)
+        })?;
+        let mut epochs = self.shared.epochs.lock();
+        let mut claims = Vec::with_capacity(rows.len());
+        for r in rows {
+            let partition: i32 = r.get(0);
+            epochs.insert((source.to_owned(), partition), r.get(2));
+            claims.push(Claim {
+                partition,
+                next_offset: r.get(1),
+            });
+        }
+        tracing::info!(source, partitions = ?parts, worker = %worker, "claimed partitions");
+        Ok(claims)
+    }
+
+    fn watermark_secs(&self) -> Option<i64> {
+        *self.shared.watermark.lock()
+    }
+
+    fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
+        let (n, sum) = self.with_query_client(|c| crate::query::avg(c, device, event_type, w))?;
+        Ok(AvgAnswer::new(device, event_type, w, n, sum.value()))
+    }
+
+    fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> desa_store::Result<TopkAnswer> {
+        let devices = self.with_query_client(|c| crate::query::topk(c, event_type, w, k))?;
+        Ok(TopkAnswer {
+            event_type: event_type.to_owned(),
+            start: w.start,
+            end: w.end,
+            k,
+            devices,
+        })
+    }
+
+    fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> desa_store::Result<GeoAnswer> {
+        let (n, sum) = self.with_query_client(|c| crate::query::geo(c, event_type, bbox, w))?;
+        Ok(GeoAnswer::new(event_type, w, bbox, n, sum.value()))
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            backend: "postgres",
+            stored_events: self.shared.stored_events.load(Ordering::Relaxed),
+            unflushed_events: 0,
+            segments: 0,
+            storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
+            watermark_secs: *self.shared.watermark.lock(),
+            unavailable: self.shared.down.lock().clone(),
+            refused: None,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.shared;
+        let mut out = String::new();
+        let up = s.down.lock().is_none() as u8;
+        let _ = writeln!(
+            out,
+            "# HELP desa_postgres_up 1 when the database answers.\n# TYPE desa_postgres_up gauge\ndesa_postgres_up {up}"
+        );
+        for (name, help, v) in [
+            ("desa_postgres_write_transactions_total", "Write transactions committed.", s.writes.load(Ordering::Relaxed)),
+            ("desa_postgres_write_failures_total", "Write transactions that failed (retried by the caller).", s.write_failures.load(Ordering::Relaxed)),
+            ("desa_postgres_fenced_writes_total", "Writes refused because another worker had claimed their partitions.", s.fenced.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let secs = s.write_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "# HELP desa_postgres_write_seconds_total Time spent in write transactions.\n# TYPE desa_postgres_write_seconds_total counter\ndesa_postgres_write_seconds_total {secs}"
+        );
+        out
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.tx.lock().take();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
