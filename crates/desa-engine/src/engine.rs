@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use desa_model::{
-    AvgAnswer, DeviceCount, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer,
-};
+use desa_model::{AvgAnswer, DeviceCount, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::Clock;

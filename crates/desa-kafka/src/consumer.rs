@@ -7,11 +7,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use desa_engine::Clock;
-use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
 use desa_model::{check_lateness, parse_body, BodyFormat, Event, Limits};
+use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -85,45 +85,103 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Make everything consumed from the revoked partitions durable and
-            // committed before another member takes them over.
-            flush(&self.0, consumer, CommitMode::Sync);
-            let parts = partitions_of(tpl, &self.0.cfg.topic);
-            let mut st = self.0.state.lock();
-            for p in &parts {
-                st.next.remove(p);
+    /// Eager and cooperative rebalances alike: revoked partitions are flushed
+    /// and committed first; assigned partitions are claimed in the store and
+    /// assigned at the offsets the store holds, so consumption resumes exactly
+    /// after the last durable batch, whatever Kafka's committed offsets say
+    /// and wherever this member's fetch position was.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let parts = partitions_of(tpl, &self.0.cfg.topic);
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let source = self.0.cfg.source_name();
+                let claims = claim(&self.0, &source, &parts);
+                // Kafka's committed offset is ahead of the store's when
+                // another member with a store of its own (an embedded node)
+                // consumed the partition meanwhile; a shared store's offsets
+                // are never behind Kafka's, which are committed after them.
+                let committed = consumer
+                    .committed_offsets(tpl.clone(), Duration::from_secs(5))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot read committed offsets"))
+                    .ok();
+                self.0.status.assigned(&parts);
+                {
+                    let mut st = self.0.state.lock();
+                    for c in &claims {
+                        st.fenced.remove(&c.partition);
+                        let in_kafka = committed
+                            .as_ref()
+                            .and_then(|t| t.find_partition(&self.0.cfg.topic, c.partition))
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(n) => Some(n),
+                                _ => None,
+                            });
+                        let resume = c.next_offset.max(in_kafka);
+                        self.0.status.resumed_at(c.partition, resume);
+                        if let Some(next) = resume {
+                            st.next.insert(c.partition, next);
+                            let _ = tpl.set_partition_offset(
+                                &self.0.cfg.topic,
+                                c.partition,
+                                Offset::Offset(next),
+                            );
+                        }
+                    }
+                    // Not claimed (shutting down): consume nothing from them.
+                    for p in &parts {
+                        if !claims.iter().any(|c| c.partition == *p) {
+                            st.fenced.insert(*p);
+                        }
+                    }
+                }
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "cannot assign partitions");
+                }
+                tracing::info!(partitions = ?parts, "partitions assigned");
             }
-            self.0.status.revoked(&parts);
-            tracing::info!(partitions = ?parts, "partitions revoked");
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts = partitions_of(tpl, &self.0.cfg.topic);
-            let source = self.0.cfg.source_name();
-            self.0.status.assigned(&parts);
-            let claims = claim(&self.0, &source, &parts);
-            let mut st = self.0.state.lock();
-            for c in claims {
-                let (p, stored) = (&c.partition, c.next_offset);
-                st.fenced.remove(p);
-                self.0.status.resumed_at(*p, stored);
-                if let Some(next) = stored {
-                    st.next.insert(*p, next);
-                    // Skip what is already applied; if the seek is refused
-                    // here, the messages are dropped as they arrive instead.
-                    let _ = consumer.seek(
-                        &self.0.cfg.topic,
-                        *p,
-                        Offset::Offset(next),
-                        Duration::from_millis(500),
-                    );
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Make everything consumed from the revoked partitions durable
+                // and committed before another member takes them over.
+                flush(&self.0, consumer, CommitMode::Sync);
+                {
+                    let mut st = self.0.state.lock();
+                    for p in &parts {
+                        st.next.remove(p);
+                    }
+                }
+                self.0.status.revoked(&parts);
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = unassigned {
+                    tracing::error!(error = %e, "cannot unassign partitions");
+                }
+                tracing::info!(partitions = ?parts, "partitions revoked");
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                if consumer.unassign().is_err() {
+                    tracing::error!("cannot unassign after a rebalance error");
                 }
             }
-            tracing::info!(partitions = ?parts, "partitions assigned");
         }
     }
 
@@ -300,6 +358,13 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
     if st.fenced.contains(&p) || st.next.get(&p).is_some_and(|&next| offset < next) {
         shared.status.skipped();
         return;
+    }
+    if let Some(&next) = st.next.get(&p) {
+        if offset > next {
+            // Compacted or transactional topics have gaps; otherwise the
+            // broker skipped messages it should have served.
+            tracing::warn!(partition = p, expected = next, got = offset, "offset gap");
+        }
     }
     shared.status.message();
     let dead = |st: &mut LoopState,

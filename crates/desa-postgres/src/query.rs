@@ -48,8 +48,21 @@ pub(crate) fn avg(
     let rows = c.query(
         AVG_SQL,
         &[
-            &event_type, &device, &b0.res, &b0.lo, &b0.hi, &b1.res, &b1.lo, &b1.hi, &b2.res,
-            &b2.lo, &b2.hi, &r0.0, &r0.1, &r1.0, &r1.1,
+            &event_type,
+            &device,
+            &b0.res,
+            &b0.lo,
+            &b0.hi,
+            &b1.res,
+            &b1.lo,
+            &b1.hi,
+            &b2.res,
+            &b2.lo,
+            &b2.hi,
+            &r0.0,
+            &r0.1,
+            &r1.0,
+            &r1.1,
         ],
     )?;
     Ok(add_rows(&rows))
@@ -145,19 +158,24 @@ pub(crate) fn topk(
 ) -> Result<Vec<DeviceCount>> {
     let p = window_plan(w);
     let raw = raw_counts(c, event_type, &p)?;
-    let mut lists: Vec<List> = p
-        .buckets
-        .iter()
-        .flat_map(|b| {
-            (b.lo..b.hi).map(|bucket| List {
+    let mut lists: Vec<List> = Vec::new();
+    for b in &p.buckets {
+        // Only buckets that hold events of the type are lists (a window of
+        // years over a month of data has a month of lists).
+        for r in c.query(
+            "SELECT DISTINCT bucket FROM desa_cells
+              WHERE type = $1 AND res = $2 AND bucket >= $3 AND bucket < $4 ORDER BY bucket",
+            &[&event_type, &b.res, &b.lo, &b.hi],
+        )? {
+            lists.push(List {
                 res: b.res,
-                bucket,
+                bucket: r.get(0),
                 fetched: 0,
                 exhausted: false,
                 last: u64::MAX,
-            })
-        })
-        .collect();
+            });
+        }
+    }
 
     let mut exact: HashMap<String, u64> = HashMap::new();
     // Devices seen in sorted access but not counted exactly yet, with the
@@ -241,7 +259,9 @@ pub(crate) fn topk(
                 exact.insert(d, n + edges);
             }
             for d in &todo {
-                exact.entry((*d).clone()).or_insert_with(|| raw.get(*d).copied().unwrap_or(0));
+                exact
+                    .entry((*d).clone())
+                    .or_insert_with(|| raw.get(*d).copied().unwrap_or(0));
                 partial.remove(*d);
             }
         }
@@ -290,8 +310,17 @@ fn exact_counts(
               OR (res = $9 AND bucket >= $10 AND bucket < $11))
           GROUP BY device_id",
         &[
-            &event_type, &devices, &b0.res, &b0.lo, &b0.hi, &b1.res, &b1.lo, &b1.hi, &b2.res,
-            &b2.lo, &b2.hi,
+            &event_type,
+            &devices,
+            &b0.res,
+            &b0.lo,
+            &b0.hi,
+            &b1.res,
+            &b1.lo,
+            &b1.hi,
+            &b2.res,
+            &b2.lo,
+            &b2.hi,
         ],
     )?;
     Ok(rows

@@ -135,7 +135,34 @@ pub enum Partitioning {
 /// lock, so concurrent starts do not race on `CREATE ... IF NOT EXISTS`.
 pub fn migrate(client: &mut Client) -> Result<Partitioning> {
     let mut tx = client.transaction()?;
+    // "relation already exists, skipping" on every start is noise.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.execute("SELECT pg_advisory_xact_lock(7218031)", &[])?;
+    // The common case, a worker joining a running cluster: the schema is
+    // there, and no DDL runs (it would lock tables the others write to).
+    let current = tx
+        .query_opt("SELECT to_regclass('desa_meta') IS NOT NULL", &[])?
+        .is_some_and(|r| r.get::<_, bool>(0))
+        && tx
+            .query_opt(
+                "SELECT value FROM desa_meta WHERE key = 'schema_version'",
+                &[],
+            )?
+            .is_some_and(|r| r.get::<_, String>(0) == SCHEMA_VERSION.to_string());
+    if current {
+        let partitioned: bool = tx
+            .query_one(
+                "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_events'",
+                &[],
+            )?
+            .get(0);
+        tx.commit()?;
+        return Ok(if partitioned {
+            Partitioning::Declarative
+        } else {
+            Partitioning::Hypertable
+        });
+    }
     let timescale = tx
         .query_opt(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
@@ -147,7 +174,10 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         .is_some();
     tx.batch_execute(TABLES)?;
     let stored: Option<String> = tx
-        .query_opt("SELECT value FROM desa_meta WHERE key = 'schema_version'", &[])?
+        .query_opt(
+            "SELECT value FROM desa_meta WHERE key = 'schema_version'",
+            &[],
+        )?
         .map(|r| r.get(0));
     match stored.as_deref().map(str::parse::<i32>) {
         None => {

@@ -80,7 +80,8 @@ fn connect(pg: &postgres::Config, writer: bool) -> Result<Client> {
     // ends such a session and the zombie's transaction rolls back.
     if writer {
         c.batch_execute(
-            "SET idle_in_transaction_session_timeout = '10s'; SET statement_timeout = '60s'",
+            "SET idle_in_transaction_session_timeout = '10s'; SET statement_timeout = '20s';
+             SET client_min_messages = warning",
         )?;
     } else {
         c.batch_execute("SET statement_timeout = '30s'")?;
@@ -138,7 +139,10 @@ impl PgStore {
     }
 
     /// Runs `f` on a pooled query connection; a failed connection is dropped.
-    fn with_query_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> desa_store::Result<T> {
+    fn with_query_client<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T>,
+    ) -> desa_store::Result<T> {
         let pooled = self.shared.queries.lock().pop();
         let mut client = match pooled {
             Some(c) if !c.is_closed() => c,
@@ -180,10 +184,7 @@ fn refresh(shared: &Shared, c: &mut Client) -> Result<()> {
     if let Some(day) = last_day {
         let from = day as i64 * 86_400;
         let max: Option<i64> = c
-            .query_one(
-                "SELECT max(ts) FROM desa_events WHERE ts >= $1",
-                &[&from],
-            )?
+            .query_one("SELECT max(ts) FROM desa_events WHERE ts >= $1", &[&from])?
             .get(0);
         let mut w = shared.watermark.lock();
         *w = (*w).max(max);
@@ -344,7 +345,7 @@ impl Store for PgStore {
                 next_offset: r.get(1),
             });
         }
-        tracing::info!(source, partitions = ?parts, worker = %worker, "claimed partitions");
+        tracing::info!(source, ?claims, worker = %worker, "claimed partitions");
         Ok(claims)
     }
 
@@ -395,11 +396,26 @@ impl Store for PgStore {
             "# HELP desa_postgres_up 1 when the database answers.\n# TYPE desa_postgres_up gauge\ndesa_postgres_up {up}"
         );
         for (name, help, v) in [
-            ("desa_postgres_write_transactions_total", "Write transactions committed.", s.writes.load(Ordering::Relaxed)),
-            ("desa_postgres_write_failures_total", "Write transactions that failed (retried by the caller).", s.write_failures.load(Ordering::Relaxed)),
-            ("desa_postgres_fenced_writes_total", "Writes refused because another worker had claimed their partitions.", s.fenced.load(Ordering::Relaxed)),
+            (
+                "desa_postgres_write_transactions_total",
+                "Write transactions committed.",
+                s.writes.load(Ordering::Relaxed),
+            ),
+            (
+                "desa_postgres_write_failures_total",
+                "Write transactions that failed (retried by the caller).",
+                s.write_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "desa_postgres_fenced_writes_total",
+                "Writes refused because another worker had claimed their partitions.",
+                s.fenced.load(Ordering::Relaxed),
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         let secs = s.write_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(

@@ -29,11 +29,15 @@ impl Agg {
     }
 }
 
+/// `desa_places` key: type, resolution, cell, bucket, and the location as
+/// [`ordered_bits`] (the location itself is kept in the value).
+type PlaceKey<'a> = (&'a str, i16, i32, i32, u64, u64);
+
 /// A batch's aggregates, keyed as the tables are.
 #[derive(Default)]
 struct Aggregates<'a> {
     series: BTreeMap<(&'a str, &'a str, i16, i32), Agg>,
-    places: BTreeMap<(&'a str, i16, i32, i32, u64, u64), (f64, f64, Agg)>,
+    places: BTreeMap<PlaceKey<'a>, (f64, f64, Agg)>,
     cells: BTreeMap<(&'a str, i16, i32, i16, i16), Agg>,
 }
 
@@ -50,25 +54,26 @@ fn ordered_bits(x: f64) -> u64 {
 fn aggregate(events: &[Event]) -> Aggregates<'_> {
     let mut a = Aggregates::default();
     for e in events {
-        let (cl, co) = cell_of(e.latitude, e.longitude);
+        // -0.0 and 0.0 are one key to the database: give them one here too.
+        let (lat, lon) = (e.latitude + 0.0, e.longitude + 0.0);
+        let (cl, co) = cell_of(lat, lon);
         let cell = cell_id(cl, co);
         for (res, size) in [(RES_HOUR, 3600), (RES_DAY, 86_400)] {
             let bucket = e.ts_secs.div_euclid(size) as i32;
             let (t, d) = (e.event_type.as_str(), e.device_id.as_str());
-            a.series.entry((t, d, res, bucket)).or_default().add(e.value);
+            a.series
+                .entry((t, d, res, bucket))
+                .or_default()
+                .add(e.value);
             a.places
-                .entry((
-                    t,
-                    res,
-                    cell,
-                    bucket,
-                    ordered_bits(e.latitude),
-                    ordered_bits(e.longitude),
-                ))
-                .or_insert((e.latitude, e.longitude, Agg::default()))
+                .entry((t, res, cell, bucket, ordered_bits(lat), ordered_bits(lon)))
+                .or_insert((lat, lon, Agg::default()))
                 .2
                 .add(e.value);
-            a.cells.entry((t, res, bucket, cl, co)).or_default().add(e.value);
+            a.cells
+                .entry((t, res, bucket, cl, co))
+                .or_default()
+                .add(e.value);
         }
     }
     a
@@ -240,7 +245,8 @@ fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Re
     tx.execute(UPSERT_SERIES, &[&t, &d, &r, &b, &cnt, &hi, &lo])?;
 
     let mut t = Vec::new();
-    let (mut r, mut c, mut b, mut la, mut lo_) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut r, mut c, mut b, mut la, mut lo_) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut cnt, mut hi, mut lo) = (Vec::new(), Vec::new(), Vec::new());
     for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in &a.places {
         t.push(*ty);
@@ -276,7 +282,10 @@ fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Re
 
 /// UTC days of the events, for partition creation.
 pub(crate) fn days_of(events: &[Event]) -> Vec<i64> {
-    let mut days: Vec<i64> = events.iter().map(|e| e.ts_secs.div_euclid(86_400)).collect();
+    let mut days: Vec<i64> = events
+        .iter()
+        .map(|e| e.ts_secs.div_euclid(86_400))
+        .collect();
     days.sort_unstable();
     days.dedup();
     days

@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use desa_engine::idempotency::MAX_KEY_BYTES;
-use desa_store::{StoreError, WriteOutcome, WriteRequest};
 use desa_model::{check_lateness, parse_body, BodyError, BodyFormat, Limits, Rejection};
+use desa_store::{StoreError, WriteOutcome, WriteRequest};
 use serde::Serialize;
 
 use crate::error::ApiError;

@@ -74,7 +74,9 @@ pub enum StoreError {
     Refused(String),
     /// Another worker has claimed the partition since this one did: the
     /// write carried offsets this worker no longer owns, and was dropped.
-    #[error("partition {partition} of {stream} is owned by another worker now; nothing was written")]
+    #[error(
+        "partition {partition} of {stream} is owned by another worker now; nothing was written"
+    )]
     Fenced { stream: String, partition: i32 },
     /// The store is shutting down.
     #[error("the store is shut down")]

@@ -292,8 +292,12 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => crate::serve::run(a),
         Command::Migrate(a) => {
-            let kind = desa_postgres::migrate(&a.store).map_err(|e| anyhow::anyhow!(e.describe()))?;
-            println!("desa schema {} ready ({kind:?} raw events)", desa_postgres::schema::SCHEMA_VERSION);
+            let kind =
+                desa_postgres::migrate(&a.store).map_err(|e| anyhow::anyhow!(e.describe()))?;
+            println!(
+                "desa schema {} ready ({kind:?} raw events)",
+                desa_postgres::schema::SCHEMA_VERSION
+            );
             Ok(())
         }
         Command::Demo(a) => crate::demo::run(a),

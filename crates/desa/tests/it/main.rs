@@ -2,8 +2,10 @@
 //! port and talks HTTP to it, killing it with SIGKILL where the test says so.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod kafka;
 mod oracle;
+mod pg;
 mod policies;
 mod support;

@@ -135,6 +135,16 @@ impl TestServer {
         }
     }
 
+    /// Sends a signal (`-STOP`, `-CONT`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
     /// SIGTERM: a graceful shutdown.
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
