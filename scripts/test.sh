@@ -21,6 +21,20 @@ if ! need_cmd cc || ! need_cmd make || ! need_cmd perl || ! need_cmd mount; then
   fi
 fi
 
+# PostgreSQL server binaries for the cluster-mode tests, which start their own
+# throwaway server (initdb + pg_ctl on a free loopback port). As root the
+# server runs as the `postgres` user the package creates.
+if [ -z "${DESA_PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if need_cmd apt-get; then
+    echo "== installing PostgreSQL"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+fi
+
 # The Kafka-protocol broker the Kafka tests start: tansu, pinned, built once
 # into a cache outside the clone.
 TANSU_VERSION="${TANSU_VERSION:-0.6.0}"

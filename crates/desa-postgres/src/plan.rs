@@ -168,7 +168,10 @@ mod tests {
             let p = window_plan(w);
             assert!(p.buckets.len() <= 3 && p.raw.len() <= 2, "{p:?}");
             assert!(p.raw.iter().all(|(a, b)| a < b), "{p:?}");
-            assert!(p.raw.iter().map(|(a, b)| b - a).sum::<i64>() < 7200, "{p:?}");
+            assert!(
+                p.raw.iter().map(|(a, b)| b - a).sum::<i64>() < 7200,
+                "{p:?}"
+            );
             let covers = |t: i64| {
                 let mut n = p.raw.iter().filter(|(a, b)| t >= *a && t < *b).count();
                 for b in &p.buckets {

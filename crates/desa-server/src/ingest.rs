@@ -153,10 +153,17 @@ pub async fn post_events(
             Some(k.to_owned())
         }
     };
-    if let Some(stored) = key
-        .as_deref()
-        .and_then(|k| app.store.idempotent_response(k))
-    {
+    // A store may block (PostgreSQL answers over the network): off the runtime.
+    let stored = match key.clone() {
+        Some(k) => {
+            let store = app.store.clone();
+            tokio::task::spawn_blocking(move || store.idempotent_response(&k))
+                .await
+                .unwrap_or(None)
+        }
+        None => None,
+    };
+    if let Some(stored) = stored {
         app.metrics.requests_replayed.inc();
         return Ok(json_response(stored));
     }

@@ -120,6 +120,10 @@ pub type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
 /// Writes are durable when they return `Ok` (or `reply` gets it): every
 /// event, the idempotency key and the source offsets of one request become
 /// durable and visible together, or none of them do.
+///
+/// `write_with`, `watermark_secs`, `stats` and `metrics` return at once;
+/// every other method may block on I/O (PostgreSQL answers over the
+/// network), so async callers run them on a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Queues a write; `reply` runs once it is durable and visible, or failed.
     fn write_with(&self, req: WriteRequest, reply: Reply);

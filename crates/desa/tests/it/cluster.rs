@@ -149,6 +149,33 @@ fn two_workers_match_the_oracle_and_the_embedded_engine() {
             }
         }
     }
+    // HTTP ingest on a worker: acknowledged once committed, a retry under
+    // the same key is not applied twice, and the other worker sees it.
+    let line = "{\"device_id\":\"http-1\",\"timestamp\":1767225600,\"type\":\"http\",\"value\":2.5,\"location\":{\"latitude\":1,\"longitude\":2}}\n";
+    for _ in 0..2 {
+        let r = a
+            .post(
+                line.as_bytes(),
+                "application/x-ndjson",
+                &[("Idempotency-Key", "k-1")],
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["accepted"].as_u64()),
+            (200, Some(1)),
+            "{}",
+            r.body
+        );
+    }
+    let mut p = window(1_767_225_600, 1_767_225_601);
+    p.extend([("device_id", "http-1".to_string()), ("type", "http".into())]);
+    let got = b.get("/v1/query/avg", &p).body;
+    assert_eq!(
+        (got["count"].as_u64(), got["avg"].as_f64()),
+        (Some(1), Some(2.5)),
+        "{got}"
+    );
+
     let m = a.get_text("/metrics");
     for needle in [
         "desa_postgres_up 1",
