@@ -25,6 +25,10 @@ use crate::write::{days_of, max_ts, write_tx};
 /// Idempotency keys are kept this long, as in the embedded engine.
 const KEY_RETENTION_SECS: i64 = 24 * 3600;
 const QUERY_POOL: usize = 4;
+/// Write transactions in flight at once (concurrent HTTP requests; a Kafka
+/// source writes one batch at a time). Transactions lock rows table by table
+/// in key order, so concurrent ones cannot deadlock.
+const WRITERS: usize = 3;
 
 fn now_secs() -> i64 {
     SystemTime::now()
@@ -115,15 +119,20 @@ impl PgStore {
             write_nanos: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        refresh(&shared, &mut client)?;
+        refresh(&shared, &mut client, true)?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("desa-pg-writer".into())
-                .spawn(move || writer_loop(&shared, Some(client), rx))
-                .map_err(|e| Error::Config(format!("cannot start the writer thread: {e}")))?
-        };
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        let mut first = Some(client);
+        for i in 0..WRITERS {
+            let (shared, rx, client) = (shared.clone(), rx.clone(), first.take());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("desa-pg-writer-{i}"))
+                    .spawn(move || writer_loop(&shared, client, &rx))
+                    .map_err(|e| Error::Config(format!("cannot start a writer thread: {e}")))?,
+            );
+        }
         let prober = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -131,10 +140,11 @@ impl PgStore {
                 .spawn(move || probe_loop(&shared))
                 .map_err(|e| Error::Config(format!("cannot start the probe thread: {e}")))?
         };
+        threads.push(prober);
         Ok(PgStore {
             shared,
             tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![writer, prober]),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -172,17 +182,25 @@ fn unavailable(shared: &Shared, e: &Error) -> StoreError {
 }
 
 /// Refreshes the figures `/healthz` and `/metrics` show, and the watermark.
-fn refresh(shared: &Shared, c: &mut Client) -> Result<()> {
-    let row = c.query_one(
-        "SELECT coalesce(sum(n), 0)::int8, max(bucket) FROM desa_cells WHERE res = 2",
-        &[],
-    )?;
-    shared
-        .stored_events
-        .store(row.get::<_, i64>(0) as u64, Ordering::Relaxed);
-    let last_day: Option<i32> = row.get(1);
-    if let Some(day) = last_day {
-        let from = day as i64 * 86_400;
+/// Every call counts the stored events (a sum over the small per-day cell
+/// table); a `full` one also reads the other workers' event-time progress,
+/// the storage size, and expires idempotency keys.
+fn refresh(shared: &Shared, c: &mut Client, full: bool) -> Result<()> {
+    let stored: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(n), 0)::int8 FROM desa_cells WHERE res = 2",
+            &[],
+        )?
+        .get(0);
+    shared.stored_events.store(stored as u64, Ordering::Relaxed);
+    if !full {
+        return Ok(());
+    }
+    let last_hour: Option<i32> = c
+        .query_one("SELECT max(bucket) FROM desa_cells WHERE res = 1", &[])?
+        .get(0);
+    if let Some(hour) = last_hour {
+        let from = hour as i64 * 3600;
         let max: Option<i64> = c
             .query_one("SELECT max(ts) FROM desa_events WHERE ts >= $1", &[&from])?
             .get(0);
@@ -206,11 +224,14 @@ fn refresh(shared: &Shared, c: &mut Client) -> Result<()> {
 
 fn probe_loop(shared: &Shared) {
     let mut client: Option<Client> = None;
+    let mut round = 0u64;
     while !shared.stop.load(Ordering::SeqCst) {
+        round += 1;
+        let full = round % 5 == 1;
         let result = match client.as_mut() {
-            Some(c) if !c.is_closed() => refresh(shared, c),
+            Some(c) if !c.is_closed() => refresh(shared, c, full),
             _ => connect(&shared.pg, false).and_then(|mut c| {
-                let r = refresh(shared, &mut c);
+                let r = refresh(shared, &mut c, full);
                 client = Some(c);
                 r
             }),
@@ -237,8 +258,10 @@ fn probe_loop(shared: &Shared) {
     }
 }
 
-fn writer_loop(shared: &Shared, mut client: Option<Client>, rx: mpsc::Receiver<Job>) {
-    while let Ok(job) = rx.recv() {
+fn writer_loop(shared: &Shared, mut client: Option<Client>, rx: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let next = rx.lock().recv();
+        let Ok(job) = next else { return };
         let started = Instant::now();
         let result = write_one(shared, &mut client, &job.req);
         shared

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use desa_gen::{GenConfig, Generator};
 use rand::rngs::StdRng;
@@ -57,9 +57,14 @@ pub struct BenchArgs {
     pub kafka_brokers: Option<String>,
     #[arg(long, env = "DESA_BENCH_KAFKA_TOPIC", default_value = "bench")]
     pub kafka_topic: String,
-    /// Query the data a previous run left in the work dir instead of loading.
+    /// Query the data a previous run left in the work dir (or the store)
+    /// instead of loading.
     #[arg(long)]
     pub reuse_data: bool,
+    /// Benchmark a cluster worker over this PostgreSQL database (which must
+    /// hold no desa events unless --reuse-data) instead of the embedded engine.
+    #[arg(long, env = "DESA_BENCH_STORE")]
+    pub store: Option<String>,
     /// Write the results as JSON here.
     #[arg(long, env = "DESA_BENCH_OUT")]
     pub out: Option<PathBuf>,
@@ -222,7 +227,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ..GenConfig::default()
     };
     let data_dir = work.join("data");
-    let reuse = args.reuse_data && data_dir.join("MANIFEST").exists();
+    let reuse = args.reuse_data && (args.store.is_some() || data_dir.join("MANIFEST").exists());
+    let store_args: Vec<String> = args
+        .store
+        .iter()
+        .flat_map(|url| ["--store".to_owned(), url.clone()])
+        .collect();
     let input = match &args.input {
         Some(p) => p.clone(),
         None if reuse => PathBuf::new(),
@@ -249,9 +259,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(brokers) = &args.kafka_brokers {
         return bench_kafka(&args, brokers, &input, &data_dir);
     }
-    let node = start_node(&data_dir, &[])?;
+    let node = start_node(&data_dir, &store_args)?;
     let client = Client::new(&node.base);
     client.wait_ready(Duration::from_secs(300))?;
+    if !reuse && args.store.is_some() {
+        let stored = client.get_json("/healthz", &[])?["stored_events"]
+            .as_u64()
+            .unwrap_or(0);
+        if stored > 0 {
+            bail!("--store already holds {stored} events: use an empty database, or --reuse-data to query them");
+        }
+    }
     let (accepted, elapsed) = if reuse {
         let stored = client.get_json("/healthz", &[])?["stored_events"]
             .as_u64()
@@ -402,10 +420,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let (rss, hwm) = memory_of(node.child.id());
     let health = client.get_json("/healthz", &[])?;
-    let storage = std::fs::read_dir(data_dir.join("segments"))?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum::<u64>();
+    let storage = match &args.store {
+        // Tables and indexes, as the worker last measured them.
+        Some(_) => client
+            .get_text("/metrics")?
+            .lines()
+            .find_map(|l| l.strip_prefix("desa_storage_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64,
+        None => std::fs::read_dir(data_dir.join("segments"))?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>(),
+    };
     eprintln!(
         "memory: resident {:.0} MiB now, peak {:.0} MiB; segments {:.1} bytes/event; input {:.1} bytes/event",
         rss as f64 / 1048576.0,
@@ -460,7 +487,7 @@ fn bench_kafka(
         produced.delivered as f64 / produced.elapsed.as_secs_f64().max(1e-9)
     );
     let _ = std::fs::remove_dir_all(data_dir);
-    let extra: Vec<String> = [
+    let mut extra: Vec<String> = [
         "--kafka-brokers",
         brokers,
         "--kafka-topic",
@@ -471,6 +498,9 @@ fn bench_kafka(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(url) = &args.store {
+        extra.extend(["--store".to_owned(), url.clone()]);
+    }
     let started = Instant::now();
     let node = start_node(data_dir, &extra)?;
     let client = Client::new(&node.base);

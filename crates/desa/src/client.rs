@@ -69,6 +69,16 @@ impl Client {
         }
     }
 
+    /// GETs a path and returns the body as text (`/metrics`).
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        self.agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .map_err(|e| anyhow!(e))?
+            .into_string()
+            .context("reading the response")
+    }
+
     /// Waits until `/healthz` answers.
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
