@@ -119,9 +119,10 @@ SELECT create_hypertable('desa_events', 'ts', chunk_time_interval => 86400, if_n
 
 const EVENT_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS desa_events_series ON desa_events (type, device_id, ts) INCLUDE (value);
--- Events arrive roughly in time order: a block-range index finds the raw
--- edges of top-K and geo windows (under two hours) at almost no write cost.
-CREATE INDEX IF NOT EXISTS desa_events_ts ON desa_events USING brin (ts);
+-- The raw edges of top-K and geo windows (under two hours of one type). A
+-- block-range index is cheaper to write but useless here: concurrent COPYs
+-- and late events interleave time across pages.
+CREATE INDEX IF NOT EXISTS desa_events_type_ts ON desa_events (type, ts);
 "#;
 
 /// How raw events are time-partitioned.

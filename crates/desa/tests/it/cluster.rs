@@ -11,7 +11,9 @@ use desa_model::TimeWindow;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::kafka::{check_queries, kafka_args, produce_in_background, seeded, wait_stored, Broker};
+use crate::kafka::{
+    check_queries, kafka_args, produce, produce_in_background, seeded, wait_stored, Broker,
+};
 use crate::pg::Postgres;
 use crate::support::{all_counts, window, TestServer};
 
@@ -175,6 +177,25 @@ fn two_workers_match_the_oracle_and_the_embedded_engine() {
         (Some(1), Some(2.5)),
         "{got}"
     );
+
+    // Freshness: an event produced to Kafka is visible in queries on either
+    // worker within 2 seconds.
+    let produced = Instant::now();
+    produce(
+        &broker,
+        "ev",
+        vec![(None, "{\"device_id\":\"fresh\",\"timestamp\":1767225600,\"type\":\"t\",\"value\":1,\"location\":{\"latitude\":0,\"longitude\":0}}".into())],
+    );
+    let mut p = window(1_767_225_600, 1_767_225_601);
+    p.extend([("device_id", "fresh".to_string()), ("type", "t".into())]);
+    while b.get("/v1/query/avg", &p).body["count"] != 1 {
+        assert!(
+            produced.elapsed() < Duration::from_secs(2),
+            "not visible within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("produce-to-visible (cluster): {:?}", produced.elapsed());
 
     let m = a.get_text("/metrics");
     for needle in [
