@@ -244,16 +244,25 @@ pub(crate) fn topk(
             })
             .collect();
         cands.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        for batch in cands.chunks(256) {
+        // The first K settle the K-th best; after that, bounds (sorted) cut
+        // the rest short, so few of the candidates are counted exactly.
+        let mut at = 0;
+        while at < cands.len() {
             let kth = kth_best(&exact, k);
-            let todo: Vec<&String> = batch
+            let size = if kth.is_none() {
+                k.saturating_sub(exact.len()).max(1)
+            } else {
+                64
+            };
+            let todo: Vec<&String> = cands[at..(at + size).min(cands.len())]
                 .iter()
-                .filter(|(upper, _)| kth.is_none_or(|kth| *upper >= kth))
+                .take_while(|(upper, _)| kth.is_none_or(|kth| *upper >= kth))
                 .map(|(_, d)| d)
                 .collect();
             if todo.is_empty() {
                 break;
             }
+            at += todo.len();
             for (d, n) in exact_counts(c, event_type, &p, &todo)? {
                 let edges = raw.get(&d).copied().unwrap_or(0);
                 exact.insert(d, n + edges);

@@ -92,30 +92,26 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 "#;
 
-const EVENTS_PARTITIONED: &str = r#"
-CREATE TABLE IF NOT EXISTS desa_events (
+const EVENT_COLUMNS: &str = "
     ts bigint NOT NULL,
     type text NOT NULL,
     device_id text NOT NULL,
     value float8 NOT NULL,
     lat float8 NOT NULL,
     lon float8 NOT NULL,
-    metadata text
-) PARTITION BY RANGE (ts);
-"#;
+    metadata text";
 
-const EVENTS_HYPERTABLE: &str = r#"
-CREATE TABLE IF NOT EXISTS desa_events (
-    ts bigint NOT NULL,
-    type text NOT NULL,
-    device_id text NOT NULL,
-    value float8 NOT NULL,
-    lat float8 NOT NULL,
-    lon float8 NOT NULL,
-    metadata text
-);
-SELECT create_hypertable('desa_events', 'ts', chunk_time_interval => 86400, if_not_exists => true);
-"#;
+fn events_table(partitioning: Partitioning) -> String {
+    match partitioning {
+        Partitioning::Declarative => format!(
+            "CREATE TABLE IF NOT EXISTS desa_events ({EVENT_COLUMNS}) PARTITION BY RANGE (ts);"
+        ),
+        Partitioning::Hypertable => format!(
+            "CREATE TABLE IF NOT EXISTS desa_events ({EVENT_COLUMNS});
+             SELECT create_hypertable('desa_events', 'ts', chunk_time_interval => 86400, if_not_exists => true);"
+        ),
+    }
+}
 
 const EVENT_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS desa_events_series ON desa_events (type, device_id, ts) INCLUDE (value);
@@ -199,9 +195,9 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
     if !exists {
         if timescale {
             tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
-            tx.batch_execute(EVENTS_HYPERTABLE)?;
+            tx.batch_execute(&events_table(Partitioning::Hypertable))?;
         } else {
-            tx.batch_execute(EVENTS_PARTITIONED)?;
+            tx.batch_execute(&events_table(Partitioning::Declarative))?;
         }
     }
     tx.batch_execute(EVENT_INDEXES)?;
