@@ -341,3 +341,87 @@ fn a_database_crash_restart_mid_stream_loses_and_repeats_nothing() {
     assert_eq!(all_counts(&a, "co2"), oracle_counts(&oracle, "co2"));
     assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
 }
+
+/// Fencing at the store itself, step by step: the later claim wins, the
+/// earlier claimant's write commits nothing (no events, no offsets), and the
+/// new owner resumes exactly where the last committed write left off.
+#[test]
+fn a_stale_claim_commits_nothing_and_the_new_owner_resumes_at_the_committed_offset() {
+    use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
+    let pg = Postgres::start();
+    let open = |name: &str| {
+        desa_postgres::PgStore::open(desa_postgres::PgConfig {
+            url: pg.url(),
+            worker: name.into(),
+        })
+        .unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let event = |dev: &str, ts: i64| desa_model::Event {
+        device_id: dev.into(),
+        ts_secs: ts,
+        event_type: "t".into(),
+        value: 1.5,
+        latitude: 10.0,
+        longitude: 20.0,
+        metadata: None,
+    };
+    let batch = |dev: &str, next: i64| {
+        let mut req =
+            WriteRequest::events(vec![event(dev, 1_767_225_600), event(dev, 1_767_229_300)]);
+        req.source_offsets = vec![SourceOffset {
+            source: "kafka:ev".into(),
+            partition: 0,
+            next_offset: next,
+        }];
+        req
+    };
+    assert_eq!(a.claim("kafka:ev", &[0]).unwrap()[0].next_offset, None);
+    a.write(batch("a-1", 10)).unwrap();
+    // b takes the partition over: it resumes after a's committed batch.
+    assert_eq!(b.claim("kafka:ev", &[0]).unwrap()[0].next_offset, Some(10));
+    // a, now a zombie, is refused, and nothing of its batch is stored.
+    match a.write(batch("a-2", 20)) {
+        Err(StoreError::Fenced { partition: 0, .. }) => {}
+        other => panic!("a stale write was not fenced: {other:?}"),
+    }
+    b.write(batch("b-1", 15)).unwrap();
+    let w = desa_model::TimeWindow::new(0, 4_000_000_000).unwrap();
+    let count = |dev: &str| b.avg(dev, "t", w).unwrap().count;
+    assert_eq!((count("a-1"), count("a-2"), count("b-1")), (2, 0, 2));
+    // A writer that never claimed the partition is refused too.
+    let c = open("c");
+    assert!(matches!(
+        c.write(batch("c-1", 30)),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(a.claim("kafka:ev", &[0]).unwrap()[0].next_offset, Some(15));
+    // HTTP writes carry no offsets and are never fenced.
+    c.write(WriteRequest::events(vec![event("c-2", 1_767_225_600)]))
+        .unwrap();
+    assert_eq!(count("c-2"), 1);
+}
+
+#[test]
+fn migrate_is_idempotent_and_names_the_schema_version() {
+    let pg = Postgres::start();
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+            .args(["migrate", "--store", &pg.url()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("desa schema 1 ready"), "{text}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["migrate", "--store", "postgres://desa@127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL"));
+}
