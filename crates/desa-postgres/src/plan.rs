@@ -38,6 +38,15 @@ impl WindowPlan {
         })
     }
 
+    /// The three bucket ranges, empty ones included.
+    pub fn bucket_slots(&self) -> [Buckets; 3] {
+        [
+            self.bucket_slot(0),
+            self.bucket_slot(1),
+            self.bucket_slot(2),
+        ]
+    }
+
     pub fn raw_slot(&self, i: usize) -> (i64, i64) {
         self.raw.get(i).copied().unwrap_or((0, 0))
     }

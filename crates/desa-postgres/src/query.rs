@@ -10,7 +10,8 @@ use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 use postgres::Client;
 
 use crate::error::Result;
-use crate::plan::{box_cells, window_plan, WindowPlan};
+use crate::plan::{box_cells, window_plan, Buckets, WindowPlan};
+use postgres::types::ToSql;
 
 const AVG_SQL: &str = "
 SELECT n, sum_hi, sum_lo FROM desa_series
@@ -43,28 +44,11 @@ pub(crate) fn avg(
     w: TimeWindow,
 ) -> Result<(u64, DoubleDouble)> {
     let p = window_plan(w);
-    let (b0, b1, b2) = (p.bucket_slot(0), p.bucket_slot(1), p.bucket_slot(2));
+    let slots = p.bucket_slots();
     let (r0, r1) = (p.raw_slot(0), p.raw_slot(1));
-    let rows = c.query(
-        AVG_SQL,
-        &[
-            &event_type,
-            &device,
-            &b0.res,
-            &b0.lo,
-            &b0.hi,
-            &b1.res,
-            &b1.lo,
-            &b1.hi,
-            &b2.res,
-            &b2.lo,
-            &b2.hi,
-            &r0.0,
-            &r0.1,
-            &r1.0,
-            &r1.1,
-        ],
-    )?;
+    let mut params = with_buckets(vec![&event_type, &device], &slots);
+    params.extend([&r0.0 as &(dyn ToSql + Sync), &r0.1, &r1.0, &r1.1]);
+    let rows = c.query(AVG_SQL, &params)?;
     Ok(add_rows(&rows))
 }
 
@@ -303,6 +287,18 @@ fn kth_best(exact: &HashMap<String, u64>, k: usize) -> Option<u64> {
     Some(kth.0)
 }
 
+/// `head` followed by the (res, lo, hi) of the plan's three bucket ranges,
+/// the `$3` to `$11` of the statements that read them.
+fn with_buckets<'a>(
+    mut head: Vec<&'a (dyn ToSql + Sync)>,
+    slots: &'a [Buckets; 3],
+) -> Vec<&'a (dyn ToSql + Sync)> {
+    for b in slots {
+        head.extend([&b.res as &(dyn ToSql + Sync), &b.lo, &b.hi]);
+    }
+    head
+}
+
 /// Counts in the bucket ranges of the window (random access).
 fn exact_counts(
     c: &mut Client,
@@ -310,7 +306,7 @@ fn exact_counts(
     p: &WindowPlan,
     devices: &[&String],
 ) -> Result<Vec<(String, u64)>> {
-    let (b0, b1, b2) = (p.bucket_slot(0), p.bucket_slot(1), p.bucket_slot(2));
+    let slots = p.bucket_slots();
     let rows = c.query(
         "SELECT device_id, sum(n)::int8 FROM desa_series
           WHERE type = $1 AND device_id = ANY($2)
@@ -318,19 +314,7 @@ fn exact_counts(
               OR (res = $6 AND bucket >= $7 AND bucket < $8)
               OR (res = $9 AND bucket >= $10 AND bucket < $11))
           GROUP BY device_id",
-        &[
-            &event_type,
-            &devices,
-            &b0.res,
-            &b0.lo,
-            &b0.hi,
-            &b1.res,
-            &b1.lo,
-            &b1.hi,
-            &b2.res,
-            &b2.lo,
-            &b2.hi,
-        ],
+        &with_buckets(vec![&event_type, &devices], &slots),
     )?;
     Ok(rows
         .iter()

@@ -149,18 +149,9 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
             )?
             .is_some_and(|r| r.get::<_, String>(0) == SCHEMA_VERSION.to_string());
     if current {
-        let partitioned: bool = tx
-            .query_one(
-                "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_events'",
-                &[],
-            )?
-            .get(0);
+        let kind = partitioning(&mut tx)?;
         tx.commit()?;
-        return Ok(if partitioned {
-            Partitioning::Declarative
-        } else {
-            Partitioning::Hypertable
-        });
+        return Ok(kind);
     }
     let timescale = tx
         .query_opt(
@@ -201,13 +192,19 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         }
     }
     tx.batch_execute(EVENT_INDEXES)?;
+    let kind = partitioning(&mut tx)?;
+    tx.commit()?;
+    Ok(kind)
+}
+
+/// How the existing `desa_events` is partitioned.
+fn partitioning(tx: &mut postgres::Transaction<'_>) -> Result<Partitioning> {
     let partitioned: bool = tx
         .query_one(
             "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_events'",
             &[],
         )?
         .get(0);
-    tx.commit()?;
     Ok(if partitioned {
         Partitioning::Declarative
     } else {
