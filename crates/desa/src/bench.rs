@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// instead of loading.
     #[arg(long)]
     pub reuse_data: bool,
+    /// Write every timed query, with its parameters and desa's answer, to
+    /// this file as JSON lines (`bench/peers.py` replays them on other
+    /// systems and checks that they answer the same).
+    #[arg(long, env = "DESA_BENCH_RECORD")]
+    pub record: Option<PathBuf>,
     /// Benchmark a cluster worker over this PostgreSQL database (which must
     /// hold no desa events unless --reuse-data) instead of the embedded engine.
     #[arg(long, env = "DESA_BENCH_STORE")]
@@ -339,6 +344,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let span_end = start_ts + args.span;
     let mut results = serde_json::Map::new();
+    let mut record = match &args.record {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     let mut time = |kind: &str, label: String, path: &str, mut params: ParamGen| -> Result<()> {
         // Warm runs: the timings below are warm, as the peers' are. A node
         // that just started has none of its segment pages mapped.
@@ -349,8 +360,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for _ in 0..args.queries {
             let p = params(&mut rng);
             let t = Instant::now();
-            client.get_json(path, &p)?;
+            let answer = client.get_json(path, &p)?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
+            if let Some(out) = record.as_mut() {
+                let params: serde_json::Map<String, serde_json::Value> =
+                    p.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                let line =
+                    json!({"kind": kind, "label": label, "params": params, "answer": answer});
+                writeln!(out, "{line}")?;
+            }
         }
         lat.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
@@ -417,6 +435,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }),
             )?;
         }
+    }
+    if let Some(mut out) = record {
+        out.flush()?;
     }
     let (rss, hwm) = memory_of(node.child.id());
     let health = client.get_json("/healthz", &[])?;
