@@ -61,21 +61,23 @@ pub(crate) fn geo(
     let p = window_plan(w);
     let mut n = 0u64;
     let mut sum = DoubleDouble::ZERO;
+    let mut add = |rows: Vec<postgres::Row>| {
+        let (cn, cs) = add_rows(&rows);
+        n += cn;
+        sum = sum + cs;
+    };
     for part in box_cells(bbox) {
         for b in &p.buckets {
             if let Some((la0, la1, lo0, lo1)) = part.inside {
-                let rows = c.query(
+                add(c.query(
                     "SELECT n, sum_hi, sum_lo FROM desa_cells
                       WHERE type = $1 AND res = $2 AND bucket >= $3 AND bucket < $4
                         AND cell_lat BETWEEN $5 AND $6 AND cell_lon BETWEEN $7 AND $8",
                     &[&event_type, &b.res, &b.lo, &b.hi, &la0, &la1, &lo0, &lo1],
-                )?;
-                let (cn, cs) = add_rows(&rows);
-                n += cn;
-                sum = sum + cs;
+                )?);
             }
             if !part.edge.is_empty() {
-                let rows = c.query(
+                add(c.query(
                     "SELECT n, sum_hi, sum_lo FROM desa_places
                       WHERE type = $1 AND res = $2 AND cell = ANY($3) AND bucket >= $4 AND bucket < $5
                         AND lat BETWEEN $6 AND $7 AND lon BETWEEN $8 AND $9",
@@ -90,14 +92,11 @@ pub(crate) fn geo(
                         &part.min_lon,
                         &part.max_lon,
                     ],
-                )?;
-                let (cn, cs) = add_rows(&rows);
-                n += cn;
-                sum = sum + cs;
+                )?);
             }
         }
         for (a, b) in &p.raw {
-            let rows = c.query(
+            add(c.query(
                 "SELECT 1::int8, value, 0::float8 FROM desa_events
                   WHERE type = $1 AND ts >= $2 AND ts < $3
                     AND lat BETWEEN $4 AND $5 AND lon BETWEEN $6 AND $7",
@@ -110,10 +109,7 @@ pub(crate) fn geo(
                     &part.min_lon,
                     &part.max_lon,
                 ],
-            )?;
-            let (cn, cs) = add_rows(&rows);
-            n += cn;
-            sum = sum + cs;
+            )?);
         }
     }
     Ok((n, sum))

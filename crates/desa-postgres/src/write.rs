@@ -29,6 +29,22 @@ impl Agg {
     }
 }
 
+/// The count and sum columns every aggregate upsert sends.
+#[derive(Default)]
+struct SumColumns {
+    n: Vec<i64>,
+    hi: Vec<f64>,
+    lo: Vec<f64>,
+}
+
+impl SumColumns {
+    fn push(&mut self, g: &Agg) {
+        self.n.push(g.n);
+        self.hi.push(g.sum.hi);
+        self.lo.push(g.sum.lo);
+    }
+}
+
 /// `desa_places` key: type, resolution, cell, bucket, and the location as
 /// [`ordered_bits`] (the location itself is kept in the value).
 type PlaceKey<'a> = (&'a str, i16, i32, i32, u64, u64);
@@ -221,62 +237,56 @@ fn copy_events(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(
 fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
     let a = aggregate(events);
 
-    let n = a.series.len();
-    let (mut t, mut d, mut r, mut b) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut cnt, mut hi, mut lo) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let mut t = Vec::new();
+    let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sums = SumColumns::default();
     for ((ty, dev, res, bucket), g) in &a.series {
         t.push(*ty);
         d.push(*dev);
         r.push(*res);
         b.push(*bucket);
-        cnt.push(g.n);
-        hi.push(g.sum.hi);
-        lo.push(g.sum.lo);
+        sums.push(g);
     }
-    tx.execute(UPSERT_SERIES, &[&t, &d, &r, &b, &cnt, &hi, &lo])?;
+    tx.execute(
+        UPSERT_SERIES,
+        &[&t, &d, &r, &b, &sums.n, &sums.hi, &sums.lo],
+    )?;
 
     let mut t = Vec::new();
-    let (mut r, mut c, mut b, mut la, mut lo_) =
+    let (mut r, mut c, mut b, mut la, mut lo) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut cnt, mut hi, mut lo) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sums = SumColumns::default();
     for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in &a.places {
         t.push(*ty);
         r.push(*res);
         c.push(*cell);
         b.push(*bucket);
         la.push(*lat);
-        lo_.push(*lon);
-        cnt.push(g.n);
-        hi.push(g.sum.hi);
-        lo.push(g.sum.lo);
+        lo.push(*lon);
+        sums.push(g);
     }
-    tx.execute(UPSERT_PLACES, &[&t, &r, &c, &b, &la, &lo_, &cnt, &hi, &lo])?;
+    tx.execute(
+        UPSERT_PLACES,
+        &[&t, &r, &c, &b, &la, &lo, &sums.n, &sums.hi, &sums.lo],
+    )?;
 
     // Last: cell rows are the ones concurrent workers share, so they are
     // held locked for the shortest time.
     let mut t = Vec::new();
     let (mut r, mut b, mut cla, mut clo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut cnt, mut hi, mut lo) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sums = SumColumns::default();
     for ((ty, res, bucket, cl, co), g) in &a.cells {
         t.push(*ty);
         r.push(*res);
         b.push(*bucket);
         cla.push(*cl);
         clo.push(*co);
-        cnt.push(g.n);
-        hi.push(g.sum.hi);
-        lo.push(g.sum.lo);
+        sums.push(g);
     }
-    tx.execute(UPSERT_CELLS, &[&t, &r, &b, &cla, &clo, &cnt, &hi, &lo])?;
+    tx.execute(
+        UPSERT_CELLS,
+        &[&t, &r, &b, &cla, &clo, &sums.n, &sums.hi, &sums.lo],
+    )?;
     Ok(())
 }
 
