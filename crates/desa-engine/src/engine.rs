@@ -1,6 +1,9 @@
 //! The engine: one write path (group commit to the log, then the head), one
-//! background flusher (frozen heads to segments, compaction, memory budget),
-//! and queries over a consistent view of head, frozen heads and segments.
+//! background flusher (frozen heads to segments, then `maintain`: compaction
+//! and summaries; memory budget), and queries over a consistent view of
+//! head, frozen heads, segments and summaries.
+
+mod maintain;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
@@ -16,11 +19,13 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::head::{Head, Rows};
+use crate::head::Head;
 use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
 use crate::query;
+use crate::sections::Mapped;
 use crate::segment::{write_segment, Segment, SegmentMeta};
+use crate::summary::{LiveSummary, Summary, SummaryMeta};
 use crate::wal::{self, encode_parts, RecordParts, SourceOffset, WalWriter};
 
 /// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
@@ -40,6 +45,9 @@ pub struct EngineConfig {
     pub compaction_fanin: usize,
     /// Segments are not merged past this many rows.
     pub max_segment_rows: u64,
+    /// Segments a summary may leave to queries (late events that arrived
+    /// after it was built) before it is refreshed.
+    pub summary_max_extras: usize,
 }
 
 impl EngineConfig {
@@ -52,6 +60,7 @@ impl EngineConfig {
             memory_budget_bytes: 1 << 30,
             compaction_fanin: 4,
             max_segment_rows: 1 << 20,
+            summary_max_extras: 4,
         }
     }
 }
@@ -63,6 +72,7 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn wal_synced(&self, _elapsed: Duration, _bytes: usize, _requests: usize) {}
     fn head_flushed(&self, _elapsed: Duration, _rows: usize) {}
     fn compacted(&self, _elapsed: Duration, _rows: u64) {}
+    fn summarized(&self, _elapsed: Duration, _events: u64) {}
 }
 
 struct NoObserver;
@@ -76,6 +86,8 @@ pub struct EngineStats {
     pub segments: u64,
     pub segment_rows: u64,
     pub segment_bytes: u64,
+    pub summaries: u64,
+    pub summary_bytes: u64,
     /// Largest event timestamp stored (event-time progress).
     pub watermark_secs: Option<i64>,
     pub poisoned: Option<String>,
@@ -99,6 +111,7 @@ struct State {
     head: Head,
     frozen: VecDeque<Frozen>,
     segments: Vec<Arc<Segment>>,
+    summaries: Vec<Arc<LiveSummary>>,
     keys: IdempotencyKeys,
     watermark: Option<i64>,
     /// Next offset per (source, partition), as durable as the events before it.
@@ -112,6 +125,8 @@ struct Inner {
     state: RwLock<State>,
     /// Only the flusher changes the manifest.
     manifest: Mutex<Manifest>,
+    /// Held while compacting or summarizing (flusher or [`Engine::settle`]).
+    maintenance: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     flush_wake: Mutex<bool>,
     flush_cv: Condvar,
@@ -192,6 +207,7 @@ impl Engine {
             next_segment_id: 1,
             wal_start: 1,
             segments: Vec::new(),
+            summaries: Vec::new(),
             source_offsets: Vec::new(),
         });
 
@@ -204,10 +220,24 @@ impl Engine {
                 m.id,
             )?));
         }
+        let mut summaries = Vec::new();
+        for m in &manifest.summaries {
+            let file = Summary::open(&seg_dir.join(SummaryMeta::file_name(m.id)))?;
+            summaries.push(Arc::new(LiveSummary {
+                meta: m.clone(),
+                file: Arc::new(file),
+            }));
+        }
         let live: std::collections::HashSet<String> = manifest
             .segments
             .iter()
             .map(|m| SegmentMeta::file_name(m.id))
+            .chain(
+                manifest
+                    .summaries
+                    .iter()
+                    .map(|m| SummaryMeta::file_name(m.id)),
+            )
             .collect();
         for entry in fs::read_dir(&seg_dir).map_err(Error::io("read dir", &seg_dir))? {
             let entry = entry.map_err(Error::io("read dir", &seg_dir))?;
@@ -273,11 +303,13 @@ impl Engine {
                 head,
                 frozen,
                 segments,
+                summaries,
                 keys,
                 watermark,
                 offsets,
             }),
             manifest: Mutex::new(manifest),
+            maintenance: Mutex::new(()),
             poisoned: Mutex::new(None),
             flush_wake: Mutex::new(true),
             flush_cv: Condvar::new(),
@@ -380,26 +412,29 @@ impl Engine {
 
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> AvgAnswer {
         let (count, sum) = self.count_and_sum(
+            w,
             |h| h.avg(device, event_type, w),
-            |segs| query::avg(segs, device, event_type, w),
+            |plan| query::avg(plan, device, event_type, w),
         );
         AvgAnswer::new(device, event_type, w, count, sum.value())
     }
 
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> GeoAnswer {
         let (count, sum) = self.count_and_sum(
+            w,
             |h| h.geo(event_type, bbox, w),
-            |segs| query::geo(segs, event_type, bbox, w),
+            |plan| query::geo(plan, event_type, bbox, w),
         );
         GeoAnswer::new(event_type, w, bbox, count, sum.value())
     }
 
     /// Adds up a count and sum over the heads (read under the state lock) and
-    /// the segments (read after it is released, from a snapshot of the list).
+    /// the files (read after it is released, from a snapshot of the lists).
     fn count_and_sum(
         &self,
+        w: TimeWindow,
         in_head: impl Fn(&Head) -> (u64, DoubleDouble),
-        in_segments: impl Fn(&[Arc<Segment>]) -> (u64, DoubleDouble),
+        in_files: impl Fn(&query::Plan) -> (u64, DoubleDouble),
     ) -> (u64, DoubleDouble) {
         let (mut count, mut sum, segs) = {
             let st = self.inner.state.read();
@@ -410,9 +445,9 @@ impl Engine {
                 count += c;
                 sum = sum + s;
             }
-            (count, sum, st.segments.clone())
+            (count, sum, snapshot(&st))
         };
-        let (c, s) = in_segments(&segs);
+        let (c, s) = in_files(&query::plan(&segs.0, &segs.1, w));
         count += c;
         sum = sum + s;
         (count, sum)
@@ -427,9 +462,10 @@ impl Engine {
                     *counts.entry(d.to_owned()).or_default() += c;
                 }
             }
-            (counts, st.segments.clone())
+            (counts, snapshot(&st))
         };
-        let devices: Vec<DeviceCount> = query::topk(&counts, &segs, event_type, w, k);
+        let plan = query::plan(&segs.0, &segs.1, w);
+        let devices: Vec<DeviceCount> = query::topk(&counts, &plan, event_type, w, k);
         TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
@@ -447,6 +483,8 @@ impl Engine {
             segments: st.segments.len() as u64,
             segment_rows: st.segments.iter().map(|s| s.meta.rows).sum(),
             segment_bytes: st.segments.iter().map(|s| s.meta.bytes).sum(),
+            summaries: st.summaries.len() as u64,
+            summary_bytes: st.summaries.iter().map(|s| s.meta.bytes).sum(),
             watermark_secs: st.watermark,
             poisoned: self.inner.poisoned.lock().clone(),
         }
@@ -477,6 +515,17 @@ impl Engine {
                 .frozen_cv
                 .wait_for(&mut guard, Duration::from_millis(50));
         }
+    }
+}
+
+impl Engine {
+    /// Flushes, then compacts and summarizes until there is nothing left to
+    /// do (the flusher does the same in the background, a step at a time).
+    pub fn settle(&self) -> Result<()> {
+        self.flush()?;
+        let _m = self.inner.maintenance.lock();
+        while maintain::compact_once(&self.inner)? || maintain::summarize_once(&self.inner)? {}
+        Ok(())
     }
 }
 
@@ -512,6 +561,12 @@ fn offsets_list(offsets: &BTreeMap<(String, i32), i64>) -> Vec<SourceOffset> {
             next_offset: *next,
         })
         .collect()
+}
+
+type Snapshot = (Vec<Arc<Segment>>, Vec<Arc<LiveSummary>>);
+
+fn snapshot(st: &State) -> Snapshot {
+    (st.segments.clone(), st.summaries.clone())
 }
 
 fn heads(st: &State) -> impl Iterator<Item = &Head> {
@@ -704,10 +759,14 @@ fn flusher_loop(inner: &Inner) {
             return;
         }
         loop {
-            let compacted = compact_once(inner);
+            let worked = {
+                let _m = inner.maintenance.lock();
+                maintain::compact_once(inner)
+                    .and_then(|c| Ok(c || maintain::summarize_once(inner)?))
+            };
             trim_heap();
             enforce_memory_budget(inner);
-            match compacted {
+            match worked {
                 Ok(true) => {
                     if inner.state.read().frozen.is_empty() {
                         continue;
@@ -718,7 +777,7 @@ fn flusher_loop(inner: &Inner) {
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    report_background_error(inner, "compaction", e);
+                    report_background_error(inner, "compaction or summary", e);
                     break;
                 }
             }
@@ -797,80 +856,6 @@ fn flush_frozen(inner: &Inner) -> Result<()> {
     }
 }
 
-/// Segments below this many rows share the lowest tier, so the small
-/// segments of late events merge together quickly.
-const TIER0_ROWS: u64 = 64 * 1024;
-
-/// Size tier of a segment: segments in one tier are within a factor of `fanin`.
-fn tier(rows: u64, fanin: usize) -> u32 {
-    let mut t = 0;
-    let mut cap = TIER0_ROWS;
-    while rows >= cap {
-        t += 1;
-        cap = cap.saturating_mul(fanin as u64);
-    }
-    t
-}
-
-/// Merges one group of same-day, same-tier segments if there is one.
-fn compact_once(inner: &Inner) -> Result<bool> {
-    let fanin = inner.cfg.compaction_fanin.max(2);
-    let victims: Vec<Arc<Segment>> = {
-        let st = inner.state.read();
-        let mut groups: HashMap<(i64, u32), Vec<Arc<Segment>>> = HashMap::new();
-        for s in &st.segments {
-            if s.meta.rows < inner.cfg.max_segment_rows {
-                groups
-                    .entry((s.meta.partition, tier(s.meta.rows, fanin)))
-                    .or_default()
-                    .push(s.clone());
-            }
-        }
-        let mut pick = groups
-            .into_values()
-            .filter(|g| g.len() >= fanin)
-            .min_by_key(|g| g[0].meta.id);
-        match pick.as_mut() {
-            Some(g) => {
-                g.sort_by_key(|s| s.meta.id);
-                g.truncate(fanin);
-                g.clone()
-            }
-            None => return Ok(false),
-        }
-    };
-    let started = Instant::now();
-    let mut rows = Rows::default();
-    for s in &victims {
-        s.append_to(&mut rows);
-        s.release_memory();
-    }
-    let subset: Vec<u32> = (0..rows.len() as u32).collect();
-    let partition = victims[0].meta.partition;
-    let seg_dir = segments_dir(&inner.cfg.dir);
-    let mut manifest = inner.manifest.lock();
-    let id = manifest.next_segment_id;
-    manifest.next_segment_id += 1;
-    let path = seg_dir.join(SegmentMeta::file_name(id));
-    let meta = write_segment(&rows, &subset, partition, id, &path)?;
-    let merged = Arc::new(Segment::open(&path, id)?);
-    crate::wal::sync_dir(&seg_dir)?;
-    let gone: std::collections::HashSet<u64> = victims.iter().map(|s| s.meta.id).collect();
-    manifest.segments.retain(|m| !gone.contains(&m.id));
-    manifest.segments.push(meta.clone());
-    manifest.store_durable(&inner.cfg.dir)?;
-    {
-        let mut st = inner.state.write();
-        st.segments.retain(|s| !gone.contains(&s.meta.id));
-        st.segments.push(merged);
-    }
-    for s in &victims {
-        let _ = fs::remove_file(s.path());
-    }
-    inner.observer.compacted(started.elapsed(), meta.rows);
-    Ok(true)
-}
-
 /// Resident memory of this process, from /proc (0 where unavailable).
 pub fn resident_bytes() -> u64 {
     let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -884,19 +869,24 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-/// Drops mapped segment pages from this process when it nears its budget;
-/// they stay in the kernel's page cache and are mapped again on access.
-/// The least recently queried segments go first, a few at a time, until
+/// Drops mapped segment and summary pages from this process when it nears
+/// its budget; they stay in the kernel's page cache and are mapped again on
+/// access. The least recently queried files go first, a few at a time, until
 /// resident memory is below half the budget, so hot pages stay mapped.
 fn enforce_memory_budget(inner: &Inner) {
     let budget = inner.cfg.memory_budget_bytes;
     if resident_bytes() <= budget / 10 * 7 {
         return;
     }
-    let mut segs = inner.state.read().segments.clone();
-    segs.sort_by_key(|s| s.last_used());
-    for (i, s) in segs.iter().enumerate() {
-        s.release_memory();
+    let (segs, sums) = snapshot(&inner.state.read());
+    let mut mapped: Vec<&dyn Mapped> = segs
+        .iter()
+        .map(|s| s.as_ref() as &dyn Mapped)
+        .chain(sums.iter().map(|s| s.file.as_ref() as &dyn Mapped))
+        .collect();
+    mapped.sort_by_key(|m| m.last_used());
+    for (i, file) in mapped.iter().enumerate() {
+        file.release_memory();
         if i % 4 == 3 && resident_bytes() <= budget / 2 {
             break;
         }

@@ -30,12 +30,15 @@
 mod clock;
 mod engine;
 mod error;
+mod fences;
 mod head;
 pub mod idempotency;
 mod manifest;
 mod query;
+mod sections;
 pub mod segment;
 mod store;
+pub mod summary;
 pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::segment::SegmentMeta;
+use crate::summary::SummaryMeta;
 use crate::wal::{replace_file_durable, SourceOffset};
 
 pub const FILE: &str = "MANIFEST";
@@ -24,6 +25,9 @@ pub struct Manifest {
     /// Log files numbered below this are wholly in segments.
     pub wal_start: u64,
     pub segments: Vec<SegmentMeta>,
+    /// Summaries of whole-day blocks, with the segments each one holds.
+    #[serde(default)]
+    pub summaries: Vec<SummaryMeta>,
     /// Source positions covered by the segments and the log from `wal_start`.
     #[serde(default)]
     pub source_offsets: Vec<SourceOffset>,

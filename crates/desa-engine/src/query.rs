@@ -22,16 +22,68 @@ use std::sync::Arc;
 use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
 use crate::segment::Segment;
+use crate::summary::{self, LiveSummary, Summary};
+
+/// The files that answer one window: summaries of whole-day blocks inside
+/// it, and every segment overlapping it that those summaries do not hold.
+pub(crate) struct Plan<'a> {
+    pub summaries: Vec<&'a Summary>,
+    pub segments: Vec<&'a Segment>,
+}
+
+pub(crate) fn plan<'a>(
+    segments: &'a [Arc<Segment>],
+    summaries: &'a [Arc<LiveSummary>],
+    w: TimeWindow,
+) -> Plan<'a> {
+    let (first, end) = summary::whole_days(w.start, w.end);
+    let mut chosen: Vec<&LiveSummary> = Vec::new();
+    if end - first >= 2 && !summaries.is_empty() {
+        let by_block: HashMap<(u32, i64), &LiveSummary> = summaries
+            .iter()
+            .map(|s| ((s.meta.level, s.meta.first_day), s.as_ref()))
+            .collect();
+        for block in summary::cover(first, end, |l, d| by_block.contains_key(&(l, d))) {
+            chosen.extend(by_block.get(&block));
+        }
+    }
+    // `cover` returns blocks in day order; find a segment's by binary search.
+    let held = |s: &Segment| {
+        let day = s.meta.partition;
+        let i = chosen.partition_point(|c| c.meta.days().1 <= day);
+        chosen
+            .get(i)
+            .is_some_and(|c| c.meta.days().0 <= day && c.meta.covers(s.meta.id))
+    };
+    Plan {
+        segments: segments
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| s.overlaps(w) && !held(s))
+            .inspect(|s| s.touch())
+            .collect(),
+        summaries: chosen
+            .iter()
+            .map(|c| c.file.as_ref())
+            .inspect(|s| s.touch())
+            .collect(),
+    }
+}
 
 pub(crate) fn avg(
-    segs: &[Arc<Segment>],
+    plan: &Plan,
     device: &str,
     event_type: &str,
     w: TimeWindow,
 ) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
-    for s in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
+    for s in &plan.summaries {
+        let (c, x) = s.avg(device, event_type);
+        count += c;
+        sum = sum + x;
+    }
+    for s in &plan.segments {
         let (c, x) = s.avg(device, event_type, w);
         count += c;
         sum = sum + x;
@@ -40,14 +92,19 @@ pub(crate) fn avg(
 }
 
 pub(crate) fn geo(
-    segs: &[Arc<Segment>],
+    plan: &Plan,
     event_type: &str,
     bbox: &GeoBox,
     w: TimeWindow,
 ) -> (u64, DoubleDouble) {
     let mut count = 0;
     let mut sum = DoubleDouble::ZERO;
-    for s in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
+    for s in &plan.summaries {
+        let (c, x) = s.geo(event_type, bbox);
+        count += c;
+        sum = sum + x;
+    }
+    for s in &plan.segments {
         let (c, x) = s.geo(event_type, bbox, w);
         count += c;
         sum = sum + x;
@@ -61,6 +118,12 @@ enum List<'a> {
     Exact {
         sorted: Vec<(&'a str, u64)>,
         counts: &'a HashMap<String, u64>,
+    },
+    /// A summary's series of one type, by count in its block descending.
+    Summary {
+        sum: &'a Summary,
+        t: usize,
+        order: &'a [u32],
     },
     /// A segment's series of one type, by all-time count descending.
     Segment {
@@ -76,7 +139,7 @@ impl<'a> List<'a> {
     fn len(&self) -> usize {
         match self {
             List::Exact { sorted, .. } => sorted.len(),
-            List::Segment { order, .. } => order.len(),
+            List::Summary { order, .. } | List::Segment { order, .. } => order.len(),
         }
     }
 
@@ -84,6 +147,9 @@ impl<'a> List<'a> {
     fn bound(&self, pos: usize) -> u64 {
         match self {
             List::Exact { sorted, .. } => sorted.get(pos).map_or(0, |e| e.1),
+            List::Summary { sum, order, .. } => {
+                order.get(pos).map_or(0, |&s| sum.series_count(s as usize))
+            }
             List::Segment { seg, order, .. } => {
                 order.get(pos).map_or(0, |&s| seg.series_len(s as usize))
             }
@@ -93,6 +159,7 @@ impl<'a> List<'a> {
     fn device(&self, pos: usize) -> &'a str {
         match self {
             List::Exact { sorted, .. } => sorted[pos].0,
+            List::Summary { sum, order, .. } => sum.series_device(order[pos] as usize),
             List::Segment { seg, order, .. } => seg.series_device(order[pos] as usize),
         }
     }
@@ -101,6 +168,9 @@ impl<'a> List<'a> {
     fn exact(&self, device: &str) -> u64 {
         match self {
             List::Exact { counts, .. } => counts.get(device).copied().unwrap_or(0),
+            List::Summary { sum, t, .. } => sum
+                .find_series(*t, device)
+                .map_or(0, |s| sum.series_count(s)),
             List::Segment {
                 seg, t, within, w, ..
             } => match seg.find_series(*t, device) {
@@ -114,9 +184,9 @@ impl<'a> List<'a> {
 
 /// Top-K over exact head counts and the segments; ordered by count
 /// descending, then device ascending.
-pub(crate) fn topk(
-    head_counts: &HashMap<String, u64>,
-    segs: &[Arc<Segment>],
+pub(crate) fn topk<'a>(
+    head_counts: &'a HashMap<String, u64>,
+    plan: &Plan<'a>,
     event_type: &str,
     w: TimeWindow,
     k: usize,
@@ -131,7 +201,16 @@ pub(crate) fn topk(
             counts: head_counts,
         });
     }
-    for seg in segs.iter().filter(|s| s.overlaps(w)).inspect(|s| s.touch()) {
+    for &sum in &plan.summaries {
+        if let Some(t) = sum.find_type(event_type) {
+            lists.push(List::Summary {
+                sum,
+                t,
+                order: sum.topk_order(t),
+            });
+        }
+    }
+    for &seg in &plan.segments {
         if let Some(t) = seg.find_type(event_type) {
             lists.push(List::Segment {
                 seg,

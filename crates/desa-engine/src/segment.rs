@@ -17,15 +17,10 @@
 //!   its sum without its rows being read; only nodes cut by an edge descend.
 //!
 //! # File format (version 1, little-endian)
-//! ```text
-//! header   "DESASEG1" + 8 zero bytes
-//! sections SECTION_COUNT byte ranges, each starting 8-byte aligned, in the
-//!          order of the S_* constants below (arrays of u32/u64/i64/f64/KdNode)
-//! footer   SECTION_COUNT x (offset u64, len u64)
-//!          rows u64, series u64, types u64, nodes u64,
-//!          min_ts i64, max_ts i64, partition i64, leaf_rows u64
-//!          crc32c u32 of every byte before it, version u32, "DESASEGF"
-//! ```
+//! The container of `crate::sections` with magic "DESASEG1" / "DESASEGF",
+//! the SECTION_COUNT sections in the order of the S_* constants below (arrays
+//! of u32/u64/i64/f64/KdPoint/KdNode) and eight footer words: rows, series,
+//! types, nodes, min_ts, max_ts, partition, leaf_rows.
 //! A segment is written whole, fsynced, and only then named in the manifest;
 //! a file the manifest does not name is a leftover of a crash and is deleted
 //! on open. A checksum mismatch is reported as corruption, never served.
@@ -38,13 +33,12 @@ pub use build::write_segment;
 pub use kd::{KdNode, KdPoint};
 pub use read::Segment;
 
+/// A logical clock for `touch` of segments and summaries: only the order of
+/// uses matters.
+pub(crate) static USE_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Rows per k-d tree leaf.
 pub const KD_LEAF_ROWS: usize = 32;
-
-pub(crate) const HEADER_MAGIC: &[u8; 8] = b"DESASEG1";
-pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"DESASEGF";
-pub(crate) const VERSION: u32 = 1;
-pub(crate) const HEADER_BYTES: u64 = 16;
 
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
@@ -67,7 +61,13 @@ pub(crate) const S_KD_NODES: usize = 17; // KdNode x nodes
 pub(crate) const S_TYPE_NODES: usize = 18; // u32 x (types + 1)
 pub(crate) const SECTION_COUNT: usize = 19;
 
-pub(crate) const FOOTER_BYTES: u64 = SECTION_COUNT as u64 * 16 + 8 * 8 + 4 + 4 + 8;
+pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
+    header: b"DESASEG1",
+    footer: b"DESASEGF",
+    version: 1,
+    sections: SECTION_COUNT,
+    words: 8,
+};
 
 /// What the manifest records about a segment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

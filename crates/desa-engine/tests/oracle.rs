@@ -101,8 +101,19 @@ fn check_all(
     devices: &[String],
     rounds: usize,
 ) {
+    check_windows(engine, oracle, rng, devices, rounds, random_window);
+}
+
+fn check_windows(
+    engine: &Engine,
+    oracle: &Oracle,
+    rng: &mut StdRng,
+    devices: &[String],
+    rounds: usize,
+    window: fn(&mut StdRng, &Oracle) -> TimeWindow,
+) {
     for _ in 0..rounds {
-        let w = random_window(rng, oracle);
+        let w = window(rng, oracle);
         let ty = ["temperature", "humidity", "pressure", "co2"][rng.gen_range(0..4)];
         let dev = &devices[rng.gen_range(0..devices.len())];
         let (got, want) = (engine.avg(dev, ty, w), oracle.avg(dev, ty, w));
@@ -177,6 +188,97 @@ fn run(seed: u64, events: u64, head_max_rows: usize) {
 #[test]
 fn small_heads_many_segments() {
     run(1, 20_000, 700);
+}
+
+/// Windows over 40 days, mostly long ones that summaries answer, with
+/// starts and ends on day boundaries, one second off them, or anywhere.
+fn long_window(rng: &mut StdRng, _: &Oracle) -> TimeWindow {
+    let day = |rng: &mut StdRng| T0 + rng.gen_range(-2..42) * DAY;
+    let nudge = |rng: &mut StdRng| [0, 0, 1, -1, rng.gen_range(0..DAY)][rng.gen_range(0..5)];
+    let a = day(rng) + nudge(rng);
+    let b = if rng.gen_bool(0.2) {
+        a + rng.gen_range(1..2 * DAY)
+    } else {
+        day(rng) + nudge(rng)
+    };
+    TimeWindow::new(a.min(b), a.max(b).max(a.min(b) + 1)).unwrap()
+}
+
+/// Whole-day blocks of 2 to 32 days are summarized once event time has
+/// moved on; windows over them are answered from the summaries plus the
+/// segments they do not hold — late events added afterwards, before and
+/// after the summaries absorb them — and match the oracle, also after a
+/// reopen.
+#[test]
+fn summaries_answer_long_windows_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_rows = 3_000;
+    cfg.compaction_fanin = 3;
+    cfg.summary_max_extras = 2;
+    let mut rng = StdRng::seed_from_u64(11);
+    let gen = Generator::new(GenConfig {
+        seed: 11,
+        devices: 200,
+        count: 40_000,
+        start_ts: T0,
+        span_secs: 40 * DAY,
+        duplicate_fraction: 0.02,
+        late_fraction: 0.05,
+        ..GenConfig::default()
+    });
+    let mut oracle = Oracle::default();
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    let mut devices: Vec<String> = vec!["nobody".into()];
+    let mut batch = Vec::new();
+    for g in gen {
+        let mut e = g.event.unwrap();
+        if rng.gen_bool(0.05) {
+            e = edge_event(&mut rng);
+        }
+        if devices.len() < 300 && !devices.contains(&e.device_id) {
+            devices.push(e.device_id.clone());
+        }
+        oracle.add(e.clone());
+        batch.push(e);
+        if batch.len() >= 500 {
+            engine
+                .write(WriteRequest::events(std::mem::take(&mut batch)))
+                .unwrap();
+        }
+    }
+    engine.write(WriteRequest::events(batch)).unwrap();
+    engine.settle().unwrap();
+    let summaries = engine.stats().summaries;
+    assert!(summaries >= 15, "only {summaries} summaries over 40 days");
+    check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
+
+    // Late events into summarized days, in several flushes: first beside the
+    // summaries, then absorbed by them.
+    for round in 0..6 {
+        let late: Vec<Event> = (0..400)
+            .map(|_| {
+                let mut e = oracle.events[rng.gen_range(0..oracle.events.len())].clone();
+                e.ts_secs = T0 + rng.gen_range(0..36 * DAY);
+                e.value = rng.gen_range(-1e3..1e3);
+                e
+            })
+            .collect();
+        oracle.events.extend(late.iter().cloned());
+        engine.write(WriteRequest::events(late)).unwrap();
+        engine.flush().unwrap();
+        if round % 2 == 1 {
+            check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
+        }
+    }
+    engine.settle().unwrap();
+    check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
+    let stats = engine.stats();
+    assert_eq!(stats.segment_rows, oracle.events.len() as u64);
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    assert_eq!(engine.stats().summaries, stats.summaries);
+    check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
 }
 
 #[test]

@@ -403,6 +403,7 @@ impl Store for PgStore {
             stored_events: self.shared.stored_events.load(Ordering::Relaxed),
             unflushed_events: 0,
             segments: 0,
+            summaries: 0,
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
             watermark_secs: *self.shared.watermark.lock(),
             unavailable: self.shared.down.lock().clone(),

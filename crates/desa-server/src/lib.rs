@@ -123,6 +123,7 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
         "stored_events": stats.stored_events,
         "unflushed_events": stats.unflushed_events,
         "segments": stats.segments,
+        "summaries": stats.summaries,
         "watermark": stats.watermark_secs,
     });
     (status, Json(body))

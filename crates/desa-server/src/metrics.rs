@@ -21,9 +21,11 @@ pub struct Metrics {
     wal_sync_bytes: IntCounter,
     flush_duration: Histogram,
     compaction_duration: Histogram,
+    summary_duration: Histogram,
     stored_events: IntGauge,
     head_events: IntGauge,
     segments: IntGauge,
+    summaries: IntGauge,
     storage_bytes: IntGauge,
     resident_bytes: IntGauge,
     watermark: Gauge,
@@ -108,10 +110,16 @@ impl Metrics {
                 "Merging segments of one day.",
                 LATENCY_BUCKETS,
             ),
+            summary_duration: histogram(
+                "desa_summary_duration_seconds",
+                "Building or refreshing the summary of a block of whole days.",
+                LATENCY_BUCKETS,
+            ),
             stored_events: gauge("desa_stored_events", "Events stored (head and segments)."),
             head_events: gauge("desa_head_events", "Events in memory not yet in segments."),
             segments: gauge("desa_segments", "Live segment files."),
-            storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment files."),
+            summaries: gauge("desa_summaries", "Live summary files (whole-day blocks)."),
+            storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment and summary files."),
             resident_bytes: gauge("desa_resident_memory_bytes", "Resident memory of the process."),
             watermark: Gauge::new("desa_event_time_watermark_seconds", "Largest event timestamp stored.")
                 .unwrap_or_else(|e| unreachable!("{e}")),
@@ -128,9 +136,11 @@ impl Metrics {
             Box::new(m.wal_sync_bytes.clone()),
             Box::new(m.flush_duration.clone()),
             Box::new(m.compaction_duration.clone()),
+            Box::new(m.summary_duration.clone()),
             Box::new(m.stored_events.clone()),
             Box::new(m.head_events.clone()),
             Box::new(m.segments.clone()),
+            Box::new(m.summaries.clone()),
             Box::new(m.storage_bytes.clone()),
             Box::new(m.resident_bytes.clone()),
             Box::new(m.watermark.clone()),
@@ -149,6 +159,7 @@ impl Metrics {
         self.stored_events.set(stats.stored_events as i64);
         self.head_events.set(stats.unflushed_events as i64);
         self.segments.set(stats.segments as i64);
+        self.summaries.set(stats.summaries as i64);
         self.storage_bytes.set(stats.storage_bytes as i64);
         self.resident_bytes
             .set(desa_engine::resident_bytes() as i64);
@@ -178,6 +189,9 @@ impl EngineObserver for Metrics {
     }
     fn compacted(&self, elapsed: Duration, _rows: u64) {
         self.compaction_duration.observe(elapsed.as_secs_f64());
+    }
+    fn summarized(&self, elapsed: Duration, _events: u64) {
+        self.summary_duration.observe(elapsed.as_secs_f64());
     }
 }
 

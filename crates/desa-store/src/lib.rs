@@ -95,6 +95,8 @@ pub struct StoreStats {
     /// Events durable in the log but not yet in segments (embedded only).
     pub unflushed_events: u64,
     pub segments: u64,
+    /// Summaries of whole-day blocks (embedded only).
+    pub summaries: u64,
     pub storage_bytes: u64,
     /// Largest event timestamp stored (event-time progress).
     pub watermark_secs: Option<i64>,

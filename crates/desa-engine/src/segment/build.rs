@@ -1,7 +1,5 @@
 //! Writing a segment from rows held in memory.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use desa_model::DoubleDouble;
@@ -10,31 +8,7 @@ use super::kd::{self, KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::Rows;
-
-/// Streams sections to the file, padding each to 8 bytes and folding every
-/// byte into the checksum.
-struct SectionWriter {
-    out: BufWriter<File>,
-    pos: u64,
-    crc: u32,
-    table: Vec<(u64, u64)>,
-}
-
-impl SectionWriter {
-    fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes)?;
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
-        self.pos += bytes.len() as u64;
-        Ok(())
-    }
-
-    fn section(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let pad = (8 - self.pos % 8) % 8;
-        self.write_raw(&[0u8; 8][..pad as usize])?;
-        self.table.push((self.pos, bytes.len() as u64));
-        self.write_raw(bytes)
-    }
-}
+use crate::sections::SectionWriter;
 
 fn prefix_sums(values: impl Iterator<Item = f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut hi = Vec::with_capacity(n + 1);
@@ -168,17 +142,9 @@ pub fn write_segment(
     let min_ts = ts.iter().copied().min().unwrap_or(0);
     let max_ts = ts.iter().copied().max().unwrap_or(0);
 
-    let file = File::create(path).map_err(Error::io("create", path))?;
-    let mut w = SectionWriter {
-        out: BufWriter::with_capacity(1 << 20, file),
-        pos: 0,
-        crc: 0,
-        table: Vec::new(),
-    };
     let b = bytemuck::cast_slice::<u32, u8>;
-    let write = |w: &mut SectionWriter| -> std::io::Result<()> {
-        w.write_raw(HEADER_MAGIC)?;
-        w.write_raw(&[0u8; 8])?;
+    let w = SectionWriter::create(&FORMAT, path)?;
+    let write = |mut w: SectionWriter| -> std::io::Result<u64> {
         w.section(&types_blob)?;
         w.section(b(&types_off))?;
         w.section(b(&type_series))?;
@@ -198,38 +164,24 @@ pub fn write_segment(
         w.section(bytemuck::cast_slice(&points))?;
         w.section(bytemuck::cast_slice(&nodes))?;
         w.section(b(&type_nodes))?;
-        let mut footer = Vec::with_capacity(FOOTER_BYTES as usize);
-        for (off, len) in &w.table {
-            footer.extend_from_slice(&off.to_le_bytes());
-            footer.extend_from_slice(&len.to_le_bytes());
-        }
-        for x in [
+        w.finish(&[
             n as u64,
             series_count as u64,
             type_count as u64,
             nodes.len() as u64,
-        ] {
-            footer.extend_from_slice(&x.to_le_bytes());
-        }
-        for x in [min_ts, max_ts, partition] {
-            footer.extend_from_slice(&x.to_le_bytes());
-        }
-        footer.extend_from_slice(&(KD_LEAF_ROWS as u64).to_le_bytes());
-        w.write_raw(&footer)?;
-        let crc = w.crc;
-        w.write_raw(&crc.to_le_bytes())?;
-        w.write_raw(&VERSION.to_le_bytes())?;
-        w.write_raw(FOOTER_MAGIC)?;
-        w.out.flush()?;
-        w.out.get_ref().sync_all()
+            min_ts as u64,
+            max_ts as u64,
+            partition as u64,
+            KD_LEAF_ROWS as u64,
+        ])
     };
-    write(&mut w).map_err(Error::io("write segment", path))?;
+    let bytes = write(w).map_err(Error::io("write segment", path))?;
     Ok(SegmentMeta {
         id,
         partition,
         rows: n as u64,
         min_ts,
         max_ts,
-        bytes: w.pos,
+        bytes,
     })
 }

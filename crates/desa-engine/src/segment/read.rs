@@ -1,35 +1,25 @@
 //! Reading a segment through a read-only memory map.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, GeoBox, TimeWindow};
-use memmap2::Mmap;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Series between two heap-resident fence keys (see `Segment::fences`).
-const FENCE_STRIDE: usize = 64;
-
-/// A logical clock for [`Segment::touch`]: only the order of uses matters.
-static USE_CLOCK: AtomicU64 = AtomicU64::new(1);
 
 use super::kd::{KdNode, KdPoint, KdQuery};
 use super::*;
 use crate::error::{Error, Result};
+use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
+use crate::sections::SectionFile;
 
 /// An open, checksum-verified segment.
 pub struct Segment {
     pub meta: SegmentMeta,
     path: PathBuf,
-    map: Mmap,
+    file: SectionFile,
     /// When a query last read this segment, on [`USE_CLOCK`]'s scale.
     last_used: AtomicU64,
-    /// Per type, every [`FENCE_STRIDE`]-th series and its device, kept on the
-    /// heap: a device lookup reads one small run of the mapped series table
-    /// instead of ~log2(series) scattered pages.
-    fences: Vec<Vec<(u32, Box<str>)>>,
-    sections: [(usize, usize); SECTION_COUNT],
+    fences: DeviceFences,
 
     types: usize,
 }
@@ -40,106 +30,46 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
-        let file = File::open(path).map_err(Error::io("open", path))?;
-        // SAFETY: segment files are never modified after they are written;
-        // they are only deleted, which keeps an existing mapping valid.
-        let map = unsafe { Mmap::map(&file) }.map_err(Error::io("mmap", path))?;
-        let len = map.len() as u64;
+        let file = SectionFile::open(&FORMAT, path)?;
         let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
-        if len < HEADER_BYTES + FOOTER_BYTES || &map[..8] != HEADER_MAGIC {
-            return Err(bad(0, "not a desa segment (bad header or too short)"));
-        }
-        let footer_at = (len - FOOTER_BYTES) as usize;
-        let f = &map[footer_at..];
-        if &f[f.len() - 8..] != FOOTER_MAGIC {
-            return Err(bad(len - 8, "bad footer magic (file truncated?)"));
-        }
-        let version = u32::from_le_bytes([
-            f[f.len() - 12],
-            f[f.len() - 11],
-            f[f.len() - 10],
-            f[f.len() - 9],
-        ]);
-        if version != VERSION {
+        let w = &file.words;
+        let (rows, series, types, nodes) =
+            (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
+        let (min_ts, max_ts, partition, leaf) = (w[4] as i64, w[5] as i64, w[6] as i64, w[7]);
+        if leaf as usize != KD_LEAF_ROWS {
             return Err(bad(
-                len - 12,
-                &format!("unsupported segment version {version}"),
-            ));
-        }
-        let stored_crc = u32::from_le_bytes([
-            f[f.len() - 16],
-            f[f.len() - 15],
-            f[f.len() - 14],
-            f[f.len() - 13],
-        ]);
-        let crc = crc32c::crc32c(&map[..map.len() - 16]);
-        if crc != stored_crc {
-            return Err(bad(0, "segment checksum mismatch"));
-        }
-        // Verifying read every page; they need not stay resident.
-        // SAFETY: read-only shared file mapping, see `release_memory`.
-        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-        let mut sections = [(0usize, 0usize); SECTION_COUNT];
-        for (i, s) in sections.iter_mut().enumerate() {
-            *s = (le_u64(f, i * 16) as usize, le_u64(f, i * 16 + 8) as usize);
-        }
-        let tail = SECTION_COUNT * 16;
-        let rows = le_u64(f, tail) as usize;
-        let series = le_u64(f, tail + 8) as usize;
-        let types = le_u64(f, tail + 16) as usize;
-        let nodes = le_u64(f, tail + 24) as usize;
-        let min_ts = le_u64(f, tail + 32) as i64;
-        let max_ts = le_u64(f, tail + 40) as i64;
-        let partition = le_u64(f, tail + 48) as i64;
-        let leaf = le_u64(f, tail + 56) as usize;
-        if leaf != KD_LEAF_ROWS {
-            return Err(bad(
-                len,
+                0,
                 &format!("k-d leaf size {leaf} is not {KD_LEAF_ROWS}"),
             ));
         }
-        let expect: [(usize, Option<usize>); SECTION_COUNT] = [
-            (1, None),
-            (4, Some(types + 1)),
-            (4, Some(types + 1)),
-            (4, Some(types + 1)),
-            (1, None),
-            (4, Some(series + 1)),
-            (4, Some(series + 1)),
-            (8, Some(rows)),
-            (8, Some(rows)),
-            (8, Some(rows + 1)),
-            (8, Some(rows + 1)),
-            (8, Some(rows)),
-            (8, Some(rows)),
-            (8, Some(rows + 1)),
-            (1, None),
-            (4, Some(series)),
-            (std::mem::size_of::<KdPoint>(), Some(rows)),
-            (std::mem::size_of::<KdNode>(), Some(nodes)),
-            (4, Some(types + 1)),
-        ];
-        for (i, ((off, slen), (width, count))) in sections.iter().zip(expect).enumerate() {
-            let in_bounds = off.checked_add(*slen).is_some_and(|e| e <= footer_at)
-                && *off >= HEADER_BYTES as usize;
-            let aligned = off % 8 == 0;
-            let sized = count.is_none_or(|c| c * width == *slen);
-            if !(in_bounds && aligned && sized) {
-                return Err(bad(
-                    *off as u64,
-                    &format!("section {i} is out of bounds or mis-sized"),
-                ));
-            }
-        }
+        file.check_sizes(
+            path,
+            &[
+                (1, None),
+                (4, Some(types + 1)),
+                (4, Some(types + 1)),
+                (4, Some(types + 1)),
+                (1, None),
+                (4, Some(series + 1)),
+                (4, Some(series + 1)),
+                (8, Some(rows)),
+                (8, Some(rows)),
+                (8, Some(rows + 1)),
+                (8, Some(rows + 1)),
+                (8, Some(rows)),
+                (8, Some(rows)),
+                (8, Some(rows + 1)),
+                (1, None),
+                (4, Some(series)),
+                (std::mem::size_of::<KdPoint>(), Some(rows)),
+                (std::mem::size_of::<KdNode>(), Some(nodes)),
+                (4, Some(types + 1)),
+            ],
+        )?;
+        let len = file.map.len() as u64;
         let seg = Segment {
             meta: SegmentMeta {
                 id,
@@ -150,10 +80,9 @@ impl Segment {
                 bytes: len,
             },
             path: path.to_owned(),
-            map,
+            file,
             last_used: AtomicU64::new(0),
-            fences: Vec::new(),
-            sections,
+            fences: DeviceFences::build(&[], |_| ""),
 
             types,
         };
@@ -163,15 +92,7 @@ impl Segment {
             return Err(bad(0, "row counts disagree between sections"));
         }
         let mut seg = seg;
-        seg.fences = (0..types)
-            .map(|t| {
-                let ts = seg.u32s(S_TYPE_SERIES);
-                (ts[t]..ts[t + 1])
-                    .step_by(FENCE_STRIDE)
-                    .map(|s| (s, Box::from(seg.series_device(s as usize))))
-                    .collect()
-            })
-            .collect();
+        seg.fences = DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s));
         Ok(seg)
     }
 
@@ -180,8 +101,7 @@ impl Segment {
     }
 
     fn bytes(&self, s: usize) -> &[u8] {
-        let (off, len) = self.sections[s];
-        &self.map[off..off + len]
+        self.file.bytes(s)
     }
     fn u32s(&self, s: usize) -> &[u32] {
         bytemuck::cast_slice(self.bytes(s))
@@ -212,46 +132,48 @@ impl Segment {
     }
 
     pub fn find_type(&self, event_type: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.types);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self
-                .blob_str(S_TYPES_BLOB, S_TYPES_OFF, mid)
-                .cmp(event_type)
-            {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        find_name(self.types, event_type, |i| {
+            self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, i)
+        })
     }
 
     /// The series of `device` within type `t`.
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
-        let ts = self.u32s(S_TYPE_SERIES);
-        let fences = &self.fences[t];
-        let k = fences.partition_point(|(_, name)| name.as_ref() <= device);
-        if k == 0 {
-            return None; // before the type's first device
-        }
-        let (mut lo, mut hi) = (
-            fences[k - 1].0 as usize,
-            fences.get(k).map_or(ts[t + 1], |f| f.0) as usize,
-        );
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.series_device(mid).cmp(device) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
+            self.series_device(s)
+        })
     }
 
     pub fn series_device(&self, s: usize) -> &str {
         self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
+    }
+
+    pub fn type_count(&self) -> usize {
+        self.types
+    }
+
+    pub fn type_name(&self, t: usize) -> &str {
+        self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, t)
+    }
+
+    /// The series of type `t`: `first..end`.
+    pub fn type_series(&self, t: usize) -> std::ops::Range<usize> {
+        let ts = self.u32s(S_TYPE_SERIES);
+        ts[t] as usize..ts[t + 1] as usize
+    }
+
+    /// The geo copy of type `t`'s rows, in k-d order.
+    pub fn kd_points(&self, t: usize) -> &[KdPoint] {
+        let rows = self.u32s(S_TYPE_ROWS);
+        &bytemuck::cast_slice(self.bytes(S_KD_POINTS))[rows[t] as usize..rows[t + 1] as usize]
+    }
+
+    /// Sum of the values of series `s`, all time.
+    pub fn series_sum(&self, s: usize) -> DoubleDouble {
+        let r = self.u32s(S_SERIES_ROW);
+        let (a, b) = (r[s] as usize, r[s + 1] as usize);
+        let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
+        DoubleDouble::new(hi[b], lo[b]) - DoubleDouble::new(hi[a], lo[a])
     }
 
     /// Events in series `s`, all time.
@@ -432,8 +354,18 @@ impl Segment {
         // SAFETY: the mapping is a read-only shared file mapping, for which
         // MADV_DONTNEED only discards clean pages that are re-read on access.
         let _ = unsafe {
-            self.map
+            self.file
+                .map
                 .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
         };
+    }
+}
+
+impl crate::sections::Mapped for Segment {
+    fn last_used(&self) -> u64 {
+        Segment::last_used(self)
+    }
+    fn release_memory(&self) {
+        Segment::release_memory(self)
     }
 }

@@ -1,0 +1,244 @@
+//! Background maintenance of the stored files: size-tiered compaction of
+//! each day's segments, and the summaries of whole-day blocks (see
+//! `crate::summary`). Both run on the flusher thread, or in
+//! [`Engine::settle`](super::Engine::settle), under `Inner::maintenance`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{segments_dir, Inner};
+use crate::error::Result;
+use crate::head::Rows;
+use crate::segment::{write_segment, Segment, SegmentMeta};
+use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, MAX_LEVEL};
+
+const DAY: i64 = 86_400;
+
+/// Segments below this many rows share the lowest tier, so the small
+/// segments of late events merge together quickly.
+const TIER0_ROWS: u64 = 64 * 1024;
+
+/// Size tier of a segment: segments in one tier are within a factor of `fanin`.
+fn tier(rows: u64, fanin: usize) -> u32 {
+    let mut t = 0;
+    let mut cap = TIER0_ROWS;
+    while rows >= cap {
+        t += 1;
+        cap = cap.saturating_mul(fanin as u64);
+    }
+    t
+}
+
+/// Merges one group of segments if there is one: same day, same size tier
+/// and covered by the same summaries, whose `covers` then name the merged
+/// segment instead (so a merge never leaves a summary half covered).
+pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
+    let fanin = inner.cfg.compaction_fanin.max(2);
+    let (victims, signature): (Vec<Arc<Segment>>, Vec<u64>) = {
+        let st = inner.state.read();
+        let mut groups: HashMap<(i64, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
+        for s in &st.segments {
+            if s.meta.rows < inner.cfg.max_segment_rows {
+                let covered_by: Vec<u64> = st
+                    .summaries
+                    .iter()
+                    .filter(|x| x.meta.covers(s.meta.id))
+                    .map(|x| x.meta.id)
+                    .collect();
+                groups
+                    .entry((s.meta.partition, tier(s.meta.rows, fanin), covered_by))
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let pick = groups
+            .into_iter()
+            .filter(|g| g.1.len() >= fanin)
+            .min_by_key(|g| g.1[0].meta.id);
+        match pick {
+            Some(((_, _, covered_by), mut g)) => {
+                g.sort_by_key(|s| s.meta.id);
+                g.truncate(fanin);
+                (g, covered_by)
+            }
+            None => return Ok(false),
+        }
+    };
+    let started = Instant::now();
+    let mut rows = Rows::default();
+    for s in &victims {
+        s.append_to(&mut rows);
+        s.release_memory();
+    }
+    let subset: Vec<u32> = (0..rows.len() as u32).collect();
+    let partition = victims[0].meta.partition;
+    let seg_dir = segments_dir(&inner.cfg.dir);
+    let mut manifest = inner.manifest.lock();
+    let id = manifest.next_segment_id;
+    manifest.next_segment_id += 1;
+    let path = seg_dir.join(SegmentMeta::file_name(id));
+    let meta = write_segment(&rows, &subset, partition, id, &path)?;
+    let merged = Arc::new(Segment::open(&path, id)?);
+    crate::wal::sync_dir(&seg_dir)?;
+    let gone: HashSet<u64> = victims.iter().map(|s| s.meta.id).collect();
+    let recover = |m: &mut SummaryMeta| {
+        if signature.contains(&m.id) {
+            m.covers.retain(|c| !gone.contains(c));
+            m.covers.push(id);
+            m.covers.sort_unstable();
+        }
+    };
+    manifest.segments.retain(|m| !gone.contains(&m.id));
+    manifest.segments.push(meta.clone());
+    manifest.summaries.iter_mut().for_each(recover);
+    manifest.store_durable(&inner.cfg.dir)?;
+    {
+        let mut st = inner.state.write();
+        st.segments.retain(|s| !gone.contains(&s.meta.id));
+        st.segments.push(merged);
+        for x in st.summaries.iter_mut() {
+            if signature.contains(&x.meta.id) {
+                let mut meta = x.meta.clone();
+                recover(&mut meta);
+                *x = Arc::new(LiveSummary {
+                    meta,
+                    file: x.file.clone(),
+                });
+            }
+        }
+    }
+    for s in &victims {
+        let _ = fs::remove_file(s.path());
+    }
+    inner.observer.compacted(started.elapsed(), meta.rows);
+    Ok(true)
+}
+
+/// What to do for one block.
+enum Work {
+    /// No summary yet: build one from the block's children and its other
+    /// segments.
+    Build,
+    /// Too many late segments beside the summary: add them to it.
+    Refresh(Arc<LiveSummary>),
+}
+
+/// Builds or refreshes one summary if one is due. A block is summarized
+/// once its last day is more than a day behind the event-time watermark
+/// (so in-order traffic has moved on), lowest level first, so that larger
+/// blocks are built from the smaller summaries.
+pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
+    let (segments, summaries, watermark) = {
+        let st = inner.state.read();
+        (st.segments.clone(), st.summaries.clone(), st.watermark)
+    };
+    let Some(watermark) = watermark else {
+        return Ok(false);
+    };
+    // Blocks must end at or before this day.
+    let settled_end = watermark.div_euclid(DAY) - 1;
+    let mut by_day: BTreeMap<i64, Vec<&Arc<Segment>>> = BTreeMap::new();
+    for s in &segments {
+        by_day.entry(s.meta.partition).or_default().push(s);
+    }
+    let by_block: HashMap<(u32, i64), &Arc<LiveSummary>> = summaries
+        .iter()
+        .map(|s| ((s.meta.level, s.meta.first_day), s))
+        .collect();
+    for level in 1..=MAX_LEVEL {
+        let size = 1i64 << level;
+        let blocks: std::collections::BTreeSet<i64> = by_day
+            .keys()
+            .map(|d| d.div_euclid(size) * size)
+            .filter(|first| first + size <= settled_end)
+            .collect();
+        for first in blocks {
+            let existing = by_block.get(&(level, first)).copied();
+            let in_block = || by_day.range(first..first + size).flat_map(|(_, v)| v);
+            let work = match existing {
+                None => Work::Build,
+                Some(x) => {
+                    let extras = in_block().filter(|s| !x.meta.covers(s.meta.id)).count();
+                    if extras <= inner.cfg.summary_max_extras {
+                        continue;
+                    }
+                    Work::Refresh(x.clone())
+                }
+            };
+            let children: Vec<&Arc<LiveSummary>> = match work {
+                Work::Build if level > 1 => [first, first + size / 2]
+                    .iter()
+                    .filter_map(|&d| by_block.get(&(level - 1, d)).copied())
+                    .collect(),
+                Work::Build => Vec::new(),
+                Work::Refresh(ref x) => vec![x],
+            };
+            let segs: Vec<&Arc<Segment>> = in_block()
+                .filter(|s| !children.iter().any(|c| c.meta.covers(s.meta.id)))
+                .copied()
+                .collect();
+            write(inner, level, first, &children, &segs, existing)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Writes the summary of `children` and `segs` for the block and swaps it in
+/// for `replaces`.
+fn write(
+    inner: &Inner,
+    level: u32,
+    first_day: i64,
+    children: &[&Arc<LiveSummary>],
+    segs: &[&Arc<Segment>],
+    replaces: Option<&Arc<LiveSummary>>,
+) -> Result<()> {
+    let started = Instant::now();
+    let inputs: Vec<Input> = children
+        .iter()
+        .map(|c| Input::Summary(&c.file))
+        .chain(segs.iter().map(|s| Input::Segment(s)))
+        .collect();
+    let mut covers: Vec<u64> = children
+        .iter()
+        .flat_map(|c| c.meta.covers.iter().copied())
+        .chain(segs.iter().map(|s| s.meta.id))
+        .collect();
+    covers.sort_unstable();
+    let seg_dir = segments_dir(&inner.cfg.dir);
+    let mut manifest = inner.manifest.lock();
+    let id = manifest.next_segment_id;
+    manifest.next_segment_id += 1;
+    let path = seg_dir.join(SummaryMeta::file_name(id));
+    let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
+    for s in segs {
+        s.release_memory();
+    }
+    let file = Arc::new(Summary::open(&path)?);
+    crate::wal::sync_dir(&seg_dir)?;
+    let meta = SummaryMeta {
+        id,
+        level,
+        first_day,
+        covers,
+        events,
+        bytes,
+    };
+    let old = replaces.map(|r| r.meta.id);
+    manifest.summaries.retain(|m| Some(m.id) != old);
+    manifest.summaries.push(meta.clone());
+    manifest.store_durable(&inner.cfg.dir)?;
+    {
+        let mut st = inner.state.write();
+        st.summaries.retain(|s| Some(s.meta.id) != old);
+        st.summaries.push(Arc::new(LiveSummary { meta, file }));
+    }
+    if let Some(r) = replaces {
+        let _ = fs::remove_file(r.file.path());
+    }
+    inner.observer.summarized(started.elapsed(), events);
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The container shared by segment and summary files: typed sections, a
+//! footer, and one checksum over the whole file.
+//!
+//! ```text
+//! header   MAGIC (8 bytes) + 8 zero bytes
+//! sections byte ranges, each starting 8-byte aligned
+//! footer   N x (offset u64, len u64)      one entry per section, in order
+//!          W x u64                         the format's own words (counts, ...)
+//!          crc32c u32 of every byte before it, version u32, FOOTER MAGIC (8)
+//! ```
+//! A file is written whole and fsynced before anything names it; a reader
+//! verifies the checksum and each section's bounds before serving a byte.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+const HEADER_BYTES: u64 = 16;
+
+/// The magic numbers and shape of one file format.
+pub(crate) struct Format {
+    pub header: &'static [u8; 8],
+    pub footer: &'static [u8; 8],
+    pub version: u32,
+    pub sections: usize,
+    pub words: usize,
+}
+
+impl Format {
+    fn footer_bytes(&self) -> u64 {
+        (self.sections * 16 + self.words * 8 + 4 + 4 + 8) as u64
+    }
+}
+
+/// Streams sections to a new file, padding each to 8 bytes and folding every
+/// byte into the checksum.
+pub(crate) struct SectionWriter {
+    format: &'static Format,
+    out: BufWriter<File>,
+    pos: u64,
+    crc: u32,
+    table: Vec<(u64, u64)>,
+    open_at: Option<u64>,
+}
+
+impl SectionWriter {
+    pub fn create(format: &'static Format, path: &Path) -> Result<SectionWriter> {
+        let file = File::create(path).map_err(Error::io("create", path))?;
+        let mut w = SectionWriter {
+            format,
+            out: BufWriter::with_capacity(1 << 20, file),
+            pos: 0,
+            crc: 0,
+            table: Vec::new(),
+            open_at: None,
+        };
+        w.raw(format.header)
+            .and_then(|()| w.raw(&[0u8; 8]))
+            .map_err(Error::io("write", path))?;
+        Ok(w)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes one whole section.
+    pub fn section(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.begin()?;
+        self.append(bytes)?;
+        self.end();
+        Ok(())
+    }
+
+    /// Starts a section written in parts with [`append`](Self::append).
+    pub fn begin(&mut self) -> std::io::Result<()> {
+        let pad = (8 - self.pos % 8) % 8;
+        self.raw(&[0u8; 8][..pad as usize])?;
+        self.open_at = Some(self.pos);
+        Ok(())
+    }
+
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.raw(bytes)
+    }
+
+    pub fn end(&mut self) {
+        if let Some(at) = self.open_at.take() {
+            self.table.push((at, self.pos - at));
+        }
+    }
+
+    /// Writes the footer and fsyncs the file; returns its length in bytes.
+    pub fn finish(mut self, words: &[u64]) -> std::io::Result<u64> {
+        debug_assert_eq!(self.table.len(), self.format.sections);
+        debug_assert_eq!(words.len(), self.format.words);
+        let mut footer = Vec::with_capacity(self.format.footer_bytes() as usize);
+        for (off, len) in &self.table {
+            footer.extend_from_slice(&off.to_le_bytes());
+            footer.extend_from_slice(&len.to_le_bytes());
+        }
+        for w in words {
+            footer.extend_from_slice(&w.to_le_bytes());
+        }
+        self.raw(&footer)?;
+        let crc = self.crc;
+        self.raw(&crc.to_le_bytes())?;
+        self.raw(&self.format.version.to_le_bytes())?;
+        self.raw(self.format.footer)?;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        Ok(self.pos)
+    }
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// A verified, read-only mapping of a section file.
+pub(crate) struct SectionFile {
+    pub map: Mmap,
+    pub sections: Vec<(usize, usize)>,
+    pub words: Vec<u64>,
+}
+
+impl SectionFile {
+    /// Maps the file and verifies magic numbers, version and checksum.
+    pub fn open(format: &Format, path: &Path) -> Result<SectionFile> {
+        let file = File::open(path).map_err(Error::io("open", path))?;
+        // SAFETY: these files are never modified after they are written; they
+        // are only deleted, which keeps an existing mapping valid.
+        let map = unsafe { Mmap::map(&file) }.map_err(Error::io("mmap", path))?;
+        let len = map.len() as u64;
+        let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
+        if len < HEADER_BYTES + format.footer_bytes() || &map[..8] != format.header {
+            return Err(bad(0, "bad header or file too short"));
+        }
+        let footer_at = (len - format.footer_bytes()) as usize;
+        let f = &map[footer_at..];
+        if &f[f.len() - 8..] != format.footer {
+            return Err(bad(len - 8, "bad footer magic (file truncated?)"));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        let version = u32_at(f.len() - 12);
+        if version != format.version {
+            return Err(bad(len - 12, &format!("unsupported version {version}")));
+        }
+        if crc32c::crc32c(&map[..map.len() - 16]) != u32_at(f.len() - 16) {
+            return Err(bad(0, "checksum mismatch"));
+        }
+        // Verifying read every page; they need not stay resident.
+        // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
+        // clean pages, which are read again on access.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let sections: Vec<(usize, usize)> = (0..format.sections)
+            .map(|i| (le_u64(f, i * 16) as usize, le_u64(f, i * 16 + 8) as usize))
+            .collect();
+        for (i, &(off, slen)) in sections.iter().enumerate() {
+            let in_bounds = off.checked_add(slen).is_some_and(|e| e <= footer_at)
+                && off >= HEADER_BYTES as usize;
+            if !in_bounds || off % 8 != 0 {
+                return Err(bad(off as u64, &format!("section {i} is out of bounds")));
+            }
+        }
+        let base = format.sections * 16;
+        let words = (0..format.words).map(|i| le_u64(f, base + i * 8)).collect();
+        Ok(SectionFile {
+            map,
+            sections,
+            words,
+        })
+    }
+
+    /// Checks that each section holds `count` items of `width` bytes
+    /// (`None`: any length).
+    pub fn check_sizes(&self, path: &Path, expect: &[(usize, Option<usize>)]) -> Result<()> {
+        for (i, ((off, len), (width, count))) in self.sections.iter().zip(expect).enumerate() {
+            if count.is_some_and(|c| c.checked_mul(*width) != Some(*len)) {
+                return Err(Error::corrupt(
+                    path,
+                    *off as u64,
+                    format!("section {i} is mis-sized"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bytes(&self, s: usize) -> &[u8] {
+        let (off, len) = self.sections[s];
+        &self.map[off..off + len]
+    }
+}
+
+/// A mapped file whose resident pages the memory governor may drop, least
+/// recently used first.
+pub(crate) trait Mapped {
+    fn last_used(&self) -> u64;
+    fn release_memory(&self);
+}

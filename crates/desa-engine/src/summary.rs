@@ -1,0 +1,182 @@
+//! Summaries: per-block totals over whole UTC days, so that the full days in
+//! the middle of a long window cost O(log days) lookups instead of one probe
+//! per segment.
+//!
+//! A summary covers the *block* of `2^level` days starting at a multiple of
+//! `2^level` (level 1 = 2 days, 2 = 4 days, ... [`MAX_LEVEL`]) and holds the
+//! events of an exact set of segments, its `covers` (recorded in the
+//! manifest). Its contents are additive, so a summary is built from any mix
+//! of segments and smaller summaries, and refreshed by adding late segments:
+//! - **avg**: per (type, device), the count and double-double sum in the
+//!   block, sorted by (type, device): one binary search.
+//! - **top-K**: per type, the devices by count descending: the sorted access
+//!   of the threshold algorithm, with counts that are exact for the block.
+//! - **geo**: per type, one point per distinct location with its count and
+//!   sum, in an implicit k-d tree over (lat, lon) whose nodes carry count,
+//!   sum and bounding box. Sensors report from a fixed place, so a block
+//!   holds about one point per device and type however many events it has.
+//!
+//! A window `[start, end)` is answered from the summaries of a greedy
+//! dyadic cover of its whole days (at most two blocks per level), plus every
+//! segment not covered by a chosen summary: the partial days at both ends and
+//! late events that arrived after a summary was built. Compaction merges
+//! only segments covered by the same summaries and rewrites their `covers`,
+//! so a summary is never invalidated; a summary with more than
+//! `EngineConfig::summary_max_extras` uncovered segments is refreshed.
+//!
+//! # File format (version 1, little-endian)
+//! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
+//! the sections in the order of the S_* constants below, and footer words:
+//! types, series, points, nodes, level, first_day, events, leaf_points.
+
+mod build;
+mod read;
+
+pub use build::{write_summary, Input};
+pub use read::Summary;
+
+/// Largest block: 2^10 = 1024 days.
+pub const MAX_LEVEL: u32 = 10;
+
+/// Points per k-d tree leaf.
+pub const GEO_LEAF_POINTS: usize = 32;
+
+pub(crate) const S_TYPES_BLOB: usize = 0;
+pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
+pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
+pub(crate) const S_DEV_BLOB: usize = 3;
+pub(crate) const S_SERIES_DEV_OFF: usize = 4; // u32 x (series + 1)
+pub(crate) const S_COUNT: usize = 5; // u64 x series
+pub(crate) const S_SUM_HI: usize = 6; // f64 x series
+pub(crate) const S_SUM_LO: usize = 7; // f64 x series
+pub(crate) const S_TOPK: usize = 8; // u32 x series
+pub(crate) const S_POINTS: usize = 9; // GeoPoint x points
+pub(crate) const S_TYPE_POINTS: usize = 10; // u32 x (types + 1)
+pub(crate) const S_NODES: usize = 11; // GeoNode x nodes
+pub(crate) const S_TYPE_NODES: usize = 12; // u32 x (types + 1)
+pub(crate) const SECTION_COUNT: usize = 13;
+
+pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
+    header: b"DESASUM1",
+    footer: b"DESASUMF",
+    version: 1,
+    sections: SECTION_COUNT,
+    words: 8,
+};
+
+/// One location of one type in a block.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq)]
+pub struct GeoPoint {
+    pub lat: f64,
+    pub lon: f64,
+    pub count: u64,
+    pub sum_hi: f64,
+    pub sum_lo: f64,
+}
+
+/// Bounding box, count and sum of the points under a k-d node.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq)]
+pub struct GeoNode {
+    pub min_lat: f64,
+    pub max_lat: f64,
+    pub min_lon: f64,
+    pub max_lon: f64,
+    pub count: u64,
+    pub sum_hi: f64,
+    pub sum_lo: f64,
+}
+
+/// What the manifest records about a summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SummaryMeta {
+    pub id: u64,
+    pub level: u32,
+    /// First UTC day of the block, a multiple of `2^level`.
+    pub first_day: i64,
+    /// Ids of the segments whose events the summary holds, ascending.
+    pub covers: Vec<u64>,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+impl SummaryMeta {
+    pub fn file_name(id: u64) -> String {
+        format!("{id:012}.sum")
+    }
+
+    /// The block's days, `[first, end)`.
+    pub fn days(&self) -> (i64, i64) {
+        (self.first_day, self.first_day + (1 << self.level))
+    }
+
+    pub fn covers(&self, segment: u64) -> bool {
+        self.covers.binary_search(&segment).is_ok()
+    }
+}
+
+/// A summary in use: its manifest entry and its open file. The entry's
+/// `covers` changes when compaction merges covered segments, the file never.
+#[derive(Debug)]
+pub struct LiveSummary {
+    pub meta: SummaryMeta,
+    pub file: std::sync::Arc<Summary>,
+}
+
+/// The days of a window that lie wholly inside it: `[first, end)`.
+pub(crate) fn whole_days(start: i64, end: i64) -> (i64, i64) {
+    const DAY: i64 = 86_400;
+    let first = start.div_euclid(DAY) + i64::from(start.rem_euclid(DAY) != 0);
+    (first, end.div_euclid(DAY))
+}
+
+/// Picks a greedy dyadic cover of the days `[first, end)` from the blocks for
+/// which `available(level, first_day)` holds: at each day the largest aligned
+/// block that fits. Returns the chosen `(level, first_day)`; days left out
+/// are read from segments. At most two blocks per level are chosen when
+/// every block is available.
+pub(crate) fn cover(first: i64, end: i64, available: impl Fn(u32, i64) -> bool) -> Vec<(u32, i64)> {
+    let mut chosen = Vec::new();
+    let mut day = first;
+    while day < end {
+        let pick = (1..=MAX_LEVEL).rev().find(|&l| {
+            let size = 1i64 << l;
+            day.rem_euclid(size) == 0 && day + size <= end && available(l, day)
+        });
+        match pick {
+            Some(l) => {
+                chosen.push((l, day));
+                day += 1 << l;
+            }
+            None => day += 1,
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_days_of_windows() {
+        assert_eq!(whole_days(0, 86_400), (0, 1));
+        assert_eq!(whole_days(1, 86_400), (1, 1));
+        assert_eq!(whole_days(86_399, 3 * 86_400 - 1), (1, 2));
+        assert_eq!(whole_days(86_400, 86_401), (1, 1));
+    }
+
+    #[test]
+    fn cover_takes_the_largest_aligned_blocks() {
+        // days 3..37 with every block available: 3 raw, then 4..8 (level 2),
+        // 8..16 (3), 16..32 (4), 32..36 (2), 36 raw.
+        let c = cover(3, 37, |_, _| true);
+        assert_eq!(c, vec![(2, 4), (3, 8), (4, 16), (2, 32)]);
+        // a missing block falls back to its halves
+        let c = cover(16, 32, |l, d| ![(4, 16), (3, 24)].contains(&(l, d)));
+        assert_eq!(c, vec![(3, 16), (2, 24), (2, 28)]);
+        assert!(cover(5, 5, |_, _| true).is_empty());
+        assert!(cover(0, 64, |_, _| false).is_empty());
+    }
+}

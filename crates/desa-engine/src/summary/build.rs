@@ -1,0 +1,325 @@
+//! Writing a summary from segments and smaller summaries.
+//!
+//! The per-(type, device) totals are a k-way merge of inputs that are all
+//! sorted by (type, device), so only the output is held in memory; the geo
+//! points are gathered, sorted and folded one type at a time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::Path;
+
+use desa_model::DoubleDouble;
+
+use super::*;
+use crate::error::{Error, Result};
+use crate::sections::SectionWriter;
+use crate::segment::{kd_depth, kd_nodes, Segment};
+
+/// What a summary is built from.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Segment(&'a Segment),
+    Summary(&'a Summary),
+}
+
+impl<'a> Input<'a> {
+    fn type_count(&self) -> usize {
+        match self {
+            Input::Segment(s) => s.type_count(),
+            Input::Summary(s) => s.type_count(),
+        }
+    }
+    fn type_name(&self, t: usize) -> &'a str {
+        match *self {
+            Input::Segment(s) => s.type_name(t),
+            Input::Summary(s) => s.type_name(t),
+        }
+    }
+    fn find_type(&self, name: &str) -> Option<usize> {
+        match self {
+            Input::Segment(s) => s.find_type(name),
+            Input::Summary(s) => s.find_type(name),
+        }
+    }
+    fn type_series(&self, t: usize) -> std::ops::Range<usize> {
+        match self {
+            Input::Segment(s) => s.type_series(t),
+            Input::Summary(s) => s.type_series(t),
+        }
+    }
+    fn device(&self, s: usize) -> &'a str {
+        match *self {
+            Input::Segment(x) => x.series_device(s),
+            Input::Summary(x) => x.series_device(s),
+        }
+    }
+    fn count_and_sum(&self, s: usize) -> (u64, DoubleDouble) {
+        match self {
+            Input::Segment(x) => (x.series_len(s), x.series_sum(s)),
+            Input::Summary(x) => (x.series_count(s), x.series_sum(s)),
+        }
+    }
+    /// Appends the points of the type named `name` to `out`.
+    fn points(&self, name: &str, out: &mut Vec<GeoPoint>) {
+        let Some(t) = self.find_type(name) else {
+            return;
+        };
+        match self {
+            Input::Segment(s) => out.extend(s.kd_points(t).iter().map(|p| GeoPoint {
+                lat: p.lat,
+                lon: p.lon,
+                count: 1,
+                sum_hi: p.value,
+                sum_lo: 0.0,
+            })),
+            Input::Summary(s) => out.extend_from_slice(s.points(t)),
+        }
+    }
+}
+
+/// Position of one input in the merge: type `t`, series `s`.
+struct Cursor {
+    t: usize,
+    s: usize,
+}
+
+impl Cursor {
+    /// Moves to the next series, skipping types without series.
+    fn settle(&mut self, input: &Input) -> bool {
+        while self.t < input.type_count() {
+            if self.s < input.type_series(self.t).end {
+                return true;
+            }
+            self.t += 1;
+        }
+        false
+    }
+}
+
+/// The (type, device) totals of a block, in (type, device) order.
+#[derive(Default)]
+struct Series {
+    types_blob: Vec<u8>,
+    types_off: Vec<u32>,
+    type_series: Vec<u32>,
+    dev_blob: Vec<u8>,
+    dev_off: Vec<u32>,
+    count: Vec<u64>,
+    sum_hi: Vec<f64>,
+    sum_lo: Vec<f64>,
+}
+
+fn merge_series(inputs: &[Input]) -> Series {
+    let mut out = Series {
+        types_off: vec![0],
+        type_series: vec![0],
+        dev_off: vec![0],
+        ..Series::default()
+    };
+    let mut cursors: Vec<Cursor> = inputs.iter().map(|_| Cursor { t: 0, s: 0 }).collect();
+    let mut heap = BinaryHeap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let c = &mut cursors[i];
+        if c.settle(input) {
+            c.s = input.type_series(c.t).start;
+            heap.push(Reverse((input.type_name(c.t), input.device(c.s), i)));
+        }
+    }
+    let mut last_type: Option<&str> = None;
+    while let Some(Reverse((ty, dev, _))) = heap.peek().copied() {
+        let mut count = 0;
+        let mut sum = DoubleDouble::ZERO;
+        while let Some(&Reverse((t2, d2, i))) = heap.peek() {
+            if (t2, d2) != (ty, dev) {
+                break;
+            }
+            heap.pop();
+            let (c, s) = inputs[i].count_and_sum(cursors[i].s);
+            count += c;
+            sum = sum + s;
+            let cur = &mut cursors[i];
+            cur.s += 1;
+            if cur.s >= inputs[i].type_series(cur.t).end {
+                cur.t += 1;
+                if cur.settle(&inputs[i]) {
+                    cur.s = inputs[i].type_series(cur.t).start;
+                } else {
+                    continue;
+                }
+            }
+            heap.push(Reverse((
+                inputs[i].type_name(cur.t),
+                inputs[i].device(cur.s),
+                i,
+            )));
+        }
+        if last_type != Some(ty) {
+            if last_type.is_some() {
+                out.type_series.push(out.count.len() as u32);
+            }
+            out.types_blob.extend_from_slice(ty.as_bytes());
+            out.types_off.push(out.types_blob.len() as u32);
+            last_type = Some(ty);
+        }
+        out.dev_blob.extend_from_slice(dev.as_bytes());
+        out.dev_off.push(out.dev_blob.len() as u32);
+        out.count.push(count);
+        out.sum_hi.push(sum.hi);
+        out.sum_lo.push(sum.lo);
+    }
+    if last_type.is_some() {
+        out.type_series.push(out.count.len() as u32);
+    }
+    out
+}
+
+/// Sorts by location and folds equal locations into one point.
+fn fold_points(points: &mut Vec<GeoPoint>) {
+    points.sort_unstable_by(|a, b| a.lat.total_cmp(&b.lat).then(a.lon.total_cmp(&b.lon)));
+    let mut w = 0;
+    for r in 0..points.len() {
+        let p = points[r];
+        if w > 0 && points[w - 1].lat == p.lat && points[w - 1].lon == p.lon {
+            let q = &mut points[w - 1];
+            let sum = DoubleDouble::new(q.sum_hi, q.sum_lo) + DoubleDouble::new(p.sum_hi, p.sum_lo);
+            q.count += p.count;
+            (q.sum_hi, q.sum_lo) = (sum.hi, sum.lo);
+        } else {
+            points[w] = p;
+            w += 1;
+        }
+    }
+    points.truncate(w);
+}
+
+/// Reorders `points` into k-d order (split on lat, then lon) and fills the
+/// heap-layout `nodes`.
+fn build_tree(points: &mut [GeoPoint], nodes: &mut [GeoNode], i: usize, depth: u32, max: u32) {
+    let mut n = GeoNode {
+        min_lat: f64::INFINITY,
+        max_lat: f64::NEG_INFINITY,
+        min_lon: f64::INFINITY,
+        max_lon: f64::NEG_INFINITY,
+        count: 0,
+        sum_hi: 0.0,
+        sum_lo: 0.0,
+    };
+    let mut sum = DoubleDouble::ZERO;
+    for p in points.iter() {
+        n.min_lat = n.min_lat.min(p.lat);
+        n.max_lat = n.max_lat.max(p.lat);
+        n.min_lon = n.min_lon.min(p.lon);
+        n.max_lon = n.max_lon.max(p.lon);
+        n.count += p.count;
+        sum = sum + DoubleDouble::new(p.sum_hi, p.sum_lo);
+    }
+    (n.sum_hi, n.sum_lo) = (sum.hi, sum.lo);
+    nodes[i] = n;
+    if depth == max || points.is_empty() {
+        return;
+    }
+    let mid = points.len() / 2;
+    if depth.is_multiple_of(2) {
+        points.select_nth_unstable_by(mid, |a, b| a.lat.total_cmp(&b.lat));
+    } else {
+        points.select_nth_unstable_by(mid, |a, b| a.lon.total_cmp(&b.lon));
+    }
+    let (left, right) = points.split_at_mut(mid);
+    build_tree(left, nodes, 2 * i + 1, depth + 1, max);
+    build_tree(right, nodes, 2 * i + 2, depth + 1, max);
+}
+
+/// Writes the summary of `inputs` for the block (`level`, `first_day`) at
+/// `path`, fsynced before returning. Returns (events, bytes).
+pub fn write_summary(
+    inputs: &[Input],
+    level: u32,
+    first_day: i64,
+    path: &Path,
+) -> Result<(u64, u64)> {
+    let series = merge_series(inputs);
+    let w = SectionWriter::create(&FORMAT, path)?;
+    write_sections(w, series, inputs, level, first_day).map_err(Error::io("write summary", path))
+}
+
+fn write_sections(
+    mut w: SectionWriter,
+    series: Series,
+    inputs: &[Input],
+    level: u32,
+    first_day: i64,
+) -> std::io::Result<(u64, u64)> {
+    let types = series.types_off.len() - 1;
+    let events: u64 = series.count.iter().sum();
+    // Top-K sorted access: per type, series by count descending (stable, so
+    // ties stay in device order).
+    let mut topk: Vec<u32> = Vec::with_capacity(series.count.len());
+    for r in series.type_series.windows(2) {
+        let mut s: Vec<u32> = (r[0]..r[1]).collect();
+        s.sort_by_key(|&s| Reverse(series.count[s as usize]));
+        topk.extend(s);
+    }
+    let type_names: Vec<String> = (0..types)
+        .map(|t| {
+            let (a, b) = (
+                series.types_off[t] as usize,
+                series.types_off[t + 1] as usize,
+            );
+            String::from_utf8_lossy(&series.types_blob[a..b]).into_owned()
+        })
+        .collect();
+    let b = bytemuck::cast_slice::<u32, u8>;
+    w.section(&series.types_blob)?;
+    w.section(b(&series.types_off))?;
+    w.section(b(&series.type_series))?;
+    w.section(&series.dev_blob)?;
+    w.section(b(&series.dev_off))?;
+    w.section(bytemuck::cast_slice(&series.count))?;
+    w.section(bytemuck::cast_slice(&series.sum_hi))?;
+    w.section(bytemuck::cast_slice(&series.sum_lo))?;
+    w.section(b(&topk))?;
+    let series_count = series.count.len() as u64;
+    drop(series);
+    drop(topk);
+
+    let mut type_points = vec![0u32];
+    let mut type_nodes = vec![0u32];
+    let mut nodes: Vec<GeoNode> = Vec::new();
+    let mut points: Vec<GeoPoint> = Vec::new();
+    w.begin()?;
+    for name in &type_names {
+        points.clear();
+        for input in inputs {
+            input.points(name, &mut points);
+        }
+        fold_points(&mut points);
+        let base = nodes.len();
+        let n = points.len();
+        nodes.resize(
+            base + kd_nodes(n, GEO_LEAF_POINTS),
+            bytemuck::Zeroable::zeroed(),
+        );
+        if n > 0 {
+            let max = kd_depth(n, GEO_LEAF_POINTS);
+            build_tree(&mut points, &mut nodes[base..], 0, 0, max);
+        }
+        w.append(bytemuck::cast_slice(&points))?;
+        type_points.push(type_points[type_points.len() - 1] + n as u32);
+        type_nodes.push(nodes.len() as u32);
+    }
+    w.end();
+    w.section(b(&type_points))?;
+    w.section(bytemuck::cast_slice(&nodes))?;
+    w.section(b(&type_nodes))?;
+    let bytes = w.finish(&[
+        types as u64,
+        series_count,
+        u64::from(type_points[types]),
+        nodes.len() as u64,
+        u64::from(level),
+        first_day as u64,
+        events,
+        GEO_LEAF_POINTS as u64,
+    ])?;
+    Ok((events, bytes))
+}

@@ -1,0 +1,258 @@
+//! Reading a summary through a read-only memory map.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use desa_model::{DoubleDouble, GeoBox};
+
+use super::*;
+use crate::error::{Error, Result};
+use crate::fences::{find_name, DeviceFences};
+use crate::sections::SectionFile;
+use crate::segment::{kd_depth, USE_CLOCK};
+
+/// An open, checksum-verified summary.
+pub struct Summary {
+    pub level: u32,
+    pub first_day: i64,
+    pub events: u64,
+    pub bytes: u64,
+    path: PathBuf,
+    file: SectionFile,
+    fences: DeviceFences,
+    types: usize,
+    last_used: AtomicU64,
+}
+
+impl std::fmt::Debug for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Summary")
+            .field("path", &self.path)
+            .field("level", &self.level)
+            .field("first_day", &self.first_day)
+            .finish()
+    }
+}
+
+impl Summary {
+    /// Maps the file and verifies its checksum and structure.
+    pub fn open(path: &Path) -> Result<Summary> {
+        let file = SectionFile::open(&FORMAT, path)?;
+        let w = &file.words;
+        let (types, series, points, nodes) =
+            (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
+        let (level, first_day, events, leaf) = (w[4] as u32, w[5] as i64, w[6], w[7]);
+        if leaf as usize != GEO_LEAF_POINTS || level == 0 || level > MAX_LEVEL {
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!("leaf size {leaf} or level {level} is not supported"),
+            ));
+        }
+        file.check_sizes(
+            path,
+            &[
+                (1, None),
+                (4, Some(types + 1)),
+                (4, Some(types + 1)),
+                (1, None),
+                (4, Some(series + 1)),
+                (8, Some(series)),
+                (8, Some(series)),
+                (8, Some(series)),
+                (4, Some(series)),
+                (std::mem::size_of::<GeoPoint>(), Some(points)),
+                (4, Some(types + 1)),
+                (std::mem::size_of::<GeoNode>(), Some(nodes)),
+                (4, Some(types + 1)),
+            ],
+        )?;
+        let bytes = file.map.len() as u64;
+        let mut s = Summary {
+            level,
+            first_day,
+            events,
+            bytes,
+            path: path.to_owned(),
+            file,
+            fences: DeviceFences::build(&[], |_| ""),
+            types,
+            last_used: AtomicU64::new(0),
+        };
+        let ends_agree = types == 0
+            || (s.u32s(S_TYPE_SERIES)[types] as usize == series
+                && s.u32s(S_TYPE_POINTS)[types] as usize == points
+                && s.u32s(S_TYPE_NODES)[types] as usize == nodes);
+        if !ends_agree {
+            return Err(Error::corrupt(path, 0, "section counts disagree"));
+        }
+        s.fences = DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i));
+        Ok(s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn u32s(&self, s: usize) -> &[u32] {
+        bytemuck::cast_slice(self.file.bytes(s))
+    }
+    fn f64s(&self, s: usize) -> &[f64] {
+        bytemuck::cast_slice(self.file.bytes(s))
+    }
+    fn u64s(&self, s: usize) -> &[u64] {
+        bytemuck::cast_slice(self.file.bytes(s))
+    }
+    fn blob_str(&self, blob: usize, offsets: usize, i: usize) -> &str {
+        let off = self.u32s(offsets);
+        let b = &self.file.bytes(blob)[off[i] as usize..off[i + 1] as usize];
+        std::str::from_utf8(b).unwrap_or("")
+    }
+
+    pub fn type_count(&self) -> usize {
+        self.types
+    }
+
+    pub fn type_name(&self, t: usize) -> &str {
+        self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, t)
+    }
+
+    pub fn find_type(&self, event_type: &str) -> Option<usize> {
+        find_name(self.types, event_type, |i| self.type_name(i))
+    }
+
+    pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
+        self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
+            self.series_device(s)
+        })
+    }
+
+    /// The series of type `t`: `first..end`.
+    pub fn type_series(&self, t: usize) -> std::ops::Range<usize> {
+        let ts = self.u32s(S_TYPE_SERIES);
+        ts[t] as usize..ts[t + 1] as usize
+    }
+
+    pub fn series_device(&self, s: usize) -> &str {
+        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
+    }
+
+    /// Events of series `s` in the block.
+    pub fn series_count(&self, s: usize) -> u64 {
+        self.u64s(S_COUNT)[s]
+    }
+
+    pub fn series_sum(&self, s: usize) -> DoubleDouble {
+        DoubleDouble::new(self.f64s(S_SUM_HI)[s], self.f64s(S_SUM_LO)[s])
+    }
+
+    /// Count and sum of one device and type in the block.
+    pub fn avg(&self, device: &str, event_type: &str) -> (u64, DoubleDouble) {
+        match self
+            .find_type(event_type)
+            .and_then(|t| self.find_series(t, device))
+        {
+            Some(s) => (self.series_count(s), self.series_sum(s)),
+            None => (0, DoubleDouble::ZERO),
+        }
+    }
+
+    /// The series of type `t`, by count descending.
+    pub fn topk_order(&self, t: usize) -> &[u32] {
+        &self.u32s(S_TOPK)[self.type_series(t)]
+    }
+
+    /// The points of type `t` in k-d order.
+    pub fn points(&self, t: usize) -> &[GeoPoint] {
+        let off = self.u32s(S_TYPE_POINTS);
+        &bytemuck::cast_slice(self.file.bytes(S_POINTS))[off[t] as usize..off[t + 1] as usize]
+    }
+
+    /// Count and sum of one type inside the box, over the whole block.
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox) -> (u64, DoubleDouble) {
+        let mut acc = (0, DoubleDouble::ZERO);
+        let Some(t) = self.find_type(event_type) else {
+            return acc;
+        };
+        let points = self.points(t);
+        let off = self.u32s(S_TYPE_NODES);
+        let nodes: &[GeoNode] =
+            &bytemuck::cast_slice(self.file.bytes(S_NODES))[off[t] as usize..off[t + 1] as usize];
+        if points.is_empty() {
+            return acc;
+        }
+        let depth_max = kd_depth(points.len(), GEO_LEAF_POINTS);
+        for (min_lon, max_lon) in bbox.lon_ranges() {
+            let q = [bbox.min_lat, bbox.max_lat, min_lon, max_lon];
+            visit(nodes, points, &q, 0, 0, depth_max, &mut acc);
+        }
+        acc
+    }
+
+    /// Records that a query is reading this summary.
+    pub fn touch(&self) {
+        self.last_used
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Drops the mapping's resident pages (see `Segment::release_memory`).
+    pub fn release_memory(&self) {
+        // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
+        // clean pages, which are read again on access.
+        let _ = unsafe {
+            self.file
+                .map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+}
+
+/// Adds the points under node `i` (heap layout over `points`) that lie in
+/// the box `q = [min_lat, max_lat, min_lon, max_lon]` (inclusive).
+fn visit(
+    nodes: &[GeoNode],
+    points: &[GeoPoint],
+    q: &[f64; 4],
+    i: usize,
+    depth: u32,
+    depth_max: u32,
+    acc: &mut (u64, DoubleDouble),
+) {
+    if points.is_empty() {
+        return;
+    }
+    let n = &nodes[i];
+    if n.max_lat < q[0] || n.min_lat > q[1] || n.max_lon < q[2] || n.min_lon > q[3] {
+        return;
+    }
+    if n.min_lat >= q[0] && n.max_lat <= q[1] && n.min_lon >= q[2] && n.max_lon <= q[3] {
+        acc.0 += n.count;
+        acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
+        return;
+    }
+    if depth == depth_max {
+        for p in points {
+            if p.lat >= q[0] && p.lat <= q[1] && p.lon >= q[2] && p.lon <= q[3] {
+                acc.0 += p.count;
+                acc.1 = acc.1 + DoubleDouble::new(p.sum_hi, p.sum_lo);
+            }
+        }
+        return;
+    }
+    let (left, right) = points.split_at(points.len() / 2);
+    visit(nodes, left, q, 2 * i + 1, depth + 1, depth_max, acc);
+    visit(nodes, right, q, 2 * i + 2, depth + 1, depth_max, acc);
+}
+
+impl crate::sections::Mapped for Summary {
+    fn last_used(&self) -> u64 {
+        Summary::last_used(self)
+    }
+    fn release_memory(&self) {
+        Summary::release_memory(self)
+    }
+}
