@@ -38,7 +38,7 @@ pub(crate) fn plan<'a>(
 ) -> Plan<'a> {
     let (first, end) = summary::whole_days(w.start, w.end);
     let mut chosen: Vec<&LiveSummary> = Vec::new();
-    if end - first >= 2 && !summaries.is_empty() {
+    if end - first >= 1 << summary::MIN_LEVEL && !summaries.is_empty() {
         let by_block: HashMap<(u32, i64), &LiveSummary> = summaries
             .iter()
             .map(|s| ((s.meta.level, s.meta.first_day), s.as_ref()))

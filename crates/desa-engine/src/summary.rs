@@ -3,7 +3,7 @@
 //! per segment.
 //!
 //! A summary covers the *block* of `2^level` days starting at a multiple of
-//! `2^level` (level 1 = 2 days, 2 = 4 days, ... [`MAX_LEVEL`]) and holds the
+//! `2^level` ([`MIN_LEVEL`] = 2 days, 4, 8, ... [`MAX_LEVEL`]) and holds the
 //! events of an exact set of segments, its `covers` (recorded in the
 //! manifest). Its contents are additive, so a summary is built from any mix
 //! of segments and smaller summaries, and refreshed by adding late segments:
@@ -34,6 +34,14 @@ mod read;
 
 pub use build::{write_summary, Input};
 pub use read::Summary;
+
+/// Smallest block: 2 days. Each level costs about as much disk as the next
+/// (a block holds about one entry per device and type, whatever its length),
+/// and two-day blocks pay for themselves in top-K: the threshold algorithm's
+/// work grows with the square of the number of lists it merges, and the
+/// ragged ends of a window would otherwise leave up to three days (a dozen
+/// segments) on each side.
+pub const MIN_LEVEL: u32 = 1;
 
 /// Largest block: 2^10 = 1024 days.
 pub const MAX_LEVEL: u32 = 10;
@@ -140,7 +148,7 @@ pub(crate) fn cover(first: i64, end: i64, available: impl Fn(u32, i64) -> bool) 
     let mut chosen = Vec::new();
     let mut day = first;
     while day < end {
-        let pick = (1..=MAX_LEVEL).rev().find(|&l| {
+        let pick = (MIN_LEVEL..=MAX_LEVEL).rev().find(|&l| {
             let size = 1i64 << l;
             day.rem_euclid(size) == 0 && day + size <= end && available(l, day)
         });

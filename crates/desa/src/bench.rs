@@ -298,17 +298,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
 
-    // Let compaction finish, so queries see the steady state (the newest
-    // events stay in the in-memory head until it fills).
+    // Let compaction and summaries finish, so queries see the steady state
+    // (the newest events stay in the in-memory head until it fills).
     let settle_started = Instant::now();
-    let mut last = (u64::MAX, 0u32);
+    let mut last = ((u64::MAX, 0), 0u32);
     while settle_started.elapsed() < Duration::from_secs(900) {
         let h = client.get_json("/healthz", &[])?;
-        let segs = h["segments"].as_u64().unwrap_or(0);
-        last = if segs == last.0 {
-            (segs, last.1 + 1)
+        let files = (
+            h["segments"].as_u64().unwrap_or(0),
+            h["summaries"].as_u64().unwrap_or(0),
+        );
+        last = if files == last.0 {
+            (files, last.1 + 1)
         } else {
-            (segs, 0)
+            (files, 0)
         };
         if last.1 >= 5 {
             break;
@@ -316,9 +319,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
     }
     eprintln!(
-        "compaction settled after {:.0}s: {} segments",
+        "compaction settled after {:.0}s: {} segments, {} summaries",
         settle_started.elapsed().as_secs_f64(),
-        last.0
+        last.0 .0,
+        last.0 .1
     );
 
     // Queries.

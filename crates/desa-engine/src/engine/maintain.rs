@@ -12,7 +12,7 @@ use super::{segments_dir, Inner};
 use crate::error::Result;
 use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
-use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, MAX_LEVEL};
+use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, MAX_LEVEL, MIN_LEVEL};
 
 const DAY: i64 = 86_400;
 
@@ -127,8 +127,9 @@ enum Work {
 
 /// Builds or refreshes one summary if one is due. A block is summarized
 /// once its last day is more than a day behind the event-time watermark
-/// (so in-order traffic has moved on), lowest level first, so that larger
-/// blocks are built from the smaller summaries.
+/// (so in-order traffic has moved on) and both its halves hold events (else
+/// the smaller block holding them answers as well), lowest level first, so
+/// that larger blocks are built from the smaller summaries.
 pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
     let (segments, summaries, watermark) = {
         let st = inner.state.read();
@@ -147,12 +148,16 @@ pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
         .iter()
         .map(|s| ((s.meta.level, s.meta.first_day), s))
         .collect();
-    for level in 1..=MAX_LEVEL {
+    for level in MIN_LEVEL..=MAX_LEVEL {
         let size = 1i64 << level;
+        let holds = |a: i64, b: i64| by_day.range(a..b).next().is_some();
         let blocks: std::collections::BTreeSet<i64> = by_day
             .keys()
             .map(|d| d.div_euclid(size) * size)
-            .filter(|first| first + size <= settled_end)
+            .filter(|&first| first + size <= settled_end)
+            .filter(|&first| {
+                holds(first, first + size / 2) && holds(first + size / 2, first + size)
+            })
             .collect();
         for first in blocks {
             let existing = by_block.get(&(level, first)).copied();
@@ -168,7 +173,7 @@ pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
                 }
             };
             let children: Vec<&Arc<LiveSummary>> = match work {
-                Work::Build if level > 1 => [first, first + size / 2]
+                Work::Build if level > MIN_LEVEL => [first, first + size / 2]
                     .iter()
                     .filter_map(|&d| by_block.get(&(level - 1, d)).copied())
                     .collect(),
