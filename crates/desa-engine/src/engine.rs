@@ -125,8 +125,10 @@ struct Inner {
     state: RwLock<State>,
     /// Only the flusher changes the manifest.
     manifest: Mutex<Manifest>,
-    /// Held while compacting or summarizing (flusher or [`Engine::settle`]).
+    /// Held while compacting (flusher or [`Engine::settle`]).
     maintenance: Mutex<()>,
+    /// Held while summarizing (summary thread or [`Engine::settle`]).
+    summarizing: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     flush_wake: Mutex<bool>,
     flush_cv: Condvar,
@@ -310,6 +312,7 @@ impl Engine {
             }),
             manifest: Mutex::new(manifest),
             maintenance: Mutex::new(()),
+            summarizing: Mutex::new(()),
             poisoned: Mutex::new(None),
             flush_wake: Mutex::new(true),
             flush_cv: Condvar::new(),
@@ -344,10 +347,17 @@ impl Engine {
                 })
                 .map_err(Error::io("spawn", "desa-memory"))?
         };
+        let summarizer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("desa-summary".into())
+                .spawn(move || summary_loop(&inner))
+                .map_err(Error::io("spawn", "desa-summary"))?
+        };
         Ok(Engine {
             inner,
             commit_tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![committer, flusher, governor]),
+            threads: Mutex::new(vec![committer, flusher, governor, summarizer]),
             _lock: lock,
         })
     }
@@ -524,6 +534,7 @@ impl Engine {
     pub fn settle(&self) -> Result<()> {
         self.flush()?;
         let _m = self.inner.maintenance.lock();
+        let _s = self.inner.summarizing.lock();
         while maintain::compact_once(&self.inner)? || maintain::summarize_once(&self.inner)? {}
         Ok(())
     }
@@ -762,7 +773,6 @@ fn flusher_loop(inner: &Inner) {
             let worked = {
                 let _m = inner.maintenance.lock();
                 maintain::compact_once(inner)
-                    .and_then(|c| Ok(c || maintain::summarize_once(inner)?))
             };
             trim_heap();
             enforce_memory_budget(inner);
@@ -777,13 +787,40 @@ fn flusher_loop(inner: &Inner) {
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    report_background_error(inner, "compaction or summary", e);
+                    report_background_error(inner, "compaction", e);
                     break;
                 }
             }
         }
         trim_heap();
         enforce_memory_budget(inner);
+    }
+}
+
+/// How often the summary thread looks for blocks to summarize.
+const SUMMARY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Builds summaries one at a time, at a lower CPU priority than ingest.
+fn summary_loop(inner: &Inner) {
+    // SAFETY: setpriority on this thread's own id has no memory effects.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 10);
+    }
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        let worked = {
+            let _s = inner.summarizing.lock();
+            maintain::summarize_once(inner)
+        };
+        match worked {
+            Ok(true) => {
+                trim_heap();
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => report_background_error(inner, "summary", e),
+        }
+        std::thread::sleep(SUMMARY_INTERVAL);
     }
 }
 

@@ -1,7 +1,11 @@
 //! Background maintenance of the stored files: size-tiered compaction of
-//! each day's segments, and the summaries of whole-day blocks (see
-//! `crate::summary`). Both run on the flusher thread, or in
-//! [`Engine::settle`](super::Engine::settle), under `Inner::maintenance`.
+//! each day's segments (on the flusher thread), and the summaries of
+//! whole-day blocks (see `crate::summary`; on a thread of its own at a lower
+//! CPU priority, so that building them never delays a flush or an ingest).
+//!
+//! Every change to the file lists happens under the manifest lock. A summary
+//! is built outside it from a snapshot and committed under it only if every
+//! segment it covers is still live; otherwise it is dropped and built again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -36,6 +40,9 @@ fn tier(rows: u64, fanin: usize) -> u32 {
 /// segment instead (so a merge never leaves a summary half covered).
 pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let fanin = inner.cfg.compaction_fanin.max(2);
+    // Held from the choice to the commit, so that no summary commits in
+    // between and the victims' summaries stay the ones chosen here.
+    let mut manifest = inner.manifest.lock();
     let (victims, signature): (Vec<Arc<Segment>>, Vec<u64>) = {
         let st = inner.state.read();
         let mut groups: HashMap<(i64, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
@@ -75,7 +82,6 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     let partition = victims[0].meta.partition;
     let seg_dir = segments_dir(&inner.cfg.dir);
-    let mut manifest = inner.manifest.lock();
     let id = manifest.next_segment_id;
     manifest.next_segment_id += 1;
     let path = seg_dir.join(SegmentMeta::file_name(id));
@@ -192,7 +198,8 @@ pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
 }
 
 /// Writes the summary of `children` and `segs` for the block and swaps it in
-/// for `replaces`.
+/// for `replaces`, unless the files changed meanwhile (then the new file is
+/// deleted, and the next round builds it again).
 fn write(
     inner: &Inner,
     level: u32,
@@ -214,9 +221,11 @@ fn write(
         .collect();
     covers.sort_unstable();
     let seg_dir = segments_dir(&inner.cfg.dir);
-    let mut manifest = inner.manifest.lock();
-    let id = manifest.next_segment_id;
-    manifest.next_segment_id += 1;
+    let id = {
+        let mut manifest = inner.manifest.lock();
+        manifest.next_segment_id += 1;
+        manifest.next_segment_id - 1
+    };
     let path = seg_dir.join(SummaryMeta::file_name(id));
     let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
     for s in segs {
@@ -224,6 +233,20 @@ fn write(
     }
     let file = Arc::new(Summary::open(&path)?);
     crate::wal::sync_dir(&seg_dir)?;
+    let mut manifest = inner.manifest.lock();
+    let live: HashSet<u64> = manifest.segments.iter().map(|m| m.id).collect();
+    let old = replaces.map(|r| r.meta.id);
+    let current = manifest
+        .summaries
+        .iter()
+        .find(|m| (m.level, m.first_day) == (level, first_day))
+        .map(|m| m.id);
+    if current != old || !covers.iter().all(|c| live.contains(c)) {
+        tracing::debug!(level, first_day, "files changed while summarizing; will retry");
+        drop(manifest);
+        let _ = fs::remove_file(&path);
+        return Ok(());
+    }
     let meta = SummaryMeta {
         id,
         level,
@@ -232,7 +255,6 @@ fn write(
         events,
         bytes,
     };
-    let old = replaces.map(|r| r.meta.id);
     manifest.summaries.retain(|m| Some(m.id) != old);
     manifest.summaries.push(meta.clone());
     manifest.store_durable(&inner.cfg.dir)?;
@@ -245,5 +267,13 @@ fn write(
         let _ = fs::remove_file(r.file.path());
     }
     inner.observer.summarized(started.elapsed(), events);
+    tracing::debug!(
+        level,
+        first_day,
+        events,
+        bytes,
+        secs = started.elapsed().as_secs_f64(),
+        "summary written"
+    );
     Ok(())
 }

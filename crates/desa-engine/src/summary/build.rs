@@ -173,9 +173,10 @@ fn merge_series(inputs: &[Input]) -> Series {
     out
 }
 
-/// Sorts by location and folds equal locations into one point.
+/// Folds equal locations into one point (sorting by the coordinates' bits
+/// groups them; the k-d build orders them afterwards).
 fn fold_points(points: &mut Vec<GeoPoint>) {
-    points.sort_unstable_by(|a, b| a.lat.total_cmp(&b.lat).then(a.lon.total_cmp(&b.lon)));
+    points.sort_unstable_by_key(|p| (p.lat.to_bits(), p.lon.to_bits()));
     let mut w = 0;
     for r in 0..points.len() {
         let p = points[r];

@@ -261,6 +261,69 @@ fn disk_full_gives_503_with_retry_after_and_keeps_acknowledged_events() {
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), acked + 1);
 }
 
+/// A failed fsync is injected into the real process (a preloaded shim makes
+/// fsync and fdatasync return EIO while a trigger file exists): the request
+/// whose sync failed is not acknowledged, the node refuses every later write
+/// even after the disk recovers (it cannot know what the kernel dropped),
+/// says so in /healthz, and after a restart every acknowledged event is there.
+#[test]
+fn fsync_failure_poisons_the_node_and_keeps_acknowledged_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shim = tmp.path().join("libfailsync.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&shim)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/failsync.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success(), "cannot build the fsync shim with cc");
+    let trigger = tmp.path().join("fail-syncs-now");
+    let env = [
+        ("LD_PRELOAD", shim.display().to_string()),
+        ("DESA_TEST_FAIL_SYNC_IF", trigger.display().to_string()),
+    ];
+    let mut s = TestServer::start_with_env(&tmp.path().join("data"), &[], &env).unwrap();
+    let t0 = 1_767_225_600;
+    let mut acked = 0;
+    for b in 0..20 {
+        let body: String = (0..50).map(|i| event("acked", t0 + b * 50 + i)).collect();
+        let r = s.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        acked += r.body["accepted"].as_u64().unwrap();
+    }
+    fs::write(&trigger, b"").unwrap();
+    let body: String = (0..50).map(|i| event("unacked", t0 + i)).collect();
+    let r = s.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.error().contains("poisoned"), "{}", r.error());
+    // The disk is fine again, but the node does not retry.
+    fs::remove_file(&trigger).unwrap();
+    let r = s.post_ndjson(&event("after", t0));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.error().contains("poisoned"), "{}", r.error());
+    assert_eq!(r.header("Retry-After"), Some("60"));
+    let health = s.get("/healthz", &[]);
+    assert!(
+        health.body["storage"].as_str().unwrap_or("").contains("poisoned"),
+        "{}",
+        health.body
+    );
+    // Queries still answer from what is stored.
+    assert_eq!(all_counts(&s, "t")["acked"], acked);
+
+    s.env.clear();
+    s.restart();
+    let counts = all_counts(&s, "t");
+    assert_eq!(counts["acked"], acked);
+    assert!(!counts.contains_key("after"));
+    // The unacknowledged request is one log record: wholly there or wholly not.
+    let unacked = counts.get("unacked").copied().unwrap_or(0);
+    assert!(unacked == 0 || unacked == 50, "{unacked} of 50");
+    let r = s.post_ndjson(&event("after", t0));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 #[test]
 fn a_second_node_on_the_same_data_dir_is_refused_until_the_first_dies() {
     let mut s = TestServer::start(&[]);

@@ -12,6 +12,8 @@ pub struct TestServer {
     pub base: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// Environment of the process, beyond `DESA_LOG` (kept across restarts).
+    pub env: Vec<(String, String)>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -73,11 +75,21 @@ impl TestServer {
 
     /// Starts a node on `data_dir`; `Err` holds its log when it exits instead.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<TestServer, String> {
+        TestServer::start_with_env(data_dir, extra, &[])
+    }
+
+    /// As [`start_in`](Self::start_in), with more environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<TestServer, String> {
         let mut s = TestServer {
             child: None,
             base: String::new(),
             data_dir: data_dir.to_owned(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             log: data_dir.with_extension("log"),
             _tmp: None,
         };
@@ -99,6 +111,7 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(&self.args)
             .env("DESA_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
