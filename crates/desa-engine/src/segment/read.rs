@@ -162,6 +162,17 @@ impl Segment {
         ts[t] as usize..ts[t + 1] as usize
     }
 
+    /// The rows of type `t`: `first..end`.
+    pub fn type_rows(&self, t: usize) -> std::ops::Range<usize> {
+        let rows = self.u32s(S_TYPE_ROWS);
+        rows[t] as usize..rows[t + 1] as usize
+    }
+
+    /// The latitude, longitude and value columns, in row order.
+    pub fn location_columns(&self) -> (&[f64], &[f64], &[f64]) {
+        (self.f64s(S_LAT), self.f64s(S_LON), self.f64s(S_VALUE))
+    }
+
     /// The geo copy of type `t`'s rows, in k-d order.
     pub fn kd_points(&self, t: usize) -> &[KdPoint] {
         let rows = self.u32s(S_TYPE_ROWS);

@@ -65,13 +65,45 @@ impl<'a> Input<'a> {
             return;
         };
         match self {
-            Input::Segment(s) => out.extend(s.kd_points(t).iter().map(|p| GeoPoint {
-                lat: p.lat,
-                lon: p.lon,
-                count: 1,
-                sum_hi: p.value,
-                sum_lo: 0.0,
-            })),
+            Input::Segment(s) => {
+                // Rows are in (device, time) order and a sensor seldom moves:
+                // folding runs of one location here leaves about one point
+                // per device for the sort in `fold_points`.
+                let (lat, lon, value) = s.location_columns();
+                let mut run: Option<(GeoPoint, DoubleDouble)> = None;
+                for r in s.type_rows(t) {
+                    match run.as_mut() {
+                        Some((p, sum)) if p.lat == lat[r] && p.lon == lon[r] => {
+                            p.count += 1;
+                            *sum = sum.add_f64(value[r]);
+                        }
+                        _ => {
+                            if let Some((p, sum)) = run.take() {
+                                out.push(GeoPoint {
+                                    sum_hi: sum.hi,
+                                    sum_lo: sum.lo,
+                                    ..p
+                                });
+                            }
+                            let p = GeoPoint {
+                                lat: lat[r],
+                                lon: lon[r],
+                                count: 1,
+                                sum_hi: 0.0,
+                                sum_lo: 0.0,
+                            };
+                            run = Some((p, DoubleDouble::ZERO.add_f64(value[r])));
+                        }
+                    }
+                }
+                if let Some((p, sum)) = run {
+                    out.push(GeoPoint {
+                        sum_hi: sum.hi,
+                        sum_lo: sum.lo,
+                        ..p
+                    });
+                }
+            }
             Input::Summary(s) => out.extend_from_slice(s.points(t)),
         }
     }
@@ -193,30 +225,47 @@ fn fold_points(points: &mut Vec<GeoPoint>) {
     points.truncate(w);
 }
 
-/// Reorders `points` into k-d order (split on lat, then lon) and fills the
-/// heap-layout `nodes`.
-fn build_tree(points: &mut [GeoPoint], nodes: &mut [GeoNode], i: usize, depth: u32, max: u32) {
-    let mut n = GeoNode {
-        min_lat: f64::INFINITY,
-        max_lat: f64::NEG_INFINITY,
-        min_lon: f64::INFINITY,
-        max_lon: f64::NEG_INFINITY,
-        count: 0,
-        sum_hi: 0.0,
-        sum_lo: 0.0,
-    };
-    let mut sum = DoubleDouble::ZERO;
-    for p in points.iter() {
-        n.min_lat = n.min_lat.min(p.lat);
-        n.max_lat = n.max_lat.max(p.lat);
-        n.min_lon = n.min_lon.min(p.lon);
-        n.max_lon = n.max_lon.max(p.lon);
-        n.count += p.count;
-        sum = sum + DoubleDouble::new(p.sum_hi, p.sum_lo);
+const EMPTY_NODE: GeoNode = GeoNode {
+    min_lat: f64::INFINITY,
+    max_lat: f64::NEG_INFINITY,
+    min_lon: f64::INFINITY,
+    max_lon: f64::NEG_INFINITY,
+    count: 0,
+    sum_hi: 0.0,
+    sum_lo: 0.0,
+};
+
+/// The node holding the points of `a` and `b`.
+fn join(a: &GeoNode, b: &GeoNode) -> GeoNode {
+    let sum = DoubleDouble::new(a.sum_hi, a.sum_lo) + DoubleDouble::new(b.sum_hi, b.sum_lo);
+    GeoNode {
+        min_lat: a.min_lat.min(b.min_lat),
+        max_lat: a.max_lat.max(b.max_lat),
+        min_lon: a.min_lon.min(b.min_lon),
+        max_lon: a.max_lon.max(b.max_lon),
+        count: a.count + b.count,
+        sum_hi: sum.hi,
+        sum_lo: sum.lo,
     }
-    (n.sum_hi, n.sum_lo) = (sum.hi, sum.lo);
-    nodes[i] = n;
+}
+
+/// Reorders `points` into k-d order (split on lat, then lon) and fills the
+/// heap-layout `nodes`: leaves from their points, inner nodes from their
+/// children.
+fn build_tree(points: &mut [GeoPoint], nodes: &mut [GeoNode], i: usize, depth: u32, max: u32) {
     if depth == max || points.is_empty() {
+        nodes[i] = points.iter().fold(EMPTY_NODE, |n, p| {
+            let leaf = GeoNode {
+                min_lat: p.lat,
+                max_lat: p.lat,
+                min_lon: p.lon,
+                max_lon: p.lon,
+                count: p.count,
+                sum_hi: p.sum_hi,
+                sum_lo: p.sum_lo,
+            };
+            join(&n, &leaf)
+        });
         return;
     }
     let mid = points.len() / 2;
@@ -228,6 +277,7 @@ fn build_tree(points: &mut [GeoPoint], nodes: &mut [GeoNode], i: usize, depth: u
     let (left, right) = points.split_at_mut(mid);
     build_tree(left, nodes, 2 * i + 1, depth + 1, max);
     build_tree(right, nodes, 2 * i + 2, depth + 1, max);
+    nodes[i] = join(&nodes[2 * i + 1], &nodes[2 * i + 2]);
 }
 
 /// Writes the summary of `inputs` for the block (`level`, `first_day`) at
