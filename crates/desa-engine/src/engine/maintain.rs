@@ -228,9 +228,6 @@ fn write(
     };
     let path = seg_dir.join(SummaryMeta::file_name(id));
     let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
-    for s in segs {
-        s.release_memory();
-    }
     let file = Arc::new(Summary::open(&path)?);
     crate::wal::sync_dir(&seg_dir)?;
     let mut manifest = inner.manifest.lock();
@@ -242,7 +239,11 @@ fn write(
         .find(|m| (m.level, m.first_day) == (level, first_day))
         .map(|m| m.id);
     if current != old || !covers.iter().all(|c| live.contains(c)) {
-        tracing::debug!(level, first_day, "files changed while summarizing; will retry");
+        tracing::debug!(
+            level,
+            first_day,
+            "files changed while summarizing; will retry"
+        );
         drop(manifest);
         let _ = fs::remove_file(&path);
         return Ok(());

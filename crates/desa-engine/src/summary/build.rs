@@ -59,6 +59,15 @@ impl<'a> Input<'a> {
             Input::Summary(x) => (x.series_count(s), x.series_sum(s)),
         }
     }
+    /// Drops the input's mapped pages from this process (see
+    /// `Segment::release_memory`): a build reads each input once.
+    fn release_memory(&self) {
+        match self {
+            Input::Segment(s) => s.release_memory(),
+            Input::Summary(s) => s.release_memory(),
+        }
+    }
+
     /// Appends the points of the type named `name` to `out`.
     fn points(&self, name: &str, out: &mut Vec<GeoPoint>) {
         let Some(t) = self.find_type(name) else {
@@ -289,6 +298,7 @@ pub fn write_summary(
     path: &Path,
 ) -> Result<(u64, u64)> {
     let series = merge_series(inputs);
+    inputs.iter().for_each(Input::release_memory);
     let w = SectionWriter::create(&FORMAT, path)?;
     write_sections(w, series, inputs, level, first_day).map_err(Error::io("write summary", path))
 }
@@ -342,6 +352,7 @@ fn write_sections(
         points.clear();
         for input in inputs {
             input.points(name, &mut points);
+            input.release_memory();
         }
         fold_points(&mut points);
         let base = nodes.len();

@@ -288,13 +288,17 @@ fn fsync_failure_poisons_the_node_and_keeps_acknowledged_events() {
     let mut acked = 0;
     for b in 0..20 {
         let body: String = (0..50).map(|i| event("acked", t0 + b * 50 + i)).collect();
-        let r = s.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap();
+        let r = s
+            .post(body.as_bytes(), "application/x-ndjson", &[])
+            .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         acked += r.body["accepted"].as_u64().unwrap();
     }
     fs::write(&trigger, b"").unwrap();
     let body: String = (0..50).map(|i| event("unacked", t0 + i)).collect();
-    let r = s.post(body.as_bytes(), "application/x-ndjson", &[]).unwrap();
+    let r = s
+        .post(body.as_bytes(), "application/x-ndjson", &[])
+        .unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.error().contains("poisoned"), "{}", r.error());
     // The disk is fine again, but the node does not retry.
@@ -305,7 +309,10 @@ fn fsync_failure_poisons_the_node_and_keeps_acknowledged_events() {
     assert_eq!(r.header("Retry-After"), Some("60"));
     let health = s.get("/healthz", &[]);
     assert!(
-        health.body["storage"].as_str().unwrap_or("").contains("poisoned"),
+        health.body["storage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("poisoned"),
         "{}",
         health.body
     );

@@ -89,7 +89,10 @@ impl TestServer {
             base: String::new(),
             data_dir: data_dir.to_owned(),
             args: extra.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             log: data_dir.with_extension("log"),
             _tmp: None,
         };
