@@ -46,15 +46,18 @@ pub fn write_segment(
 ) -> Result<SegmentMeta> {
     let type_rank = ranks(&rows.types);
     let dev_rank = ranks(&rows.devices);
-    let mut order: Vec<u32> = subset.to_vec();
-    order.sort_unstable_by_key(|&r| {
-        let r = r as usize;
-        (
-            type_rank[rows.type_id[r] as usize],
-            dev_rank[rows.device_id[r] as usize],
-            rows.ts[r],
-        )
-    });
+    // Sort keys computed once per row: comparisons then touch one array.
+    let mut keyed: Vec<(u64, i64, u32)> = subset
+        .iter()
+        .map(|&r| {
+            let i = r as usize;
+            let series = (u64::from(type_rank[rows.type_id[i] as usize]) << 32)
+                | u64::from(dev_rank[rows.device_id[i] as usize]);
+            (series, rows.ts[i], r)
+        })
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<u32> = keyed.into_iter().map(|k| k.2).collect();
     let n = order.len();
 
     let mut types_blob = Vec::new();
