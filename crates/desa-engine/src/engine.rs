@@ -88,6 +88,8 @@ pub struct EngineStats {
     pub segment_bytes: u64,
     pub summaries: u64,
     pub summary_bytes: u64,
+    /// A flush, merge or summary is due (the node has not caught up yet).
+    pub maintenance_pending: bool,
     /// Largest event timestamp stored (event-time progress).
     pub watermark_secs: Option<i64>,
     pub poisoned: Option<String>,
@@ -486,6 +488,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let pending = maintain::pending(&self.inner);
         let st = self.inner.state.read();
         EngineStats {
             head_rows: st.head.len() as u64,
@@ -495,6 +498,7 @@ impl Engine {
             segment_bytes: st.segments.iter().map(|s| s.meta.bytes).sum(),
             summaries: st.summaries.len() as u64,
             summary_bytes: st.summaries.iter().map(|s| s.meta.bytes).sum(),
+            maintenance_pending: pending,
             watermark_secs: st.watermark,
             poisoned: self.inner.poisoned.lock().clone(),
         }

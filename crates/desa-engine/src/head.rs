@@ -87,6 +87,12 @@ impl Rows {
     pub fn push(&mut self, row: NewRow<'_>) {
         let t = self.types.intern(row.event_type);
         let d = self.devices.intern(row.device);
+        self.push_interned(t, d, row);
+    }
+
+    /// Pushes a row whose type and device are already interned as `t`, `d`
+    /// (the names in `row` are not read).
+    pub fn push_interned(&mut self, t: u32, d: u32, row: NewRow<'_>) {
         self.type_id.push(t);
         self.device_id.push(d);
         self.ts.push(row.ts);
@@ -113,12 +119,18 @@ impl Rows {
     }
 }
 
+/// End of a series chain in [`Head`].
+const NO_ROW: u32 = u32::MAX;
+
 /// Rows plus the indexes the queries need.
 #[derive(Debug, Default)]
 pub struct Head {
     pub rows: Rows,
-    /// Rows of each (type, device) series, in arrival order.
-    series: FastMap<(u32, u32), Vec<u32>>,
+    /// Newest row of each (type, device) series; `series_prev[row]` is the
+    /// series' row before `row` ([`NO_ROW`] at its first). A chain through
+    /// the rows instead of a vector per series: no allocation per series.
+    series_last: FastMap<(u32, u32), u32>,
+    series_prev: Vec<u32>,
     /// Rows of each type, in arrival order.
     by_type: Vec<Vec<u32>>,
     pub min_ts: i64,
@@ -145,7 +157,7 @@ impl Head {
         self.rows.len() * PER_ROW
             + self.rows.meta.len()
             + self.rows.devices.len() * 64
-            + self.series.len() * 48
+            + self.series_last.len() * 24
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,7 +177,8 @@ impl Head {
         });
         let t = self.rows.type_id[row as usize];
         let d = self.rows.device_id[row as usize];
-        self.series.entry((t, d)).or_default().push(row);
+        let prev = self.series_last.insert((t, d), row).unwrap_or(NO_ROW);
+        self.series_prev.push(prev);
         if self.by_type.len() <= t as usize {
             self.by_type.resize_with(t as usize + 1, Vec::new);
         }
@@ -184,11 +197,13 @@ impl Head {
         };
         let mut count = 0;
         let mut sum = DoubleDouble::ZERO;
-        for &r in self.series.get(&(t, d)).map(Vec::as_slice).unwrap_or(&[]) {
+        let mut r = self.series_last.get(&(t, d)).copied().unwrap_or(NO_ROW);
+        while r != NO_ROW {
             if w.contains(self.rows.ts[r as usize]) {
                 count += 1;
                 sum = sum.add_f64(self.rows.value[r as usize]);
             }
+            r = self.series_prev[r as usize];
         }
         (count, sum)
     }

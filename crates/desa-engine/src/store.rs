@@ -59,6 +59,7 @@ impl Store for Engine {
             unflushed_events: s.head_rows + s.frozen_rows,
             segments: s.segments,
             summaries: s.summaries,
+            maintenance_pending: s.maintenance_pending,
             storage_bytes: s.segment_bytes + s.summary_bytes,
             watermark_secs: s.watermark_secs,
             unavailable: None,

@@ -404,6 +404,7 @@ impl Store for PgStore {
             unflushed_events: 0,
             segments: 0,
             summaries: 0,
+            maintenance_pending: false,
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
             watermark_secs: *self.shared.watermark.lock(),
             unavailable: self.shared.down.lock().clone(),

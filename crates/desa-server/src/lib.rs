@@ -124,6 +124,7 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
         "unflushed_events": stats.unflushed_events,
         "segments": stats.segments,
         "summaries": stats.summaries,
+        "maintenance": if stats.maintenance_pending { "pending" } else { "idle" },
         "watermark": stats.watermark_secs,
     });
     (status, Json(body))

@@ -12,7 +12,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{segments_dir, Inner};
+use super::{segments_dir, EngineConfig, Inner, State};
 use crate::error::Result;
 use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
@@ -39,39 +39,11 @@ fn tier(rows: u64, fanin: usize) -> u32 {
 /// and covered by the same summaries, whose `covers` then name the merged
 /// segment instead (so a merge never leaves a summary half covered).
 pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
-    let fanin = inner.cfg.compaction_fanin.max(2);
     // Held from the choice to the commit, so that no summary commits in
     // between and the victims' summaries stay the ones chosen here.
     let mut manifest = inner.manifest.lock();
-    let (victims, signature): (Vec<Arc<Segment>>, Vec<u64>) = {
-        let st = inner.state.read();
-        let mut groups: HashMap<(i64, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
-        for s in &st.segments {
-            if s.meta.rows < inner.cfg.max_segment_rows {
-                let covered_by: Vec<u64> = st
-                    .summaries
-                    .iter()
-                    .filter(|x| x.meta.covers(s.meta.id))
-                    .map(|x| x.meta.id)
-                    .collect();
-                groups
-                    .entry((s.meta.partition, tier(s.meta.rows, fanin), covered_by))
-                    .or_default()
-                    .push(s.clone());
-            }
-        }
-        let pick = groups
-            .into_iter()
-            .filter(|g| g.1.len() >= fanin)
-            .min_by_key(|g| g.1[0].meta.id);
-        match pick {
-            Some(((_, _, covered_by), mut g)) => {
-                g.sort_by_key(|s| s.meta.id);
-                g.truncate(fanin);
-                (g, covered_by)
-            }
-            None => return Ok(false),
-        }
+    let Some((victims, signature)) = pick_compaction(&inner.state.read(), &inner.cfg) else {
+        return Ok(false);
     };
     let started = Instant::now();
     let mut rows = Rows::default();
@@ -122,6 +94,43 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     Ok(true)
 }
 
+/// The oldest group of segments due for a merge, with the summaries that
+/// cover them.
+fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>, Vec<u64>)> {
+    let fanin = cfg.compaction_fanin.max(2);
+    let mut groups: HashMap<(i64, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
+    for s in &st.segments {
+        if s.meta.rows < cfg.max_segment_rows {
+            let covered_by: Vec<u64> = st
+                .summaries
+                .iter()
+                .filter(|x| x.meta.covers(s.meta.id))
+                .map(|x| x.meta.id)
+                .collect();
+            groups
+                .entry((s.meta.partition, tier(s.meta.rows, fanin), covered_by))
+                .or_default()
+                .push(s.clone());
+        }
+    }
+    let ((_, _, covered_by), mut g) = groups
+        .into_iter()
+        .filter(|g| g.1.len() >= fanin)
+        .min_by_key(|g| g.1[0].meta.id)?;
+    g.sort_by_key(|s| s.meta.id);
+    g.truncate(fanin);
+    Some((g, covered_by))
+}
+
+/// True while a flush, merge or summary is due: the node has not caught up
+/// with what it was sent.
+pub(super) fn pending(inner: &Inner) -> bool {
+    let st = inner.state.read();
+    !st.frozen.is_empty()
+        || pick_compaction(&st, &inner.cfg).is_some()
+        || next_summary(&st.segments, &st.summaries, st.watermark, &inner.cfg).is_some()
+}
+
 /// What to do for one block.
 enum Work {
     /// No summary yet: build one from the block's children and its other
@@ -141,13 +150,36 @@ pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
         let st = inner.state.read();
         (st.segments.clone(), st.summaries.clone(), st.watermark)
     };
-    let Some(watermark) = watermark else {
-        return Ok(false);
-    };
+    match next_summary(&segments, &summaries, watermark, &inner.cfg) {
+        Some(due) => {
+            write(inner, &due)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// One summary to write: its block, its inputs, and the summary it replaces.
+struct Due {
+    level: u32,
+    first_day: i64,
+    children: Vec<Arc<LiveSummary>>,
+    segs: Vec<Arc<Segment>>,
+    replaces: Option<Arc<LiveSummary>>,
+}
+
+/// The first block, lowest level first, whose summary is missing or has
+/// too many segments beside it.
+fn next_summary(
+    segments: &[Arc<Segment>],
+    summaries: &[Arc<LiveSummary>],
+    watermark: Option<i64>,
+    cfg: &EngineConfig,
+) -> Option<Due> {
     // Blocks must end at or before this day.
-    let settled_end = watermark.div_euclid(DAY) - 1;
+    let settled_end = watermark?.div_euclid(DAY) - 1;
     let mut by_day: BTreeMap<i64, Vec<&Arc<Segment>>> = BTreeMap::new();
-    for s in &segments {
+    for s in segments {
         by_day.entry(s.meta.partition).or_default().push(s);
     }
     let by_block: HashMap<(u32, i64), &Arc<LiveSummary>> = summaries
@@ -172,42 +204,47 @@ pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
                 None => Work::Build,
                 Some(x) => {
                     let extras = in_block().filter(|s| !x.meta.covers(s.meta.id)).count();
-                    if extras <= inner.cfg.summary_max_extras {
+                    if extras <= cfg.summary_max_extras {
                         continue;
                     }
                     Work::Refresh(x.clone())
                 }
             };
-            let children: Vec<&Arc<LiveSummary>> = match work {
+            let children: Vec<Arc<LiveSummary>> = match work {
                 Work::Build if level > MIN_LEVEL => [first, first + size / 2]
                     .iter()
-                    .filter_map(|&d| by_block.get(&(level - 1, d)).copied())
+                    .filter_map(|&d| by_block.get(&(level - 1, d)).map(|c| (*c).clone()))
                     .collect(),
                 Work::Build => Vec::new(),
-                Work::Refresh(ref x) => vec![x],
+                Work::Refresh(ref x) => vec![x.clone()],
             };
-            let segs: Vec<&Arc<Segment>> = in_block()
+            let segs: Vec<Arc<Segment>> = in_block()
                 .filter(|s| !children.iter().any(|c| c.meta.covers(s.meta.id)))
-                .copied()
+                .map(|s| (*s).clone())
                 .collect();
-            write(inner, level, first, &children, &segs, existing)?;
-            return Ok(true);
+            return Some(Due {
+                level,
+                first_day: first,
+                children,
+                segs,
+                replaces: existing.cloned(),
+            });
         }
     }
-    Ok(false)
+    None
 }
 
 /// Writes the summary of `children` and `segs` for the block and swaps it in
 /// for `replaces`, unless the files changed meanwhile (then the new file is
 /// deleted, and the next round builds it again).
-fn write(
-    inner: &Inner,
-    level: u32,
-    first_day: i64,
-    children: &[&Arc<LiveSummary>],
-    segs: &[&Arc<Segment>],
-    replaces: Option<&Arc<LiveSummary>>,
-) -> Result<()> {
+fn write(inner: &Inner, due: &Due) -> Result<()> {
+    let Due {
+        level,
+        first_day,
+        ref children,
+        ref segs,
+        ref replaces,
+    } = *due;
     let started = Instant::now();
     let inputs: Vec<Input> = children
         .iter()
@@ -232,7 +269,7 @@ fn write(
     crate::wal::sync_dir(&seg_dir)?;
     let mut manifest = inner.manifest.lock();
     let live: HashSet<u64> = manifest.segments.iter().map(|m| m.id).collect();
-    let old = replaces.map(|r| r.meta.id);
+    let old = replaces.as_ref().map(|r| r.meta.id);
     let current = manifest
         .summaries
         .iter()
@@ -264,7 +301,7 @@ fn write(
         st.summaries.retain(|s| Some(s.meta.id) != old);
         st.summaries.push(Arc::new(LiveSummary { meta, file }));
     }
-    if let Some(r) = replaces {
+    if let Some(r) = replaces.as_ref() {
         let _ = fs::remove_file(r.file.path());
     }
     inner.observer.summarized(started.elapsed(), events);

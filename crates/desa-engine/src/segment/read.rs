@@ -329,12 +329,14 @@ impl Segment {
         let series_row = self.u32s(S_SERIES_ROW);
         for t in 0..self.types {
             let ty = self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, t);
+            let type_id = rows.types.intern(ty);
             for s in type_series[t] as usize..type_series[t + 1] as usize {
                 let dev = self.series_device(s);
+                let device_id = rows.devices.intern(dev);
                 for r in series_row[s] as usize..series_row[s + 1] as usize {
                     let m = &meta[meta_off[r] as usize..meta_off[r + 1] as usize];
                     let m = (!m.is_empty()).then(|| std::str::from_utf8(m).unwrap_or("{}"));
-                    rows.push(NewRow {
+                    rows.push_interned(type_id, device_id, NewRow {
                         event_type: ty,
                         device: dev,
                         ts: ts[r],
