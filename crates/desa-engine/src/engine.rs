@@ -920,13 +920,16 @@ fn enforce_memory_budget(inner: &Inner) {
         return;
     }
     let (segs, sums) = snapshot(&inner.state.read());
-    let mut mapped: Vec<&dyn Mapped> = segs
+    // Use times are read once: queries change them meanwhile, and a sort
+    // whose keys move under it may panic.
+    let mut mapped: Vec<(u64, &dyn Mapped)> = segs
         .iter()
         .map(|s| s.as_ref() as &dyn Mapped)
         .chain(sums.iter().map(|s| s.file.as_ref() as &dyn Mapped))
+        .map(|m| (m.last_used(), m))
         .collect();
-    mapped.sort_by_key(|m| m.last_used());
-    for (i, file) in mapped.iter().enumerate() {
+    mapped.sort_by_key(|m| m.0);
+    for (i, (_, file)) in mapped.iter().enumerate() {
         file.release_memory();
         if i % 4 == 3 && resident_bytes() <= budget / 2 {
             break;

@@ -5,8 +5,24 @@
 /// Series between two fence keys.
 const FENCE_STRIDE: usize = 64;
 
+/// One type's fence keys: series numbers and device names, the names packed
+/// into one string (two allocations per type, not one per key).
+#[derive(Default)]
+struct TypeFences {
+    series: Vec<u32>,
+    ends: Vec<u32>,
+    names: String,
+}
+
+impl TypeFences {
+    fn name(&self, k: usize) -> &str {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
+        &self.names[start..self.ends[k] as usize]
+    }
+}
+
 /// Per type, every [`FENCE_STRIDE`]-th series and its device.
-pub(crate) struct DeviceFences(Vec<Vec<(u32, Box<str>)>>);
+pub(crate) struct DeviceFences(Vec<TypeFences>);
 
 impl DeviceFences {
     /// `type_series[t]..type_series[t + 1]` are the series of type `t`,
@@ -16,10 +32,16 @@ impl DeviceFences {
             type_series
                 .windows(2)
                 .map(|r| {
-                    (r[0]..r[1])
-                        .step_by(FENCE_STRIDE)
-                        .map(|s| (s, Box::from(device(s as usize))))
-                        .collect()
+                    let mut f = TypeFences::default();
+                    for s in (r[0]..r[1]).step_by(FENCE_STRIDE) {
+                        f.series.push(s);
+                        f.names.push_str(device(s as usize));
+                        f.ends.push(f.names.len() as u32);
+                    }
+                    f.series.shrink_to_fit();
+                    f.ends.shrink_to_fit();
+                    f.names.shrink_to_fit();
+                    f
                 })
                 .collect(),
         )
@@ -33,30 +55,34 @@ impl DeviceFences {
         name: &str,
         device: impl Fn(usize) -> &'a str,
     ) -> Option<usize> {
-        let fences = &self.0[t];
-        let k = fences.partition_point(|(_, d)| d.as_ref() <= name);
-        if k == 0 {
-            return None; // before the type's first device
-        }
-        let (mut lo, mut hi) = (
-            fences[k - 1].0 as usize,
-            fences.get(k).map_or(type_series[t + 1], |f| f.0) as usize,
+        let f = &self.0[t];
+        let k = find_last_le(f.series.len(), name, |k| f.name(k));
+        let k = k?; // None: before the type's first device
+        let (lo, hi) = (
+            f.series[k] as usize,
+            f.series.get(k + 1).copied().unwrap_or(type_series[t + 1]) as usize,
         );
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match device(mid).cmp(name) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        find_in(lo, hi, name, device)
     }
 }
 
-/// Binary search of a sorted string table of `n` entries.
-pub(crate) fn find_name<'a>(n: usize, name: &str, at: impl Fn(usize) -> &'a str) -> Option<usize> {
+/// The last of `n` sorted keys that is <= `name`.
+fn find_last_le<'a>(n: usize, name: &str, at: impl Fn(usize) -> &'a str) -> Option<usize> {
     let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if at(mid) <= name {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo.checked_sub(1)
+}
+
+/// Binary search for `name` among the sorted entries `lo..hi`.
+fn find_in<'a>(lo: usize, hi: usize, name: &str, at: impl Fn(usize) -> &'a str) -> Option<usize> {
+    let (mut lo, mut hi) = (lo, hi);
     while lo < hi {
         let mid = (lo + hi) / 2;
         match at(mid).cmp(name) {
@@ -66,4 +92,9 @@ pub(crate) fn find_name<'a>(n: usize, name: &str, at: impl Fn(usize) -> &'a str)
         }
     }
     None
+}
+
+/// Binary search of a sorted string table of `n` entries.
+pub(crate) fn find_name<'a>(n: usize, name: &str, at: impl Fn(usize) -> &'a str) -> Option<usize> {
+    find_in(0, n, name, at)
 }

@@ -155,13 +155,23 @@ impl SectionFile {
         if version != format.version {
             return Err(bad(len - 12, &format!("unsupported version {version}")));
         }
-        if crc32c::crc32c(&map[..map.len() - 16]) != u32_at(f.len() - 16) {
+        // Verified a window at a time, each dropped from this process once
+        // read, so that opening a large file does not swell resident memory.
+        const WINDOW: usize = 16 << 20;
+        let covered = map.len() - 16;
+        let mut crc = 0;
+        for start in (0..covered).step_by(WINDOW) {
+            let len = WINDOW.min(covered - start);
+            crc = crc32c::crc32c_append(crc, &map[start..start + len]);
+            // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
+            // clean pages, which are read again on access.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        if crc != u32_at(f.len() - 16) {
             return Err(bad(0, "checksum mismatch"));
         }
-        // Verifying read every page; they need not stay resident.
-        // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
-        // clean pages, which are read again on access.
-        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         let sections: Vec<(usize, usize)> = (0..format.sections)
             .map(|i| (le_u64(f, i * 16) as usize, le_u64(f, i * 16 + 8) as usize))
             .collect();
