@@ -336,15 +336,19 @@ impl Segment {
                 for r in series_row[s] as usize..series_row[s + 1] as usize {
                     let m = &meta[meta_off[r] as usize..meta_off[r + 1] as usize];
                     let m = (!m.is_empty()).then(|| std::str::from_utf8(m).unwrap_or("{}"));
-                    rows.push_interned(type_id, device_id, NewRow {
-                        event_type: ty,
-                        device: dev,
-                        ts: ts[r],
-                        value: value[r],
-                        lat: lat[r],
-                        lon: lon[r],
-                        meta: m,
-                    });
+                    rows.push_interned(
+                        type_id,
+                        device_id,
+                        NewRow {
+                            event_type: ty,
+                            device: dev,
+                            ts: ts[r],
+                            value: value[r],
+                            lat: lat[r],
+                            lon: lon[r],
+                            meta: m,
+                        },
+                    );
                 }
             }
         }

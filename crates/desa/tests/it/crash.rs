@@ -63,10 +63,20 @@ fn kill9_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() {
             done.store(true, Ordering::SeqCst);
         })
     };
+    // Kill points are placed by progress, not by time, so that a faster or
+    // slower node is killed mid-stream just as often.
     let mut rng = StdRng::seed_from_u64(5);
+    let total = (BATCHES * PER_BATCH) as u64;
+    let mut kill_at: Vec<u64> = (0..6)
+        .map(|_| rng.gen_range(total / 20..total * 9 / 10))
+        .collect();
+    kill_at.sort_unstable();
     let mut kills = 0;
-    while !done.load(Ordering::SeqCst) && kills < 6 {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(50..400)));
+    while !done.load(Ordering::SeqCst) && kills < kill_at.len() {
+        if acked.load(Ordering::SeqCst) < kill_at[kills] {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let mut s = server.lock().unwrap();
         s.restart();
         *base.lock().unwrap() = s.base.clone();
