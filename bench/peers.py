@@ -6,11 +6,19 @@ reports the peer's load rate, bytes per event and query latencies.
     desa bench --events 1000000 --devices 100000 --work-dir W --record W/queries.jsonl
     python3 bench/peers.py --input W/events.ndjson --queries W/queries.jsonl --peer duckdb
 
-Peers: duckdb (pip install duckdb). Each peer is set up as its documentation
-recommends for this workload: DuckDB's table is sorted by (type, device_id,
-ts) so that its zone maps prune by device and time. Timings are warm (each
-query kind runs a quarter as many times before timing, as desa's) and
-include no HTTP: they favour the peer.
+Peers, each set up as its documentation recommends for this workload:
+- duckdb (pip install duckdb): one table sorted by (type, device_id, ts), so
+  that its min-max zone maps skip row groups by device and time;
+- chdb (pip install chdb, ClickHouse embedded): a MergeTree ordered by
+  (type, device_id, ts), whose sparse primary index and granules prune the
+  same way; sums with sumKahan so that long sums stay within 1e-9;
+- postgres (PostgreSQL's server binaries from the Debian package, psycopg
+  from pip): a throwaway server started in the work dir; rows loaded with
+  COPY in one transaction, then a btree on (type, device_id, ts) INCLUDE
+  (value) for avg, a btree on (type, ts) for top-K, a GiST index on
+  point(lon, lat) for boxes, and ANALYZE.
+Timings are warm (each query kind runs a quarter as many times before
+timing, as desa's) and include no HTTP: they favour the peer.
 
 Exit status 1 when any answer disagrees with desa's (avg to 1e-9 relative,
 counts and top-K lists exactly).
@@ -90,6 +98,178 @@ class DuckDB:
         return {"count": n, "avg": a if n else None}
 
 
+def quote(s):
+    return "'" + str(s).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+class ChDB:
+    name = "chdb"
+
+    def __init__(self, path):
+        from chdb import session
+
+        self.path = path
+        self.s = session.Session(path)
+
+    def q(self, sql):
+        return [line.split("\t") for line in str(self.s.query(sql, "TabSeparated")).splitlines()]
+
+    def load(self, ndjson):
+        self.s.query(
+            """CREATE TABLE events (ts Int64, type String, device_id String, value Float64,
+                                    lat Float64, lon Float64)
+               ENGINE = MergeTree ORDER BY (type, device_id, ts)"""
+        )
+        self.s.query(
+            f"""INSERT INTO events
+                SELECT timestamp, type, device_id, value, location.latitude, location.longitude
+                FROM file({quote(ndjson)}, 'JSONEachRow',
+                  'device_id String, timestamp Int64, type String, value Float64,
+                   location Tuple(latitude Float64, longitude Float64)')
+                SETTINGS input_format_skip_unknown_fields = 1"""
+        )
+        self.s.query("OPTIMIZE TABLE events FINAL")
+
+    def bytes(self):
+        return du(self.path)
+
+    def count_avg(self, where):
+        n, s = self.q(f"SELECT count(), sumKahan(value) FROM events WHERE {where}")[0]
+        n = int(n)
+        return {"count": n, "avg": float(s) / n if n else None}
+
+    def avg(self, p):
+        return self.count_avg(
+            f"type = {quote(p['type'])} AND device_id = {quote(p['device_id'])} "
+            f"AND ts >= {int(p['start'])} AND ts < {int(p['end'])}"
+        )
+
+    def topk(self, p):
+        rows = self.q(
+            f"""SELECT device_id, count() AS n FROM events
+                WHERE type = {quote(p['type'])} AND ts >= {int(p['start'])} AND ts < {int(p['end'])}
+                GROUP BY device_id ORDER BY n DESC, device_id LIMIT {int(p['k'])}"""
+        )
+        return {"devices": [{"device_id": d, "count": int(n)} for d, n in rows]}
+
+    def geo(self, p):
+        min_lon, max_lon = float(p["min_lon"]), float(p["max_lon"])
+        op = "AND" if min_lon <= max_lon else "OR"  # OR: across the antimeridian
+        return self.count_avg(
+            f"type = {quote(p['type'])} AND ts >= {int(p['start'])} AND ts < {int(p['end'])} "
+            f"AND lat >= {float(p['min_lat'])!r} AND lat <= {float(p['max_lat'])!r} "
+            f"AND (lon >= {min_lon!r} {op} lon <= {max_lon!r})"
+        )
+
+
+class Postgres:
+    """A throwaway PostgreSQL server in the work dir, stopped at exit."""
+
+    name = "postgres"
+
+    def __init__(self, path):
+        import glob
+        import shutil
+        import socket
+        import subprocess
+
+        import psycopg
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            sys.exit("postgres peer: no server binaries (apt-get install postgresql)")
+        self.bin = os.path.dirname(bins[-1])
+        self.data = os.path.join(path, "pgdata")
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if as_user:
+            shutil.chown(path, "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        run = lambda *a: subprocess.run(as_user + list(a), check=True, stdout=subprocess.DEVNULL)
+        run(f"{self.bin}/initdb", "-D", self.data, "-A", "trust", "-U", "bench")
+        run(f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(path, "log"), "-w", "-o",
+            f"-p {self.port} -k {path} -c listen_addresses=127.0.0.1 -c shared_buffers=2GB "
+            "-c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB", "start")
+        self.stop = lambda: run(f"{self.bin}/pg_ctl", "-D", self.data, "-m", "fast", "stop")
+        import atexit
+
+        atexit.register(self.stop)
+        self.db = psycopg.connect(f"host=127.0.0.1 port={self.port} user=bench dbname=postgres",
+                                  autocommit=True)
+
+    def load(self, ndjson):
+        with self.db.transaction():
+            self.db.execute("CREATE UNLOGGED TABLE raw (j jsonb)")
+            with self.db.cursor().copy(
+                "COPY raw FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+            ) as cp:
+                with open(ndjson, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        cp.write(chunk)
+            self.db.execute(
+                """CREATE TABLE events AS
+                   SELECT (j->>'timestamp')::bigint AS ts, j->>'type' AS type,
+                          j->>'device_id' AS device_id, (j->>'value')::float8 AS value,
+                          (j->'location'->>'latitude')::float8 AS lat,
+                          (j->'location'->>'longitude')::float8 AS lon
+                   FROM raw"""
+            )
+            self.db.execute("DROP TABLE raw")
+            self.db.execute("CREATE INDEX ON events (type, device_id, ts) INCLUDE (value)")
+            self.db.execute("CREATE INDEX ON events (type, ts)")
+            self.db.execute("CREATE INDEX ON events USING gist (point(lon, lat))")
+        self.db.execute("VACUUM ANALYZE events")
+
+    def bytes(self):
+        return self.db.execute("SELECT pg_total_relation_size('events')").fetchone()[0]
+
+    def count_avg(self, where, args):
+        n, a = self.db.execute(f"SELECT count(*), avg(value) FROM events WHERE {where}", args).fetchone()
+        return {"count": n, "avg": a if n else None}
+
+    def avg(self, p):
+        return self.count_avg(
+            "type = %s AND device_id = %s AND ts >= %s AND ts < %s",
+            [p["type"], p["device_id"], int(p["start"]), int(p["end"])],
+        )
+
+    def topk(self, p):
+        rows = self.db.execute(
+            """SELECT device_id, count(*) AS n FROM events
+               WHERE type = %s AND ts >= %s AND ts < %s
+               GROUP BY device_id ORDER BY n DESC, device_id COLLATE "C" LIMIT %s""",
+            [p["type"], int(p["start"]), int(p["end"]), int(p["k"])],
+        ).fetchall()
+        return {"devices": [{"device_id": d, "count": n} for d, n in rows]}
+
+    def geo(self, p):
+        min_lon, max_lon = float(p["min_lon"]), float(p["max_lon"])
+        boxes = [(min_lon, max_lon)] if min_lon <= max_lon else [(min_lon, 180.0), (-180.0, max_lon)]
+        # point <@ box uses the GiST index; boxes are inclusive, like desa's
+        inside = " OR ".join(["point(lon, lat) <@ box(point(%s, %s), point(%s, %s))"] * len(boxes))
+        args = [p["type"], int(p["start"]), int(p["end"])]
+        for lo, hi in boxes:
+            args += [lo, float(p["min_lat"]), hi, float(p["max_lat"])]
+        return self.count_avg(f"type = %s AND ts >= %s AND ts < %s AND ({inside})", args)
+
+
+PEERS = {"duckdb": DuckDB, "chdb": ChDB, "postgres": Postgres}
+
+
 def agrees(kind, want, got):
     if kind == "topk":
         w = [(d["device_id"], d["count"]) for d in want["devices"]]
@@ -107,17 +287,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", required=True, help="the NDJSON file desa bench loaded")
     ap.add_argument("--queries", required=True, help="the file desa bench --record wrote")
-    ap.add_argument("--peer", default="duckdb", choices=["duckdb"])
+    ap.add_argument("--peer", default="duckdb", choices=sorted(PEERS))
     ap.add_argument("--work-dir", default=None, help="where the peer keeps its files")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args()
 
     work = args.work_dir or tempfile.mkdtemp(prefix="desa-peer-")
     os.makedirs(work, exist_ok=True)
-    path = os.path.join(work, "events.duckdb")
-    if os.path.exists(path):
+    path = os.path.join(work, f"events.{args.peer}")
+    if os.path.isdir(path):
+        import shutil
+
+        shutil.rmtree(path)
+    elif os.path.exists(path):
         os.remove(path)
-    peer = DuckDB(path)
+    peer = PEERS[args.peer](path)
     events = sum(1 for _ in open(args.input, "rb"))
     started = time.perf_counter()
     peer.load(args.input)
