@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Prints a Markdown table comparing desa with its peers from the JSON reports
+of one run: `desa bench --out DIR/desa.json` and `bench/peers.py --out
+DIR/PEER.json` for each peer.
+
+    python3 bench/report.py DIR/desa.json DIR/duckdb.json DIR/chdb.json DIR/postgres.json
+
+Columns: p50 / p99 in ms per system, then the best peer's p99 divided by
+desa's (above 1: desa is faster). Rows follow desa's report.
+"""
+
+import json
+import sys
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    desa = json.load(open(sys.argv[1]))
+    peers = [json.load(open(p)) for p in sys.argv[2:]]
+    names = [p["peer"] for p in peers]
+    print("| system | load events/s | bytes/event | answers |")
+    print("|---|---|---|---|")
+    print(f"| desa | {desa['ingest_events_per_sec']:,.0f} (durable, HTTP) | "
+          f"{desa['segment_bytes_per_event']:.1f} | reference |")
+    for p in peers:
+        verdict = "all equal" if p["disagreements"] == 0 else f"{p['disagreements']} differ"
+        print(f"| {p['peer']} | {p['events'] / p['load_secs']:,.0f} | "
+              f"{p['bytes_per_event']:.1f} | {verdict} |")
+    print()
+    head = " | ".join(f"{n} p50 / p99" for n in names)
+    print(f"| query | desa p50 / p99 | {head} | best peer p99 / desa p99 |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for key, d in desa["queries"].items():
+        cells, best = [], None
+        for p in peers:
+            q = p["queries"].get(key)
+            if q is None:
+                cells.append("-")
+                continue
+            cells.append(f"{q['p50_ms']:.3f} / {q['p99_ms']:.3f}")
+            best = q["p99_ms"] if best is None else min(best, q["p99_ms"])
+        ratio = f"{best / d['p99_ms']:.1f}x" if best is not None else "-"
+        print(f"| {key} | {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | {' | '.join(cells)} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
