@@ -53,3 +53,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --quiet
+
+# The benchmark suite at its smallest scale, as a smoke test: desa, DuckDB,
+# chDB and PostgreSQL must give the same answers to the same queries
+# (timings are printed, never asserted; a debug build is enough for that).
+echo "== benchmark suite smoke (1M events)"
+bench/suite.sh --scale 1m --desa "$CARGO_TARGET_DIR/debug/desa" --out "$CARGO_TARGET_DIR/bench-smoke"

@@ -23,7 +23,7 @@ use crate::head::Head;
 use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
 use crate::query;
-use crate::sections::Mapped;
+use crate::sections::SectionFile;
 use crate::segment::{write_segment, Segment, SegmentMeta};
 use crate::summary::{LiveSummary, Summary, SummaryMeta};
 use crate::wal::{self, encode_parts, RecordParts, SourceOffset, WalWriter};
@@ -922,10 +922,10 @@ fn enforce_memory_budget(inner: &Inner) {
     let (segs, sums) = snapshot(&inner.state.read());
     // Use times are read once: queries change them meanwhile, and a sort
     // whose keys move under it may panic.
-    let mut mapped: Vec<(u64, &dyn Mapped)> = segs
+    let mut mapped: Vec<(u64, &SectionFile)> = segs
         .iter()
-        .map(|s| s.as_ref() as &dyn Mapped)
-        .chain(sums.iter().map(|s| s.file.as_ref() as &dyn Mapped))
+        .map(|s| s.mapped())
+        .chain(sums.iter().map(|s| s.file.mapped()))
         .map(|m| (m.last_used(), m))
         .collect();
     mapped.sort_by_key(|m| m.0);

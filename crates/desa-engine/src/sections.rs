@@ -15,6 +15,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
@@ -126,11 +128,16 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// A logical clock for [`SectionFile::touch`]: only the order of uses matters.
+static USE_CLOCK: AtomicU64 = AtomicU64::new(1);
+
 /// A verified, read-only mapping of a section file.
 pub(crate) struct SectionFile {
     pub map: Mmap,
     pub sections: Vec<(usize, usize)>,
     pub words: Vec<u64>,
+    /// When a query last read this file, on [`USE_CLOCK`]'s scale.
+    last_used: AtomicU64,
 }
 
 impl SectionFile {
@@ -188,6 +195,7 @@ impl SectionFile {
             map,
             sections,
             words,
+            last_used: AtomicU64::new(0),
         })
     }
 
@@ -210,11 +218,27 @@ impl SectionFile {
         let (off, len) = self.sections[s];
         &self.map[off..off + len]
     }
-}
 
-/// A mapped file whose resident pages the memory governor may drop, least
-/// recently used first.
-pub(crate) trait Mapped {
-    fn last_used(&self) -> u64;
-    fn release_memory(&self);
+    /// Records that a query is reading this file.
+    pub fn touch(&self) {
+        self.last_used
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// When a query last read this file (larger is more recent).
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Drops the mapping's resident pages from this process; they are read
+    /// again from the file (usually the page cache) on the next access. The
+    /// memory governor and the readers of whole files call it.
+    pub fn release_memory(&self) {
+        // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
+        // clean pages, which are read again on access.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
 }

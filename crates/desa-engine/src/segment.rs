@@ -33,10 +33,6 @@ pub use build::write_segment;
 pub use kd::{KdNode, KdPoint};
 pub use read::Segment;
 
-/// A logical clock for `touch` of segments and summaries: only the order of
-/// uses matters.
-pub(crate) static USE_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 /// Rows per k-d tree leaf.
 pub const KD_LEAF_ROWS: usize = 32;
 

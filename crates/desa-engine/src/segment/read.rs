@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, GeoBox, TimeWindow};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::kd::{KdNode, KdPoint, KdQuery};
 use super::*;
@@ -17,8 +16,6 @@ pub struct Segment {
     pub meta: SegmentMeta,
     path: PathBuf,
     file: SectionFile,
-    /// When a query last read this segment, on [`USE_CLOCK`]'s scale.
-    last_used: AtomicU64,
     fences: DeviceFences,
 
     types: usize,
@@ -81,7 +78,6 @@ impl Segment {
             },
             path: path.to_owned(),
             file,
-            last_used: AtomicU64::new(0),
             fences: DeviceFences::build(&[], |_| ""),
 
             types,
@@ -354,35 +350,16 @@ impl Segment {
         }
     }
 
-    /// Drops the mapping's resident pages; they are read again from the file
-    /// (usually the page cache) on the next access. Keeps RSS within budget.
-    /// Records that a query is reading this segment.
-    pub fn touch(&self) {
-        self.last_used
-            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    /// The mapped file (use time, releasing its pages).
+    pub(crate) fn mapped(&self) -> &SectionFile {
+        &self.file
     }
 
-    /// When a query last read this segment (larger is more recent).
-    pub fn last_used(&self) -> u64 {
-        self.last_used.load(Ordering::Relaxed)
+    pub fn touch(&self) {
+        self.file.touch()
     }
 
     pub fn release_memory(&self) {
-        // SAFETY: the mapping is a read-only shared file mapping, for which
-        // MADV_DONTNEED only discards clean pages that are re-read on access.
-        let _ = unsafe {
-            self.file
-                .map
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-        };
-    }
-}
-
-impl crate::sections::Mapped for Segment {
-    fn last_used(&self) -> u64 {
-        Segment::last_used(self)
-    }
-    fn release_memory(&self) {
-        Segment::release_memory(self)
+        self.file.release_memory()
     }
 }

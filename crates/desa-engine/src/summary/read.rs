@@ -1,7 +1,6 @@
 //! Reading a summary through a read-only memory map.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use desa_model::{DoubleDouble, GeoBox};
 
@@ -9,7 +8,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::sections::SectionFile;
-use crate::segment::{kd_depth, USE_CLOCK};
+use crate::segment::kd_depth;
 
 /// An open, checksum-verified summary.
 pub struct Summary {
@@ -21,7 +20,6 @@ pub struct Summary {
     file: SectionFile,
     fences: DeviceFences,
     types: usize,
-    last_used: AtomicU64,
 }
 
 impl std::fmt::Debug for Summary {
@@ -77,7 +75,6 @@ impl Summary {
             file,
             fences: DeviceFences::build(&[], |_| ""),
             types,
-            last_used: AtomicU64::new(0),
         };
         let ends_agree = types == 0
             || (s.u32s(S_TYPE_SERIES)[types] as usize == series
@@ -189,25 +186,17 @@ impl Summary {
         acc
     }
 
-    /// Records that a query is reading this summary.
+    /// The mapped file (use time, releasing its pages).
+    pub(crate) fn mapped(&self) -> &SectionFile {
+        &self.file
+    }
+
     pub fn touch(&self) {
-        self.last_used
-            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        self.file.touch()
     }
 
-    pub fn last_used(&self) -> u64 {
-        self.last_used.load(Ordering::Relaxed)
-    }
-
-    /// Drops the mapping's resident pages (see `Segment::release_memory`).
     pub fn release_memory(&self) {
-        // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
-        // clean pages, which are read again on access.
-        let _ = unsafe {
-            self.file
-                .map
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-        };
+        self.file.release_memory()
     }
 }
 
@@ -246,13 +235,4 @@ fn visit(
     let (left, right) = points.split_at(points.len() / 2);
     visit(nodes, left, q, 2 * i + 1, depth + 1, depth_max, acc);
     visit(nodes, right, q, 2 * i + 2, depth + 1, depth_max, acc);
-}
-
-impl crate::sections::Mapped for Summary {
-    fn last_used(&self) -> u64 {
-        Summary::last_used(self)
-    }
-    fn release_memory(&self) {
-        Summary::release_memory(self)
-    }
 }

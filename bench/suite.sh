@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The benchmark suite: desa against DuckDB, ClickHouse (chDB) and PostgreSQL
+# on the same generated events and the same queries, every answer checked.
+#
+#   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"]
+#
+# 1. `desa bench` generates the seeded dataset (NDJSON), loads it into desa
+#    over HTTP, and times the query mix, recording each query and answer;
+# 2. bench/peers.py loads the same file into each peer and replays the
+#    recorded queries, failing on any answer that differs;
+# 3. bench/report.py writes DIR/report.md: load rate, bytes per event,
+#    p50/p99 per query kind and window, and desa's ratio against the best peer.
+# Results stay in DIR as JSON (desa.json, PEER.json) for later comparison.
+# Exit status 1 if any peer disagrees with desa. Timings are printed, never
+# asserted. Python packages go to a virtualenv under $DESA_TOOLS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scale=1m
+out=""
+desa=""
+peers="duckdb chdb postgres"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --desa) desa="$2"; shift 2 ;;
+    --peers) peers="$2"; shift 2 ;;
+    *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+case "$scale" in
+  1m) events=1000000; devices=100000; queries=20 ;;
+  10m) events=10000000; devices=1000000; queries=50 ;;
+  100m) events=100000000; devices=1000000; queries=50 ;;
+  *) echo "--scale must be 1m, 10m or 100m, not $scale" >&2; exit 2 ;;
+esac
+out="${out:-bench-results/$scale}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+
+if [ -z "$desa" ]; then
+  cargo build --release -p desa --quiet
+  desa="${CARGO_TARGET_DIR:-target}/release/desa"
+fi
+
+# Python and the peers' client libraries, pinned, in a virtualenv.
+TOOLS="${DESA_TOOLS:-/var/tmp/desa-tools}"
+venv="$TOOLS/bench-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  duckdb==2.0.1 chdb==4.4.0 "psycopg[binary]==3.3.9"
+# PostgreSQL's server binaries (the peer starts a throwaway server).
+if [[ " $peers " == *" postgres "* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
+
+echo "== desa: $events events, $devices devices, $queries queries per kind and window"
+"$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
+  --work-dir "$out/desa" --record "$out/queries.jsonl" --out "$out/desa.json"
+status=0
+reports=()
+for peer in $peers; do
+  echo "== $peer"
+  if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
+      --queries "$out/queries.jsonl" --work-dir "$out/$peer" --out "$out/$peer.json"; then
+    status=1
+  fi
+  [ -f "$out/$peer.json" ] && reports+=("$out/$peer.json")
+done
+"$venv/bin/python" bench/report.py "$out/desa.json" "${reports[@]}" > "$out/report.md"
+echo "== report: $out/report.md"
+cat "$out/report.md"
+exit "$status"
