@@ -21,8 +21,9 @@ def main():
     names = [p["peer"] for p in peers]
     print("| system | load events/s | bytes/event | answers |")
     print("|---|---|---|---|")
-    print(f"| desa | {desa['ingest_events_per_sec']:,.0f} (durable, HTTP) | "
-          f"{desa['segment_bytes_per_event']:.1f} | reference |")
+    load = (f"{desa['ingest_events_per_sec']:,.0f} (durable, HTTP)" if desa["ingest_secs"] > 0
+            else "not in this run (--reuse-data)")
+    print(f"| desa | {load} | {desa['segment_bytes_per_event']:.1f} | reference |")
     for p in peers:
         verdict = "all equal" if p["disagreements"] == 0 else f"{p['disagreements']} differ"
         print(f"| {p['peer']} | {p['events'] / p['load_secs']:,.0f} | "

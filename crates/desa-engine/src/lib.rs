@@ -5,6 +5,8 @@
 //! - `head`: the newest events in memory, indexed, until flushed.
 //! - [`segment`]: immutable per-day files with prefix sums, per-type top-K
 //!   order and an aggregate k-d tree; merged by size-tiered compaction.
+//! - [`summary`]: per-block totals over 2 to 1024 whole days, so that long
+//!   windows read O(log days) files.
 //! - `query`: how each query combines head and segments without reading
 //!   every event of its window.
 //!

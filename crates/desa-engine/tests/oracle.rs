@@ -135,6 +135,38 @@ fn check_windows(
     }
 }
 
+/// Writes the generated stream (5% of it replaced by edge events) in
+/// batches of a size drawn from `batch_sizes`; returns the oracle over what was
+/// written and the devices to query (plus one that never sends).
+fn write_stream(
+    engine: &Engine,
+    gen: Generator,
+    rng: &mut StdRng,
+    batch_sizes: std::ops::Range<usize>,
+) -> (Oracle, Vec<String>) {
+    let mut oracle = Oracle::default();
+    let mut devices: Vec<String> = vec!["nobody".into()];
+    let mut batch = Vec::new();
+    for g in gen {
+        let mut e = g.event.unwrap();
+        if rng.gen_bool(0.05) {
+            e = edge_event(rng);
+        }
+        if devices.len() < 400 && !devices.contains(&e.device_id) {
+            devices.push(e.device_id.clone());
+        }
+        oracle.add(e.clone());
+        batch.push(e);
+        if batch.len() >= rng.gen_range(batch_sizes.clone()) {
+            engine
+                .write(WriteRequest::events(std::mem::take(&mut batch)))
+                .unwrap();
+        }
+    }
+    engine.write(WriteRequest::events(batch)).unwrap();
+    (oracle, devices)
+}
+
 fn run(seed: u64, events: u64, head_max_rows: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = EngineConfig::new(dir.path());
@@ -151,27 +183,8 @@ fn run(seed: u64, events: u64, head_max_rows: usize) {
         late_fraction: 0.05,
         ..GenConfig::default()
     });
-    let mut oracle = Oracle::default();
-    let mut batch = Vec::new();
     let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
-    let mut devices: Vec<String> = vec!["nobody".into()];
-    for g in gen {
-        let mut e = g.event.unwrap();
-        if rng.gen_bool(0.05) {
-            e = edge_event(&mut rng);
-        }
-        if devices.len() < 400 && !devices.contains(&e.device_id) {
-            devices.push(e.device_id.clone());
-        }
-        oracle.add(e.clone());
-        batch.push(e);
-        if batch.len() >= rng.gen_range(1..400) {
-            engine
-                .write(WriteRequest::events(std::mem::take(&mut batch)))
-                .unwrap();
-        }
-    }
-    engine.write(WriteRequest::events(batch)).unwrap();
+    let (oracle, devices) = write_stream(&engine, gen, &mut rng, 1..400);
     check_all(&engine, &oracle, &mut rng, &devices, 300);
     engine.flush().unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
@@ -227,27 +240,8 @@ fn summaries_answer_long_windows_exactly() {
         late_fraction: 0.05,
         ..GenConfig::default()
     });
-    let mut oracle = Oracle::default();
     let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
-    let mut devices: Vec<String> = vec!["nobody".into()];
-    let mut batch = Vec::new();
-    for g in gen {
-        let mut e = g.event.unwrap();
-        if rng.gen_bool(0.05) {
-            e = edge_event(&mut rng);
-        }
-        if devices.len() < 300 && !devices.contains(&e.device_id) {
-            devices.push(e.device_id.clone());
-        }
-        oracle.add(e.clone());
-        batch.push(e);
-        if batch.len() >= 500 {
-            engine
-                .write(WriteRequest::events(std::mem::take(&mut batch)))
-                .unwrap();
-        }
-    }
-    engine.write(WriteRequest::events(batch)).unwrap();
+    let (mut oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
     engine.settle().unwrap();
     let summaries = engine.stats().summaries;
     assert!(summaries >= 15, "only {summaries} summaries over 40 days");
