@@ -125,7 +125,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     observer: Arc<dyn EngineObserver>,
     state: RwLock<State>,
-    /// Only the flusher changes the manifest.
+    /// Every change to the file lists (flush, merge, summary) is made and
+    /// stored under this lock.
     manifest: Mutex<Manifest>,
     /// Held while compacting (flusher or [`Engine::settle`]).
     maintenance: Mutex<()>,
@@ -226,7 +227,8 @@ impl Engine {
         }
         let mut summaries = Vec::new();
         for m in &manifest.summaries {
-            let file = Summary::open(&seg_dir.join(SummaryMeta::file_name(m.id)))?;
+            let path = seg_dir.join(SummaryMeta::file_name(m.id));
+            let file = Summary::open(&path, m.level, m.first_day)?;
             summaries.push(Arc::new(LiveSummary {
                 meta: m.clone(),
                 file: Arc::new(file),
@@ -504,6 +506,16 @@ impl Engine {
         }
     }
 
+    /// Flushes, then compacts and summarizes until there is nothing left to
+    /// do (the background threads do the same, a step at a time).
+    pub fn settle(&self) -> Result<()> {
+        self.flush()?;
+        let _m = self.inner.maintenance.lock();
+        let _s = self.inner.summarizing.lock();
+        while maintain::compact_once(&self.inner)? || maintain::summarize_once(&self.inner)? {}
+        Ok(())
+    }
+
     /// Freezes the head and waits until every frozen head is in segments.
     pub fn flush(&self) -> Result<()> {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -529,18 +541,6 @@ impl Engine {
                 .frozen_cv
                 .wait_for(&mut guard, Duration::from_millis(50));
         }
-    }
-}
-
-impl Engine {
-    /// Flushes, then compacts and summarizes until there is nothing left to
-    /// do (the flusher does the same in the background, a step at a time).
-    pub fn settle(&self) -> Result<()> {
-        self.flush()?;
-        let _m = self.inner.maintenance.lock();
-        let _s = self.inner.summarizing.lock();
-        while maintain::compact_once(&self.inner)? || maintain::summarize_once(&self.inner)? {}
-        Ok(())
     }
 }
 

@@ -131,15 +131,6 @@ pub(super) fn pending(inner: &Inner) -> bool {
         || next_summary(&st.segments, &st.summaries, st.watermark, &inner.cfg).is_some()
 }
 
-/// What to do for one block.
-enum Work {
-    /// No summary yet: build one from the block's children and its other
-    /// segments.
-    Build,
-    /// Too many late segments beside the summary: add them to it.
-    Refresh(Arc<LiveSummary>),
-}
-
 /// Builds or refreshes one summary if one is due. A block is summarized
 /// once its last day is more than a day behind the event-time watermark
 /// (so in-order traffic has moved on) and both its halves hold events (else
@@ -200,23 +191,21 @@ fn next_summary(
         for first in blocks {
             let existing = by_block.get(&(level, first)).copied();
             let in_block = || by_day.range(first..first + size).flat_map(|(_, v)| v);
-            let work = match existing {
-                None => Work::Build,
+            // A missing summary is built from its halves' summaries; one
+            // with too many late segments beside it, from itself.
+            let children: Vec<Arc<LiveSummary>> = match existing {
                 Some(x) => {
                     let extras = in_block().filter(|s| !x.meta.covers(s.meta.id)).count();
                     if extras <= cfg.summary_max_extras {
                         continue;
                     }
-                    Work::Refresh(x.clone())
+                    vec![x.clone()]
                 }
-            };
-            let children: Vec<Arc<LiveSummary>> = match work {
-                Work::Build if level > MIN_LEVEL => [first, first + size / 2]
+                None if level > MIN_LEVEL => [first, first + size / 2]
                     .iter()
                     .filter_map(|&d| by_block.get(&(level - 1, d)).map(|c| (*c).clone()))
                     .collect(),
-                Work::Build => Vec::new(),
-                Work::Refresh(ref x) => vec![x.clone()],
+                None => Vec::new(),
             };
             let segs: Vec<Arc<Segment>> = in_block()
                 .filter(|s| !children.iter().any(|c| c.meta.covers(s.meta.id)))
@@ -265,7 +254,7 @@ fn write(inner: &Inner, due: &Due) -> Result<()> {
     };
     let path = seg_dir.join(SummaryMeta::file_name(id));
     let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
-    let file = Arc::new(Summary::open(&path)?);
+    let file = Arc::new(Summary::open(&path, level, first_day)?);
     crate::wal::sync_dir(&seg_dir)?;
     let mut manifest = inner.manifest.lock();
     let live: HashSet<u64> = manifest.segments.iter().map(|m| m.id).collect();

@@ -169,12 +169,6 @@ impl Segment {
         (self.f64s(S_LAT), self.f64s(S_LON), self.f64s(S_VALUE))
     }
 
-    /// The geo copy of type `t`'s rows, in k-d order.
-    pub fn kd_points(&self, t: usize) -> &[KdPoint] {
-        let rows = self.u32s(S_TYPE_ROWS);
-        &bytemuck::cast_slice(self.bytes(S_KD_POINTS))[rows[t] as usize..rows[t + 1] as usize]
-    }
-
     /// Sum of the values of series `s`, all time.
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
         let r = self.u32s(S_SERIES_ROW);

@@ -79,37 +79,23 @@ impl<'a> Input<'a> {
                 // folding runs of one location here leaves about one point
                 // per device for the sort in `fold_points`.
                 let (lat, lon, value) = s.location_columns();
-                let mut run: Option<(GeoPoint, DoubleDouble)> = None;
-                for r in s.type_rows(t) {
-                    match run.as_mut() {
-                        Some((p, sum)) if p.lat == lat[r] && p.lon == lon[r] => {
-                            p.count += 1;
-                            *sum = sum.add_f64(value[r]);
-                        }
-                        _ => {
-                            if let Some((p, sum)) = run.take() {
-                                out.push(GeoPoint {
-                                    sum_hi: sum.hi,
-                                    sum_lo: sum.lo,
-                                    ..p
-                                });
-                            }
-                            let p = GeoPoint {
-                                lat: lat[r],
-                                lon: lon[r],
-                                count: 1,
-                                sum_hi: 0.0,
-                                sum_lo: 0.0,
-                            };
-                            run = Some((p, DoubleDouble::ZERO.add_f64(value[r])));
-                        }
+                let rows = s.type_rows(t);
+                let mut r = rows.start;
+                while r < rows.end {
+                    let (at_lat, at_lon) = (lat[r], lon[r]);
+                    let mut count = 0;
+                    let mut sum = DoubleDouble::ZERO;
+                    while r < rows.end && lat[r] == at_lat && lon[r] == at_lon {
+                        count += 1;
+                        sum = sum.add_f64(value[r]);
+                        r += 1;
                     }
-                }
-                if let Some((p, sum)) = run {
                     out.push(GeoPoint {
+                        lat: at_lat,
+                        lon: at_lon,
+                        count,
                         sum_hi: sum.hi,
                         sum_lo: sum.lo,
-                        ..p
                     });
                 }
             }

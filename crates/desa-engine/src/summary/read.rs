@@ -12,10 +12,6 @@ use crate::segment::kd_depth;
 
 /// An open, checksum-verified summary.
 pub struct Summary {
-    pub level: u32,
-    pub first_day: i64,
-    pub events: u64,
-    pub bytes: u64,
     path: PathBuf,
     file: SectionFile,
     fences: DeviceFences,
@@ -24,27 +20,34 @@ pub struct Summary {
 
 impl std::fmt::Debug for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Summary")
-            .field("path", &self.path)
-            .field("level", &self.level)
-            .field("first_day", &self.first_day)
-            .finish()
+        f.debug_struct("Summary").field("path", &self.path).finish()
     }
 }
 
 impl Summary {
-    /// Maps the file and verifies its checksum and structure.
-    pub fn open(path: &Path) -> Result<Summary> {
+    /// Maps the file and verifies its checksum, its structure, and that it
+    /// is the summary of the block (`level`, `first_day`) the caller expects.
+    pub fn open(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
         let file = SectionFile::open(&FORMAT, path)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
-        let (level, first_day, events, leaf) = (w[4] as u32, w[5] as i64, w[6], w[7]);
-        if leaf as usize != GEO_LEAF_POINTS || level == 0 || level > MAX_LEVEL {
+        let (file_level, file_day, leaf) = (w[4] as u32, w[5] as i64, w[7]);
+        if leaf as usize != GEO_LEAF_POINTS {
             return Err(Error::corrupt(
                 path,
                 0,
-                format!("leaf size {leaf} or level {level} is not supported"),
+                format!("k-d leaf size {leaf} is not {GEO_LEAF_POINTS}"),
+            ));
+        }
+        if (file_level, file_day) != (level, first_day) {
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!(
+                    "holds the block of level {file_level} from day {file_day}, \
+                     not level {level} from day {first_day}"
+                ),
             ));
         }
         file.check_sizes(
@@ -65,12 +68,7 @@ impl Summary {
                 (4, Some(types + 1)),
             ],
         )?;
-        let bytes = file.map.len() as u64;
         let mut s = Summary {
-            level,
-            first_day,
-            events,
-            bytes,
             path: path.to_owned(),
             file,
             fences: DeviceFences::build(&[], |_| ""),
