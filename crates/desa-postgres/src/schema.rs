@@ -12,7 +12,9 @@
 //!
 //! Resolutions are hours (`res = 1`, bucket = `ts / 3600`) and UTC days
 //! (`res = 2`, bucket = `ts / 86400`). Sums are double-double (`sum_hi`,
-//! `sum_lo`), added in the database by `desa_dd_add`, so averages stay exact.
+//! `sum_lo`), added in the database by the upserts' two-sum arithmetic, so
+//! averages stay exact. Text keys compare bytewise (`COLLATE "C"`): no
+//! locale rules in any index.
 //!
 //! On Citus the distribution column of `desa_series` is `device_id` (avg and
 //! top-K random access go to one shard), and `desa_places`/`desa_cells` are
@@ -24,7 +26,7 @@ use postgres::Client;
 use crate::error::{Error, Result};
 
 /// Schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 pub const RES_HOUR: i16 = 1;
 pub const RES_DAY: i16 = 2;
@@ -35,8 +37,8 @@ CREATE TABLE IF NOT EXISTS desa_meta (
     value text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS desa_series (
-    type text NOT NULL,
-    device_id text NOT NULL,
+    type text COLLATE "C" NOT NULL,
+    device_id text COLLATE "C" NOT NULL,
     res smallint NOT NULL,
     bucket integer NOT NULL,
     n bigint NOT NULL,
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS desa_series (
 CREATE INDEX IF NOT EXISTS desa_series_by_count
     ON desa_series (type, res, bucket, n DESC, device_id);
 CREATE TABLE IF NOT EXISTS desa_places (
-    type text NOT NULL,
+    type text COLLATE "C" NOT NULL,
     res smallint NOT NULL,
     cell integer NOT NULL,
     bucket integer NOT NULL,
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS desa_places (
     PRIMARY KEY (type, res, cell, bucket, lat, lon)
 ) WITH (fillfactor = 80);  -- room for HOT updates of n and sums
 CREATE TABLE IF NOT EXISTS desa_cells (
-    type text NOT NULL,
+    type text COLLATE "C" NOT NULL,
     res smallint NOT NULL,
     bucket integer NOT NULL,
     cell_lat smallint NOT NULL,
@@ -82,24 +84,16 @@ CREATE TABLE IF NOT EXISTS desa_idempotency (
     response text NOT NULL,
     created_secs bigint NOT NULL
 );
--- Double-double addition (two-sum, then fast-two-sum), as desa_model::DoubleDouble.
-CREATE OR REPLACE FUNCTION desa_dd_add(
-    a_hi float8, a_lo float8, b_hi float8, b_lo float8, OUT hi float8, OUT lo float8)
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT s + e, e - ((s + e) - s)
-    FROM (SELECT s, (a_hi - (s - bb)) + (b_hi - bb) + a_lo + b_lo AS e
-          FROM (SELECT s, s - a_hi AS bb FROM (SELECT a_hi + b_hi AS s) x) y) z
-$$;
 "#;
 
-const EVENT_COLUMNS: &str = "
+const EVENT_COLUMNS: &str = r#"
     ts bigint NOT NULL,
-    type text NOT NULL,
-    device_id text NOT NULL,
+    type text COLLATE "C" NOT NULL,
+    device_id text COLLATE "C" NOT NULL,
     value float8 NOT NULL,
     lat float8 NOT NULL,
     lon float8 NOT NULL,
-    metadata text";
+    metadata text"#;
 
 fn events_table(partitioning: Partitioning) -> String {
     match partitioning {
@@ -177,9 +171,10 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
             )?;
         }
         Some(Ok(SCHEMA_VERSION)) => {}
-        Some(other) => {
+        Some(_) => {
             return Err(Error::Schema(format!(
-                "the database holds desa schema version {other:?}; this desa reads version {SCHEMA_VERSION}"
+                "the database holds desa schema version {}; this desa reads version {SCHEMA_VERSION} (migrate into a new database)",
+                stored.unwrap_or_default()
             )))
         }
     }
@@ -217,22 +212,69 @@ pub fn day_partition(day: i64) -> String {
     format!("desa_events_d{day}")
 }
 
-/// Creates the partition of UTC day `day` unless it exists. Another worker
-/// may create it at the same moment; that is not an error.
-pub fn ensure_day_partition(client: &mut Client, day: i64) -> Result<()> {
-    let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF desa_events FOR VALUES FROM ({}) TO ({})",
-        day_partition(day),
-        day * 86_400,
-        (day + 1) * 86_400
-    );
-    match client.batch_execute(&sql) {
-        Ok(()) => Ok(()),
+/// Days of partitions created past the one a write needs. Creating a
+/// partition locks `desa_events` against every writer until the in-flight
+/// transactions end, so it is done a week at a time, not once a day.
+pub const PARTITIONS_AHEAD: i64 = 7;
+
+/// The UTC days that have a partition of raw events.
+pub fn existing_day_partitions(client: &mut Client) -> Result<Vec<i64>> {
+    let rows = client.query(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'desa_events'::regclass",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            r.get::<_, &str>(0)
+                .strip_prefix("desa_events_d")?
+                .parse()
+                .ok()
+        })
+        .collect())
+}
+
+/// Creates the partitions of UTC days `days` that `existing` lacks, each
+/// with the [`PARTITIONS_AHEAD`] days after it, in one transaction. Another
+/// worker may create some at the same moment; that is not an error (the
+/// day is then retried on the next write). Returns the days created.
+pub fn create_day_partitions(
+    client: &mut Client,
+    days: &[i64],
+    existing: &std::collections::HashSet<i64>,
+) -> Result<Vec<i64>> {
+    let mut wanted: Vec<i64> = days
+        .iter()
+        .filter(|d| !existing.contains(d))
+        .flat_map(|&d| d..=d + PARTITIONS_AHEAD)
+        .filter(|d| !existing.contains(d))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(wanted);
+    }
+    let mut sql = String::from("SET LOCAL client_min_messages = warning;");
+    for &day in &wanted {
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF desa_events FOR VALUES FROM ({}) TO ({});",
+            day_partition(day),
+            day * 86_400,
+            (day + 1) * 86_400
+        ));
+    }
+    let mut tx = client.transaction()?;
+    match tx.batch_execute(&sql) {
+        Ok(()) => {
+            tx.commit()?;
+            Ok(wanted)
+        }
         Err(e)
             if e.code() == Some(&postgres::error::SqlState::DUPLICATE_TABLE)
                 || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
         {
-            Ok(())
+            Ok(Vec::new())
         }
         Err(e) => Err(e.into()),
     }

@@ -298,12 +298,16 @@ fn write_one(
         return Err(StoreError::Unavailable("no connection".into()));
     };
     if shared.partitioning == Partitioning::Declarative {
-        for day in days_of(&req.events) {
-            if shared.days.lock().contains(&day) {
-                continue;
-            }
-            schema::ensure_day_partition(c, day).map_err(|e| unavailable(shared, &e))?;
-            shared.days.lock().insert(day);
+        let days = days_of(&req.events);
+        if days.iter().any(|d| !shared.days.lock().contains(d)) {
+            // Another worker may have created them: read the catalog first.
+            let fail = |e: Error| unavailable(shared, &e);
+            let existing = schema::existing_day_partitions(c).map_err(fail)?;
+            let mut known = shared.days.lock().clone();
+            known.extend(existing);
+            let created = schema::create_day_partitions(c, &days, &known).map_err(fail)?;
+            known.extend(created);
+            *shared.days.lock() = known;
         }
     }
     let epochs = shared.epochs.lock().clone();

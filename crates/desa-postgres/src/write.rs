@@ -4,6 +4,7 @@
 //! lock rows in the same order).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use desa_model::{DoubleDouble, Event};
 use desa_store::{StoreError, WriteOutcome, WriteRequest};
@@ -95,26 +96,59 @@ fn aggregate(events: &[Event]) -> Aggregates<'_> {
     a
 }
 
-const UPSERT_SERIES: &str = "
-INSERT INTO desa_series AS t (type, device_id, res, bucket, n, sum_hi, sum_lo)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::int4[], $5::int8[], $6::float8[], $7::float8[])
-ON CONFLICT (type, device_id, res, bucket) DO UPDATE SET
-    n = t.n + excluded.n,
-    (sum_hi, sum_lo) = (SELECT d.hi, d.lo FROM desa_dd_add(t.sum_hi, t.sum_lo, excluded.sum_hi, excluded.sum_lo) d)";
+/// The `SET` list that adds the conflicting batch row's count and
+/// double-double sum (`excluded`) to the stored row's (`t`): two-sum, then
+/// fast-two-sum, in float8 arithmetic — [`DoubleDouble`]'s `+`, written out
+/// as plain expressions so the server evaluates no sub-query per row.
+fn add_sums_set() -> String {
+    let s = "(t.sum_hi + excluded.sum_hi)";
+    let bb = format!("({s} - t.sum_hi)");
+    let e = format!(
+        "((t.sum_hi - ({s} - {bb})) + (excluded.sum_hi - {bb}) + t.sum_lo + excluded.sum_lo)"
+    );
+    format!("n = t.n + excluded.n, sum_hi = {s} + {e}, sum_lo = {e} - (({s} + {e}) - {s})")
+}
 
-const UPSERT_PLACES: &str = "
-INSERT INTO desa_places AS t (type, res, cell, bucket, lat, lon, n, sum_hi, sum_lo)
-SELECT * FROM unnest($1::text[], $2::int2[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::int8[], $8::float8[], $9::float8[])
-ON CONFLICT (type, res, cell, bucket, lat, lon) DO UPDATE SET
-    n = t.n + excluded.n,
-    (sum_hi, sum_lo) = (SELECT d.hi, d.lo FROM desa_dd_add(t.sum_hi, t.sum_lo, excluded.sum_hi, excluded.sum_lo) d)";
+/// `INSERT .. SELECT FROM unnest(..) ON CONFLICT (key) DO UPDATE` adding sums.
+fn upsert_sql(table: &str, columns: &str, types: &str, key: &str) -> String {
+    let params: Vec<String> = types
+        .split(',')
+        .enumerate()
+        .map(|(i, t)| format!("${}::{}[]", i + 1, t.trim()))
+        .collect();
+    format!(
+        "INSERT INTO {table} AS t ({columns}) SELECT * FROM unnest({}) ON CONFLICT ({key}) DO UPDATE SET {}",
+        params.join(", "),
+        add_sums_set()
+    )
+}
 
-const UPSERT_CELLS: &str = "
-INSERT INTO desa_cells AS t (type, res, bucket, cell_lat, cell_lon, n, sum_hi, sum_lo)
-SELECT * FROM unnest($1::text[], $2::int2[], $3::int4[], $4::int2[], $5::int2[], $6::int8[], $7::float8[], $8::float8[])
-ON CONFLICT (type, res, bucket, cell_lat, cell_lon) DO UPDATE SET
-    n = t.n + excluded.n,
-    (sum_hi, sum_lo) = (SELECT d.hi, d.lo FROM desa_dd_add(t.sum_hi, t.sum_lo, excluded.sum_hi, excluded.sum_lo) d)";
+static UPSERT_SERIES: LazyLock<String> = LazyLock::new(|| {
+    upsert_sql(
+        "desa_series",
+        "type, device_id, res, bucket, n, sum_hi, sum_lo",
+        "text, text, int2, int4, int8, float8, float8",
+        "type, device_id, res, bucket",
+    )
+});
+
+static UPSERT_PLACES: LazyLock<String> = LazyLock::new(|| {
+    upsert_sql(
+        "desa_places",
+        "type, res, cell, bucket, lat, lon, n, sum_hi, sum_lo",
+        "text, int2, int4, int4, float8, float8, int8, float8, float8",
+        "type, res, cell, bucket, lat, lon",
+    )
+});
+
+static UPSERT_CELLS: LazyLock<String> = LazyLock::new(|| {
+    upsert_sql(
+        "desa_cells",
+        "type, res, bucket, cell_lat, cell_lon, n, sum_hi, sum_lo",
+        "text, int2, int4, int2, int2, int8, float8, float8",
+        "type, res, bucket, cell_lat, cell_lon",
+    )
+});
 
 /// Why a write transaction did not commit.
 pub(crate) enum Failed {
@@ -234,13 +268,17 @@ fn copy_events(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(
     Ok(())
 }
 
-fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
-    let a = aggregate(events);
+type SeriesRow<'a, 'b> = ((&'a str, &'a str, i16, i32), &'b Agg);
+type PlaceRow<'a, 'b> = (PlaceKey<'a>, &'b (f64, f64, Agg));
 
+fn upsert_series(tx: &mut postgres::Transaction<'_>, rows: &[SeriesRow]) -> Result<(), Failed> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut t = Vec::new();
     let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
     let mut sums = SumColumns::default();
-    for ((ty, dev, res, bucket), g) in &a.series {
+    for ((ty, dev, res, bucket), g) in rows {
         t.push(*ty);
         d.push(*dev);
         r.push(*res);
@@ -248,15 +286,21 @@ fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Re
         sums.push(g);
     }
     tx.execute(
-        UPSERT_SERIES,
+        &*UPSERT_SERIES,
         &[&t, &d, &r, &b, &sums.n, &sums.hi, &sums.lo],
     )?;
+    Ok(())
+}
 
+fn upsert_places(tx: &mut postgres::Transaction<'_>, rows: &[PlaceRow]) -> Result<(), Failed> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut t = Vec::new();
     let (mut r, mut c, mut b, mut la, mut lo) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sums = SumColumns::default();
-    for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in &a.places {
+    for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in rows {
         t.push(*ty);
         r.push(*res);
         c.push(*cell);
@@ -266,12 +310,21 @@ fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Re
         sums.push(g);
     }
     tx.execute(
-        UPSERT_PLACES,
+        &*UPSERT_PLACES,
         &[&t, &r, &c, &b, &la, &lo, &sums.n, &sums.hi, &sums.lo],
     )?;
+    Ok(())
+}
 
-    // Last: cell rows are the ones concurrent workers share, so they are
-    // held locked for the shortest time.
+fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
+    let a = aggregate(events);
+    let series: Vec<SeriesRow> = a.series.iter().map(|(k, v)| (*k, v)).collect();
+    upsert_series(tx, &series)?;
+    let places: Vec<PlaceRow> = a.places.iter().map(|(k, v)| (*k, v)).collect();
+    upsert_places(tx, &places)?;
+
+    // Last: cell rows are the ones every writer shares, so they are held
+    // locked for the shortest time.
     let mut t = Vec::new();
     let (mut r, mut b, mut cla, mut clo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sums = SumColumns::default();
@@ -284,7 +337,7 @@ fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Re
         sums.push(g);
     }
     tx.execute(
-        UPSERT_CELLS,
+        &*UPSERT_CELLS,
         &[&t, &r, &b, &cla, &clo, &sums.n, &sums.hi, &sums.lo],
     )?;
     Ok(())

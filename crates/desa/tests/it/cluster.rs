@@ -416,8 +416,30 @@ fn migrate_is_idempotent_and_names_the_schema_version() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("desa schema 1 ready"), "{text}");
+        let ready = format!(
+            "desa schema {} ready",
+            desa_postgres::schema::SCHEMA_VERSION
+        );
+        assert!(text.contains(&ready), "{text}");
     }
+    // A database written by another schema version is refused, by name.
+    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    client
+        .execute(
+            "UPDATE desa_meta SET value = '1' WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["migrate", "--store", &pg.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds desa schema version 1; this desa reads version"),
+        "{err}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
         .args(["migrate", "--store", "postgres://desa@127.0.0.1:1/none"])
         .output()
