@@ -1,8 +1,9 @@
 //! From request bytes to validated events.
 //!
-//! Parsing takes a fast path (a borrowed, typed serde decode) for well-formed
-//! events; only an event that fails it is decoded again as a generic JSON value
-//! to produce an error message that names the field at fault.
+//! Parsing takes a fast path for well-formed events: a byte scanner
+//! (`fast`) for the usual shape, else a borrowed, typed serde decode; only an
+//! event that fails both is decoded again as a generic JSON value to produce
+//! an error message that names the field at fault.
 
 use std::borrow::Cow;
 
@@ -10,6 +11,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{check, Event, Limits};
+
+mod fast;
 
 /// How the body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +67,44 @@ struct WireLocation {
     longitude: f64,
 }
 
-/// Parses and validates one event from its JSON text.
+/// An event as decoded, before validation; borrowed from the text.
+struct Decoded<'a> {
+    device_id: Cow<'a, str>,
+    timestamp: i64,
+    event_type: Cow<'a, str>,
+    value: f64,
+    location: WireLocation,
+    /// The JSON text of `metadata`, absent or null: `None`.
+    metadata: Option<&'a str>,
+}
+
+fn decode_serde(text: &str) -> Result<Decoded<'_>, serde_json::Error> {
+    let wire: WireEvent = serde_json::from_str(text)?;
+    Ok(Decoded {
+        device_id: wire.device_id,
+        timestamp: wire.timestamp,
+        event_type: wire.event_type,
+        value: wire.value,
+        location: wire.location,
+        metadata: wire.metadata.map(RawValue::get),
+    })
+}
+
+/// Parses and validates one event from its JSON text: the byte scanner
+/// (`fast`) first, serde for what it leaves.
 pub fn parse_event(text: &str, limits: &Limits) -> Result<Event, String> {
-    let event = match serde_json::from_str::<WireEvent>(text) {
-        Ok(wire) => Event {
-            device_id: wire.device_id.into_owned(),
-            ts_secs: wire.timestamp,
-            event_type: wire.event_type.into_owned(),
-            value: wire.value,
-            latitude: wire.location.latitude,
-            longitude: wire.location.longitude,
-            metadata: wire.metadata.map(|m| Box::from(m.get())),
-        },
-        Err(fast_err) => return Err(explain(text, fast_err)),
+    let decoded = match fast::scan(text).map_or_else(|| decode_serde(text), Ok) {
+        Ok(d) => d,
+        Err(serde_err) => return Err(explain(text, serde_err)),
+    };
+    let event = Event {
+        device_id: decoded.device_id.into_owned(),
+        ts_secs: decoded.timestamp,
+        event_type: decoded.event_type.into_owned(),
+        value: decoded.value,
+        latitude: decoded.location.latitude,
+        longitude: decoded.location.longitude,
+        metadata: decoded.metadata.map(Box::from),
     };
     check(&event, limits)?;
     Ok(event)
