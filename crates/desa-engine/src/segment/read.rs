@@ -89,6 +89,9 @@ impl Segment {
         }
         let mut seg = seg;
         seg.fences = DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s));
+        // Building the fences read every device name: drop those pages, or
+        // opening a node's files would make them all resident at once.
+        seg.file.release_memory();
         Ok(seg)
     }
 

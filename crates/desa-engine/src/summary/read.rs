@@ -82,6 +82,8 @@ impl Summary {
             return Err(Error::corrupt(path, 0, "section counts disagree"));
         }
         s.fences = DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i));
+        // As for segments: the fences read every device name; drop them.
+        s.file.release_memory();
         Ok(s)
     }
 
