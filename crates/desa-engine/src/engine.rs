@@ -841,7 +841,10 @@ fn summary_loop(inner: &Inner) {
     }
 }
 
-/// Returns freed heap memory to the operating system (glibc keeps it otherwise).
+/// Returns freed glibc heap memory to the operating system (glibc keeps it
+/// otherwise): the engine's own allocations when it runs under the system
+/// allocator, as in its tests. The `desa` binary allocates with mimalloc,
+/// which returns freed memory by itself.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap memory.

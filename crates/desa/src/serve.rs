@@ -178,20 +178,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// glibc gives each thread that allocates its own heap arena (up to 8 per
-/// core); memory freed in one arena is not reused by the others, so the
-/// compaction and HTTP threads together hold far more than they use. Two
-/// arenas keep resident memory near what is live.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 pub fn run(args: ServeArgs) -> Result<()> {
-    limit_malloc_arenas();
     init_logging();
     runtime()?.block_on(async {
         let node = Node::start(&args).await?;
