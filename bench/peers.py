@@ -18,7 +18,12 @@ Peers, each set up as its documentation recommends for this workload:
   (value) for avg, a btree on (type, ts) for top-K, a GiST index on
   point(lon, lat) for boxes, and ANALYZE.
 Timings are warm (each query kind runs a quarter as many times before
-timing, as desa's) and include no HTTP: they favour the peer.
+timing, as desa's) and include no HTTP: they favour the peer. With --reuse
+the peer opens what an earlier run loaded into --work-dir instead of loading;
+with --cold (which needs --reuse, and root) it then drops the kernel's page
+cache and times the queries with no warm-up, in a fresh process: the peer's
+own caches (DuckDB's buffer pool, PostgreSQL's shared buffers, restarted)
+start empty as well.
 
 Exit status 1 when any answer disagrees with desa's (avg to 1e-9 relative,
 counts and top-K lists exactly).
@@ -43,7 +48,7 @@ def close(a, b, rel=1e-9):
 class DuckDB:
     name = "duckdb"
 
-    def __init__(self, path):
+    def __init__(self, path, reuse=False):
         import duckdb
 
         self.path = path
@@ -116,7 +121,7 @@ def du(path):
 class ChDB:
     name = "chdb"
 
-    def __init__(self, path):
+    def __init__(self, path, reuse=False):
         from chdb import session
 
         self.path = path
@@ -178,7 +183,7 @@ class Postgres:
 
     name = "postgres"
 
-    def __init__(self, path):
+    def __init__(self, path, reuse=False):
         import glob
         import shutil
         import socket
@@ -191,16 +196,18 @@ class Postgres:
             sys.exit("postgres peer: no server binaries (apt-get install postgresql)")
         self.bin = os.path.dirname(bins[-1])
         self.data = os.path.join(path, "pgdata")
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path)
+        if not reuse:
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
         as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if as_user:
+        if as_user and not reuse:
             shutil.chown(path, "postgres")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         run = lambda *a: subprocess.run(as_user + list(a), check=True, stdout=subprocess.DEVNULL)
-        run(f"{self.bin}/initdb", "-D", self.data, "-A", "trust", "-U", "bench")
+        if not reuse:
+            run(f"{self.bin}/initdb", "-D", self.data, "-A", "trust", "-U", "bench")
         run(f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(path, "log"), "-w", "-o",
             f"-p {self.port} -k {path} -c listen_addresses=127.0.0.1 -c shared_buffers=2GB "
             "-c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB", "start")
@@ -290,35 +297,56 @@ def main():
     ap.add_argument("--peer", default="duckdb", choices=sorted(PEERS))
     ap.add_argument("--work-dir", default=None, help="where the peer keeps its files")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="open what an earlier run loaded into --work-dir instead of loading")
+    ap.add_argument("--cold", action="store_true",
+                    help="with --reuse: drop the page cache (root), then time with no warm-up")
     args = ap.parse_args()
+    if args.cold and not args.reuse:
+        sys.exit("--cold needs --reuse: a peer that just loaded has its data cached")
 
     work = args.work_dir or tempfile.mkdtemp(prefix="desa-peer-")
     os.makedirs(work, exist_ok=True)
     path = os.path.join(work, f"events.{args.peer}")
-    if os.path.isdir(path):
+    if args.reuse:
+        if not os.path.exists(path):
+            sys.exit(f"--reuse: nothing loaded at {path}")
+    elif os.path.isdir(path):
         import shutil
 
         shutil.rmtree(path)
     elif os.path.exists(path):
         os.remove(path)
-    peer = PEERS[args.peer](path)
+    peer = PEERS[args.peer](path, reuse=args.reuse)
     events = sum(1 for _ in open(args.input, "rb"))
-    started = time.perf_counter()
-    peer.load(args.input)
-    load_secs = time.perf_counter() - started
-    print(f"{peer.name}: loaded {events} events in {load_secs:.1f}s = "
-          f"{events / load_secs:.0f} events/s, {peer.bytes() / events:.1f} bytes/event")
+    load_secs = 0.0
+    if args.reuse:
+        print(f"{peer.name}: reusing {path}, {peer.bytes() / events:.1f} bytes/event")
+    else:
+        started = time.perf_counter()
+        peer.load(args.input)
+        load_secs = time.perf_counter() - started
+        print(f"{peer.name}: loaded {events} events in {load_secs:.1f}s = "
+              f"{events / load_secs:.0f} events/s, {peer.bytes() / events:.1f} bytes/event")
+    if args.cold:
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        except OSError as e:
+            sys.exit(f"--cold drops the page cache through /proc/sys/vm/drop_caches: {e}")
+        print("page cache dropped: the queries below are cold, with no warm-up")
 
     recorded = [json.loads(line) for line in open(args.queries)]
     by_label = defaultdict(list)
     for q in recorded:
         by_label[(q["kind"], q["label"])].append(q)
     disagreements = 0
-    report = {"peer": peer.name, "events": events, "load_secs": load_secs,
+    report = {"peer": peer.name, "events": events, "load_secs": load_secs, "cold": args.cold,
               "bytes_per_event": peer.bytes() / events, "queries": {}}
     for (kind, label), qs in by_label.items():
         run = getattr(peer, kind)
-        for q in qs[: max(1, len(qs) // 4)]:  # warm
+        for q in qs[: max(1, len(qs) // 4)] if not args.cold else []:  # warm
             run(q["params"])
         lat = []
         for q in qs:

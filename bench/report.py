@@ -19,6 +19,11 @@ def main():
     desa = json.load(open(sys.argv[1]))
     peers = [json.load(open(p)) for p in sys.argv[2:]]
     names = [p["peer"] for p in peers]
+    cold = [s.get("cold", False) for s in [desa] + peers]
+    if any(cold) and not all(cold):
+        sys.exit("some of these runs are cold and some warm: compare like with like")
+    print(f"Timings: {'cold (page cache dropped, no warm-up)' if all(cold) else 'warm'}.")
+    print()
     print("| system | load events/s | bytes/event | answers |")
     print("|---|---|---|---|")
     load = (f"{desa['ingest_events_per_sec']:,.0f} (durable, HTTP)" if desa["ingest_secs"] > 0
@@ -26,8 +31,9 @@ def main():
     print(f"| desa | {load} | {desa['segment_bytes_per_event']:.1f} | reference |")
     for p in peers:
         verdict = "all equal" if p["disagreements"] == 0 else f"{p['disagreements']} differ"
-        print(f"| {p['peer']} | {p['events'] / p['load_secs']:,.0f} | "
-              f"{p['bytes_per_event']:.1f} | {verdict} |")
+        rate = (f"{p['events'] / p['load_secs']:,.0f}" if p["load_secs"] > 0
+                else "not in this run (--reuse)")
+        print(f"| {p['peer']} | {rate} | {p['bytes_per_event']:.1f} | {verdict} |")
     print()
     head = " | ".join(f"{n} p50 / p99" for n in names)
     print(f"| query | desa p50 / p99 | {head} | best peer p99 / desa p99 |")

@@ -2,14 +2,17 @@
 # The benchmark suite: desa against DuckDB, ClickHouse (chDB) and PostgreSQL
 # on the same generated events and the same queries, every answer checked.
 #
-#   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"]
+#   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"] [--cold]
 #
 # 1. `desa bench` generates the seeded dataset (NDJSON), loads it into desa
 #    over HTTP, and times the query mix, recording each query and answer;
 # 2. bench/peers.py loads the same file into each peer and replays the
 #    recorded queries, failing on any answer that differs;
 # 3. bench/report.py writes DIR/report.md: load rate, bytes per event,
-#    p50/p99 per query kind and window, and desa's ratio against the best peer.
+#    p50/p99 per query kind and window, and desa's ratio against the best peer;
+# 4. with --cold (root), every system is started again on what it loaded,
+#    the kernel's page cache is dropped, and the same queries are timed with
+#    no warm-up: DIR/report-cold.md.
 # Results stay in DIR as JSON (desa.json, PEER.json) for later comparison.
 # Exit status 1 if any peer disagrees with desa. Timings are printed, never
 # asserted. Python packages go to a virtualenv under $DESA_TOOLS.
@@ -20,12 +23,14 @@ scale=1m
 out=""
 desa=""
 peers="duckdb chdb postgres"
+cold=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --desa) desa="$2"; shift 2 ;;
     --peers) peers="$2"; shift 2 ;;
+    --cold) cold=1; shift ;;
     *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -81,4 +86,24 @@ done
 "$venv/bin/python" bench/report.py "$out/desa.json" "${reports[@]}" > "$out/report.md"
 echo "== report: $out/report.md"
 cat "$out/report.md"
+
+if [ "$cold" = 1 ]; then
+  echo "== cold: desa"
+  "$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
+    --work-dir "$out/desa" --reuse-data --cold --record "$out/queries-cold.jsonl" \
+    --out "$out/desa-cold.json"
+  reports=()
+  for peer in $peers; do
+    echo "== cold: $peer"
+    if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
+        --queries "$out/queries-cold.jsonl" --work-dir "$out/$peer" --reuse --cold \
+        --out "$out/$peer-cold.json"; then
+      status=1
+    fi
+    [ -f "$out/$peer-cold.json" ] && reports+=("$out/$peer-cold.json")
+  done
+  "$venv/bin/python" bench/report.py "$out/desa-cold.json" "${reports[@]}" > "$out/report-cold.md"
+  echo "== report: $out/report-cold.md"
+  cat "$out/report-cold.md"
+fi
 exit "$status"

@@ -61,6 +61,13 @@ pub struct BenchArgs {
     /// instead of loading.
     #[arg(long)]
     pub reuse_data: bool,
+    /// Time the queries with a cold page cache (needs --reuse-data, and
+    /// root): once the node has started on the stored data, drop the
+    /// kernel's page cache, then run the query mix with no warm-up. The
+    /// warm-up's parameters are still drawn, so the timed queries are the
+    /// ones a warm run with the same seed times.
+    #[arg(long, requires = "reuse_data")]
+    pub cold: bool,
     /// Write every timed query, with its parameters and desa's answer, to
     /// this file as JSON lines (`bench/peers.py` replays them on other
     /// systems and checks that they answer the same).
@@ -338,6 +345,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
 
     // Queries.
+    if args.cold {
+        drop_page_cache()?;
+        eprintln!("page cache dropped: the queries below are cold, with no warm-up");
+    }
     let g = Generator::new(cfg);
     let devices = [
         ("hottest", g.device_id(0)),
@@ -370,7 +381,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // Warm runs: the timings below are warm, as the peers' are. A node
         // that just started has none of its segment pages mapped.
         for _ in 0..args.queries.div_ceil(4) {
-            client.get_json(path, &params(&mut rng))?;
+            let p = params(&mut rng);
+            if !args.cold {
+                client.get_json(path, &p)?;
+            }
         }
         let mut lat = Vec::with_capacity(args.queries);
         for _ in 0..args.queries {
@@ -483,6 +497,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "span_secs": args.span,
         "ingest_events_per_sec": ingest_rate,
         "ingest_secs": elapsed.as_secs_f64(),
+        "cold": args.cold,
         "resident_bytes": rss,
         "peak_resident_bytes": hwm,
         "segment_bytes_per_event": storage as f64 / accepted.max(1) as f64,
@@ -494,6 +509,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("results written to {}", out.display());
     }
     Ok(())
+}
+
+/// Writes back dirty pages and drops the kernel's page cache, so that the
+/// next reads of every file come from the disk.
+fn drop_page_cache() -> Result<()> {
+    // SAFETY: sync has no arguments and no memory effects.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").context(
+        "--cold drops the page cache through /proc/sys/vm/drop_caches, which needs root",
+    )
 }
 
 /// Produces the dataset into Kafka, then times a fresh node consuming all of
