@@ -1,7 +1,9 @@
 //! [`PgStore`]: the PostgreSQL backend of [`desa_store::Store`].
 //!
-//! Writes go through one writer thread with its own connection, one
-//! transaction per request; queries use a small pool of connections. When
+//! Writes go through three writer threads, each with its own connection, one
+//! transaction per request; queries use a pool of up to four connections
+//! (30 s statement timeout). A probe thread refreshes the figures `/healthz`
+//! shows and expires idempotency keys. When
 //! the database is unreachable every call fails with `Unavailable` (the HTTP
 //! API answers 503 with `Retry-After`; the Kafka source retries with backoff)
 //! and a probe thread reconnects, reporting in `/healthz` and `/metrics`.
