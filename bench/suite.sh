@@ -70,40 +70,36 @@ if [[ " $peers " == *" postgres "* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >
   apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
 fi
 
-echo "== desa: $events events, $devices devices, $queries queries per kind and window"
-"$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
-  --work-dir "$out/desa" --record "$out/queries.jsonl" --out "$out/desa.json"
+# One pass: desa times the query mix (recording it), each peer replays it.
+# $1: "" (warm, after loading) or "-cold" (restarted, page cache dropped).
 status=0
-reports=()
-for peer in $peers; do
-  echo "== $peer"
-  if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
-      --queries "$out/queries.jsonl" --work-dir "$out/$peer" --out "$out/$peer.json"; then
-    status=1
+pass() {
+  local tag="$1" desa_args=() peer_args=()
+  if [ -n "$tag" ]; then
+    desa_args=(--reuse-data --cold)
+    peer_args=(--reuse --cold)
   fi
-  [ -f "$out/$peer.json" ] && reports+=("$out/$peer.json")
-done
-"$venv/bin/python" bench/report.py "$out/desa.json" "${reports[@]}" > "$out/report.md"
-echo "== report: $out/report.md"
-cat "$out/report.md"
-
-if [ "$cold" = 1 ]; then
-  echo "== cold: desa"
+  echo "== desa${tag}: $events events, $devices devices, $queries queries per kind and window"
   "$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
-    --work-dir "$out/desa" --reuse-data --cold --record "$out/queries-cold.jsonl" \
-    --out "$out/desa-cold.json"
-  reports=()
+    --work-dir "$out/desa" "${desa_args[@]}" --record "$out/queries$tag.jsonl" \
+    --out "$out/desa$tag.json"
+  local reports=()
   for peer in $peers; do
-    echo "== cold: $peer"
+    echo "== $peer$tag"
     if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
-        --queries "$out/queries-cold.jsonl" --work-dir "$out/$peer" --reuse --cold \
-        --out "$out/$peer-cold.json"; then
+        --queries "$out/queries$tag.jsonl" --work-dir "$out/$peer" "${peer_args[@]}" \
+        --out "$out/$peer$tag.json"; then
       status=1
     fi
-    [ -f "$out/$peer-cold.json" ] && reports+=("$out/$peer-cold.json")
+    [ -f "$out/$peer$tag.json" ] && reports+=("$out/$peer$tag.json")
   done
-  "$venv/bin/python" bench/report.py "$out/desa-cold.json" "${reports[@]}" > "$out/report-cold.md"
-  echo "== report: $out/report-cold.md"
-  cat "$out/report-cold.md"
+  "$venv/bin/python" bench/report.py "$out/desa$tag.json" "${reports[@]}" > "$out/report$tag.md"
+  echo "== report: $out/report$tag.md"
+  cat "$out/report$tag.md"
+}
+
+pass ""
+if [ "$cold" = 1 ]; then
+  pass "-cold"
 fi
 exit "$status"

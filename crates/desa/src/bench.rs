@@ -516,9 +516,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn drop_page_cache() -> Result<()> {
     // SAFETY: sync has no arguments and no memory effects.
     unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n").context(
-        "--cold drops the page cache through /proc/sys/vm/drop_caches, which needs root",
-    )
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .context("--cold drops the page cache through /proc/sys/vm/drop_caches, which needs root")
 }
 
 /// Produces the dataset into Kafka, then times a fresh node consuming all of

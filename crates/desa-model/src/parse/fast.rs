@@ -121,6 +121,18 @@ impl<'a> Scanner<'a> {
         text.parse().ok()
     }
 
+    /// After a member or element: `true` at a comma (another follows),
+    /// `false` at `close` (consumed), `None` at anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let b = self.peek()?;
+        if b == b',' || b == close {
+            self.at += 1;
+            return Some(b == b',');
+        }
+        None
+    }
+
     fn literal(&mut self, word: &str) -> Option<()> {
         self.ws();
         self.text[self.at..]
@@ -144,14 +156,8 @@ impl<'a> Scanner<'a> {
                     self.string()?;
                     self.eat(b':')?;
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b'}' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b'}')? {
+                        return Some(());
                     }
                 }
             }
@@ -162,14 +168,8 @@ impl<'a> Scanner<'a> {
                 }
                 loop {
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -195,14 +195,8 @@ impl<'a> Scanner<'a> {
             if slot.replace(self.float()?).is_some() {
                 return None;
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    break;
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                break;
             }
         }
         Some(WireLocation {
@@ -249,14 +243,8 @@ pub(super) fn scan(text: &str) -> Option<Decoded<'_>> {
             if !fresh {
                 return None;
             }
-            s.ws();
-            match s.peek()? {
-                b',' => s.at += 1,
-                b'}' => {
-                    s.at += 1;
-                    break;
-                }
-                _ => return None,
+            if !s.more(b'}')? {
+                break;
             }
         }
     }
