@@ -447,3 +447,48 @@ fn migrate_is_idempotent_and_names_the_schema_version() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL"));
 }
+
+/// The database adds each request's count and double-double sum to the
+/// stored rows: those additions must lose no digit. Four requests of one
+/// event each, 1e16, 1, 1, -1e16, in one hour, one day and one place: a
+/// float8 sum gives 0; the exact sum is 2, an average of 0.5, from the hour
+/// rows, the day rows, the cell rows and the place rows alike.
+#[test]
+fn sums_added_in_the_database_keep_every_digit() {
+    use desa_model::GeoBox;
+    use desa_store::{Store, WriteRequest};
+    let pg = Postgres::start();
+    let store = desa_postgres::PgStore::open(desa_postgres::PgConfig {
+        url: pg.url(),
+        worker: "w".into(),
+    })
+    .unwrap();
+    let day = 1_767_225_600;
+    for (i, value) in [1e16, 1.0, 1.0, -1e16].into_iter().enumerate() {
+        let event = desa_model::Event {
+            device_id: "d".into(),
+            ts_secs: day + 3600 + i as i64,
+            event_type: "t".into(),
+            value,
+            latitude: 10.25,
+            longitude: 20.25,
+            metadata: None,
+        };
+        store.write(WriteRequest::events(vec![event])).unwrap();
+    }
+    let hour = TimeWindow::new(day + 3600, day + 7200).unwrap();
+    let whole_day = TimeWindow::new(day, day + 86_400).unwrap();
+    for w in [hour, whole_day] {
+        let a = store.avg("d", "t", w).unwrap();
+        assert_eq!((a.count, a.avg), (4, Some(0.5)), "avg over {w:?}");
+        // A box that holds the whole 1° cell reads cell rows; one that cuts
+        // it reads the location's rows.
+        for b in [
+            GeoBox::new(5.0, 15.0, 15.0, 25.0).unwrap(),
+            GeoBox::new(10.0, 10.5, 20.0, 20.5).unwrap(),
+        ] {
+            let g = store.geo("t", &b, w).unwrap();
+            assert_eq!((g.count, g.avg), (4, Some(0.5)), "geo {b:?} over {w:?}");
+        }
+    }
+}
