@@ -81,19 +81,19 @@ pass() {
   fi
   echo "== desa${tag}: $events events, $devices devices, $queries queries per kind and window"
   "$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
-    --work-dir "$out/desa" "${desa_args[@]}" --record "$out/queries$tag.jsonl" \
+    --work-dir "$out/desa" ${desa_args[@]+"${desa_args[@]}"} --record "$out/queries$tag.jsonl" \
     --out "$out/desa$tag.json"
   local reports=()
   for peer in $peers; do
     echo "== $peer$tag"
     if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
-        --queries "$out/queries$tag.jsonl" --work-dir "$out/$peer" "${peer_args[@]}" \
+        --queries "$out/queries$tag.jsonl" --work-dir "$out/$peer" ${peer_args[@]+"${peer_args[@]}"} \
         --out "$out/$peer$tag.json"; then
       status=1
     fi
     [ -f "$out/$peer$tag.json" ] && reports+=("$out/$peer$tag.json")
   done
-  "$venv/bin/python" bench/report.py "$out/desa$tag.json" "${reports[@]}" > "$out/report$tag.md"
+  "$venv/bin/python" bench/report.py "$out/desa$tag.json" ${reports[@]+"${reports[@]}"} > "$out/report$tag.md"
   echo "== report: $out/report$tag.md"
   cat "$out/report$tag.md"
 }

@@ -512,7 +512,9 @@ impl Engine {
         self.flush()?;
         let _m = self.inner.maintenance.lock();
         let _s = self.inner.summarizing.lock();
-        while maintain::compact_once(&self.inner)? || maintain::summarize_once(&self.inner)? {}
+        while maintain::compact_once(&self.inner)?
+            || maintain::summarize_once(&self.inner, &|job| job())?
+        {}
         Ok(())
     }
 
@@ -804,30 +806,78 @@ fn flusher_loop(inner: &Inner) {
 /// How often the summary thread looks for blocks to summarize.
 const SUMMARY_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Builds summaries one at a time, on CPU time nothing else wants: the
-/// thread runs under `SCHED_IDLE`. Summaries only speed up long windows
-/// (answers are exact without them), so while ingest keeps every core busy
-/// they wait, and they catch up when it eases; during a bulk load that is
-/// about a sixth of the CPU left to ingest (`/healthz` says "maintenance":
-/// "pending" meanwhile).
-fn summary_loop(inner: &Inner) {
+/// Lowers the calling thread's CPU priority by `nice` (0 to 19).
+fn lower_priority(nice: i32) {
+    // SAFETY: setpriority on this thread's own id has no memory effects.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice);
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE` (nice 19 where that is
+/// refused): it then gets only CPU time nothing else wants.
+fn idle_priority() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
-        // valid parameter; it changes only this thread's scheduling.
-        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
-        if !idle {
-            // SAFETY: setpriority on this thread's own id has no memory effects.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 19);
-            }
+        // valid parameter changes only its scheduling.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            lower_priority(19);
         }
     }
+}
+
+/// A summary build and where its result goes.
+type BuildRequest = (maintain::BuildJob, mpsc::SyncSender<maintain::Built>);
+
+/// Starts the thread that runs summary builds under `SCHED_IDLE`. Builds
+/// take no lock: a thread starved under `SCHED_IDLE` must not hold one that
+/// others wait for, and an unprivileged thread cannot leave `SCHED_IDLE`.
+fn start_builder() -> std::io::Result<(mpsc::Sender<BuildRequest>, std::thread::JoinHandle<()>)> {
+    let (jobs, requests) = mpsc::channel::<BuildRequest>();
+    let thread = std::thread::Builder::new()
+        .name("desa-summary-build".into())
+        .spawn(move || {
+            idle_priority();
+            for (job, reply) in requests {
+                let _ = reply.send(job());
+            }
+        })?;
+    Ok((jobs, thread))
+}
+
+/// Builds summaries one at a time. The CPU-heavy part (reading the inputs,
+/// writing and verifying the file) runs on idle CPU, on the builder thread:
+/// summaries only speed up long windows (answers are exact without them),
+/// so while ingest keeps every core busy they wait, and they catch up when
+/// it eases; during a bulk load that is about a sixth of the CPU left to
+/// ingest (`/healthz` says "maintenance": "pending" meanwhile). This thread
+/// itself, which takes the manifest and state locks to swap a summary in,
+/// runs at nice 10.
+fn summary_loop(inner: &Inner) {
+    lower_priority(10);
+    let builder = start_builder()
+        .map_err(|e| tracing::warn!(error = %e, "no summary build thread; summaries are built at nice 10"))
+        .ok();
+    let run = |job: maintain::BuildJob| -> maintain::Built {
+        let Some((jobs, _)) = &builder else {
+            return job();
+        };
+        let (reply, result) = mpsc::sync_channel(1);
+        let gone = || {
+            Error::io("run a summary build on", "desa-summary-build")(std::io::Error::other(
+                "the build thread stopped",
+            ))
+        };
+        jobs.send((job, reply)).map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
+    };
     while !inner.shutdown.load(Ordering::SeqCst) {
         let worked = {
             let _s = inner.summarizing.lock();
-            maintain::summarize_once(inner)
+            maintain::summarize_once(inner, &run)
         };
         match worked {
             Ok(true) => {
@@ -838,6 +888,10 @@ fn summary_loop(inner: &Inner) {
             Err(e) => report_background_error(inner, "summary", e),
         }
         std::thread::sleep(SUMMARY_INTERVAL);
+    }
+    if let Some((jobs, thread)) = builder {
+        drop(jobs);
+        let _ = thread.join();
     }
 }
 

@@ -236,9 +236,12 @@ pub fn existing_day_partitions(client: &mut Client) -> Result<Vec<i64>> {
 }
 
 /// Creates the partitions of UTC days `days` that `existing` lacks, each
-/// with the [`PARTITIONS_AHEAD`] days after it, in one transaction. Another
-/// worker may create some at the same moment; that is not an error (the
-/// day is then retried on the next write). Returns the days created.
+/// with the [`PARTITIONS_AHEAD`] days after it, in one transaction. Creators
+/// (threads of this worker, other workers) take turns on an advisory lock:
+/// `CREATE TABLE IF NOT EXISTS` looks for the table before it waits for the
+/// lock on `desa_events`, so without turns a creator could wait behind
+/// another that creates the same day, then fail on it, and leave the other
+/// days of its batch uncreated. Returns the days this call created.
 pub fn create_day_partitions(
     client: &mut Client,
     days: &[i64],
@@ -265,6 +268,7 @@ pub fn create_day_partitions(
         ));
     }
     let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7218032)", &[])?;
     match tx.batch_execute(&sql) {
         Ok(()) => {
             tx.commit()?;

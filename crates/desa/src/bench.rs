@@ -63,10 +63,11 @@ pub struct BenchArgs {
     pub reuse_data: bool,
     /// Time the queries with a cold page cache (needs --reuse-data, and
     /// root): once the node has started on the stored data, drop the
-    /// kernel's page cache, then run the query mix with no warm-up. The
+    /// kernel's page cache, then run the query mix with no warm-up (not with
+    /// --store: the database's own buffers would stay warm). The
     /// warm-up's parameters are still drawn, so the timed queries are the
     /// ones a warm run with the same seed times.
-    #[arg(long, requires = "reuse_data")]
+    #[arg(long, requires = "reuse_data", conflicts_with = "store")]
     pub cold: bool,
     /// Write every timed query, with its parameters and desa's answer, to
     /// this file as JSON lines (`bench/peers.py` replays them on other
@@ -199,6 +200,9 @@ fn post_file(
             })
         })
         .collect();
+    // Only the workers hold the receiver: when they have all failed, a send
+    // fails instead of waiting for a reader forever.
+    drop(rx);
     let mut start = 0;
     while start < map.len() {
         let end = if map.len() - start <= body_bytes {

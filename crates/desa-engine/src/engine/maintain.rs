@@ -136,14 +136,21 @@ pub(super) fn pending(inner: &Inner) -> bool {
 /// (so in-order traffic has moved on) and both its halves hold events (else
 /// the smaller block holding them answers as well), lowest level first, so
 /// that larger blocks are built from the smaller summaries.
-pub(super) fn summarize_once(inner: &Inner) -> Result<bool> {
+/// A summary build's result: its events, its bytes and the opened file.
+pub(super) type Built = Result<(u64, u64, Arc<Summary>)>;
+/// A summary build, owning its inputs so that it can run on another thread.
+pub(super) type BuildJob = Box<dyn FnOnce() -> Built + Send>;
+
+/// Writes the next summary due, if any; `run` runs its build (on the
+/// calling thread, or on the summary thread's idle-priority builder).
+pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> Result<bool> {
     let (segments, summaries, watermark) = {
         let st = inner.state.read();
         (st.segments.clone(), st.summaries.clone(), st.watermark)
     };
     match next_summary(&segments, &summaries, watermark, &inner.cfg) {
         Some(due) => {
-            write(inner, &due)?;
+            write(inner, &due, run)?;
             Ok(true)
         }
         None => Ok(false),
@@ -226,7 +233,7 @@ fn next_summary(
 /// Writes the summary of `children` and `segs` for the block and swaps it in
 /// for `replaces`, unless the files changed meanwhile (then the new file is
 /// deleted, and the next round builds it again).
-fn write(inner: &Inner, due: &Due) -> Result<()> {
+fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()> {
     let Due {
         level,
         first_day,
@@ -235,11 +242,6 @@ fn write(inner: &Inner, due: &Due) -> Result<()> {
         ref replaces,
     } = *due;
     let started = Instant::now();
-    let inputs: Vec<Input> = children
-        .iter()
-        .map(|c| Input::Summary(&c.file))
-        .chain(segs.iter().map(|s| Input::Segment(s)))
-        .collect();
     let mut covers: Vec<u64> = children
         .iter()
         .flat_map(|c| c.meta.covers.iter().copied())
@@ -253,9 +255,23 @@ fn write(inner: &Inner, due: &Due) -> Result<()> {
         manifest.next_segment_id - 1
     };
     let path = seg_dir.join(SummaryMeta::file_name(id));
-    let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
-    let file = Arc::new(Summary::open(&path, level, first_day)?);
-    crate::wal::sync_dir(&seg_dir)?;
+    // The build takes no lock: it reads its inputs through their mappings.
+    let job: BuildJob = {
+        let (children, segs) = (children.clone(), segs.clone());
+        let (path, seg_dir) = (path.clone(), seg_dir.clone());
+        Box::new(move || {
+            let inputs: Vec<Input> = children
+                .iter()
+                .map(|c| Input::Summary(&c.file))
+                .chain(segs.iter().map(|s| Input::Segment(s)))
+                .collect();
+            let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
+            let file = Arc::new(Summary::open(&path, level, first_day)?);
+            crate::wal::sync_dir(&seg_dir)?;
+            Ok((events, bytes, file))
+        })
+    };
+    let (events, bytes, file) = run(job)?;
     let mut manifest = inner.manifest.lock();
     let live: HashSet<u64> = manifest.segments.iter().map(|m| m.id).collect();
     let old = replaces.as_ref().map(|r| r.meta.id);

@@ -111,8 +111,9 @@ impl<'a> Scanner<'a> {
         (x.is_finite() && !tiny).then_some(x)
     }
 
-    /// A non-negative integer that fits an i64 (serde reads it as u64 first;
-    /// negative and fractional timestamps are errors left to serde).
+    /// A non-negative integer that fits an i64. Anything else is left to
+    /// serde: it reads negative timestamps (which validation then rejects)
+    /// and refuses fractional ones.
     fn timestamp(&mut self) -> Option<i64> {
         let (text, integer) = self.number()?;
         if !integer || text.starts_with('-') {
