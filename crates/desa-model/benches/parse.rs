@@ -32,7 +32,7 @@ fn body(dash: &str) -> (Vec<u8>, u64) {
             r#"{{"device_id":"dev{dash}{device:07}","timestamp":{},"type":"{ty}","value":{value},"location":{{"latitude":{lat},"longitude":{lon}}}"#,
             1_767_225_600 + n % 2_592_000
         ));
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             out.push_str(r#","metadata":{"fw":"1.0.1","battery":0.09}"#);
         }
         out.push_str("}\n");
