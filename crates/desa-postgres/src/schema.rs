@@ -207,9 +207,12 @@ fn partitioning(tx: &mut postgres::Transaction<'_>) -> Result<Partitioning> {
     })
 }
 
+/// Daily partitions of raw events are named this, then the UTC day number.
+const DAY_PARTITION_PREFIX: &str = "desa_events_d";
+
 /// Name of the daily partition of raw events for UTC day `day`.
 pub fn day_partition(day: i64) -> String {
-    format!("desa_events_d{day}")
+    format!("{DAY_PARTITION_PREFIX}{day}")
 }
 
 /// Days of partitions created past the one a write needs. Creating a
@@ -228,7 +231,7 @@ pub fn existing_day_partitions(client: &mut Client) -> Result<Vec<i64>> {
         .iter()
         .filter_map(|r| {
             r.get::<_, &str>(0)
-                .strip_prefix("desa_events_d")?
+                .strip_prefix(DAY_PARTITION_PREFIX)?
                 .parse()
                 .ok()
         })

@@ -268,17 +268,13 @@ fn copy_events(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(
     Ok(())
 }
 
-type SeriesRow<'a, 'b> = ((&'a str, &'a str, i16, i32), &'b Agg);
-type PlaceRow<'a, 'b> = (PlaceKey<'a>, &'b (f64, f64, Agg));
+fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
+    let a = aggregate(events);
 
-fn upsert_series(tx: &mut postgres::Transaction<'_>, rows: &[SeriesRow]) -> Result<(), Failed> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let mut t = Vec::new();
     let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
     let mut sums = SumColumns::default();
-    for ((ty, dev, res, bucket), g) in rows {
+    for ((ty, dev, res, bucket), g) in &a.series {
         t.push(*ty);
         d.push(*dev);
         r.push(*res);
@@ -289,18 +285,12 @@ fn upsert_series(tx: &mut postgres::Transaction<'_>, rows: &[SeriesRow]) -> Resu
         &*UPSERT_SERIES,
         &[&t, &d, &r, &b, &sums.n, &sums.hi, &sums.lo],
     )?;
-    Ok(())
-}
 
-fn upsert_places(tx: &mut postgres::Transaction<'_>, rows: &[PlaceRow]) -> Result<(), Failed> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let mut t = Vec::new();
     let (mut r, mut c, mut b, mut la, mut lo) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sums = SumColumns::default();
-    for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in rows {
+    for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in &a.places {
         t.push(*ty);
         r.push(*res);
         c.push(*cell);
@@ -313,15 +303,6 @@ fn upsert_places(tx: &mut postgres::Transaction<'_>, rows: &[PlaceRow]) -> Resul
         &*UPSERT_PLACES,
         &[&t, &r, &c, &b, &la, &lo, &sums.n, &sums.hi, &sums.lo],
     )?;
-    Ok(())
-}
-
-fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
-    let a = aggregate(events);
-    let series: Vec<SeriesRow> = a.series.iter().map(|(k, v)| (*k, v)).collect();
-    upsert_series(tx, &series)?;
-    let places: Vec<PlaceRow> = a.places.iter().map(|(k, v)| (*k, v)).collect();
-    upsert_places(tx, &places)?;
 
     // Last: cell rows are the ones every writer shares, so they are held
     // locked for the shortest time.
