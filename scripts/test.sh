@@ -35,15 +35,15 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
 fi
 
-# The Kafka-protocol broker the Kafka tests start: tansu, pinned, built once
-# into a cache outside the clone.
-TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+# The Kafka-protocol broker the Kafka tests start: tansu, pinned and patched
+# (see scripts/tansu/build.sh), built once into a cache outside the clone.
 TOOLS="${DESA_TOOLS:-/var/tmp/desa-tools}"
 if [ -z "${DESA_TANSU:-}" ]; then
-  if ! "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    echo "== building tansu $TANSU_VERSION into $TOOLS (once; several minutes)"
-    cargo install --locked --root "$TOOLS" --version "$TANSU_VERSION" --features dynostore tansu
+  if ! need_cmd curl || ! need_cmd patch; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq curl patch >/dev/null
   fi
+  scripts/tansu/build.sh "$TOOLS"
   export DESA_TANSU="$TOOLS/bin/tansu"
 fi
 
