@@ -273,7 +273,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     bar.set_position(i as u64);
                 }
             }
-            out.flush()?;
+            // On disk before the load is timed: the kernel writing back
+            // gigabytes of the new file would otherwise compete with the
+            // node's own writes (the peers load it later, after writeback).
+            out.into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()
+                .with_context(|| format!("flushing {}", path.display()))?;
             bar.finish_and_clear();
             path
         }
