@@ -505,7 +505,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "events": accepted,
         "devices": args.devices,
         "span_secs": args.span,
-        "ingest_events_per_sec": ingest_rate,
+        // null when this run loaded nothing (--reuse-data).
+        "ingest_events_per_sec": (!reuse).then_some(ingest_rate),
         "ingest_secs": elapsed.as_secs_f64(),
         "cold": args.cold,
         "resident_bytes": rss,
