@@ -6,7 +6,8 @@ DIR/PEER.json` for each peer.
     python3 bench/report.py DIR/desa.json DIR/duckdb.json DIR/chdb.json DIR/postgres.json
 
 Columns: p50 / p99 in ms per system, then the best peer's p99 divided by
-desa's (above 1: desa is faster). Rows follow desa's report.
+desa's (above 1: desa is faster). Rows follow desa's report. A peer that
+timed fewer queries of a row than desa (peers.py --at-most) shows its count.
 """
 
 import json
@@ -45,7 +46,8 @@ def main():
             if q is None:
                 cells.append("-")
                 continue
-            cells.append(f"{q['p50_ms']:.3f} / {q['p99_ms']:.3f}")
+            fewer = f" (n={q['n']})" if q.get("n", d["n"]) < d["n"] else ""
+            cells.append(f"{q['p50_ms']:.3f} / {q['p99_ms']:.3f}{fewer}")
             best = q["p99_ms"] if best is None else min(best, q["p99_ms"])
         ratio = f"{best / d['p99_ms']:.1f}x" if best is not None else "-"
         print(f"| {key} | {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | {' | '.join(cells)} | {ratio} |")
