@@ -23,7 +23,10 @@ def main():
     cold = [s.get("cold", False) for s in [desa] + peers]
     if any(cold) and not all(cold):
         sys.exit("some of these runs are cold and some warm: compare like with like")
-    print(f"Timings: {'cold (page cache dropped, no warm-up)' if all(cold) else 'warm'}.")
+    in_process = desa.get("node", {}).get("in_process", False)
+    how = ("desa's engine called in its own process (`desa bench --in-process`), as the peers are"
+           if in_process else "desa over loopback HTTP, the peers in their own process")
+    print(f"Timings: {'cold (page cache dropped, no warm-up)' if all(cold) else 'warm'}; {how}.")
     print()
     print("| system | load events/s | bytes/event | answers |")
     print("|---|---|---|---|")

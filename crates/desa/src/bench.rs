@@ -2,11 +2,13 @@
 //! process over HTTP, then time the three queries and read the node's memory.
 //!
 //! The dataset is written to an NDJSON file first, so that the ingest rate
-//! measures desa and not the generator.
+//! measures desa and not the generator. With `--in-process` the queries are
+//! instead asked of the engine opened in this process, with no HTTP, the way
+//! `bench/peers.py` times the peers inside its own process.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -14,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use desa_engine::{Engine, EngineConfig, SystemClock};
 use desa_gen::{GenConfig, Generator};
+use desa_model::{GeoBox, TimeWindow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -69,6 +73,12 @@ pub struct BenchArgs {
     /// ones a warm run with the same seed times.
     #[arg(long, requires = "reuse_data", conflicts_with = "store")]
     pub cold: bool,
+    /// Time the queries on the engine opened in this process over the
+    /// stored data (needs --reuse-data), calling it directly instead of
+    /// over HTTP: the engine's own cost, measured as `bench/peers.py`
+    /// measures the peers. The queries and their parameters are the same.
+    #[arg(long, requires = "reuse_data", conflicts_with_all = ["store", "kafka_brokers"])]
+    pub in_process: bool,
     /// Write every timed query, with its parameters and desa's answer, to
     /// this file as JSON lines (`bench/peers.py` replays them on other
     /// systems and checks that they answer the same).
@@ -121,6 +131,60 @@ fn start_node(data_dir: &std::path::Path, extra: &[String]) -> Result<ChildNode>
         .ok_or_else(|| anyhow!("unexpected first line from desa serve: {line:?}"))?
         .to_owned();
     Ok(ChildNode { child, base })
+}
+
+/// Where the timed queries go.
+enum Target {
+    /// A `desa serve` child, asked over loopback HTTP: what users get.
+    Node { node: ChildNode, client: Client },
+    /// The engine opened in this process, asked directly.
+    InProcess(Engine),
+}
+
+impl Target {
+    /// The answer `GET path?params` gives, as JSON.
+    fn ask(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+        match self {
+            Target::Node { client, .. } => client.get_json(path, params),
+            Target::InProcess(engine) => ask_engine(engine, path, params),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Target::Node { node, .. } => node.child.id(),
+            Target::InProcess(_) => std::process::id(),
+        }
+    }
+}
+
+/// Answers one of the bench's queries on an engine, as the HTTP API would.
+fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+    let get = |name: &str| -> Result<&str> {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| anyhow!("{path}: no parameter {name}"))
+    };
+    let num = |name: &str| -> Result<f64> { Ok(get(name)?.parse()?) };
+    let w = TimeWindow::new(get("start")?.parse()?, get("end")?.parse()?)?;
+    let ty = get("type")?;
+    Ok(match path {
+        "/v1/query/avg" => serde_json::to_value(engine.avg(get("device_id")?, ty, w))?,
+        "/v1/query/topk" => serde_json::to_value(engine.topk(ty, w, get("k")?.parse()?))?,
+        "/v1/query/geo" => {
+            let bbox = GeoBox::new(
+                num("min_lat")?,
+                num("max_lat")?,
+                num("min_lon")?,
+                num("max_lon")?,
+            )
+            .map_err(|e| anyhow!("{path}: {e}"))?;
+            serde_json::to_value(engine.geo(ty, &bbox, w))?
+        }
+        other => bail!("no in-process query for {other}"),
+    })
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.
@@ -291,68 +355,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(brokers) = &args.kafka_brokers {
         return bench_kafka(&args, brokers, &input, &data_dir);
     }
-    let node = start_node(&data_dir, &store_args)?;
-    let client = Client::new(&node.base);
-    client.wait_ready(Duration::from_secs(300))?;
-    if !reuse && args.store.is_some() {
-        let stored = client.get_json("/healthz", &[])?["stored_events"]
-            .as_u64()
-            .unwrap_or(0);
-        if stored > 0 {
-            bail!("--store already holds {stored} events: use an empty database, or --reuse-data to query them");
+    let (target, accepted, elapsed) = if args.in_process {
+        if !reuse {
+            bail!(
+                "--in-process queries the data an earlier run stored, and {} holds none",
+                data_dir.display()
+            );
         }
-    }
-    let (accepted, elapsed) = if reuse {
-        let stored = client.get_json("/healthz", &[])?["stored_events"]
-            .as_u64()
-            .unwrap_or(0);
-        eprintln!("reusing {stored} events stored in {}", data_dir.display());
-        (stored, Duration::ZERO)
+        open_in_process(&data_dir)?
     } else {
-        post_file(
-            &client,
-            &input,
-            args.body_bytes,
-            args.concurrency,
-            args.events,
-        )?
+        start_and_load(&args, reuse, &data_dir, &store_args, &input)?
     };
-    let ingest_rate = accepted as f64 / elapsed.as_secs_f64().max(1e-9);
-    if !reuse {
-        eprintln!(
-            "ingest: {accepted} events in {:.1}s = {ingest_rate:.0} events/s (durable, over HTTP)",
-            elapsed.as_secs_f64()
-        );
-    }
-
-    // Let compaction and summaries finish, so queries see the steady state
-    // (the newest events stay in the in-memory head until it fills). A
-    // database store reports no maintenance; its file counts stay 0.
-    let settle_started = Instant::now();
-    let mut last = ((u64::MAX, 0), 0u32);
-    while settle_started.elapsed() < Duration::from_secs(900) {
-        let h = client.get_json("/healthz", &[])?;
-        let files = (
-            h["segments"].as_u64().unwrap_or(0),
-            h["summaries"].as_u64().unwrap_or(0),
-        );
-        let idle = h["maintenance"].as_str() != Some("pending");
-        last = if files == last.0 && idle {
-            (files, last.1 + 1)
-        } else {
-            (files, 0)
-        };
-        if last.1 >= 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    eprintln!(
-        "compaction settled after {:.0}s: {} segments, {} summaries",
-        settle_started.elapsed().as_secs_f64(),
-        last.0 .0,
-        last.0 .1
-    );
 
     // Queries.
     if args.cold {
@@ -393,14 +406,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for _ in 0..args.queries.div_ceil(4) {
             let p = params(&mut rng);
             if !args.cold {
-                client.get_json(path, &p)?;
+                target.ask(path, &p)?;
             }
         }
         let mut lat = Vec::with_capacity(args.queries);
         for _ in 0..args.queries {
             let p = params(&mut rng);
             let t = Instant::now();
-            let answer = client.get_json(path, &p)?;
+            let answer = target.ask(path, &p)?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             if let Some(out) = record.as_mut() {
                 let params: serde_json::Map<String, serde_json::Value> =
@@ -479,17 +492,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(mut out) = record {
         out.flush()?;
     }
-    let (rss, hwm) = memory_of(node.child.id());
-    let health = client.get_json("/healthz", &[])?;
-    let storage = match &args.store {
+    let (rss, hwm) = memory_of(target.pid());
+    let health = match &target {
+        Target::Node { client, .. } => client.get_json("/healthz", &[])?,
+        Target::InProcess(engine) => {
+            let st = engine.stats();
+            json!({"in_process": true, "segments": st.segments, "summaries": st.summaries})
+        }
+    };
+    let storage = match &target {
         // Tables and indexes, as the worker last measured them.
-        Some(_) => client
+        Target::Node { client, .. } if args.store.is_some() => client
             .get_text("/metrics")?
             .lines()
             .find_map(|l| l.strip_prefix("desa_storage_bytes "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0) as u64,
-        None => std::fs::read_dir(data_dir.join("segments"))?
+        _ => std::fs::read_dir(data_dir.join("segments"))?
             .filter_map(|e| e.ok()?.metadata().ok())
             .map(|m| m.len())
             .sum::<u64>(),
@@ -506,7 +525,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "devices": args.devices,
         "span_secs": args.span,
         // null when this run loaded nothing (--reuse-data).
-        "ingest_events_per_sec": (!reuse).then_some(ingest_rate),
+        "ingest_events_per_sec": (!reuse).then(|| accepted as f64 / elapsed.as_secs_f64()),
         "ingest_secs": elapsed.as_secs_f64(),
         "cold": args.cold,
         "resident_bytes": rss,
@@ -520,6 +539,94 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("results written to {}", out.display());
     }
     Ok(())
+}
+
+/// Opens the stored engine in this process: (target, events stored, no load time).
+fn open_in_process(data_dir: &Path) -> Result<(Target, u64, Duration)> {
+    let engine = Engine::open(EngineConfig::new(data_dir), Arc::new(SystemClock))
+        .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
+    let st = engine.stats();
+    let stored = st.head_rows + st.frozen_rows + st.segment_rows;
+    eprintln!(
+        "reusing {stored} events stored in {}, queried in this process",
+        data_dir.display()
+    );
+    Ok((Target::InProcess(engine), stored, Duration::ZERO))
+}
+
+/// Starts a `desa serve` child, loads the input over HTTP unless `reuse`,
+/// and waits until its compaction and summaries settle: (target, events
+/// stored, load time).
+fn start_and_load(
+    args: &BenchArgs,
+    reuse: bool,
+    data_dir: &Path,
+    store_args: &[String],
+    input: &Path,
+) -> Result<(Target, u64, Duration)> {
+    let node = start_node(data_dir, store_args)?;
+    let client = Client::new(&node.base);
+    client.wait_ready(Duration::from_secs(300))?;
+    if !reuse && args.store.is_some() {
+        let stored = client.get_json("/healthz", &[])?["stored_events"]
+            .as_u64()
+            .unwrap_or(0);
+        if stored > 0 {
+            bail!("--store already holds {stored} events: use an empty database, or --reuse-data to query them");
+        }
+    }
+    let (accepted, elapsed) = if reuse {
+        let stored = client.get_json("/healthz", &[])?["stored_events"]
+            .as_u64()
+            .unwrap_or(0);
+        eprintln!("reusing {stored} events stored in {}", data_dir.display());
+        (stored, Duration::ZERO)
+    } else {
+        post_file(
+            &client,
+            input,
+            args.body_bytes,
+            args.concurrency,
+            args.events,
+        )?
+    };
+    let ingest_rate = accepted as f64 / elapsed.as_secs_f64().max(1e-9);
+    if !reuse {
+        eprintln!(
+            "ingest: {accepted} events in {:.1}s = {ingest_rate:.0} events/s (durable, over HTTP)",
+            elapsed.as_secs_f64()
+        );
+    }
+
+    // Let compaction and summaries finish, so queries see the steady state
+    // (the newest events stay in the in-memory head until it fills). A
+    // database store reports no maintenance; its file counts stay 0.
+    let settle_started = Instant::now();
+    let mut last = ((u64::MAX, 0), 0u32);
+    while settle_started.elapsed() < Duration::from_secs(900) {
+        let h = client.get_json("/healthz", &[])?;
+        let files = (
+            h["segments"].as_u64().unwrap_or(0),
+            h["summaries"].as_u64().unwrap_or(0),
+        );
+        let idle = h["maintenance"].as_str() != Some("pending");
+        last = if files == last.0 && idle {
+            (files, last.1 + 1)
+        } else {
+            (files, 0)
+        };
+        if last.1 >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "compaction settled after {:.0}s: {} segments, {} summaries",
+        settle_started.elapsed().as_secs_f64(),
+        last.0 .0,
+        last.0 .1
+    );
+    Ok((Target::Node { node, client }, accepted, elapsed))
 }
 
 /// Writes back dirty pages and drops the kernel's page cache, so that the
