@@ -59,3 +59,13 @@ cargo test --workspace --quiet
 # (timings are printed, never asserted; a debug build is enough for that).
 echo "== benchmark suite smoke (1M events)"
 bench/suite.sh --scale 1m --desa "$CARGO_TARGET_DIR/debug/desa" --out "$CARGO_TARGET_DIR/bench-smoke"
+
+# The same recorded queries asked of the engine in this process (`desa bench
+# --in-process`, which BENCHMARKS compares with the peers' in-process
+# timings) must give byte-for-byte the answers the HTTP API gave.
+echo "== in-process queries answer as the HTTP API does"
+smoke="$CARGO_TARGET_DIR/bench-smoke"
+"$CARGO_TARGET_DIR/debug/desa" bench --events 1000000 --devices 100000 --queries 20 \
+  --reuse-data --in-process --work-dir "$smoke/desa" \
+  --record "$smoke/queries-in-process.jsonl" --out "$smoke/desa-in-process.json"
+cmp "$smoke/queries.jsonl" "$smoke/queries-in-process.jsonl"
