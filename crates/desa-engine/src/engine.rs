@@ -467,19 +467,35 @@ impl Engine {
         (count, sum)
     }
 
+    /// A head the window holds whole is one more count-ordered list of the
+    /// threshold algorithm, read under the state lock (usually a few
+    /// entries); a head the window cuts is counted row by row into exact
+    /// counts, and the files are then read without the lock.
     pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> TopkAnswer {
-        let (counts, segs) = {
-            let st = self.inner.state.read();
-            let mut counts: HashMap<String, u64> = HashMap::new();
-            for h in heads(&st) {
-                for (d, c) in h.device_counts(event_type, w) {
-                    *counts.entry(d.to_owned()).or_default() += c;
-                }
+        let st = self.inner.state.read();
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut whole: Vec<&Head> = Vec::new();
+        for h in heads(&st) {
+            if h.within(w) {
+                whole.push(h);
+                continue;
             }
-            (counts, snapshot(&st))
+            for (d, c) in h.device_counts(event_type, w) {
+                *counts.entry(d.to_owned()).or_default() += c;
+            }
+        }
+        let segs = snapshot(&st);
+        let run = |whole: &[&Head]| {
+            let plan = query::plan(&segs.0, &segs.1, w);
+            query::topk(whole, &counts, &plan, event_type, w, k)
         };
-        let plan = query::plan(&segs.0, &segs.1, w);
-        let devices: Vec<DeviceCount> = query::topk(&counts, &plan, event_type, w, k);
+        let devices: Vec<DeviceCount> = if whole.is_empty() {
+            drop(whole);
+            drop(st);
+            run(&[])
+        } else {
+            run(&whole)
+        };
         TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,

@@ -3,8 +3,12 @@
 //! the write-ahead log, so the head is rebuilt by replay after a crash.
 //!
 //! The head is bounded by `head_max_rows` and `head_max_bytes`; queries scan at most the rows of one
-//! series (avg) or of one type (top-K, geo) in it.
+//! series (avg) or of one type (top-K, geo) in it. A top-K window that holds
+//! every row of the head reads none: each type's series are kept in order of
+//! count as they are inserted ([`ByCount`]), which the threshold algorithm
+//! reads from the top.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// The head's maps are keyed by interned ids and by device names from
@@ -122,6 +126,65 @@ impl Rows {
 /// End of a series chain in [`Head`].
 const NO_ROW: u32 = u32::MAX;
 
+/// One type's series (by device id) in descending order of their row
+/// counts, kept in order in O(1) per insert: a series whose count goes from
+/// `c` to `c + 1` trades places with the first series of count `c`.
+#[derive(Debug, Default)]
+pub struct ByCount {
+    /// Device ids, count descending.
+    pub devices: Vec<u32>,
+    /// `counts[i]` is the row count of `devices[i]`.
+    pub counts: Vec<u32>,
+    /// `first[c]`: index of the first series of count `c`, when one has it
+    /// (valid only while `counts[first[c]] == c`).
+    first: Vec<u32>,
+}
+
+impl ByCount {
+    /// The index of the first series of count `c`, if any series has it.
+    fn first_of(&self, c: u32) -> Option<usize> {
+        let i = *self.first.get(c as usize)? as usize;
+        (self.counts.get(i) == Some(&c)).then_some(i)
+    }
+
+    fn set_first(&mut self, c: u32, i: usize) {
+        if self.first.len() <= c as usize {
+            self.first.resize(c as usize + 1, u32::MAX);
+        }
+        self.first[c as usize] = i as u32;
+    }
+
+    /// Adds a new series of count 1 (the lowest count: it goes last).
+    /// Returns its index.
+    fn push(&mut self, device: u32) -> usize {
+        let i = self.devices.len();
+        self.devices.push(device);
+        self.counts.push(1);
+        if self.first_of(1).is_none() {
+            self.set_first(1, i);
+        }
+        i
+    }
+
+    /// Counts one more row for the series at `i`. Returns the index it
+    /// moved to and, when it traded places, the device now at `i`.
+    fn bump(&mut self, i: usize) -> (usize, Option<u32>) {
+        let c = self.counts[i];
+        // The block of count `c` holds `i`, so it has a first index.
+        let j = self.first_of(c).unwrap_or(i);
+        let grown_block_exists = self.first_of(c + 1).is_some();
+        self.devices.swap(i, j);
+        self.counts[j] = c + 1;
+        // The block of count `c` now starts one later (or is empty), and the
+        // block of `c + 1` ends at `j`, or starts there if it is new.
+        self.set_first(c, j + 1);
+        if !grown_block_exists {
+            self.set_first(c + 1, j);
+        }
+        (j, (i != j).then(|| self.devices[i]))
+    }
+}
+
 /// Rows plus the indexes the queries need.
 #[derive(Debug, Default)]
 pub struct Head {
@@ -129,8 +192,11 @@ pub struct Head {
     /// Newest row of each (type, device) series; `series_prev[row]` is the
     /// series' row before `row` ([`NO_ROW`] at its first). A chain through
     /// the rows instead of a vector per series: no allocation per series.
-    series_last: FastMap<(u32, u32), u32>,
+    /// Each series' newest row and its place in its type's [`ByCount`].
+    series_last: FastMap<(u32, u32), (u32, u32)>,
     series_prev: Vec<u32>,
+    /// Each type's series in order of count.
+    by_count: Vec<ByCount>,
     /// Rows of each type, in arrival order.
     by_type: Vec<Vec<u32>>,
     pub min_ts: i64,
@@ -157,7 +223,7 @@ impl Head {
         self.rows.len() * PER_ROW
             + self.rows.meta.len()
             + self.rows.devices.len() * 64
-            + self.series_last.len() * 24
+            + self.series_last.len() * 40
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,11 +243,30 @@ impl Head {
         });
         let t = self.rows.type_id[row as usize];
         let d = self.rows.device_id[row as usize];
-        let prev = self.series_last.insert((t, d), row).unwrap_or(NO_ROW);
-        self.series_prev.push(prev);
         if self.by_type.len() <= t as usize {
             self.by_type.resize_with(t as usize + 1, Vec::new);
+            self.by_count.resize_with(t as usize + 1, ByCount::default);
         }
+        let order = &mut self.by_count[t as usize];
+        let prev = match self.series_last.entry((t, d)) {
+            Entry::Occupied(mut o) => {
+                let (prev, at) = *o.get();
+                let (moved_to, displaced) = order.bump(at as usize);
+                o.insert((row, moved_to as u32));
+                if let Some(other) = displaced {
+                    // The series that held `moved_to` now sits at `at`.
+                    if let Some(slot) = self.series_last.get_mut(&(t, other)) {
+                        slot.1 = at;
+                    }
+                }
+                prev
+            }
+            Entry::Vacant(v) => {
+                v.insert((row, order.push(d) as u32));
+                NO_ROW
+            }
+        };
+        self.series_prev.push(prev);
         self.by_type[t as usize].push(row);
         self.min_ts = self.min_ts.min(e.ts_secs);
         self.max_ts = self.max_ts.max(e.ts_secs);
@@ -197,7 +282,7 @@ impl Head {
         };
         let mut count = 0;
         let mut sum = DoubleDouble::ZERO;
-        let mut r = self.series_last.get(&(t, d)).copied().unwrap_or(NO_ROW);
+        let mut r = self.series_last.get(&(t, d)).map_or(NO_ROW, |s| s.0);
         while r != NO_ROW {
             if w.contains(self.rows.ts[r as usize]) {
                 count += 1;
@@ -208,10 +293,41 @@ impl Head {
         (count, sum)
     }
 
+    /// True when the window holds every row of the head.
+    pub fn within(&self, w: TimeWindow) -> bool {
+        !self.is_empty() && w.contains(self.min_ts) && w.contains(self.max_ts)
+    }
+
+    /// True when the window holds no row of the head.
+    pub fn outside(&self, w: TimeWindow) -> bool {
+        self.is_empty() || self.max_ts < w.start || self.min_ts >= w.end
+    }
+
+    /// Interned id of a type, if the head holds it.
+    pub fn type_id(&self, event_type: &str) -> Option<u32> {
+        self.rows.types.get(event_type)
+    }
+
+    /// A type's series in order of count (all of the head's rows).
+    pub fn by_count(&self, t: u32) -> &ByCount {
+        &self.by_count[t as usize]
+    }
+
+    /// Rows of one series, in the whole head.
+    pub fn series_rows(&self, t: u32, device: &str) -> u64 {
+        self.rows
+            .devices
+            .get(device)
+            .and_then(|d| self.series_last.get(&(t, d)))
+            .map_or(0, |&(_, at)| {
+                u64::from(self.by_count[t as usize].counts[at as usize])
+            })
+    }
+
     /// Event count per device of one type in the window.
     pub fn device_counts(&self, event_type: &str, w: TimeWindow) -> HashMap<&str, u64> {
-        let mut counts: HashMap<u32, u64> = HashMap::new();
-        if let Some(t) = self.rows.types.get(event_type) {
+        let mut counts: FastMap<u32, u64> = FastMap::default();
+        if let Some(t) = self.rows.types.get(event_type).filter(|_| !self.outside(w)) {
             for &r in &self.by_type[t as usize] {
                 if w.contains(self.rows.ts[r as usize]) {
                     *counts.entry(self.rows.device_id[r as usize]).or_default() += 1;
@@ -239,5 +355,58 @@ impl Head {
             }
         }
         (count, sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn event(ty: &str, device: &str, ts: i64) -> Event {
+        Event {
+            device_id: device.to_owned(),
+            ts_secs: ts,
+            event_type: ty.to_owned(),
+            value: 1.0,
+            latitude: 0.0,
+            longitude: 0.0,
+            metadata: None,
+        }
+    }
+
+    /// The count order stays sorted and exact under skewed random inserts,
+    /// checked after every insert against counts kept by brute force.
+    #[test]
+    fn series_stay_in_order_of_count() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut head = Head::new();
+        let mut want: HashMap<(String, String), u32> = HashMap::new();
+        for i in 0..4_000 {
+            let ty = ["a", "b"][rng.gen_range(0..2)];
+            // Skewed: low device numbers are much more frequent.
+            let spread = rng.gen_range(1..60);
+            let d = format!("d{}", rng.gen_range(0..spread));
+            head.insert(&event(ty, &d, i));
+            *want.entry((ty.to_owned(), d)).or_default() += 1;
+            for ty in ["a", "b"] {
+                let Some(t) = head.type_id(ty) else { continue };
+                let order = head.by_count(t);
+                assert!(
+                    order.counts.windows(2).all(|p| p[0] >= p[1]),
+                    "{:?}",
+                    order.counts
+                );
+                for (pos, &d) in order.devices.iter().enumerate() {
+                    let name = head.rows.devices.name(d);
+                    let n = want[&(ty.to_owned(), name.to_owned())];
+                    assert_eq!(order.counts[pos], n, "{ty}/{name}");
+                    assert_eq!(head.series_rows(t, name), u64::from(n), "{ty}/{name}");
+                }
+                let series = want.keys().filter(|(x, _)| x == ty).count();
+                assert_eq!(order.devices.len(), series);
+            }
+        }
     }
 }

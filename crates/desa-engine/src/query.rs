@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
+use crate::head::{ByCount, Head};
 use crate::segment::Segment;
 use crate::summary::{self, LiveSummary, Summary};
 
@@ -119,6 +120,13 @@ enum List<'a> {
         sorted: Vec<(&'a str, u64)>,
         counts: &'a HashMap<String, u64>,
     },
+    /// A head whose rows all lie in the window: its series of one type, by
+    /// count descending, kept in that order as rows arrive.
+    Head {
+        head: &'a Head,
+        t: u32,
+        order: &'a ByCount,
+    },
     /// A summary's series of one type, by count in its block descending.
     Summary {
         sum: &'a Summary,
@@ -139,6 +147,7 @@ impl<'a> List<'a> {
     fn len(&self) -> usize {
         match self {
             List::Exact { sorted, .. } => sorted.len(),
+            List::Head { order, .. } => order.devices.len(),
             List::Summary { order, .. } | List::Segment { order, .. } => order.len(),
         }
     }
@@ -147,6 +156,7 @@ impl<'a> List<'a> {
     fn bound(&self, pos: usize) -> u64 {
         match self {
             List::Exact { sorted, .. } => sorted.get(pos).map_or(0, |e| e.1),
+            List::Head { order, .. } => order.counts.get(pos).map_or(0, |&c| u64::from(c)),
             List::Summary { sum, order, .. } => {
                 order.get(pos).map_or(0, |&s| sum.series_count(s as usize))
             }
@@ -159,6 +169,7 @@ impl<'a> List<'a> {
     fn device(&self, pos: usize) -> &'a str {
         match self {
             List::Exact { sorted, .. } => sorted[pos].0,
+            List::Head { head, order, .. } => head.rows.devices.name(order.devices[pos]),
             List::Summary { sum, order, .. } => sum.series_device(order[pos] as usize),
             List::Segment { seg, order, .. } => seg.series_device(order[pos] as usize),
         }
@@ -168,6 +179,7 @@ impl<'a> List<'a> {
     fn exact(&self, device: &str) -> u64 {
         match self {
             List::Exact { counts, .. } => counts.get(device).copied().unwrap_or(0),
+            List::Head { head, t, .. } => head.series_rows(*t, device),
             List::Summary { sum, t, .. } => sum
                 .find_series(*t, device)
                 .map_or(0, |s| sum.series_count(s)),
@@ -185,6 +197,7 @@ impl<'a> List<'a> {
 /// Top-K over exact head counts and the segments; ordered by count
 /// descending, then device ascending.
 pub(crate) fn topk<'a>(
+    whole_heads: &[&'a Head],
     head_counts: &'a HashMap<String, u64>,
     plan: &Plan<'a>,
     event_type: &str,
@@ -200,6 +213,15 @@ pub(crate) fn topk<'a>(
             sorted,
             counts: head_counts,
         });
+    }
+    for &head in whole_heads {
+        if let Some(t) = head.type_id(event_type) {
+            lists.push(List::Head {
+                head,
+                t,
+                order: head.by_count(t),
+            });
+        }
     }
     for &sum in &plan.summaries {
         if let Some(t) = sum.find_type(event_type) {
