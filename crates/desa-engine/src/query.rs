@@ -194,7 +194,8 @@ impl<'a> List<'a> {
     }
 }
 
-/// Top-K over exact head counts and the segments; ordered by count
+/// Top-K over the heads the window holds whole (read in count order), the
+/// exact counts of the heads it cuts, and the files; ordered by count
 /// descending, then device ascending.
 pub(crate) fn topk<'a>(
     whole_heads: &[&'a Head],
