@@ -406,7 +406,10 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
                 let watermark = shared.store.watermark_secs();
                 for (index, e) in parsed.events {
                     match check_lateness(e.ts_secs, watermark, shared.cfg.max_lateness_secs) {
-                        Ok(_) => {
+                        Ok(lateness) => {
+                            if let (true, Some(late)) = (lateness > 0, &shared.cfg.on_late) {
+                                (late.0)(lateness);
+                            }
                             let max = st.pending.event_max_ts.entry(p).or_insert(e.ts_secs);
                             *max = (*max).max(e.ts_secs);
                             st.pending.events.push(e);

@@ -24,6 +24,7 @@ mod producer;
 mod status;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use consumer::KafkaSource;
@@ -64,6 +65,20 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     pub max_future_secs: i64,
     pub max_lateness_secs: Option<i64>,
+    /// Told the lateness of every accepted event behind the watermark (the
+    /// node records it in the histogram HTTP ingest records it in).
+    pub on_late: Option<LateObserver>,
+}
+
+/// Receives the lateness, in seconds, of an accepted event behind the
+/// event-time watermark.
+#[derive(Clone)]
+pub struct LateObserver(pub Arc<dyn Fn(i64) + Send + Sync>);
+
+impl std::fmt::Debug for LateObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateObserver")
+    }
 }
 
 impl KafkaConfig {
@@ -78,6 +93,7 @@ impl KafkaConfig {
             options: Vec::new(),
             max_future_secs: 86_400,
             max_lateness_secs: None,
+            on_late: None,
         }
     }
 

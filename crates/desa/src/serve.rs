@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use desa_engine::{Clock, Engine, EngineConfig, SystemClock};
-use desa_kafka::{DlqTarget, KafkaConfig, KafkaSource, KafkaStatus};
+use desa_kafka::{DlqTarget, KafkaConfig, KafkaSource, KafkaStatus, LateObserver};
 use desa_server::{AppState, Component, Metrics, ServerConfig};
 use desa_store::Store;
 
@@ -51,6 +51,7 @@ fn start_kafka(
     args: &ServeArgs,
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Option<KafkaSource>, Components)> {
     let k = &args.kafka;
     let Some(brokers) = &k.kafka_brokers else {
@@ -65,6 +66,10 @@ fn start_kafka(
     cfg.batch_max_wait = k.kafka_batch_wait;
     cfg.max_future_secs = args.max_future;
     cfg.max_lateness_secs = args.max_lateness;
+    let lateness = metrics.event_lateness.clone();
+    cfg.on_late = Some(LateObserver(Arc::new(move |secs| {
+        lateness.observe(secs as f64)
+    })));
     let source = KafkaSource::start(
         cfg,
         store.clone(),
@@ -111,7 +116,7 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let (kafka, components) = start_kafka(args, &store, &clock)?;
+        let (kafka, components) = start_kafka(args, &store, &clock, &metrics)?;
         let state = AppState {
             store,
             metrics,

@@ -348,6 +348,14 @@ fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
     ] {
         assert!(m.contains(needle), "missing {needle}:\n{m}");
     }
+    // The stream has out-of-order events, and only Kafka delivered events:
+    // their lateness is in the same histogram HTTP ingest records.
+    let late: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("desa_event_lateness_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(late > 0, "no lateness recorded from Kafka:\n{m}");
     // Freshness: one more event is answered by a query within 2 seconds.
     let produced = Instant::now();
     produce(
