@@ -6,7 +6,9 @@
 //! series (avg) or of one type (top-K, geo) in it. A top-K window that holds
 //! every row of the head reads none: each type's series are kept in order of
 //! count as they are inserted ([`ByCount`]), which the threshold algorithm
-//! reads from the top.
+//! reads from the top. A geo window that holds every row of the head reads
+//! each type's 1° cells: a cell inside the box adds its count and sum, one
+//! cut by the box's edge is read row by row, one outside is skipped.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -185,6 +187,26 @@ impl ByCount {
     }
 }
 
+/// One type's rows in one 1° cell: count, sum and newest row (earlier rows
+/// chain back through [`Head`]'s `cell_prev`).
+#[derive(Debug, Clone, Copy)]
+struct CellRows {
+    count: u64,
+    sum: DoubleDouble,
+    last: u32,
+}
+
+/// The 1° cell of a location as one key: latitude and longitude cells,
+/// each floored (90 and 180 get cells of their own).
+fn cell_key(lat: f64, lon: f64) -> i32 {
+    (lat.floor() as i32 + 90) * 512 + (lon.floor() as i32 + 180)
+}
+
+/// The south-west corner of a [`cell_key`]'s cell.
+fn cell_corner(key: i32) -> (f64, f64) {
+    (f64::from(key / 512 - 90), f64::from(key % 512 - 180))
+}
+
 /// Rows plus the indexes the queries need.
 #[derive(Debug, Default)]
 pub struct Head {
@@ -197,6 +219,12 @@ pub struct Head {
     series_prev: Vec<u32>,
     /// Each type's series in order of count.
     by_count: Vec<ByCount>,
+    /// Each (type, 1° cell)'s rows; `cell_prev[row]` is the cell's row
+    /// before `row` ([`NO_ROW`] at its first).
+    cells: FastMap<(u32, i32), CellRows>,
+    cell_prev: Vec<u32>,
+    /// The cells of each type that hold rows.
+    type_cells: Vec<Vec<i32>>,
     /// Rows of each type, in arrival order.
     by_type: Vec<Vec<u32>>,
     pub min_ts: i64,
@@ -219,7 +247,7 @@ impl Head {
     /// Approximate heap bytes held: columns, indexes, metadata text and
     /// interned strings.
     pub fn approx_bytes(&self) -> usize {
-        const PER_ROW: usize = 4 + 4 + 8 * 5 + 1 + 4 + 4; // columns + two index entries
+        const PER_ROW: usize = 4 + 4 + 8 * 5 + 1 + 4 + 4 + 4; // columns + three index entries
         self.rows.len() * PER_ROW
             + self.rows.meta.len()
             + self.rows.devices.len() * 64
@@ -246,7 +274,27 @@ impl Head {
         if self.by_type.len() <= t as usize {
             self.by_type.resize_with(t as usize + 1, Vec::new);
             self.by_count.resize_with(t as usize + 1, ByCount::default);
+            self.type_cells.resize_with(t as usize + 1, Vec::new);
         }
+        let cell = cell_key(e.latitude, e.longitude);
+        let cell_prev = match self.cells.entry((t, cell)) {
+            Entry::Occupied(mut o) => {
+                let c = o.get_mut();
+                c.count += 1;
+                c.sum = c.sum.add_f64(e.value);
+                std::mem::replace(&mut c.last, row)
+            }
+            Entry::Vacant(v) => {
+                v.insert(CellRows {
+                    count: 1,
+                    sum: DoubleDouble::ZERO.add_f64(e.value),
+                    last: row,
+                });
+                self.type_cells[t as usize].push(cell);
+                NO_ROW
+            }
+        };
+        self.cell_prev.push(cell_prev);
         let order = &mut self.by_count[t as usize];
         let prev = match self.series_last.entry((t, d)) {
             Entry::Occupied(mut o) => {
@@ -289,6 +337,42 @@ impl Head {
                 sum = sum.add_f64(self.rows.value[r as usize]);
             }
             r = self.series_prev[r as usize];
+        }
+        (count, sum)
+    }
+
+    /// Count and sum of one type's rows inside the box, whatever their time.
+    fn geo_by_cell(&self, t: u32, bbox: &GeoBox) -> (u64, DoubleDouble) {
+        let mut count = 0;
+        let mut sum = DoubleDouble::ZERO;
+        let lons = bbox.lon_ranges();
+        for &key in &self.type_cells[t as usize] {
+            // Rows of the cell lie in [lat0, lat0 + 1) x [lon0, lon0 + 1).
+            let (lat0, lon0) = cell_corner(key);
+            let (lat1, lon1) = (lat0 + 1.0, lon0 + 1.0);
+            let outside = bbox.max_lat < lat0
+                || bbox.min_lat >= lat1
+                || lons.iter().all(|&(a, b)| b < lon0 || a >= lon1);
+            let Some(cell) = self.cells.get(&(t, key)).filter(|_| !outside) else {
+                continue;
+            };
+            let inside = bbox.min_lat <= lat0
+                && lat1 <= bbox.max_lat
+                && lons.iter().any(|&(a, b)| a <= lon0 && lon1 <= b);
+            if inside {
+                count += cell.count;
+                sum = sum + cell.sum;
+                continue;
+            }
+            let mut r = cell.last;
+            while r != NO_ROW {
+                let i = r as usize;
+                if bbox.contains(self.rows.lat[i], self.rows.lon[i]) {
+                    count += 1;
+                    sum = sum.add_f64(self.rows.value[i]);
+                }
+                r = self.cell_prev[i];
+            }
         }
         (count, sum)
     }
@@ -344,7 +428,10 @@ impl Head {
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
         let mut count = 0;
         let mut sum = DoubleDouble::ZERO;
-        if let Some(t) = self.rows.types.get(event_type) {
+        if let Some(t) = self.rows.types.get(event_type).filter(|_| !self.outside(w)) {
+            if self.within(w) {
+                return self.geo_by_cell(t, bbox);
+            }
             for &r in &self.by_type[t as usize] {
                 let r = r as usize;
                 if w.contains(self.rows.ts[r]) && bbox.contains(self.rows.lat[r], self.rows.lon[r])
@@ -373,6 +460,49 @@ mod tests {
             latitude: 0.0,
             longitude: 0.0,
             metadata: None,
+        }
+    }
+
+    /// A coordinate that is often on a cell edge, a pole or the antimeridian.
+    fn coordinate(rng: &mut StdRng, lim: f64) -> f64 {
+        match rng.gen_range(0..4) {
+            0 => rng.gen_range(-lim..=lim),
+            1 => f64::from(rng.gen_range(-lim as i32..=lim as i32)),
+            2 => [lim, -lim, 0.0, -0.0][rng.gen_range(0..4)],
+            _ => f64::from(rng.gen_range(-3..3)) + [0.5, 0.999_999, 1e-9][rng.gen_range(0..3)],
+        }
+    }
+
+    /// Geo over a window that holds the whole head reads cells; it must
+    /// answer as a scan of every row does, for boxes with edges on and off
+    /// cell lines, across the antimeridian and at the poles.
+    #[test]
+    fn geo_by_cell_equals_a_scan() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut head = Head::new();
+        let mut rows = Vec::new();
+        for i in 0..3_000 {
+            let mut e = event(["a", "b"][rng.gen_range(0..2)], "d", 100 + i);
+            e.latitude = coordinate(&mut rng, 90.0);
+            e.longitude = coordinate(&mut rng, 180.0);
+            e.value = rng.gen_range(-50.0..50.0);
+            head.insert(&e);
+            rows.push(e);
+        }
+        let whole = TimeWindow::new(0, 10_000).unwrap();
+        for _ in 0..2_000 {
+            let (a, b) = (coordinate(&mut rng, 90.0), coordinate(&mut rng, 90.0));
+            let (min_lon, max_lon) = (coordinate(&mut rng, 180.0), coordinate(&mut rng, 180.0));
+            let bbox = GeoBox::new(a.min(b), a.max(b), min_lon, max_lon).unwrap();
+            let got = head.geo("a", &bbox, whole);
+            let mut want = (0u64, DoubleDouble::ZERO);
+            for e in rows.iter().filter(|e| e.event_type == "a") {
+                if bbox.contains(e.latitude, e.longitude) {
+                    want = (want.0 + 1, want.1.add_f64(e.value));
+                }
+            }
+            assert_eq!(got.0, want.0, "{bbox:?}");
+            assert!((got.1.value() - want.1.value()).abs() <= 1e-9, "{bbox:?}");
         }
     }
 
