@@ -211,10 +211,10 @@ fn cell_corner(key: i32) -> (f64, f64) {
 #[derive(Debug, Default)]
 pub struct Head {
     pub rows: Rows,
-    /// Newest row of each (type, device) series; `series_prev[row]` is the
-    /// series' row before `row` ([`NO_ROW`] at its first). A chain through
-    /// the rows instead of a vector per series: no allocation per series.
-    /// Each series' newest row and its place in its type's [`ByCount`].
+    /// Newest row of each (type, device) series and the series' place in
+    /// its type's [`ByCount`]; `series_prev[row]` is the series' row before
+    /// `row` ([`NO_ROW`] at its first). A chain through the rows instead of a
+    /// vector per series: no allocation per series.
     series_last: FastMap<(u32, u32), (u32, u32)>,
     series_prev: Vec<u32>,
     /// Each type's series in order of count.

@@ -15,7 +15,7 @@ use crate::kafka::{
     check_queries, kafka_args, produce, produce_in_background, seeded, wait_stored, Broker,
 };
 use crate::pg::Postgres;
-use crate::support::{all_counts, window, TestServer};
+use crate::support::{all_counts, wait_answered, window, TestServer};
 
 fn worker(broker: &str, topic: &str, group: &str, pg: &Postgres) -> TestServer {
     worker_with(broker, topic, group, pg, &[])
@@ -186,18 +186,7 @@ fn two_workers_match_the_oracle_and_the_embedded_engine() {
         "ev",
         vec![(None, "{\"device_id\":\"fresh\",\"timestamp\":1767225600,\"type\":\"t\",\"value\":1,\"location\":{\"latitude\":0,\"longitude\":0}}".into())],
     );
-    let mut p = window(1_767_225_600, 1_767_225_601);
-    p.extend([("device_id", "fresh".to_string()), ("type", "t".into())]);
-    while [&a, &b]
-        .iter()
-        .any(|w| w.get("/v1/query/avg", &p).body["count"] != 1)
-    {
-        assert!(
-            produced.elapsed() < Duration::from_secs(2),
-            "not visible within 2 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_answered(&[&a, &b], "fresh", produced);
     eprintln!("produce-to-visible (cluster): {:?}", produced.elapsed());
 
     let m = a.get_text("/metrics");

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 
-use crate::support::{all_counts, devices_of, window, TestServer};
+use crate::support::{all_counts, devices_of, wait_answered, window, TestServer};
 
 /// Where the tests look for the broker: `DESA_TANSU`, then `tansu` on PATH,
 /// then where `scripts/test.sh` installs it.
@@ -363,15 +363,7 @@ fn kafka_stream_matches_the_oracle_and_poison_goes_to_the_dlq() {
         "events",
         vec![(None, r#"{"device_id":"fresh","timestamp":1767225600,"type":"t","value":1,"location":{"latitude":0,"longitude":0}}"#.into())],
     );
-    let mut p = window(1_767_225_600, 1_767_225_601);
-    p.extend([("device_id", "fresh".to_string()), ("type", "t".into())]);
-    while s.get("/v1/query/avg", &p).body["count"] != 1 {
-        assert!(
-            produced.elapsed() < Duration::from_secs(2),
-            "not visible within 2 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_answered(&[&s], "fresh", produced);
     eprintln!("produce-to-visible: {:?}", produced.elapsed());
 }
 

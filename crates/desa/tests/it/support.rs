@@ -241,6 +241,23 @@ pub fn window(start: i64, end: i64) -> Vec<(&'static str, String)> {
     vec![("start", start.to_string()), ("end", end.to_string())]
 }
 
+/// Polls every server's avg query until it counts one event of `device`
+/// (type `t`) at 1767225600, failing if that takes 2 seconds from `since`.
+pub fn wait_answered(servers: &[&TestServer], device: &str, since: Instant) {
+    let mut p = window(1_767_225_600, 1_767_225_601);
+    p.extend([("device_id", device.to_string()), ("type", "t".into())]);
+    while servers
+        .iter()
+        .any(|s| s.get("/v1/query/avg", &p).body["count"] != 1)
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(2),
+            "not visible within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Counts of every device of a type over all time, via top-K with a large K.
 pub fn all_counts(s: &TestServer, ty: &str) -> std::collections::HashMap<String, u64> {
     let mut p = window(0, 4_000_000_000);
