@@ -57,7 +57,7 @@ class DuckDB:
         self.path = path
         self.db = duckdb.connect(path)
 
-    def load(self, ndjson):
+    def load(self, ndjson, read=lambda: None):
         self.db.execute(
             f"""
             CREATE TABLE events AS
@@ -70,6 +70,7 @@ class DuckDB:
             ORDER BY type, device_id, ts
             """
         )
+        read()
         self.db.execute("CHECKPOINT")
 
     def bytes(self):
@@ -133,7 +134,7 @@ class ChDB:
     def q(self, sql):
         return [line.split("\t") for line in str(self.s.query(sql, "TabSeparated")).splitlines()]
 
-    def load(self, ndjson):
+    def load(self, ndjson, read=lambda: None):
         self.s.query(
             """CREATE TABLE events (ts Int64, type String, device_id String, value Float64,
                                     lat Float64, lon Float64)
@@ -147,6 +148,7 @@ class ChDB:
                    location Tuple(latitude Float64, longitude Float64)')
                 SETTINGS input_format_skip_unknown_fields = 1"""
         )
+        read()
         self.s.query("OPTIMIZE TABLE events FINAL")
 
     def bytes(self):
@@ -221,7 +223,7 @@ class Postgres:
         self.db = psycopg.connect(f"host=127.0.0.1 port={self.port} user=bench dbname=postgres",
                                   autocommit=True)
 
-    def load(self, ndjson):
+    def load(self, ndjson, read=lambda: None):
         with self.db.transaction():
             self.db.execute("CREATE UNLOGGED TABLE raw (j jsonb)")
             with self.db.cursor().copy(
@@ -230,6 +232,7 @@ class Postgres:
                 with open(ndjson, "rb") as f:
                     while chunk := f.read(1 << 20):
                         cp.write(chunk)
+            read()
             self.db.execute(
                 """CREATE TABLE events AS
                    SELECT (j->>'timestamp')::bigint AS ts, j->>'type' AS type,
@@ -308,6 +311,10 @@ def main():
                     help="with --reuse: the number of events loaded (the input is then not read)")
     ap.add_argument("--cold", action="store_true",
                     help="with --reuse: drop the page cache (root), then time with no warm-up")
+    ap.add_argument("--remove-input", action="store_true",
+                    help="delete the input file as soon as the peer has read it (bench/suite.sh "
+                         "--free-space, for the last peer): PostgreSQL's load then builds its "
+                         "table and indexes without the input on disk")
     args = ap.parse_args()
     if args.cold and not args.reuse:
         sys.exit("--cold needs --reuse: a peer that just loaded has its data cached")
@@ -333,7 +340,7 @@ def main():
         print(f"{peer.name}: reusing {path}, {peer.bytes() / events:.1f} bytes/event")
     else:
         started = time.perf_counter()
-        peer.load(args.input)
+        peer.load(args.input, read=(lambda: os.remove(args.input)) if args.remove_input else (lambda: None))
         load_secs = time.perf_counter() - started
         print(f"{peer.name}: loaded {events} events in {load_secs:.1f}s = "
               f"{events / load_secs:.0f} events/s, {peer.bytes() / events:.1f} bytes/event")

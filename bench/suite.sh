@@ -2,7 +2,8 @@
 # The benchmark suite: desa against DuckDB, ClickHouse (chDB) and PostgreSQL
 # on the same generated events and the same queries, every answer checked.
 #
-#   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"] [--cold]
+#   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"]
+#                  [--cold | --free-space]
 #
 # 1. `desa bench` generates the seeded dataset (NDJSON), loads it into desa
 #    over HTTP, and times the query mix, recording each query and answer;
@@ -16,6 +17,11 @@
 # At 100m PostgreSQL times 10 queries per kind and window instead of 50
 # (its 30-day top-K and continent boxes take seconds to a minute each); its
 # JSON report records the number timed per row.
+# With --free-space, each system's files are deleted once its queries are
+# timed, and the input once the last peer has read it: at 100m the input
+# (15.6 GB), desa's files (13 GB) and PostgreSQL's load (about 53 GB at its
+# peak: staging table, table, indexes and WAL before it commits) then never
+# need the disk at the same time, and the run needs about 54 GB, not 83.
 # Results stay in DIR as JSON (desa.json, PEER.json) for later comparison.
 # Exit status 1 if any peer disagrees with desa. Timings are printed, never
 # asserted. Python packages go to a virtualenv under $DESA_TOOLS.
@@ -27,6 +33,7 @@ out=""
 desa=""
 peers="duckdb chdb postgres"
 cold=0
+free_space=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
@@ -34,9 +41,13 @@ while [ $# -gt 0 ]; do
     --desa) desa="$2"; shift 2 ;;
     --peers) peers="$2"; shift 2 ;;
     --cold) cold=1; shift ;;
+    --free-space) free_space=1; shift ;;
     *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
+if [ "$cold" = 1 ] && [ "$free_space" = 1 ]; then
+  echo "--cold times what each system stored, which --free-space deletes" >&2; exit 2
+fi
 case "$scale" in
   1m) events=1000000; devices=100000; queries=20 ;;
   10m) events=10000000; devices=1000000; queries=50 ;;
@@ -86,19 +97,28 @@ pass() {
   "$desa" bench --events "$events" --devices "$devices" --queries "$queries" \
     --work-dir "$out/desa" ${desa_args[@]+"${desa_args[@]}"} --record "$out/queries$tag.jsonl" \
     --out "$out/desa$tag.json"
-  local reports=()
+  if [ "$free_space" = 1 ]; then
+    rm -rf "$out/desa/data"
+  fi
+  local reports=() last="${peers##* }"
   for peer in $peers; do
     echo "== $peer$tag"
-    local at_most=()
+    local at_most=() remove=()
     if [ "$peer" = postgres ] && [ -n "${postgres_at_most:-}" ]; then
       at_most=(--at-most "$postgres_at_most")
     fi
+    if [ "$free_space" = 1 ] && [ "$peer" = "$last" ]; then
+      remove=(--remove-input)
+    fi
     if ! "$venv/bin/python" bench/peers.py --peer "$peer" --input "$out/desa/events.ndjson" \
         --queries "$out/queries$tag.jsonl" --work-dir "$out/$peer" ${peer_args[@]+"${peer_args[@]}"} \
-        ${at_most[@]+"${at_most[@]}"} --out "$out/$peer$tag.json"; then
+        ${at_most[@]+"${at_most[@]}"} ${remove[@]+"${remove[@]}"} --out "$out/$peer$tag.json"; then
       status=1
     fi
     [ -f "$out/$peer$tag.json" ] && reports+=("$out/$peer$tag.json")
+    if [ "$free_space" = 1 ]; then
+      rm -rf "$out/$peer"
+    fi
   done
   "$venv/bin/python" bench/report.py "$out/desa$tag.json" ${reports[@]+"${reports[@]}"} > "$out/report$tag.md"
   echo "== report: $out/report$tag.md"

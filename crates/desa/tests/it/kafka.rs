@@ -478,3 +478,37 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `desa bench --kafka-brokers ... --live`: the node consumes the produced
+/// dataset, then every probe of the live stream becomes visible to a query,
+/// and the results file holds the consume rate and the freshness figures.
+/// (The figures are printed, not asserted: timings belong to benchmarks.)
+#[test]
+fn bench_measures_freshness_under_a_live_stream() {
+    let broker = Broker::start();
+    broker.create_topic("bench", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kafka.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["bench", "--events", "20000", "--devices", "500", "--queries", "1"])
+        .args(["--kafka-brokers", &broker.addr(), "--kafka-topic", "bench"])
+        .args(["--live", "3s", "--live-rate", "2000", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "desa bench failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    eprintln!("{report:#}");
+    assert!(report["events"].as_u64().unwrap() >= 20_000, "{report}");
+    let fresh = &report["freshness"];
+    // One probe every 250 ms over 3 s of producing, each one seen.
+    assert!(fresh["probes"].as_u64().unwrap() >= 12, "{report}");
+    let (p50, max) = (
+        fresh["p50_ms"].as_f64().unwrap(),
+        fresh["max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= max, "{report}");
+}
