@@ -69,3 +69,15 @@ smoke="$CARGO_TARGET_DIR/bench-smoke"
   --reuse-data --in-process --work-dir "$smoke/desa" \
   --record "$smoke/queries-in-process.jsonl" --out "$smoke/desa-in-process.json"
 cmp "$smoke/queries.jsonl" "$smoke/queries-in-process.jsonl"
+
+# --free-space (for the 100M scale on a small disk) deletes desa's files
+# after its phase, each peer's after its queries, and the input once the
+# last peer has read it; the answers are still checked and reported.
+echo "== the suite with --free-space"
+lean="$CARGO_TARGET_DIR/bench-smoke-lean"
+bench/suite.sh --scale 1m --peers duckdb --free-space --desa "$CARGO_TARGET_DIR/debug/desa" --out "$lean"
+test -s "$lean/duckdb.json" && test -s "$lean/report.md"
+for gone in "$lean/desa/data" "$lean/desa/events.ndjson" "$lean/duckdb"; do
+  if [ -e "$gone" ]; then echo "--free-space left $gone" >&2; exit 1; fi
+done
+rm -rf "$lean"

@@ -490,7 +490,7 @@ fn bench_measures_freshness_under_a_live_stream() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("kafka.json");
     let status = Command::new(env!("CARGO_BIN_EXE_desa"))
-        .args(["bench", "--events", "20000", "--devices", "500", "--queries", "1"])
+        .args(["bench", "--events", "20000", "--devices", "500"])
         .args(["--kafka-brokers", &broker.addr(), "--kafka-topic", "bench"])
         .args(["--live", "3s", "--live-rate", "2000", "--work-dir"])
         .arg(dir.path().join("work"))
@@ -499,8 +499,7 @@ fn bench_measures_freshness_under_a_live_stream() {
         .status()
         .unwrap();
     assert!(status.success(), "desa bench failed: {status}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     eprintln!("{report:#}");
     assert!(report["events"].as_u64().unwrap() >= 20_000, "{report}");
     let fresh = &report["freshness"];
