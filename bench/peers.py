@@ -17,6 +17,10 @@ Peers, each set up as its documentation recommends for this workload:
   COPY in one transaction, then a btree on (type, device_id, ts) INCLUDE
   (value) for avg, a btree on (type, ts) for top-K, a GiST index on
   point(lon, lat) for boxes, and ANALYZE.
+Peak resident memory is this process's (DuckDB and chDB run inside it; the
+Python interpreter is included) or, for PostgreSQL, the server's processes'
+summed proportional set size, sampled every half second through the load and
+the queries.
 Timings are warm (each query kind runs a quarter as many times before
 timing, as desa's) and include no HTTP: they favour the peer. With --reuse
 the peer opens what an earlier run loaded into --work-dir instead of loading;
@@ -37,7 +41,9 @@ import json
 import os
 import statistics
 import sys
+import resource
 import tempfile
+import threading
 import time
 from collections import defaultdict
 
@@ -109,6 +115,47 @@ class DuckDB:
 
 def quote(s):
     return "'" + str(s).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def own_peak_resident():
+    """Peak resident memory of this process, bytes: an embedded peer's engine
+    and the Python around it (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class TreeMemory:
+    """The peak memory of a server and its child processes, sampled every half
+    second: the sum of their proportional set sizes, so that shared buffers
+    mapped by every backend count once."""
+
+    def __init__(self, root_pid):
+        self.root, self.peak = root_pid, 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            self.sample()
+            time.sleep(0.5)
+
+    def sample(self):
+        pids = [self.root]
+        for p in os.listdir("/proc"):
+            try:
+                stat = open(f"/proc/{p}/stat").read() if p.isdigit() else ""
+            except OSError:
+                continue
+            # The parent pid is the second field after the command's ")".
+            if stat and int(stat[stat.rfind(")") + 2:].split()[1]) == self.root:
+                pids.append(int(p))
+        total = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    total += sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+            except OSError:
+                pass
+        self.peak = max(self.peak, total)
+        return self.peak
 
 
 def du(path):
@@ -220,6 +267,8 @@ class Postgres:
         import atexit
 
         atexit.register(self.stop)
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            self.memory = TreeMemory(int(f.readline()))
         self.db = psycopg.connect(f"host=127.0.0.1 port={self.port} user=bench dbname=postgres",
                                   autocommit=True)
 
@@ -360,6 +409,7 @@ def main():
     disagreements = 0
     report = {"peer": peer.name, "events": events, "load_secs": load_secs, "cold": args.cold,
               "bytes_per_event": peer.bytes() / events, "queries": {}}
+    # PostgreSQL: its server's processes; the embedded peers: this process.
     for (kind, label), qs in by_label.items():
         qs = qs[: args.at_most] if args.at_most else qs
         run = getattr(peer, kind)
@@ -378,6 +428,9 @@ def main():
         report["queries"][f"{kind}/{label}"] = {"p50_ms": p50, "p99_ms": p99, "n": len(lat)}
         print(f"{kind:>5} {label:<22} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms")
     report["disagreements"] = disagreements
+    report["peak_resident_bytes"] = (peer.memory.sample() if hasattr(peer, "memory")
+                                     else own_peak_resident())
+    print(f"peak resident memory: {report['peak_resident_bytes'] / 2**20:,.0f} MiB")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

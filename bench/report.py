@@ -28,16 +28,21 @@ def main():
            if in_process else "desa over loopback HTTP, the peers in their own process")
     print(f"Timings: {'cold (page cache dropped, no warm-up)' if all(cold) else 'warm'}; {how}.")
     print()
-    print("| system | load events/s | bytes/event | answers |")
-    print("|---|---|---|---|")
+    print("| system | load events/s | bytes/event | peak resident | answers |")
+    print("|---|---|---|---|---|")
+
+    def mib(report):
+        b = report.get("peak_resident_bytes")
+        return f"{b / 2**20:,.0f} MiB" if b else "not measured"
+
     load = (f"{desa['ingest_events_per_sec']:,.0f} (durable, HTTP)" if desa["ingest_secs"] > 0
             else "not in this run (--reuse-data)")
-    print(f"| desa | {load} | {desa['segment_bytes_per_event']:.1f} | reference |")
+    print(f"| desa | {load} | {desa['segment_bytes_per_event']:.1f} | {mib(desa)} | reference |")
     for p in peers:
         verdict = "all equal" if p["disagreements"] == 0 else f"{p['disagreements']} differ"
         rate = (f"{p['events'] / p['load_secs']:,.0f}" if p["load_secs"] > 0
                 else "not in this run (--reuse)")
-        print(f"| {p['peer']} | {rate} | {p['bytes_per_event']:.1f} | {verdict} |")
+        print(f"| {p['peer']} | {rate} | {p['bytes_per_event']:.1f} | {mib(p)} | {verdict} |")
     print()
     head = " | ".join(f"{n} p50 / p99" for n in names)
     print(f"| query | desa p50 / p99 | {head} | best peer p99 / desa p99 |")
