@@ -82,6 +82,9 @@ class DuckDB:
     def bytes(self):
         return os.path.getsize(self.path)
 
+    def peak_resident(self):
+        return own_peak_resident()
+
     def avg(self, p):
         n, a = self.db.execute(
             "SELECT count(*), avg(value) FROM events WHERE type = ? AND device_id = ? AND ts >= ? AND ts < ?",
@@ -201,6 +204,9 @@ class ChDB:
     def bytes(self):
         return du(self.path)
 
+    def peak_resident(self):
+        return own_peak_resident()
+
     def count_avg(self, where):
         n, s = self.q(f"SELECT count(), sumKahan(value) FROM events WHERE {where}")[0]
         n = int(n)
@@ -298,6 +304,9 @@ class Postgres:
 
     def bytes(self):
         return self.db.execute("SELECT pg_total_relation_size('events')").fetchone()[0]
+
+    def peak_resident(self):
+        return self.memory.sample()
 
     def count_avg(self, where, args):
         n, a = self.db.execute(f"SELECT count(*), avg(value) FROM events WHERE {where}", args).fetchone()
@@ -409,7 +418,6 @@ def main():
     disagreements = 0
     report = {"peer": peer.name, "events": events, "load_secs": load_secs, "cold": args.cold,
               "bytes_per_event": peer.bytes() / events, "queries": {}}
-    # PostgreSQL: its server's processes; the embedded peers: this process.
     for (kind, label), qs in by_label.items():
         qs = qs[: args.at_most] if args.at_most else qs
         run = getattr(peer, kind)
@@ -428,8 +436,7 @@ def main():
         report["queries"][f"{kind}/{label}"] = {"p50_ms": p50, "p99_ms": p99, "n": len(lat)}
         print(f"{kind:>5} {label:<22} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms")
     report["disagreements"] = disagreements
-    report["peak_resident_bytes"] = (peer.memory.sample() if hasattr(peer, "memory")
-                                     else own_peak_resident())
+    report["peak_resident_bytes"] = peer.peak_resident()
     print(f"peak resident memory: {report['peak_resident_bytes'] / 2**20:,.0f} MiB")
     if args.out:
         with open(args.out, "w") as f:
