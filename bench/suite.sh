@@ -21,7 +21,7 @@
 # timed, and the input once the last peer has read it: at 100m the input
 # (15.6 GB), desa's files (13 GB) and PostgreSQL's load (about 53 GB at its
 # peak: staging table, table, indexes and WAL before it commits) then never
-# need the disk at the same time, and the run needs about 54 GB, not 83.
+# need the disk at the same time: about 54 GB, not 83 (summed from the sizes one run measured).
 # Results stay in DIR as JSON (desa.json, PEER.json) for later comparison.
 # Exit status 1 if any peer disagrees with desa. Timings are printed, never
 # asserted. Python packages go to a virtualenv under $DESA_TOOLS.
