@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use desa_model::{AvgAnswer, DeviceCount, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{AvgAnswer, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::Clock;
@@ -73,6 +73,9 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn head_flushed(&self, _elapsed: Duration, _rows: usize) {}
     fn compacted(&self, _elapsed: Duration, _rows: u64) {}
     fn summarized(&self, _elapsed: Duration, _events: u64) {}
+    /// A top-K query added up every count list of its window: the threshold
+    /// algorithm's bound did not fall (activity too flat to stop early).
+    fn topk_merged(&self) {}
 }
 
 struct NoObserver;
@@ -489,13 +492,16 @@ impl Engine {
             let plan = query::plan(&segs.0, &segs.1, w);
             query::topk(whole, &counts, &plan, event_type, w, k)
         };
-        let devices: Vec<DeviceCount> = if whole.is_empty() {
+        let (devices, path) = if whole.is_empty() {
             drop(whole);
             drop(st);
             run(&[])
         } else {
             run(&whole)
         };
+        if path == query::TopkPath::Merged {
+            self.inner.observer.topk_merged();
+        }
         TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,

@@ -14,6 +14,11 @@
 //!   the window the all-time count is an upper bound, which keeps the stopping
 //!   rule sound. The search stops once the K-th best exact count exceeds the
 //!   sum of the bounds at the cursors; under skew the bounds fall fast.
+//!   Under flat activity they do not, and every device read costs a binary
+//!   search in each list: once those random accesses outnumber the entries
+//!   of all lists together, the lists are instead added up entry by entry
+//!   into one count per device (`O(E)` for `E` entries), which is then
+//!   cheaper than going on. Either way the answer is exact.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -175,7 +180,30 @@ impl<'a> List<'a> {
         }
     }
 
-    /// Exact count of `device` in the window.
+    /// Exact count in the window of the entry at `pos` (sequential access).
+    fn exact_at(&self, pos: usize) -> u64 {
+        match self {
+            List::Exact { sorted, .. } => sorted[pos].1,
+            List::Head { order, .. } => u64::from(order.counts[pos]),
+            List::Summary { sum, order, .. } => sum.series_count(order[pos] as usize),
+            List::Segment {
+                seg,
+                order,
+                within,
+                w,
+                ..
+            } => {
+                let s = order[pos] as usize;
+                if *within {
+                    seg.series_len(s)
+                } else {
+                    seg.series_count(s, *w)
+                }
+            }
+        }
+    }
+
+    /// Exact count of `device` in the window (random access).
     fn exact(&self, device: &str) -> u64 {
         match self {
             List::Exact { counts, .. } => counts.get(device).copied().unwrap_or(0),
@@ -194,6 +222,15 @@ impl<'a> List<'a> {
     }
 }
 
+/// How a top-K answer was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TopkPath {
+    /// The threshold algorithm stopped early.
+    Threshold,
+    /// Every list was added up (its bound did not fall: flat activity).
+    Merged,
+}
+
 /// Top-K over the heads the window holds whole (read in count order), the
 /// exact counts of the heads it cuts, and the files; ordered by count
 /// descending, then device ascending.
@@ -204,7 +241,7 @@ pub(crate) fn topk<'a>(
     event_type: &str,
     w: TimeWindow,
     k: usize,
-) -> Vec<DeviceCount> {
+) -> (Vec<DeviceCount>, TopkPath) {
     let mut lists: Vec<List> = Vec::new();
     if !head_counts.is_empty() {
         let mut sorted: Vec<(&str, u64)> =
@@ -245,11 +282,81 @@ pub(crate) fn topk<'a>(
         }
     }
 
+    rank(&lists, k)
+}
+
+/// The K devices with the most entries over `lists`, by the threshold
+/// algorithm while it pays, else by adding every list up.
+fn rank(lists: &[List<'_>], k: usize) -> (Vec<DeviceCount>, TopkPath) {
+    match by_threshold(lists, k) {
+        Some(best) => (best.into_sorted(), TopkPath::Threshold),
+        None => (by_merging(lists, k).into_sorted(), TopkPath::Merged),
+    }
+}
+
+/// The best K so far: a min-heap by (count, device descending), whose top
+/// is the K-th best.
+struct Best<'a> {
+    k: usize,
+    heap: BinaryHeap<Reverse<(u64, Reverse<&'a str>)>>,
+}
+
+impl<'a> Best<'a> {
+    fn new(k: usize) -> Self {
+        Best {
+            k,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    /// The K-th best count, once K devices are known.
+    fn kth(&self) -> Option<u64> {
+        (self.heap.len() == self.k)
+            .then(|| self.heap.peek().map(|Reverse((c, _))| *c))
+            .flatten()
+    }
+
+    fn offer(&mut self, device: &'a str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let entry = Reverse((count, Reverse(device)));
+        if self.heap.len() < self.k {
+            self.heap.push(entry);
+        } else if self.heap.peek().is_some_and(|worst| entry < *worst) {
+            self.heap.pop();
+            self.heap.push(entry);
+        }
+    }
+
+    /// Count descending, then device ascending.
+    fn into_sorted(self) -> Vec<DeviceCount> {
+        let mut out: Vec<DeviceCount> = self
+            .heap
+            .into_iter()
+            .map(|Reverse((count, Reverse(d)))| DeviceCount {
+                device_id: d.to_owned(),
+                count,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.device_id.cmp(&b.device_id))
+        });
+        out
+    }
+}
+
+/// Fagin's threshold algorithm over `lists`; `None` once its random
+/// accesses outnumber the entries of all lists, when adding the lists up
+/// ([`by_merging`]) costs less than going on.
+fn by_threshold<'a>(lists: &[List<'a>], k: usize) -> Option<Best<'a>> {
+    let entries: usize = lists.iter().map(List::len).sum();
+    let mut random_accesses = 0usize;
     let mut cursor = vec![0usize; lists.len()];
     let mut seen: HashSet<&str> = HashSet::new();
-    // Min-heap of the best K by (count, device descending): its top is the
-    // K-th best so far.
-    let mut best: BinaryHeap<Reverse<(u64, Reverse<&str>)>> = BinaryHeap::new();
+    let mut best = Best::new(k);
     loop {
         let mut threshold = 0u64;
         let mut next: Option<(usize, u64)> = None;
@@ -264,39 +371,117 @@ pub(crate) fn topk<'a>(
         }
         // An unseen device counts at most `threshold`; ties on count are
         // broken by device id, so an equal count could still enter.
-        let kth = best.peek().map(|Reverse((c, _))| *c);
-        if best.len() == k && kth.is_some_and(|c| c > threshold) {
-            break;
+        if best.kth().is_some_and(|c| c > threshold) {
+            return Some(best);
         }
-        let Some((i, _)) = next else { break };
+        let Some((i, _)) = next else {
+            return Some(best);
+        };
         let device = lists[i].device(cursor[i]);
         cursor[i] += 1;
         if !seen.insert(device) {
             continue;
         }
-        let total: u64 = lists.iter().map(|l| l.exact(device)).sum();
-        if total == 0 {
-            continue;
+        random_accesses += lists.len();
+        if random_accesses > entries {
+            return None;
         }
-        let entry = Reverse((total, Reverse(device)));
-        if best.len() < k {
-            best.push(entry);
-        } else if best.peek().is_some_and(|worst| entry < *worst) {
-            best.pop();
-            best.push(entry);
+        best.offer(device, lists.iter().map(|l| l.exact(device)).sum());
+    }
+}
+
+/// Every entry of every list added into one count per device: the cost is
+/// one hash update per entry, whatever the counts look like.
+fn by_merging<'a>(lists: &[List<'a>], k: usize) -> Best<'a> {
+    let hasher = foldhash::fast::RandomState::default();
+    let longest = lists.iter().map(List::len).max().unwrap_or(0);
+    let mut totals: HashMap<&str, u64, _> = HashMap::with_capacity_and_hasher(longest, hasher);
+    for list in lists {
+        for pos in 0..list.len() {
+            let c = list.exact_at(pos);
+            if c > 0 {
+                *totals.entry(list.device(pos)).or_default() += c;
+            }
         }
     }
-    let mut out: Vec<DeviceCount> = best
-        .into_iter()
-        .map(|Reverse((count, Reverse(d)))| DeviceCount {
-            device_id: d.to_owned(),
-            count,
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| a.device_id.cmp(&b.device_id))
-    });
-    out
+    let mut best = Best::new(k);
+    for (device, count) in totals {
+        best.offer(device, count);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Lists of exact counts, as the heads a window cuts give them.
+    fn lists(maps: &[HashMap<String, u64>]) -> Vec<List<'_>> {
+        maps.iter()
+            .map(|counts| {
+                let mut sorted: Vec<(&str, u64)> =
+                    counts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+                sorted.sort_unstable_by_key(|e| Reverse(e.1));
+                List::Exact { sorted, counts }
+            })
+            .collect()
+    }
+
+    fn brute_force(maps: &[HashMap<String, u64>], k: usize) -> Vec<DeviceCount> {
+        let mut totals: HashMap<&str, u64> = HashMap::new();
+        for (d, c) in maps.iter().flatten() {
+            *totals.entry(d).or_default() += c;
+        }
+        let mut all: Vec<DeviceCount> = totals
+            .into_iter()
+            .map(|(d, count)| DeviceCount {
+                device_id: d.to_owned(),
+                count,
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.device_id.cmp(&b.device_id))
+        });
+        all.truncate(k);
+        all
+    }
+
+    /// 20 lists over 2,000 devices: skewed counts (device `d` about
+    /// 10,000 / (d + 1), plus noise) let the threshold algorithm stop; flat
+    /// ones (1 or 2 for a random half of the devices, many ties) do not,
+    /// and the lists are added up. Every answer is the brute-force one.
+    #[test]
+    fn skewed_lists_stop_early_and_flat_lists_are_added_up() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for (skewed, path) in [(true, TopkPath::Threshold), (false, TopkPath::Merged)] {
+            let maps: Vec<HashMap<String, u64>> = (0..20)
+                .map(|_| {
+                    (0..2_000u64)
+                        .filter_map(|d| {
+                            let c = if skewed {
+                                10_000 / (d + 1) + rng.gen_range(0..3)
+                            } else if rng.gen_bool(0.5) {
+                                rng.gen_range(1..=2)
+                            } else {
+                                0
+                            };
+                            (c > 0).then(|| (format!("d{d}"), c))
+                        })
+                        .collect()
+                })
+                .collect();
+            for k in [1, 10, 100, 5_000] {
+                let (got, took) = rank(&lists(&maps), k);
+                // K beyond the devices: no early stop whatever the counts.
+                if k <= 100 {
+                    assert_eq!(took, path, "skewed={skewed} k={k}");
+                }
+                assert_eq!(got, brute_force(&maps, k), "skewed={skewed} k={k}");
+            }
+        }
+    }
 }

@@ -131,21 +131,37 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
     // "relation already exists, skipping" on every start is noise.
     tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.execute("SELECT pg_advisory_xact_lock(7218031)", &[])?;
-    // The common case, a worker joining a running cluster: the schema is
-    // there, and no DDL runs (it would lock tables the others write to).
-    let current = tx
-        .query_opt("SELECT to_regclass('desa_meta') IS NOT NULL", &[])?
-        .is_some_and(|r| r.get::<_, bool>(0))
-        && tx
-            .query_opt(
-                "SELECT value FROM desa_meta WHERE key = 'schema_version'",
-                &[],
-            )?
-            .is_some_and(|r| r.get::<_, String>(0) == SCHEMA_VERSION.to_string());
-    if current {
-        let kind = partitioning(&mut tx)?;
-        tx.commit()?;
-        return Ok(kind);
+    // The stored version is read before any DDL: the statements below are
+    // this version's, and may not even parse against another version's
+    // tables.
+    let has_meta: bool = tx
+        .query_one("SELECT to_regclass('desa_meta') IS NOT NULL", &[])?
+        .get(0);
+    let stored: Option<String> = if has_meta {
+        tx.query_opt(
+            "SELECT value FROM desa_meta WHERE key = 'schema_version'",
+            &[],
+        )?
+        .map(|r| r.get(0))
+    } else {
+        None
+    };
+    match stored.as_deref().map(str::parse::<i32>) {
+        // The common case, a worker joining a running cluster: the schema
+        // is there, and no DDL runs (it would lock tables the others write
+        // to).
+        Some(Ok(SCHEMA_VERSION)) => {
+            let kind = partitioning(&mut tx)?;
+            tx.commit()?;
+            return Ok(kind);
+        }
+        Some(_) => {
+            return Err(Error::Schema(format!(
+                "the database holds desa schema version {}; this desa reads version {SCHEMA_VERSION} (migrate into a new database)",
+                stored.unwrap_or_default()
+            )))
+        }
+        None => {}
     }
     let timescale = tx
         .query_opt(
@@ -157,27 +173,10 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         .query_opt("SELECT 1 FROM pg_class WHERE relname = 'desa_events'", &[])?
         .is_some();
     tx.batch_execute(TABLES)?;
-    let stored: Option<String> = tx
-        .query_opt(
-            "SELECT value FROM desa_meta WHERE key = 'schema_version'",
-            &[],
-        )?
-        .map(|r| r.get(0));
-    match stored.as_deref().map(str::parse::<i32>) {
-        None => {
-            tx.execute(
-                "INSERT INTO desa_meta (key, value) VALUES ('schema_version', $1)",
-                &[&SCHEMA_VERSION.to_string()],
-            )?;
-        }
-        Some(Ok(SCHEMA_VERSION)) => {}
-        Some(_) => {
-            return Err(Error::Schema(format!(
-                "the database holds desa schema version {}; this desa reads version {SCHEMA_VERSION} (migrate into a new database)",
-                stored.unwrap_or_default()
-            )))
-        }
-    }
+    tx.execute(
+        "INSERT INTO desa_meta (key, value) VALUES ('schema_version', $1)",
+        &[&SCHEMA_VERSION.to_string()],
+    )?;
     if !exists {
         if timescale {
             tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;

@@ -22,6 +22,7 @@ pub struct Metrics {
     flush_duration: Histogram,
     compaction_duration: Histogram,
     summary_duration: Histogram,
+    topk_merged: IntCounter,
     stored_events: IntGauge,
     head_events: IntGauge,
     segments: IntGauge,
@@ -115,6 +116,10 @@ impl Metrics {
                 "Building or refreshing the summary of a block of whole days.",
                 LATENCY_BUCKETS,
             ),
+            topk_merged: counter(
+                "desa_topk_merged_total",
+                "Top-K queries that added up every count list of their window (activity too flat for the threshold algorithm to stop early).",
+            ),
             stored_events: gauge("desa_stored_events", "Events stored (head and segments)."),
             head_events: gauge("desa_head_events", "Events in memory not yet in segments."),
             segments: gauge("desa_segments", "Live segment files."),
@@ -137,6 +142,7 @@ impl Metrics {
             Box::new(m.flush_duration.clone()),
             Box::new(m.compaction_duration.clone()),
             Box::new(m.summary_duration.clone()),
+            Box::new(m.topk_merged.clone()),
             Box::new(m.stored_events.clone()),
             Box::new(m.head_events.clone()),
             Box::new(m.segments.clone()),
@@ -192,6 +198,9 @@ impl EngineObserver for Metrics {
     }
     fn summarized(&self, elapsed: Duration, _events: u64) {
         self.summary_duration.observe(elapsed.as_secs_f64());
+    }
+    fn topk_merged(&self) {
+        self.topk_merged.inc();
     }
 }
 
