@@ -37,9 +37,10 @@ mkdir -p "$out"
 
 sample_metrics() {
   while true; do
-    port=$(ss -ltnp 2>/dev/null | grep '"desa"' | grep -o '127.0.0.1:[0-9]*' | head -1)
+    # (the node may not listen yet: no match is not an error here)
+    port=$(ss -ltnp 2>/dev/null | grep '"desa"' | grep -o '127.0.0.1:[0-9]*' | head -1 || true)
     if [ -n "$port" ]; then
-      echo "$(date +%T) $(curl -s "http://$port/metrics" | grep -E '^desa_postgres_write_(seconds|transactions)_total|^desa_kafka_events_total|^desa_kafka_consumed_offset' | tr '\n' ' ')"
+      echo "$(date +%T) $(curl -s "http://$port/metrics" | grep -E '^desa_postgres_write_(seconds|transactions)_total|^desa_kafka_events_total|^desa_kafka_consumed_offset' | tr '\n' ' ' || true)"
     fi
     sleep 5
   done
