@@ -387,6 +387,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ("hottest", g.device_id(0)),
         ("rank_100", g.device_id(100.min(args.devices - 1))),
         ("median", g.device_id(args.devices / 2)),
+        // The least likely device: with Zipf skew it often has no event in
+        // the window, which every system must answer as such.
+        ("coldest", g.device_id(args.devices - 1)),
     ];
     let windows: [(&str, i64); 5] = [
         ("1m", 60),
@@ -461,22 +464,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )?;
         }
     }
-    for (wname, len) in windows.iter().skip(1) {
-        let len = *len;
-        time(
-            "topk",
-            format!("k10/{wname}"),
-            "/v1/query/topk",
-            Box::new(move |rng| {
-                let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
-                vec![
-                    ("type", "temperature".into()),
-                    ("start", s.to_string()),
-                    ("end", (s + len).to_string()),
-                    ("k", "10".into()),
-                ]
-            }),
-        )?;
+    for k in [10, 100] {
+        for (wname, len) in windows.iter().skip(1) {
+            let len = *len;
+            time(
+                "topk",
+                format!("k{k}/{wname}"),
+                "/v1/query/topk",
+                Box::new(move |rng| {
+                    let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                    vec![
+                        ("type", "temperature".into()),
+                        ("start", s.to_string()),
+                        ("end", (s + len).to_string()),
+                        ("k", k.to_string()),
+                    ]
+                }),
+            )?;
+        }
     }
     for (bname, b) in boxes {
         for (wname, len) in [("1h", 3_600), ("7d", 7 * 86_400), ("30d", 30 * 86_400)] {
