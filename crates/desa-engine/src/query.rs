@@ -331,7 +331,7 @@ impl<'a> Best<'a> {
 
     /// Count descending, then device ascending.
     fn into_sorted(self) -> Vec<DeviceCount> {
-        let mut out: Vec<DeviceCount> = self
+        let out: Vec<DeviceCount> = self
             .heap
             .into_iter()
             .map(|Reverse((count, Reverse(d)))| DeviceCount {
@@ -339,12 +339,7 @@ impl<'a> Best<'a> {
                 count,
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then_with(|| a.device_id.cmp(&b.device_id))
-        });
-        out
+        desa_model::rank_devices(out, self.k)
     }
 }
 
@@ -434,20 +429,14 @@ mod tests {
         for (d, c) in maps.iter().flatten() {
             *totals.entry(d).or_default() += c;
         }
-        let mut all: Vec<DeviceCount> = totals
+        let all: Vec<DeviceCount> = totals
             .into_iter()
             .map(|(d, count)| DeviceCount {
                 device_id: d.to_owned(),
                 count,
             })
             .collect();
-        all.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then_with(|| a.device_id.cmp(&b.device_id))
-        });
-        all.truncate(k);
-        all
+        desa_model::rank_devices(all, k)
     }
 
     /// 20 lists over 2,000 devices: skewed counts (device `d` about
