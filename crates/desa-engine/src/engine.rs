@@ -76,6 +76,10 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// A top-K query added up every count list of its window: the threshold
     /// algorithm's bound did not fall (activity too flat to stop early).
     fn topk_merged(&self) {}
+    /// A top-K query counted `segments` segments its window cut from their
+    /// rows in the window (time order) instead of reading them by all-time
+    /// count.
+    fn topk_counted(&self, _segments: usize) {}
 }
 
 struct NoObserver;
@@ -492,15 +496,18 @@ impl Engine {
             let plan = query::plan(&segs.0, &segs.1, w);
             query::topk(whole, &counts, &plan, event_type, w, k)
         };
-        let (devices, path) = if whole.is_empty() {
+        let (devices, how) = if whole.is_empty() {
             drop(whole);
             drop(st);
             run(&[])
         } else {
             run(&whole)
         };
-        if path == query::TopkPath::Merged {
+        if how.path == query::TopkPath::Merged {
             self.inner.observer.topk_merged();
+        }
+        if how.counted_segments > 0 {
+            self.inner.observer.topk_counted(how.counted_segments);
         }
         TopkAnswer {
             event_type: event_type.to_owned(),

@@ -138,30 +138,42 @@ pub(crate) struct SectionFile {
     pub words: Vec<u64>,
     /// When a query last read this file, on [`USE_CLOCK`]'s scale.
     last_used: AtomicU64,
+    /// The (blob, offsets) string tables [`check_strings`](Self::check_strings)
+    /// has verified.
+    strings: Vec<(usize, usize)>,
 }
 
 impl SectionFile {
     /// Maps the file and verifies magic numbers, version and checksum.
-    pub fn open(format: &Format, path: &Path) -> Result<SectionFile> {
+    /// `formats` are the versions of one kind of file this build reads
+    /// (same magic numbers); the file's version word picks its shape.
+    pub fn open(formats: &[&Format], path: &Path) -> Result<SectionFile> {
         let file = File::open(path).map_err(Error::io("open", path))?;
         // SAFETY: these files are never modified after they are written; they
         // are only deleted, which keeps an existing mapping valid.
         let map = unsafe { Mmap::map(&file) }.map_err(Error::io("mmap", path))?;
         let len = map.len() as u64;
         let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
-        if len < HEADER_BYTES + format.footer_bytes() || &map[..8] != format.header {
+        let Some(first) = formats.first() else {
+            return Err(bad(0, "no format to read it with"));
+        };
+        if len < HEADER_BYTES + 16 || &map[..8] != first.header {
             return Err(bad(0, "bad header or file too short"));
+        }
+        if &map[map.len() - 8..] != first.footer {
+            return Err(bad(len - 8, "bad footer magic (file truncated?)"));
+        }
+        let at = map.len() - 12;
+        let version = u32::from_le_bytes([map[at], map[at + 1], map[at + 2], map[at + 3]]);
+        let Some(format) = formats.iter().find(|f| f.version == version) else {
+            return Err(bad(len - 12, &format!("unsupported version {version}")));
+        };
+        if len < HEADER_BYTES + format.footer_bytes() {
+            return Err(bad(0, "file too short for its footer"));
         }
         let footer_at = (len - format.footer_bytes()) as usize;
         let f = &map[footer_at..];
-        if &f[f.len() - 8..] != format.footer {
-            return Err(bad(len - 8, "bad footer magic (file truncated?)"));
-        }
         let u32_at = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        let version = u32_at(f.len() - 12);
-        if version != format.version {
-            return Err(bad(len - 12, &format!("unsupported version {version}")));
-        }
         // Verified a window at a time, each dropped from this process once
         // read, so that opening a large file does not swell resident memory.
         const WINDOW: usize = 16 << 20;
@@ -196,7 +208,43 @@ impl SectionFile {
             sections,
             words,
             last_used: AtomicU64::new(0),
+            strings: Vec::new(),
         })
+    }
+
+    /// Verifies once that the offsets section `offsets` (u32, ascending) cuts
+    /// the section `blob` into UTF-8 strings, so that
+    /// [`str_at`](Self::str_at) hands them out without checking each time
+    /// (a check per name read was a quarter of the query mix's CPU time).
+    pub fn check_strings(&mut self, path: &Path, blob: usize, offsets: usize) -> Result<()> {
+        let at = self.sections[blob].0 as u64;
+        let bad = |reason: &str| Error::corrupt(path, at, reason.to_owned());
+        let text = std::str::from_utf8(self.bytes(blob)).map_err(|_| bad("a name is not UTF-8"))?;
+        let ends: &[u32] = bytemuck::cast_slice(self.bytes(offsets));
+        let mut last = 0;
+        for &end in ends {
+            let end = end as usize;
+            if end < last || !text.is_char_boundary(end) {
+                return Err(bad("name offsets out of order or out of bounds"));
+            }
+            last = end;
+        }
+        self.strings.push((blob, offsets));
+        Ok(())
+    }
+
+    /// String `i` of a table verified by [`check_strings`](Self::check_strings).
+    pub fn str_at(&self, blob: usize, offsets: usize, i: usize) -> &str {
+        assert!(
+            self.strings.contains(&(blob, offsets)),
+            "string table ({blob}, {offsets}) read before it was checked"
+        );
+        let ends: &[u32] = bytemuck::cast_slice(self.bytes(offsets));
+        let bytes = &self.bytes(blob)[ends[i] as usize..ends[i + 1] as usize];
+        // SAFETY: `check_strings` found the whole blob UTF-8 and every offset
+        // on a character boundary, and a mapped file never changes, so the
+        // bytes between two offsets are UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// Checks that each section holds `count` items of `width` bytes

@@ -8,7 +8,10 @@
 //!   row) and double-double prefix sums of `value` in row order. A window of
 //!   one series is two binary searches on its timestamps and one subtraction.
 //! - **top-K**: per type, the series ordered by event count descending, the
-//!   sorted access of the threshold algorithm (see `query::topk`).
+//!   sorted access of the threshold algorithm (see `query::topk`); and per
+//!   type its rows' timestamps in time order with the series of each, so that
+//!   a window cutting the segment finds its rows by two binary searches and
+//!   counts them per series exactly.
 //! - **geo**: per type, a copy of (lat, lon, ts, value) in the order of an
 //!   implicit k-d tree (leaf size [`KD_LEAF_ROWS`], split on lat, lon, ts in
 //!   turn), stored point by point so that a leaf is one contiguous kilobyte,
@@ -16,11 +19,13 @@
 //!   wholly inside the query box and window contributes `hi - lo` events and
 //!   its sum without its rows being read; only nodes cut by an edge descend.
 //!
-//! # File format (version 1, little-endian)
+//! # File format (version 2, little-endian)
 //! The container of `crate::sections` with magic "DESASEG1" / "DESASEGF",
 //! the SECTION_COUNT sections in the order of the S_* constants below (arrays
 //! of u32/u64/i64/f64/KdPoint/KdNode) and eight footer words: rows, series,
-//! types, nodes, min_ts, max_ts, partition, leaf_rows.
+//! types, nodes, min_ts, max_ts, partition, leaf_rows. Version 1 is version
+//! 2 without the two time-order sections; it is still read, and its top-K
+//! falls back to all-time counts for a window that cuts it.
 //! A segment is written whole, fsynced, and only then named in the manifest;
 //! a file the manifest does not name is a leftover of a crash and is deleted
 //! on open. A checksum mismatch is reported as corruption, never served.
@@ -55,13 +60,27 @@ pub(crate) const S_TOPK: usize = 15; // u32 x series
 pub(crate) const S_KD_POINTS: usize = 16; // KdPoint x rows
 pub(crate) const S_KD_NODES: usize = 17; // KdNode x nodes
 pub(crate) const S_TYPE_NODES: usize = 18; // u32 x (types + 1)
-pub(crate) const SECTION_COUNT: usize = 19;
+/// Per type, its rows' timestamps in time order, as seconds after `min_ts`
+/// (a segment holds one UTC day); empty if they did not fit a u32.
+pub(crate) const S_TIME_TS: usize = 19; // u32 x rows, or empty
+/// The series of each row of [`S_TIME_TS`], in the same order.
+pub(crate) const S_TIME_SERIES: usize = 20; // u32 x rows, or empty
+pub(crate) const SECTION_COUNT: usize = 21;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASEG1",
     footer: b"DESASEGF",
-    version: 1,
+    version: 2,
     sections: SECTION_COUNT,
+    words: 8,
+};
+
+/// The format before the time-order sections: read, never written.
+pub(crate) static FORMAT_V1: crate::sections::Format = crate::sections::Format {
+    header: b"DESASEG1",
+    footer: b"DESASEGF",
+    version: 1,
+    sections: S_TIME_TS,
     words: 8,
 };
 

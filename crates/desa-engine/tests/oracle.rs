@@ -168,6 +168,26 @@ fn write_stream(
     (oracle, devices)
 }
 
+/// Counts how top-K queries read their lists.
+#[derive(Default)]
+struct TopkPaths {
+    merged: AtomicU64,
+    counted_segments: AtomicU64,
+}
+
+impl EngineObserver for TopkPaths {
+    fn topk_merged(&self) {
+        self.merged.fetch_add(1, Ordering::Relaxed);
+    }
+    fn topk_counted(&self, segments: usize) {
+        self.counted_segments
+            .fetch_add(segments as u64, Ordering::Relaxed);
+    }
+}
+
+/// Writes a seeded stream, checks random queries against the oracle, then
+/// again after a flush (segments only, some of which the windows cut and
+/// top-K counts from their rows in the window) and after a reopen.
 fn run(seed: u64, events: u64, head_max_rows: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = EngineConfig::new(dir.path());
@@ -184,11 +204,17 @@ fn run(seed: u64, events: u64, head_max_rows: usize) {
         late_fraction: 0.05,
         ..GenConfig::default()
     });
-    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    let paths = Arc::new(TopkPaths::default());
+    let engine =
+        Engine::open_with_observer(cfg.clone(), Arc::new(SystemClock), paths.clone()).unwrap();
     let (oracle, devices) = write_stream(&engine, gen, &mut rng, 1..400);
     check_all(&engine, &oracle, &mut rng, &devices, 300);
     engine.flush().unwrap();
     check_all(&engine, &oracle, &mut rng, &devices, 300);
+    assert!(
+        paths.counted_segments.load(Ordering::Relaxed) > 0,
+        "no top-K window was counted from a segment's rows"
+    );
     let stats = engine.stats();
     assert_eq!(
         stats.head_rows + stats.frozen_rows + stats.segment_rows,
@@ -276,16 +302,6 @@ fn summaries_answer_long_windows_exactly() {
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
 }
 
-/// Counts the top-K queries that added up every list of their window.
-#[derive(Default)]
-struct Merges(AtomicU64);
-
-impl EngineObserver for Merges {
-    fn topk_merged(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Under flat activity (every device equally likely, most with one event a
 /// day) the threshold algorithm cannot stop early, and top-K adds up the
 /// count lists of heads, segments and summaries instead: the answers still
@@ -309,16 +325,16 @@ fn topk_under_flat_activity_adds_up_every_list() {
         late_fraction: 0.05,
         ..GenConfig::default()
     });
-    let merges = Arc::new(Merges::default());
-    let engine = Engine::open_with_observer(cfg, Arc::new(SystemClock), merges.clone()).unwrap();
+    let paths = Arc::new(TopkPaths::default());
+    let engine = Engine::open_with_observer(cfg, Arc::new(SystemClock), paths.clone()).unwrap();
     let (oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
     check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
-    let before_summaries = merges.0.load(Ordering::Relaxed);
+    let before_summaries = paths.merged.load(Ordering::Relaxed);
     assert!(before_summaries > 0, "no top-K query added up its lists");
     engine.settle().unwrap();
     assert!(engine.stats().summaries > 0);
     check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
-    assert!(merges.0.load(Ordering::Relaxed) > before_summaries);
+    assert!(paths.merged.load(Ordering::Relaxed) > before_summaries);
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub struct Metrics {
     compaction_duration: Histogram,
     summary_duration: Histogram,
     topk_merged: IntCounter,
+    topk_counted: IntCounter,
     stored_events: IntGauge,
     head_events: IntGauge,
     segments: IntGauge,
@@ -120,6 +121,10 @@ impl Metrics {
                 "desa_topk_merged_total",
                 "Top-K queries that added up every count list of their window (activity too flat for the threshold algorithm to stop early).",
             ),
+            topk_counted: counter(
+                "desa_topk_counted_segments_total",
+                "Segments a top-K window cut to at most half of the type's rows, counted from their rows in the window instead of read by all-time count.",
+            ),
             stored_events: gauge("desa_stored_events", "Events stored (head and segments)."),
             head_events: gauge("desa_head_events", "Events in memory not yet in segments."),
             segments: gauge("desa_segments", "Live segment files."),
@@ -143,6 +148,7 @@ impl Metrics {
             Box::new(m.compaction_duration.clone()),
             Box::new(m.summary_duration.clone()),
             Box::new(m.topk_merged.clone()),
+            Box::new(m.topk_counted.clone()),
             Box::new(m.stored_events.clone()),
             Box::new(m.head_events.clone()),
             Box::new(m.segments.clone()),
@@ -201,6 +207,9 @@ impl EngineObserver for Metrics {
     }
     fn topk_merged(&self) {
         self.topk_merged.inc();
+    }
+    fn topk_counted(&self, segments: usize) {
+        self.topk_counted.inc_by(segments as u64);
     }
 }
 

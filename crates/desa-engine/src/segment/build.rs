@@ -67,6 +67,7 @@ pub fn write_segment(
     let mut dev_blob = Vec::new();
     let mut series_dev_off = vec![0u32];
     let mut series_row = vec![0u32];
+    let mut row_series: Vec<u32> = Vec::with_capacity(n);
     for (i, &r) in order.iter().enumerate() {
         let (t, d) = (rows.type_id[r as usize], rows.device_id[r as usize]);
         let new_type = i == 0 || rows.type_id[order[i - 1] as usize] != t;
@@ -86,6 +87,7 @@ pub fn write_segment(
             dev_blob.extend_from_slice(rows.devices.name(d).as_bytes());
             series_dev_off.push(dev_blob.len() as u32);
         }
+        row_series.push((series_dev_off.len() - 2) as u32);
     }
     if n > 0 {
         type_series.push(series_row.len() as u32);
@@ -118,6 +120,26 @@ pub fn write_segment(
         topk.extend(s);
     }
 
+    let min_ts = ts.iter().copied().min().unwrap_or(0);
+    let max_ts = ts.iter().copied().max().unwrap_or(0);
+
+    // Top-K over a window that cuts the segment: per type, its rows in time
+    // order, as (seconds after min_ts, series). One UTC day always fits a
+    // u32; if it did not, the sections stay empty and top-K falls back to
+    // all-time counts.
+    let (mut time_ts, mut time_series) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    if u32::try_from(max_ts - min_ts).is_ok() {
+        for t in 0..type_count {
+            let rows = type_rows[t] as usize..type_rows[t + 1] as usize;
+            let mut by_time: Vec<(u32, u32)> = rows
+                .map(|i| ((ts[i] - min_ts) as u32, row_series[i]))
+                .collect();
+            by_time.sort_unstable();
+            time_ts.extend(by_time.iter().map(|e| e.0));
+            time_series.extend(by_time.iter().map(|e| e.1));
+        }
+    }
+
     // Geo: a k-d tree per type over that type's rows.
     let mut points: Vec<KdPoint> = (0..n)
         .map(|i| KdPoint {
@@ -142,9 +164,6 @@ pub fn write_segment(
         type_nodes.push(nodes.len() as u32);
     }
 
-    let min_ts = ts.iter().copied().min().unwrap_or(0);
-    let max_ts = ts.iter().copied().max().unwrap_or(0);
-
     let b = bytemuck::cast_slice::<u32, u8>;
     let w = SectionWriter::create(&FORMAT, path)?;
     let write = |mut w: SectionWriter| -> std::io::Result<u64> {
@@ -167,6 +186,8 @@ pub fn write_segment(
         w.section(bytemuck::cast_slice(&points))?;
         w.section(bytemuck::cast_slice(&nodes))?;
         w.section(b(&type_nodes))?;
+        w.section(b(&time_ts))?;
+        w.section(b(&time_series))?;
         w.finish(&[
             n as u64,
             series_count as u64,

@@ -19,6 +19,8 @@ pub struct Segment {
     fences: DeviceFences,
 
     types: usize,
+    /// Whether the file has its rows in time order (format version 2).
+    time_order: bool,
 }
 
 impl std::fmt::Debug for Segment {
@@ -30,7 +32,7 @@ impl std::fmt::Debug for Segment {
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
-        let file = SectionFile::open(&FORMAT, path)?;
+        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V1], path)?;
         let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
         let w = &file.words;
         let (rows, series, types, nodes) =
@@ -64,8 +66,15 @@ impl Segment {
                 (std::mem::size_of::<KdPoint>(), Some(rows)),
                 (std::mem::size_of::<KdNode>(), Some(nodes)),
                 (4, Some(types + 1)),
+                (4, None),
+                (4, None),
             ],
         )?;
+        file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
+        file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
+        let time_order = file.sections.len() == SECTION_COUNT
+            && file.sections[S_TIME_TS].1 == rows * 4
+            && file.sections[S_TIME_SERIES].1 == rows * 4;
         let len = file.map.len() as u64;
         let seg = Segment {
             meta: SegmentMeta {
@@ -81,6 +90,7 @@ impl Segment {
             fences: DeviceFences::build(&[], |_| ""),
 
             types,
+            time_order,
         };
         if (types > 0 && seg.u32s(S_TYPE_ROWS)[types] as usize != rows)
             || (series > 0 && seg.u32s(S_SERIES_ROW)[series] as usize != rows)
@@ -115,9 +125,7 @@ impl Segment {
         bytemuck::cast_slice(self.bytes(s))
     }
     fn blob_str(&self, blob: usize, offsets: usize, i: usize) -> &str {
-        let off = self.u32s(offsets);
-        let b = &self.bytes(blob)[off[i] as usize..off[i + 1] as usize];
-        std::str::from_utf8(b).unwrap_or("")
+        self.file.str_at(blob, offsets, i)
     }
 
     /// True when every row lies inside the window.
@@ -215,6 +223,22 @@ impl Segment {
         let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
         let sum = DoubleDouble::new(hi[b], lo[b]) - DoubleDouble::new(hi[a], lo[a]);
         ((b - a) as u64, sum)
+    }
+
+    /// The series (indices into the segment's series table) of type `t`'s
+    /// rows inside the window, in time order: two binary searches, then the
+    /// slice. `None` for a file without the time order (format version 1).
+    pub fn series_in_window(&self, t: usize, w: TimeWindow) -> Option<&[u32]> {
+        if !self.time_order {
+            return None;
+        }
+        let rows = self.type_rows(t);
+        let ts = &self.u32s(S_TIME_TS)[rows.clone()];
+        let after_min = |x: i64| (x - self.meta.min_ts).clamp(0, 1 << 32);
+        let (start, end) = (after_min(w.start), after_min(w.end));
+        let a = ts.partition_point(|&s| i64::from(s) < start);
+        let b = ts.partition_point(|&s| i64::from(s) < end);
+        Some(&self.u32s(S_TIME_SERIES)[rows.start + a..rows.start + b])
     }
 
     /// The series of type `t`, by event count descending.

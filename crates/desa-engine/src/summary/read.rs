@@ -28,7 +28,7 @@ impl Summary {
     /// Maps the file and verifies its checksum, its structure, and that it
     /// is the summary of the block (`level`, `first_day`) the caller expects.
     pub fn open(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
-        let file = SectionFile::open(&FORMAT, path)?;
+        let mut file = SectionFile::open(&[&FORMAT], path)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
@@ -68,6 +68,8 @@ impl Summary {
                 (4, Some(types + 1)),
             ],
         )?;
+        file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
+        file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
         let mut s = Summary {
             path: path.to_owned(),
             file,
@@ -101,9 +103,7 @@ impl Summary {
         bytemuck::cast_slice(self.file.bytes(s))
     }
     fn blob_str(&self, blob: usize, offsets: usize, i: usize) -> &str {
-        let off = self.u32s(offsets);
-        let b = &self.file.bytes(blob)[off[i] as usize..off[i + 1] as usize];
-        std::str::from_utf8(b).unwrap_or("")
+        self.file.str_at(blob, offsets, i)
     }
 
     pub fn type_count(&self) -> usize {
