@@ -8,6 +8,8 @@ DIR/PEER.json` for each peer.
 Columns: p50 / p99 in ms per system, then the best peer's p99 divided by
 desa's (above 1: desa is faster). Rows follow desa's report. A peer that
 timed fewer queries of a row than desa (peers.py --at-most) shows its count.
+A second table gives desa's speed-up against each peer (the peer's p50 and
+p99 divided by desa's), and a line per peer counts the rows desa wins.
 """
 
 import json
@@ -59,6 +61,30 @@ def main():
             best = q["p99_ms"] if best is None else min(best, q["p99_ms"])
         ratio = f"{best / d['p99_ms']:.1f}x" if best is not None else "-"
         print(f"| {key} | {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | {' | '.join(cells)} | {ratio} |")
+
+    print()
+    print("desa's speed-up against each peer (the peer's time divided by desa's; above 1: desa is faster):")
+    print()
+    head = " | ".join(f"vs {n} p50 / p99" for n in names)
+    print(f"| query | {head} |")
+    print("|---|" + "---|" * len(names))
+    for key, d in desa["queries"].items():
+        cells = []
+        for p in peers:
+            q = p["queries"].get(key)
+            cells.append("-" if q is None else
+                         f"{q['p50_ms'] / d['p50_ms']:.1f}x / {q['p99_ms'] / d['p99_ms']:.1f}x")
+        print(f"| {key} | {' | '.join(cells)} |")
+    print()
+    for p in peers:
+        ratios = [p["queries"][k]["p99_ms"] / d["p99_ms"]
+                  for k, d in desa["queries"].items() if k in p["queries"]]
+        load = ""
+        if desa["ingest_secs"] > 0 and p["load_secs"] > 0:
+            load = (f"; desa's load rate is {desa['ingest_events_per_sec'] / (p['events'] / p['load_secs']):.2f}"
+                    f" times {p['peer']}'s")
+        print(f"- against {p['peer']}: desa's p99 is lower on {sum(r > 1 for r in ratios)} of "
+              f"{len(ratios)} rows, 100x or more lower on {sum(r >= 100 for r in ratios)}{load}.")
 
 
 if __name__ == "__main__":
