@@ -161,7 +161,57 @@ class TreeMemory:
         return self.peak
 
 
+def bytes_read():
+    """Bytes this process has read through read() and the like, all threads."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+class LoadProgress:
+    """A progress bar on stderr while a peer loads: the share of the input
+    this process has read so far (every peer reads the file in this
+    process), then the time spent since, while the peer sorts, merges or
+    builds its indexes; and the bytes the peer has stored so far. A peer
+    whose reads do not show in /proc/self/io (chDB maps the file) gets the
+    elapsed time and the bytes stored only."""
+
+    def __init__(self, name, size, stored_path):
+        self.name, self.size, self.stored_path = name, max(1, size), stored_path
+        self.started, self.base = time.perf_counter(), bytes_read()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        read_at = None
+        while not self.stop.wait(1.0):
+            elapsed = time.perf_counter() - self.started
+            share = min(1.0, (bytes_read() - self.base) / self.size)
+            if share >= 1.0 and read_at is None:
+                read_at = elapsed
+            stored = f"{du(self.stored_path) / 2**20:,.0f} MiB stored"
+            if share < 0.01 and read_at is None:
+                line = f"{self.name} load: {elapsed:.0f} s, {stored}"
+            else:
+                bar = "#" * int(share * 30)
+                then = "" if read_at is None else f", then {elapsed - read_at:.0f} s sorting and indexing"
+                line = (f"{self.name} load [{bar:<30}] {share:4.0%} of the input read"
+                        f" in {min(elapsed, read_at or elapsed):.0f} s{then}, {stored}")
+            sys.stderr.write(f"\r{line}   ")
+            sys.stderr.flush()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        sys.stderr.write("\n")
+
+
 def du(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -398,7 +448,11 @@ def main():
         print(f"{peer.name}: reusing {path}, {peer.bytes() / events:.1f} bytes/event")
     else:
         started = time.perf_counter()
-        peer.load(args.input, read=(lambda: os.remove(args.input)) if args.remove_input else (lambda: None))
+        progress = LoadProgress(peer.name, os.path.getsize(args.input), path)
+        try:
+            peer.load(args.input, read=(lambda: os.remove(args.input)) if args.remove_input else (lambda: None))
+        finally:
+            progress.close()
         load_secs = time.perf_counter() - started
         print(f"{peer.name}: loaded {events} events in {load_secs:.1f}s = "
               f"{events / load_secs:.0f} events/s, {peer.bytes() / events:.1f} bytes/event")
