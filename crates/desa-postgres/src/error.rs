@@ -22,7 +22,21 @@ impl Error {
         match self {
             Error::Db(e) => match e.as_db_error() {
                 Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
-                None => format!("PostgreSQL: {e}"),
+                // A refused TLS handshake or connection says why only in
+                // its sources.
+                None => {
+                    let mut msg = format!("PostgreSQL: {e}");
+                    let mut source = std::error::Error::source(e);
+                    while let Some(s) = source {
+                        let text = s.to_string();
+                        if !msg.contains(&text) {
+                            msg.push_str(": ");
+                            msg.push_str(&text);
+                        }
+                        source = s.source();
+                    }
+                    msg
+                }
             },
             other => other.to_string(),
         }

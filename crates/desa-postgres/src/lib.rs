@@ -11,6 +11,8 @@
 //!   raw events for the less-than-an-hour edges of a window: exact answers
 //!   from bounded lookups (see `plan`).
 //!
+//! - Connections take libpq's `sslmode` and `sslrootcert` for TLS (`tls`).
+//!
 //! It is not a cluster manager: membership and partition ownership come from
 //! the Kafka consumer group, durability and replication from the database.
 //!
@@ -31,6 +33,7 @@ pub mod plan;
 mod query;
 pub mod schema;
 mod store;
+pub mod tls;
 mod write;
 
 pub use error::{Error, Result};
@@ -38,9 +41,6 @@ pub use store::{PgConfig, PgStore};
 
 /// Creates or checks the schema (what `desa migrate` runs).
 pub fn migrate(url: &str) -> Result<schema::Partitioning> {
-    let pg: postgres::Config = url
-        .parse()
-        .map_err(|e| Error::Config(format!("cannot read {url:?}: {e}")))?;
-    let mut client = pg.connect(postgres::NoTls)?;
+    let mut client = tls::Target::parse(url)?.connect()?;
     schema::migrate(&mut client)
 }

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
 use desa_store::{Claim, Reply, Store, StoreError, StoreStats, WriteRequest};
 use parking_lot::Mutex;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::schema::{self, Partitioning};
+use crate::tls::Target;
 use crate::write::{days_of, max_ts, write_tx};
 
 /// Idempotency keys are kept this long, as in the embedded engine.
@@ -49,7 +50,7 @@ pub struct PgConfig {
 
 struct Shared {
     cfg: PgConfig,
-    pg: postgres::Config,
+    pg: Target,
     partitioning: Partitioning,
     /// This worker's claims: (source, partition) -> epoch.
     epochs: Mutex<HashMap<(String, i32), i64>>,
@@ -79,8 +80,8 @@ pub struct PgStore {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn connect(pg: &postgres::Config, writer: bool) -> Result<Client> {
-    let mut c = pg.connect(NoTls)?;
+fn connect(pg: &Target, writer: bool) -> Result<Client> {
+    let mut c = pg.connect()?;
     // A worker paused in a transaction (SIGSTOP, a long GC-like stall) must
     // not hold the offsets rows its successor needs to claim: the server
     // ends such a session and the zombie's transaction rolls back.
@@ -98,10 +99,7 @@ fn connect(pg: &postgres::Config, writer: bool) -> Result<Client> {
 impl PgStore {
     /// Connects, creates or checks the schema, and starts the writer.
     pub fn open(cfg: PgConfig) -> Result<PgStore> {
-        let pg: postgres::Config = cfg
-            .url
-            .parse()
-            .map_err(|e| Error::Config(format!("cannot read {:?}: {e}", cfg.url)))?;
+        let pg = Target::parse(&cfg.url)?;
         let mut client = connect(&pg, true)?;
         let partitioning = schema::migrate(&mut client)?;
         let shared = Arc::new(Shared {

@@ -66,8 +66,9 @@ pub struct ServeArgs {
     #[arg(long, env = "DESA_HEAD_MAX_EVENTS", default_value_t = 262_144)]
     pub head_max_events: usize,
     /// Cluster mode: store events in this PostgreSQL database
-    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`) instead of the embedded
-    /// engine. Workers sharing it and a Kafka group split the partitions.
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, with libpq's `sslmode` and
+    /// `sslrootcert` for TLS) instead of the embedded engine. Workers sharing
+    /// it and a Kafka group split the partitions.
     #[arg(long, env = "DESA_STORE")]
     pub store: Option<String>,
     /// This worker's name in the database's partition owners (default: host:pid).
@@ -79,7 +80,8 @@ pub struct ServeArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct MigrateArgs {
-    /// The PostgreSQL database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
+    /// The PostgreSQL database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`
+    /// (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`).
     #[arg(long, env = "DESA_STORE")]
     pub store: String,
 }

@@ -478,3 +478,123 @@ fn sums_added_in_the_database_keep_every_digit() {
         }
     }
 }
+
+/// `desa migrate --store URL` as a process: its success, and what it printed.
+fn migrate(url: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["migrate", "--store", url])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A database that takes TLS connections only, with a certificate for
+/// 127.0.0.1 and no host name: each `sslmode` connects or refuses as libpq's
+/// would, refusals say why, and a worker over `verify-full` ingests and
+/// answers exactly with every one of its sessions encrypted.
+#[test]
+fn a_worker_reaches_a_database_that_takes_tls_only_and_checks_its_certificate() {
+    let (pg, certs) = Postgres::start_tls();
+    let ca = certs.ca_file.display().to_string();
+    let other = certs.other_ca_file.display().to_string();
+    let at =
+        |host: &str, params: &str| format!("postgres://desa@{host}:{}/postgres?{params}", pg.port);
+    let verify_full = at(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+
+    // Connects: the default (TLS when offered), require, verify-ca and
+    // verify-full against the right CA.
+    for url in [
+        format!("postgres://desa@127.0.0.1:{}/postgres", pg.port),
+        at("127.0.0.1", "sslmode=require"),
+        at("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        verify_full.clone(),
+    ] {
+        let (ok, text) = migrate(&url);
+        assert!(ok, "{url}: {text}");
+    }
+    // Refuses, and says why.
+    for (url, why) in [
+        (at("127.0.0.1", "sslmode=disable"), "no encryption"),
+        (
+            at(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={other}"),
+            ),
+            "invalid peer certificate",
+        ),
+        (
+            at(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "not valid for name",
+        ),
+        (
+            at(
+                "127.0.0.1",
+                "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ),
+            "/nonexistent/ca.pem",
+        ),
+        (at("127.0.0.1", "sslmode=strict"), "sslmode=\"strict\""),
+    ] {
+        let (ok, text) = migrate(&url);
+        assert!(!ok, "{url} connected");
+        assert!(text.contains(why), "{url}: want {why:?} in {text}");
+    }
+
+    let w = TestServer::start(&["--store", &verify_full]);
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut oracle = Oracle::default();
+    let mut body = String::new();
+    for i in 0..500 {
+        let e = desa_model::Event {
+            device_id: format!("tls-{}", rng.gen_range(0..20)),
+            ts_secs: 1_767_225_600 + rng.gen_range(0..86_400),
+            event_type: "temperature".into(),
+            value: rng.gen_range(-40.0..40.0),
+            latitude: 48.0,
+            longitude: 2.0 + (i % 3) as f64,
+            metadata: None,
+        };
+        body.push_str(&e.to_json());
+        body.push('\n');
+        oracle.add(e);
+    }
+    let r = w.post_ndjson(&body);
+    assert_eq!(r.status, 200, "{}", r.error());
+    let day = TimeWindow::new(1_767_225_600, 1_767_225_600 + 86_400).unwrap();
+    let want = oracle.avg("tls-3", "temperature", day);
+    let got = w.get(
+        "/v1/query/avg",
+        &[
+            ("device_id", "tls-3".into()),
+            ("type", "temperature".into()),
+            ("start", day.start.to_string()),
+            ("end", day.end.to_string()),
+        ],
+    );
+    assert_eq!(got.body["count"].as_u64(), Some(want.count), "{}", got.body);
+    assert_eq!(got.body["avg"].as_f64(), want.avg, "{}", got.body);
+
+    let mut c = desa_postgres::tls::Target::parse(&verify_full)
+        .unwrap()
+        .connect()
+        .unwrap();
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+               FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.backend_type = 'client backend'",
+            &[],
+        )
+        .unwrap();
+    let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all >= 2, "the worker's sessions and this one: {all}");
+    assert_eq!(encrypted, all);
+}

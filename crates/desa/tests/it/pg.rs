@@ -34,6 +34,39 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// The server accepts TLS connections only, with these files in its
+    /// data directory.
+    tls: bool,
+}
+
+/// The certificates of a server that accepts TLS connections only.
+pub struct Certs {
+    /// PEM of the CA that signed the server's certificate.
+    pub ca_file: PathBuf,
+    /// PEM of a CA that did not.
+    pub other_ca_file: PathBuf,
+}
+
+/// A CA, and a certificate it signs for `ip` and `names`.
+fn ca_and_server_cert(ip: &str, names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "desa test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress(ip.parse().unwrap()));
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "desa test server");
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 impl Postgres {
@@ -51,6 +84,21 @@ impl Postgres {
     }
 
     pub fn start() -> Postgres {
+        Self::init(false)
+    }
+
+    /// A server that accepts TLS connections only (`hostssl` in
+    /// `pg_hba.conf`), its certificate naming 127.0.0.1 and no host name.
+    pub fn start_tls() -> (Postgres, Certs) {
+        let pg = Self::init(true);
+        let certs = Certs {
+            ca_file: pg.dir.path().join("ca.pem"),
+            other_ca_file: pg.dir.path().join("other-ca.pem"),
+        };
+        (pg, certs)
+    }
+
+    fn init(tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("desa-pg-")
             .tempdir_in("/tmp")
@@ -68,6 +116,7 @@ impl Postgres {
             port: crate::kafka::free_port(),
             bin: bin_dir(),
             dir,
+            tls,
         };
         let out = pg
             .command("initdb")
@@ -81,8 +130,43 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            pg.write_certs();
+        }
         pg.start_server();
         pg
+    }
+
+    /// The server's certificate and key in its data directory, the CA files
+    /// beside it, and a `pg_hba.conf` that takes TLS connections only.
+    fn write_certs(&self) {
+        let (ca, cert, key) = ca_and_server_cert("127.0.0.1", &[]);
+        let (other_ca, _, _) = ca_and_server_cert("127.0.0.1", &[]);
+        std::fs::write(self.dir.path().join("ca.pem"), ca).unwrap();
+        std::fs::write(self.dir.path().join("other-ca.pem"), other_ca).unwrap();
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert).unwrap();
+        std::fs::write(data.join("server.key"), key).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let key_file = data.join("server.key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                let ok = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(data.join(f))
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "chown of {f}");
+            }
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -91,11 +175,14 @@ impl Postgres {
 
     /// Starts the server on its port and waits until it accepts connections.
     pub fn start_server(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let out = self
             .command("pg_ctl")
             .args(["start", "-w", "-t", "60", "-D"])
