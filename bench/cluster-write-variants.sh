@@ -24,7 +24,9 @@
 # rebuild; a binary built for HEAD is reused), loads INPUT over HTTP into a new database `w_VARIANT` with
 # `desa bench --store` (N events, D devices: what INPUT holds, for the
 # query parameters; 1 query per kind), and meanwhile samples what the
-# database's active sessions wait on every 250 ms into DIR/VARIANT.waits.
+# database's active sessions wait on every 250 ms into DIR/VARIANT.waits;
+# afterwards, the aggregate tables' rows inserted and updated
+# (pg_stat_user_tables) go to DIR/VARIANT.tables.
 # DIR/summary.txt gets one line per variant: events/s, then the five most
 # frequent samples. Needs the PostgreSQL client programs (PG_BIN, default
 # /usr/lib/postgresql/15/bin).
@@ -97,6 +99,8 @@ for variant in "$@"; do
   "$desa" bench --events "$events" --devices "$devices" --queries 1 --input "$input" \
     --work-dir "$out/work-$variant" --store "$pg/$db" --out "$out/$variant.json" > "$out/$variant.log" 2>&1
   kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  "$bin/psql" "$pg/$db" -c "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+      WHERE relname IN ('desa_series', 'desa_places', 'desa_cells') ORDER BY relname" > "$out/$variant.tables"
   rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['ingest_events_per_sec']))" "$out/$variant.json")
   top=$(sort "$out/$variant.waits" | uniq -c | sort -rn | head -5 | sed 's/^ *//' | paste -sd ';' -)
   echo "$variant: $rate events/s; samples: $top" | tee -a "$out/summary.txt"

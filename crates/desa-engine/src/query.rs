@@ -452,10 +452,9 @@ impl<'a> Best<'a> {
 }
 
 /// What one random access (a device looked up by name in one list) costs,
-/// in list entries added up by [`by_merging`]: measured at 10M events on
-/// the slower host (a timer around `rank` under `desa bench --in-process`;
-/// docs/DESIGN.md), a random access took 0.4–1.3 µs and adding up an entry
-/// 0.15–0.23 µs.
+/// in list entries added up by [`by_merging`]: at 10M events on the slower
+/// host (a timer around `rank` under `desa bench --in-process`, not kept),
+/// a random access took 0.4–1.3 µs and adding up an entry 0.15–0.23 µs.
 const RANDOM_ACCESS_ENTRIES: usize = 4;
 
 /// Fagin's threshold algorithm over `lists`; `None` once its random
