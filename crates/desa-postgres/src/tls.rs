@@ -1,21 +1,28 @@
 //! TLS to the database, chosen as libpq chooses it: by the `sslmode` and
-//! `sslrootcert` parameters of the `--store` URL (which the `postgres` crate
-//! does not read itself: they are taken out here).
+//! `sslrootcert` parameters of the `--store` connection string (a
+//! `postgres://` URL or `key=value` pairs). The `postgres` crate reads
+//! neither, so they are taken out here, by the same rules of syntax it reads
+//! the rest with; an `sslmode` it would still find fails the parse instead of
+//! being overridden.
 //!
 //! | `sslmode` | TLS | the server's certificate |
 //! |---|---|---|
 //! | `disable` | never | - |
-//! | `prefer` (the default) | when the server offers it | not checked |
-//! | `require` | always | not checked, unless `sslrootcert` is given (then as `verify-ca`) |
-//! | `verify-ca` | always | chains to `sslrootcert` (or the system's roots) |
-//! | `verify-full` | always | as `verify-ca`, and names the host connected to |
+//! | `prefer` (the default) | when the server offers it | not checked; checked against `sslrootcert` when one is given |
+//! | `require` | always | as `prefer` |
+//! | `verify-ca` | always | must chain to `sslrootcert` (required) |
+//! | `verify-full` | always | as `verify-ca`, and must name the host (the default when `sslrootcert=system`) |
 //!
 //! `sslrootcert` is a PEM file of one or more CA certificates, or `system`
-//! for the operating system's roots (the default of the verifying modes).
-//! Client certificates (`sslcert`, `sslkey`) are not supported.
+//! for the operating system's roots, which only `verify-full` may use (any
+//! publicly trusted certificate chains to them). Client certificates
+//! (`sslcert`, `sslkey`) are refused by name. Over a Unix socket the server
+//! offers no TLS: `prefer` goes on without it, `require` and the verifying
+//! modes fail.
 
 use std::sync::Arc;
 
+use postgres::tls::MakeTlsConnect;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -51,6 +58,16 @@ impl SslMode {
             }
         })
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// Where and how to connect: the connection settings, and the TLS
@@ -58,23 +75,37 @@ impl SslMode {
 #[derive(Clone)]
 pub struct Target {
     pub config: postgres::Config,
-    pub tls: MakeRustlsConnect,
+    pub tls: Connector,
     pub mode: SslMode,
 }
 
 impl Target {
-    /// Reads a `--store` URL (or key=value connection string).
-    pub fn parse(url: &str) -> Result<Target> {
-        let (rest, mode, root) = take_tls_params(url)?;
+    /// Reads a `--store` URL or key=value connection string.
+    pub fn parse(conninfo: &str) -> Result<Target> {
+        let TlsParams { rest, mode, root } = take_tls_params(conninfo)?;
+        // The message leaves the string out: it may hold a password.
         let mut config: postgres::Config = rest
             .parse()
-            .map_err(|e| Error::Config(format!("cannot read {url:?}: {e}")))?;
+            .map_err(|e| Error::Config(format!("cannot read the connection string: {e}")))?;
+        if config.get_ssl_mode() != postgres::config::SslMode::Prefer {
+            return Err(Error::Config(
+                "sslmode is written in a form desa does not read: give it as sslmode=... in the URL's query or as a key=value pair".into(),
+            ));
+        }
+        let mode = match (mode, root.as_deref()) {
+            (Some(mode), _) => mode,
+            (None, Some("system")) => SslMode::VerifyFull,
+            (None, _) => SslMode::Prefer,
+        };
         config.ssl_mode(match mode {
             SslMode::Disable => postgres::config::SslMode::Disable,
             SslMode::Prefer => postgres::config::SslMode::Prefer,
             _ => postgres::config::SslMode::Require,
         });
-        let tls = MakeRustlsConnect::new(client_config(mode, root.as_deref())?);
+        let tls = Connector {
+            inner: MakeRustlsConnect::new(client_config(mode, root.as_deref())?),
+            names_checked: mode == SslMode::VerifyFull,
+        };
         Ok(Target { config, tls, mode })
     }
 
@@ -83,14 +114,61 @@ impl Target {
     }
 }
 
-/// Splits `sslmode` and `sslrootcert` off a URL's query string or a
-/// key=value string, returning what is left for the `postgres` crate.
-fn take_tls_params(url: &str) -> Result<(String, SslMode, Option<String>)> {
-    let mut mode = SslMode::Prefer;
+/// rustls for every connection. A connection with no host name (a Unix
+/// socket, or `hostaddr` alone) gets a stand-in name where names are not
+/// checked, and is refused where they are.
+#[derive(Clone)]
+pub struct Connector {
+    inner: MakeRustlsConnect,
+    names_checked: bool,
+}
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn make_tls_connect(
+        &mut self,
+        domain: &str,
+    ) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        let name = match (domain.is_empty(), self.names_checked) {
+            (false, _) => domain,
+            (true, false) => "unnamed.invalid",
+            (true, true) => {
+                return Err(
+                    "sslmode=verify-full needs a host name to check the certificate against".into(),
+                )
+            }
+        };
+        MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, name).map_err(Into::into)
+    }
+}
+
+/// The connection string without the TLS parameters, and those parameters.
+#[derive(Debug, PartialEq)]
+struct TlsParams {
+    rest: String,
+    mode: Option<SslMode>,
+    root: Option<String>,
+}
+
+/// Takes `sslmode`, `sslrootcert` (and the refused `sslcert`, `sslkey`) out
+/// of a connection string, reading it as the `postgres` crate does: a URL
+/// when it starts with `postgres://` or `postgresql://` (its query begins
+/// at the first `?` after the credentials, which end at the first `@`;
+/// keys and values are percent-decoded), else key=value pairs (values
+/// quoted with `'` or not, `\` escaping a character). What is kept is
+/// passed on byte for byte.
+fn take_tls_params(conninfo: &str) -> Result<TlsParams> {
+    let mut mode = None;
     let mut root = None;
     let mut take = |key: &str, value: &str| -> Result<bool> {
         match key {
-            "sslmode" => mode = SslMode::parse(value)?,
+            "sslmode" => mode = Some(SslMode::parse(value)?),
             "sslrootcert" => root = Some(value.to_owned()),
             "sslcert" | "sslkey" => {
                 return Err(Error::Config(format!(
@@ -101,35 +179,121 @@ fn take_tls_params(url: &str) -> Result<(String, SslMode, Option<String>)> {
         }
         Ok(true)
     };
-    let rest = if url.contains("://") {
-        match url.split_once('?') {
-            Some((base, query)) => {
-                let mut kept = Vec::new();
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(k, &percent_decode(v))? {
-                        kept.push(pair);
+    let url_body = ["postgres://", "postgresql://"]
+        .iter()
+        .find_map(|p| conninfo.strip_prefix(p));
+    let rest = match url_body {
+        Some(body) => {
+            let creds_end = body.find('@').map_or(0, |i| i + 1);
+            let query_at = body[creds_end..].find('?').map(|i| creds_end + i);
+            match query_at {
+                None => conninfo.to_owned(),
+                Some(q) => {
+                    let base = &conninfo[..conninfo.len() - body.len() + q];
+                    let mut kept = Vec::new();
+                    let mut params = &body[q + 1..];
+                    while !params.is_empty() {
+                        let Some(eq) = params.find('=') else {
+                            return Err(Error::Config(
+                                "cannot read the connection string: unterminated parameter".into(),
+                            ));
+                        };
+                        let end = params[eq..].find('&').map_or(params.len(), |i| eq + i);
+                        let (key, value) = (&params[..eq], &params[eq + 1..end]);
+                        if !take(&percent_decode(key), &percent_decode(value))? {
+                            kept.push(&params[..end]);
+                        }
+                        params = params.get(end + 1..).unwrap_or("");
+                    }
+                    if kept.is_empty() {
+                        base.to_owned()
+                    } else {
+                        format!("{base}?{}", kept.join("&"))
                     }
                 }
-                if kept.is_empty() {
-                    base.to_owned()
-                } else {
-                    format!("{base}?{}", kept.join("&"))
+            }
+        }
+        None => {
+            let mut kept = Vec::new();
+            for (key, value, raw) in key_value_pairs(conninfo)? {
+                if !take(key, &value)? {
+                    kept.push(raw);
                 }
             }
-            None => url.to_owned(),
+            kept.join(" ")
         }
-    } else {
-        let mut kept = Vec::new();
-        for token in url.split_whitespace() {
-            let (k, v) = token.split_once('=').unwrap_or((token, ""));
-            if !take(k.trim(), v.trim())? {
-                kept.push(token);
+    };
+    Ok(TlsParams { rest, mode, root })
+}
+
+/// The pairs of a key=value connection string: key, unescaped value, and
+/// the pair as written.
+fn key_value_pairs(s: &str) -> Result<Vec<(&str, String, &str)>> {
+    let bad = |what: &str| Error::Config(format!("cannot read the connection string: {what}"));
+    let b = s.as_bytes();
+    let mut pairs = Vec::new();
+    let mut i = 0;
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        i = skip_ws(i);
+        if i == b.len() {
+            return Ok(pairs);
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
+            i += 1;
+        }
+        let key = &s[start..i];
+        i = skip_ws(i);
+        if key.is_empty() || i == b.len() || b[i] != b'=' {
+            return Err(bad("expected key=value"));
+        }
+        i = skip_ws(i + 1);
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err(bad("unterminated quoted value")),
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        if let Some(&c) = b.get(i + 1) {
+                            value.push(c);
+                        }
+                        i += 2;
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                if b[i] == b'\\' {
+                    if let Some(&c) = b.get(i + 1) {
+                        value.push(c);
+                    }
+                    i += 2;
+                } else {
+                    value.push(b[i]);
+                    i += 1;
+                }
             }
         }
-        kept.join(" ")
-    };
-    Ok((rest, mode, root))
+        let i_end = i.min(b.len());
+        i = i_end;
+        let value = String::from_utf8(value).map_err(|_| bad("a value is not UTF-8"))?;
+        pairs.push((key, value, &s[start..i_end]));
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -154,23 +318,38 @@ fn percent_decode(s: &str) -> String {
 fn client_config(mode: SslMode, root: Option<&str>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let checks = match (mode, root) {
-        (SslMode::VerifyFull, _) => Checks::Full,
-        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Checks::Chain,
-        _ => Checks::None,
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match checks {
-        Checks::None => Arc::new(Unchecked(provider.clone())),
-        Checks::Chain | Checks::Full => {
-            let roots = Arc::new(roots(root)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| Error::Config(format!("sslrootcert: {e}")))?;
-            if checks == Checks::Full {
-                webpki
-            } else {
-                Arc::new(AnyName(webpki))
-            }
+        (SslMode::VerifyFull, Some(_)) => Checks::Full,
+        (SslMode::VerifyCa, Some("system")) | (SslMode::Require | SslMode::Prefer, Some("system")) => {
+            return Err(Error::Config(format!(
+                "sslmode={} may not be used with sslrootcert=system: any publicly trusted certificate chains to the system's CAs (use verify-full)",
+                mode.name()
+            )))
         }
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(Error::Config(format!(
+                "sslmode={} needs sslrootcert=<PEM file of the CA> (or sslrootcert=system with verify-full)",
+                mode.name()
+            )))
+        }
+        (SslMode::VerifyCa | SslMode::Require | SslMode::Prefer, Some(_)) => Checks::Chain,
+        (SslMode::Require | SslMode::Prefer | SslMode::Disable, None) | (SslMode::Disable, Some(_)) => {
+            Checks::None
+        }
+    };
+    let chain = match (checks, root) {
+        (Checks::None, _) | (_, None) => None,
+        (Checks::Chain | Checks::Full, Some(root)) => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root)?), provider.clone())
+                .build()
+                .map_err(|e| Error::Config(format!("sslrootcert: {e}")))?,
+        ),
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (checks, chain) {
+        (Checks::Full, Some(full)) => full,
+        (_, chain) => Arc::new(Relaxed {
+            chain,
+            provider: provider.clone(),
+        }),
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -188,19 +367,19 @@ enum Checks {
 }
 
 /// The CA certificates of `sslrootcert`, or the system's.
-fn roots(root: Option<&str>) -> Result<RootCertStore> {
+fn roots(root: &str) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     match root {
-        None | Some("system") => {
+        "system" => {
             let found = rustls_native_certs::load_native_certs();
             store.add_parsable_certificates(found.certs);
             if store.is_empty() {
                 return Err(Error::Config(
-                    "no CA certificates found on this system: give sslrootcert=<PEM file>".into(),
+                    "sslrootcert=system: no CA certificates found on this system".into(),
                 ));
             }
         }
-        Some(path) => {
+        path => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| Error::Config(format!("sslrootcert {path:?}: {e}")))?;
@@ -219,61 +398,19 @@ fn roots(root: Option<&str>) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// `prefer` and `require`: the connection is encrypted, the certificate is
-/// not checked (libpq's behaviour); the handshake's signatures still are.
+/// The checks short of `verify-full`'s. With no chain (`prefer`, `require`
+/// without `sslrootcert`) the certificate is not checked, libpq's
+/// behaviour, though the handshake's signatures are. With one (`verify-ca`,
+/// `prefer` or `require` with `sslrootcert`) the chain is checked and the
+/// host name is not: rustls checks the chain (anchor, signatures, validity,
+/// purpose) before the name, so a name error means the rest passed.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain is checked, the host name is not.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -282,10 +419,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -299,7 +436,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -308,11 +446,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -320,42 +461,91 @@ impl ServerCertVerifier for AnyName {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tls_parameters_are_taken_out_of_urls_and_key_value_strings() {
-        let (rest, mode, root) = take_tls_params(
-            "postgres://desa@db:5432/x?application_name=w1&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
-        )
-        .unwrap();
-        assert_eq!(rest, "postgres://desa@db:5432/x?application_name=w1");
-        assert_eq!(mode, SslMode::VerifyFull);
-        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
-
-        let (rest, mode, root) = take_tls_params("postgres://desa@db/x?sslmode=require").unwrap();
-        assert_eq!(
-            (rest.as_str(), mode, root),
-            ("postgres://desa@db/x", SslMode::Require, None)
-        );
-
-        let (rest, mode, _) =
-            take_tls_params("host=db user=desa sslmode=disable dbname=x").unwrap();
-        assert_eq!(
-            (rest.as_str(), mode),
-            ("host=db user=desa dbname=x", SslMode::Disable)
-        );
-
-        let (_, mode, _) = take_tls_params("postgres://desa@db/x").unwrap();
-        assert_eq!(mode, SslMode::Prefer);
+    fn params(s: &str) -> TlsParams {
+        take_tls_params(s).unwrap()
     }
 
     #[test]
-    fn bad_tls_parameters_are_named() {
-        let e = take_tls_params("postgres://db/x?sslmode=strict").unwrap_err();
-        assert!(e.to_string().contains("sslmode=\"strict\""), "{e}");
-        let e = take_tls_params("postgres://db/x?sslcert=c.pem").unwrap_err();
-        assert!(e.to_string().contains("sslcert"), "{e}");
-        let e = Target::parse("postgres://db/x?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem")
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    fn tls_parameters_are_taken_out_of_urls() {
+        let p = params(
+            "postgres://desa@db:5432/x?application_name=w1&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        );
+        assert_eq!(p.rest, "postgres://desa@db:5432/x?application_name=w1");
+        assert_eq!(p.mode, Some(SslMode::VerifyFull));
+        assert_eq!(p.root.as_deref(), Some("/etc/ca.pem"));
+        let p = params("postgresql://desa@db/x?sslmode=require");
+        assert_eq!(
+            (p.rest.as_str(), p.mode),
+            ("postgresql://desa@db/x", Some(SslMode::Require))
+        );
+        assert_eq!(params("postgres://desa@db/x").mode, None);
+        // A `?` in the password does not start the query; an encoded key is
+        // read decoded; the last of a repeated key wins.
+        let p = params("postgres://u:p?x@db/x?ssl%6Dode=disable&sslmode=require");
+        assert_eq!(
+            (p.rest.as_str(), p.mode),
+            ("postgres://u:p?x@db/x", Some(SslMode::Require))
+        );
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_key_value_strings() {
+        let p = params("host=db user=desa sslmode = disable dbname=x");
+        assert_eq!(
+            (p.rest.as_str(), p.mode),
+            ("host=db user=desa dbname=x", Some(SslMode::Disable))
+        );
+        // Inside a quoted value, `sslmode=...` is part of the value; quoted
+        // and escaped values pass on as written.
+        let p = params("password='a sslmode=disable  b' host=db sslmode=verify-full sslrootcert='/ca dir/ca.pem' user=d\\ e");
+        assert_eq!(p.rest, "password='a sslmode=disable  b' host=db user=d\\ e");
+        assert_eq!(p.mode, Some(SslMode::VerifyFull));
+        assert_eq!(p.root.as_deref(), Some("/ca dir/ca.pem"));
+        // A `://` inside a value does not make a URL of it.
+        let p = params("password=x://y sslmode=require host=db");
+        assert_eq!(
+            (p.rest.as_str(), p.mode),
+            ("password=x://y host=db", Some(SslMode::Require))
+        );
+    }
+
+    #[test]
+    fn the_mode_follows_libpq_and_weak_checks_are_refused() {
+        let t = Target::parse("postgres://desa@db/x").unwrap();
+        assert_eq!(t.mode, SslMode::Prefer);
+        // sslrootcert=system alone means verify-full, as in libpq.
+        let t = Target::parse("postgres://desa@db/x?sslrootcert=system");
+        // (a host may have no CA certificates installed: then it says so)
+        match t {
+            Ok(t) => assert_eq!(t.mode, SslMode::VerifyFull),
+            Err(e) => assert!(e.to_string().contains("no CA certificates"), "{e}"),
+        }
+        for (s, why) in [
+            ("postgres://db/x?sslmode=strict", "sslmode=\"strict\""),
+            ("postgres://db/x?sslcert=c.pem", "sslcert"),
+            ("postgres://db/x?sslmode=verify-ca", "needs sslrootcert"),
+            ("postgres://db/x?sslmode=verify-full", "needs sslrootcert"),
+            (
+                "postgres://db/x?sslmode=verify-ca&sslrootcert=system",
+                "use verify-full",
+            ),
+            (
+                "postgres://db/x?sslmode=require&sslrootcert=system",
+                "use verify-full",
+            ),
+            (
+                "postgres://db/x?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
+            ),
+            ("host=db password='unterminated", "unterminated"),
+            (
+                "postgres://desa:secret@db/x?nosuch=1",
+                "cannot read the connection string",
+            ),
+        ] {
+            let e = Target::parse(s).err().unwrap().to_string();
+            assert!(e.contains(why), "{s}: want {why:?} in {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 }

@@ -39,6 +39,9 @@ pub struct Postgres {
     tls: bool,
 }
 
+/// The one name in the certificate of [`Postgres::start_tls`]'s server.
+pub const SERVER_NAME: &str = "db.desa.test";
+
 /// The certificates of a server that accepts TLS connections only.
 pub struct Certs {
     /// PEM of the CA that signed the server's certificate.
@@ -47,9 +50,9 @@ pub struct Certs {
     pub other_ca_file: PathBuf,
 }
 
-/// A CA, and a certificate it signs for `ip` and `names`.
-fn ca_and_server_cert(ip: &str, names: &[&str]) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+/// A CA, and a certificate it signs for the DNS `names`.
+fn ca_and_server_cert(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -59,9 +62,6 @@ fn ca_and_server_cert(ip: &str, names: &[&str]) -> (String, String, String) {
     let key = KeyPair::generate().unwrap();
     let mut server =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress(ip.parse().unwrap()));
     server
         .distinguished_name
         .push(DnType::CommonName, "desa test server");
@@ -88,7 +88,8 @@ impl Postgres {
     }
 
     /// A server that accepts TLS connections only (`hostssl` in
-    /// `pg_hba.conf`), its certificate naming 127.0.0.1 and no host name.
+    /// `pg_hba.conf`), its certificate naming [`SERVER_NAME`] only: reach it
+    /// as `host=SERVER_NAME hostaddr=127.0.0.1` to verify the name.
     pub fn start_tls() -> (Postgres, Certs) {
         let pg = Self::init(true);
         let certs = Certs {
@@ -140,8 +141,8 @@ impl Postgres {
     /// The server's certificate and key in its data directory, the CA files
     /// beside it, and a `pg_hba.conf` that takes TLS connections only.
     fn write_certs(&self) {
-        let (ca, cert, key) = ca_and_server_cert("127.0.0.1", &[]);
-        let (other_ca, _, _) = ca_and_server_cert("127.0.0.1", &[]);
+        let (ca, cert, key) = ca_and_server_cert(&[SERVER_NAME]);
+        let (other_ca, _, _) = ca_and_server_cert(&[SERVER_NAME]);
         std::fs::write(self.dir.path().join("ca.pem"), ca).unwrap();
         std::fs::write(self.dir.path().join("other-ca.pem"), other_ca).unwrap();
         let data = self.data();
