@@ -24,7 +24,9 @@ use crate::{KafkaConfig, Result};
 /// Consumed but not yet durable.
 #[derive(Default)]
 struct Pending {
-    events: Vec<Event>,
+    /// Events by partition: each partition's are written with its offset.
+    events: BTreeMap<i32, Vec<Event>>,
+    event_count: usize,
     /// Next offset per partition covered by this batch.
     offsets: BTreeMap<i32, i64>,
     event_max_ts: BTreeMap<i32, i64>,
@@ -323,7 +325,7 @@ fn run(shared: &Arc<Shared>, consumer: BaseConsumer<Context>) {
         }
         let (count, any) = {
             let st = shared.state.lock();
-            (st.pending.events.len(), !st.pending.is_empty())
+            (st.pending.event_count, !st.pending.is_empty())
         };
         if count >= shared.cfg.batch_max_events
             || (any && last_flush.elapsed() >= shared.cfg.batch_max_wait)
@@ -412,7 +414,8 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
                             }
                             let max = st.pending.event_max_ts.entry(p).or_insert(e.ts_secs);
                             *max = (*max).max(e.ts_secs);
-                            st.pending.events.push(e);
+                            st.pending.events.entry(p).or_default().push(e);
+                            st.pending.event_count += 1;
                         }
                         Err(error) => {
                             let line = lines.get(index).copied().unwrap_or(payload);
@@ -427,77 +430,105 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
     st.next.insert(p, offset + 1);
 }
 
-/// Makes the pending batch durable (dead letters first, then events with
-/// their offsets in one store write), then commits the offsets to Kafka.
-/// Retries with backoff while the store cannot persist; nothing is dropped,
-/// unless another worker has claimed the batch's partitions: then the batch
-/// is theirs to read again from the store's offsets, and this worker stops
-/// consuming those partitions until they are assigned to it again.
+/// Makes the pending batch durable (dead letters first, then each
+/// partition's events with its offset in a store write of their own, the
+/// partitions' writes at once), then commits the offsets to Kafka.
+///
+/// Partitions are written apart so that their transactions can run side by
+/// side: with producers keying events by device, partitions share no
+/// device, so in cluster mode their transactions share no series or place
+/// row to queue on. Each partition's offset still advances in order: the
+/// next batch waits for every write of this one.
+///
+/// Retries a partition's write with backoff while the store cannot persist
+/// it; nothing is dropped, unless another worker has claimed the
+/// partition: then its events are that worker's to read again from the
+/// store's offsets, and this worker stops consuming the partition until it
+/// is assigned to it again.
 fn flush(shared: &Shared, consumer: &BaseConsumer<Context>, mode: CommitMode) {
     let mut st = shared.state.lock();
     if st.pending.is_empty() {
         return;
     }
-    let batch = std::mem::take(&mut st.pending);
+    let mut batch = std::mem::take(&mut st.pending);
     let mut backoff = Duration::from_millis(50);
-    loop {
-        let dead_ok = st.dlq.write_durable(&batch.dead);
-        let result = match dead_ok {
-            Err(e) => Err(e.to_string()),
-            Ok(()) => {
-                let source = shared.cfg.source_name();
-                let mut req = WriteRequest::events(batch.events.clone());
-                req.source_offsets = batch
-                    .offsets
-                    .iter()
-                    .map(|(p, next)| SourceOffset {
-                        source: source.clone(),
-                        partition: *p,
-                        next_offset: *next,
-                    })
-                    .collect();
-                match shared.store.write(req) {
-                    Ok(_) => Ok(()),
-                    Err(StoreError::Fenced { stream, partition }) => {
-                        tracing::warn!(
-                            partition,
-                            source = %stream,
-                            "fenced: another worker owns the partition now; dropping the batch"
-                        );
-                        shared.status.fenced();
-                        // Every partition of the batch is dropped: its events
-                        // were not written, and are read again by their owner.
-                        for p in batch.offsets.keys() {
-                            st.fenced.insert(*p);
-                            st.next.remove(p);
-                        }
-                        return;
-                    }
-                    Err(e) => Err(e.to_string()),
+    let mut retry = |e: String| -> bool {
+        tracing::warn!(error = %e, "cannot persist consumed events; retrying");
+        shared.status.storage_error(Some(e));
+        if shared.stop.load(Ordering::SeqCst) && backoff > Duration::from_secs(5) {
+            // Shutting down: what was not written is read again on restart.
+            return false;
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        true
+    };
+    while let Err(e) = st.dlq.write_durable(&batch.dead) {
+        if !retry(e.to_string()) {
+            return;
+        }
+    }
+    let source = shared.cfg.source_name();
+    let mut todo: Vec<i32> = batch.offsets.keys().copied().collect();
+    let mut written = Vec::with_capacity(todo.len());
+    while !todo.is_empty() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for &p in &todo {
+            let mut req = WriteRequest::events(batch.events.get(&p).cloned().unwrap_or_default());
+            req.source_offsets = vec![SourceOffset {
+                source: source.clone(),
+                partition: p,
+                next_offset: batch.offsets[&p],
+            }];
+            let tx = tx.clone();
+            shared.store.write_with(
+                req,
+                Box::new(move |r| {
+                    let _ = tx.send((p, r));
+                }),
+            );
+        }
+        drop(tx);
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (p, r) in rx {
+            match r {
+                Ok(_) => written.push(p),
+                Err(StoreError::Fenced { stream, partition }) => {
+                    tracing::warn!(
+                        partition,
+                        source = %stream,
+                        "fenced: another worker owns the partition now; dropping its events"
+                    );
+                    shared.status.fenced();
+                    // Not written: read again by the partition's owner.
+                    st.fenced.insert(p);
+                    st.next.remove(&p);
+                }
+                Err(e) => {
+                    failed.push(p);
+                    error = Some(e.to_string());
                 }
             }
-        };
-        match result {
-            Ok(()) => {
-                shared.status.storage_error(None);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot persist consumed events; retrying");
-                shared.status.storage_error(Some(e));
-                if shared.stop.load(Ordering::SeqCst) && backoff > Duration::from_secs(5) {
-                    // Shutting down: what was not written is read again on restart.
-                    return;
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        todo = failed;
+        if let Some(e) = error {
+            if !retry(e) {
+                return;
             }
         }
     }
+    shared.status.storage_error(None);
     drop(st);
+    batch.offsets.retain(|p, _| written.contains(p));
+    batch.event_max_ts.retain(|p, _| written.contains(p));
+    let count = written
+        .iter()
+        .map(|p| batch.events.get(p).map_or(0, Vec::len))
+        .sum();
     shared
         .status
-        .written(batch.events.len(), &batch.offsets, &batch.event_max_ts);
+        .written(count, &batch.offsets, &batch.event_max_ts);
     let mut tpl = TopicPartitionList::new();
     for (p, next) in &batch.offsets {
         let _ = tpl.add_partition_offset(&shared.cfg.topic, *p, Offset::Offset(*next));
