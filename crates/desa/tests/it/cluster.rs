@@ -492,8 +492,10 @@ fn migrate(url: &str) -> (bool, String) {
 
 /// A database that takes TLS connections only, with a certificate naming
 /// `SERVER_NAME` alone, signed by a CA the test makes: each `sslmode`
-/// connects or refuses as libpq's would, refusals say why, a server without
-/// TLS is reached by `prefer` and refused by `require`, and a worker over
+/// connects or refuses as libpq's would, refusals say why, the Unix socket
+/// is reached without TLS by `prefer` and refused by `verify-full` (no host
+/// name), a server without TLS is reached by `prefer` and refused by
+/// `require`, and a worker over
 /// `verify-full` (a key=value string) ingests and answers exactly.
 #[test]
 fn a_worker_reaches_a_database_that_takes_tls_only_and_checks_its_certificate() {
@@ -550,6 +552,18 @@ fn a_worker_reaches_a_database_that_takes_tls_only_and_checks_its_certificate() 
         assert!(!ok, "{conninfo} connected");
         assert!(text.contains(why), "{conninfo}: want {why:?} in {text}");
     }
+
+    // Over the Unix socket the server offers no TLS: `prefer` goes on
+    // without it, and `verify-full` has no host name to check.
+    let socket = format!(
+        "host={} port={} user=desa dbname=postgres",
+        pg.socket_dir(),
+        pg.port
+    );
+    let (ok, text) = migrate(&socket);
+    assert!(ok, "{socket}: {text}");
+    let (ok, text) = migrate(&format!("{socket} sslmode=verify-full sslrootcert={ca}"));
+    assert!(!ok && text.contains("needs a host name"), "{text}");
 
     // A server without TLS: `prefer` goes on without it, `require` refuses.
     let plain = Postgres::start();

@@ -212,6 +212,11 @@ impl Postgres {
             .status();
     }
 
+    /// The directory of the server's Unix socket (`-k`).
+    pub fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://desa@127.0.0.1:{}/postgres", self.port)
     }
