@@ -436,8 +436,9 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
 ///
 /// Partitions are written apart so that their transactions can run side by
 /// side: with producers keying events by device, partitions share no
-/// device, so in cluster mode their transactions share no series or place
-/// row to queue on. Each partition's offset still advances in order: the
+/// device, so in cluster mode their transactions share no series row (and
+/// no place row unless two partitions' devices report the same location)
+/// to queue on. Each partition's offset still advances in order: the
 /// next batch waits for every write of this one.
 ///
 /// Retries a partition's write with backoff while the store cannot persist

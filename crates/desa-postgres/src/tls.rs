@@ -316,40 +316,35 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn client_config(mode: SslMode, root: Option<&str>) -> Result<rustls::ClientConfig> {
+    use SslMode::*;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let checks = match (mode, root) {
-        (SslMode::VerifyFull, Some(_)) => Checks::Full,
-        (SslMode::VerifyCa, Some("system")) | (SslMode::Require | SslMode::Prefer, Some("system")) => {
+    let chain = |root: &str| {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root)?), provider.clone())
+            .build()
+            .map_err(|e| Error::Config(format!("sslrootcert: {e}")))
+    };
+    let relaxed = |chain| {
+        Arc::new(Relaxed {
+            chain,
+            provider: provider.clone(),
+        })
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, root) {
+        (VerifyCa | Require | Prefer, Some("system")) => {
             return Err(Error::Config(format!(
                 "sslmode={} may not be used with sslrootcert=system: any publicly trusted certificate chains to the system's CAs (use verify-full)",
                 mode.name()
             )))
         }
-        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+        (VerifyCa | VerifyFull, None) => {
             return Err(Error::Config(format!(
                 "sslmode={} needs sslrootcert=<PEM file of the CA> (or sslrootcert=system with verify-full)",
                 mode.name()
             )))
         }
-        (SslMode::VerifyCa | SslMode::Require | SslMode::Prefer, Some(_)) => Checks::Chain,
-        (SslMode::Require | SslMode::Prefer | SslMode::Disable, None) | (SslMode::Disable, Some(_)) => {
-            Checks::None
-        }
-    };
-    let chain = match (checks, root) {
-        (Checks::None, _) | (_, None) => None,
-        (Checks::Chain | Checks::Full, Some(root)) => Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root)?), provider.clone())
-                .build()
-                .map_err(|e| Error::Config(format!("sslrootcert: {e}")))?,
-        ),
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match (checks, chain) {
-        (Checks::Full, Some(full)) => full,
-        (_, chain) => Arc::new(Relaxed {
-            chain,
-            provider: provider.clone(),
-        }),
+        (VerifyFull, Some(root)) => chain(root)?,
+        (VerifyCa | Require | Prefer, Some(root)) => relaxed(Some(chain(root)?)),
+        (Require | Prefer | Disable, None) | (Disable, Some(_)) => relaxed(None),
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -357,13 +352,6 @@ fn client_config(mode: SslMode, root: Option<&str>) -> Result<rustls::ClientConf
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Checks {
-    None,
-    Chain,
-    Full,
 }
 
 /// The CA certificates of `sslrootcert`, or the system's.

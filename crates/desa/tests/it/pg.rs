@@ -50,6 +50,21 @@ pub struct Certs {
     pub other_ca_file: PathBuf,
 }
 
+/// As root, the server runs as `postgres`: its directory and files are
+/// handed to that user.
+fn give_to_server(path: &std::path::Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let ok = Command::new("chown")
+            .arg("postgres:")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown of {}", path.display());
+    }
+}
+
 /// A CA, and a certificate it signs for the DNS `names`.
 fn ca_and_server_cert(names: &[&str]) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -104,15 +119,7 @@ impl Postgres {
             .prefix("desa-pg-")
             .tempdir_in("/tmp")
             .unwrap();
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let ok = Command::new("chown")
-                .args(["postgres:", dir.path().to_str().unwrap()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown of the PostgreSQL test directory");
-        }
+        give_to_server(dir.path());
         let pg = Postgres {
             port: crate::kafka::free_port(),
             bin: bin_dir(),
@@ -156,17 +163,8 @@ impl Postgres {
         use std::os::unix::fs::PermissionsExt;
         let key_file = data.join("server.key");
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            for f in ["server.crt", "server.key", "pg_hba.conf"] {
-                let ok = Command::new("chown")
-                    .arg("postgres:")
-                    .arg(data.join(f))
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "chown of {f}");
-            }
+        for f in ["server.crt", "server.key", "pg_hba.conf"] {
+            give_to_server(&data.join(f));
         }
     }
 
