@@ -39,6 +39,7 @@ mod manifest;
 mod query;
 mod sections;
 pub mod segment;
+pub mod segment_set;
 mod store;
 pub mod summary;
 pub mod wal;

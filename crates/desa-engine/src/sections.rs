@@ -100,7 +100,17 @@ impl SectionWriter {
     }
 
     /// Writes the footer and fsyncs the file; returns its length in bytes.
-    pub fn finish(mut self, words: &[u64]) -> std::io::Result<u64> {
+    pub fn finish(self, words: &[u64]) -> std::io::Result<u64> {
+        self.finish_with(words, true)
+    }
+
+    /// Writes the footer without an fsync: for a copy of data that is
+    /// durable elsewhere (cluster mode's local copies of blocks).
+    pub fn finish_unsynced(self, words: &[u64]) -> std::io::Result<u64> {
+        self.finish_with(words, false)
+    }
+
+    fn finish_with(mut self, words: &[u64], sync: bool) -> std::io::Result<u64> {
         debug_assert_eq!(self.table.len(), self.format.sections);
         debug_assert_eq!(words.len(), self.format.words);
         let mut footer = Vec::with_capacity(self.format.footer_bytes() as usize);
@@ -117,7 +127,9 @@ impl SectionWriter {
         self.raw(&self.format.version.to_le_bytes())?;
         self.raw(self.format.footer)?;
         self.out.flush()?;
-        self.out.get_ref().sync_all()?;
+        if sync {
+            self.out.get_ref().sync_all()?;
+        }
         Ok(self.pos)
     }
 }

@@ -34,7 +34,7 @@ mod build;
 mod kd;
 mod read;
 
-pub use build::write_segment;
+pub use build::{write_segment, write_segment_unsynced};
 pub use kd::{KdNode, KdPoint};
 pub use read::Segment;
 

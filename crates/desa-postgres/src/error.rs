@@ -13,6 +13,10 @@ pub enum Error {
     /// The `--store` URL cannot be used.
     #[error("--store: {0}")]
     Config(String),
+    /// The worker's local copy of the blocks cannot be written or read
+    /// (its directory, or a block that fails its checksum).
+    #[error("local copy of blocks: {0}")]
+    Local(#[from] desa_engine::Error),
 }
 
 impl Error {

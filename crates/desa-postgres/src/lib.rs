@@ -2,14 +2,16 @@
 //! a Kafka consumer group and one PostgreSQL-protocol database (PostgreSQL,
 //! TimescaleDB; Citus by the distribution described in `schema`).
 //!
-//! - Every write is one transaction holding the raw events (COPY), the
-//!   aggregate changes (set-based upserts) and the source offsets.
+//! - Every write is one transaction holding the events as blocks (one per
+//!   UTC day, each a segment of the embedded engine, built by the worker
+//!   before the transaction) and the source offsets.
 //! - Offsets are fenced: claiming a partition bumps its epoch, and a write
 //!   whose epoch is no longer current fails with `Fenced` and commits nothing,
 //!   so a worker that lost its partitions cannot commit over the new owner.
-//! - Queries read hour and day aggregates per series and per 1° cell, plus
-//!   raw events for the less-than-an-hour edges of a window: exact answers
-//!   from bounded lookups (see `plan`).
+//! - Every worker keeps a local copy of the blocks, follows the catalog
+//!   before each query (`blocks`), and answers with the embedded engine's
+//!   algorithms: the same exact answers at the same cost. Workers merge the
+//!   blocks of a day in the background (`compact`).
 //!
 //! - Connections take libpq's `sslmode` and `sslrootcert` for TLS (`tls`).
 //!
@@ -22,15 +24,16 @@
 //! let store = PgStore::open(PgConfig {
 //!     url: "postgres://desa@127.0.0.1:5432/desa".into(),
 //!     worker: "worker-1".into(),
+//!     blocks_dir: "./desa-data/blocks".into(),
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod blocks;
+mod compact;
 mod error;
-pub mod plan;
-mod query;
 pub mod schema;
 mod store;
 pub mod tls;

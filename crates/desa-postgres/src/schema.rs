@@ -3,74 +3,50 @@
 //!
 //! | table | one row per | serves |
 //! |---|---|---|
-//! | `desa_events` | event (partitioned by UTC day on `ts`; a hypertable under TimescaleDB) | raw storage; exact window edges |
-//! | `desa_series` | (type, device, resolution, bucket) | avg; top-K sorted and random access |
-//! | `desa_places` | (type, resolution, 1° cell, bucket, exact location) | geo, cells cut by the box edge |
-//! | `desa_cells` | (type, resolution, bucket, 1° cell) | geo, cells inside the box |
+//! | `desa_blocks` | block: the events of one write (or of a merge) in one UTC day | the catalog workers follow |
+//! | `desa_block_bodies` | block (partitioned by UTC day; a hypertable under TimescaleDB) | the block itself: every event, and the indexes that answer the queries |
 //! | `desa_offsets` | (source, partition) | exactly-once resume point and owner epoch |
 //! | `desa_idempotency` | idempotency key | retried HTTP requests |
 //!
-//! Resolutions are hours (`res = 1`, bucket = `ts / 3600`) and UTC days
-//! (`res = 2`, bucket = `ts / 86400`). Sums are double-double (`sum_hi`,
-//! `sum_lo`), added in the database by the upserts' two-sum arithmetic, so
-//! averages stay exact. Text keys compare bytewise (`COLLATE "C"`): no
-//! locale rules in any index.
+//! A block's body is a segment of the embedded engine (`desa_engine::segment`):
+//! the events sorted by (type, device, time) with prefix sums, count-ordered
+//! device lists and a k-d tree. A write adds one block per UTC day its events
+//! fall in; a merge (`compact`) replaces several blocks of one day by one,
+//! atomically: it is the only way a block goes. Each catalog row carries the transaction that committed it
+//! (`xid`): a worker follows the catalog by reading the rows of transactions
+//! at or after the oldest one that was still running when it last looked
+//! (`blocks`). Bodies are stored uncompressed (`STORAGE EXTERNAL`): they are
+//! written once and read once per worker, and pglz would cost more CPU than
+//! the disk it saves on floating-point columns.
 //!
-//! On Citus the distribution column of `desa_series` is `device_id` (avg and
-//! top-K random access go to one shard), and `desa_places`/`desa_cells` are
-//! distributed by `type`; `desa_offsets` and `desa_idempotency` are reference
-//! tables. That layout is described, not exercised by the tests.
+//! On Citus, `desa_block_bodies` would be distributed by `day` and the other
+//! tables be reference tables. That layout is described, not exercised by
+//! the tests.
 
 use postgres::Client;
 
 use crate::error::{Error, Result};
 
 /// Schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
-
-pub const RES_HOUR: i16 = 1;
-pub const RES_DAY: i16 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS desa_meta (
     key text PRIMARY KEY,
     value text NOT NULL
 );
-CREATE TABLE IF NOT EXISTS desa_series (
-    type text COLLATE "C" NOT NULL,
-    device_id text COLLATE "C" NOT NULL,
-    res smallint NOT NULL,
-    bucket integer NOT NULL,
-    n bigint NOT NULL,
-    sum_hi float8 NOT NULL,
-    sum_lo float8 NOT NULL,
-    PRIMARY KEY (type, device_id, res, bucket)
+CREATE SEQUENCE IF NOT EXISTS desa_block_ids;
+CREATE TABLE IF NOT EXISTS desa_blocks (
+    id bigint PRIMARY KEY,
+    day integer NOT NULL,
+    events integer NOT NULL,
+    bytes integer NOT NULL,
+    min_ts bigint NOT NULL,
+    max_ts bigint NOT NULL,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
-CREATE INDEX IF NOT EXISTS desa_series_by_count
-    ON desa_series (type, res, bucket, n DESC, device_id);
-CREATE TABLE IF NOT EXISTS desa_places (
-    type text COLLATE "C" NOT NULL,
-    res smallint NOT NULL,
-    cell integer NOT NULL,
-    bucket integer NOT NULL,
-    lat float8 NOT NULL,
-    lon float8 NOT NULL,
-    n bigint NOT NULL,
-    sum_hi float8 NOT NULL,
-    sum_lo float8 NOT NULL,
-    PRIMARY KEY (type, res, cell, bucket, lat, lon)
-) WITH (fillfactor = 80);  -- room for HOT updates of n and sums
-CREATE TABLE IF NOT EXISTS desa_cells (
-    type text COLLATE "C" NOT NULL,
-    res smallint NOT NULL,
-    bucket integer NOT NULL,
-    cell_lat smallint NOT NULL,
-    cell_lon smallint NOT NULL,
-    n bigint NOT NULL,
-    sum_hi float8 NOT NULL,
-    sum_lo float8 NOT NULL,
-    PRIMARY KEY (type, res, bucket, cell_lat, cell_lon)
-) WITH (fillfactor = 80);
+CREATE INDEX IF NOT EXISTS desa_blocks_by_xid ON desa_blocks (xid);
+CREATE INDEX IF NOT EXISTS desa_blocks_by_day ON desa_blocks (day, id);
 CREATE TABLE IF NOT EXISTS desa_offsets (
     source text NOT NULL,
     partition integer NOT NULL,
@@ -86,36 +62,27 @@ CREATE TABLE IF NOT EXISTS desa_idempotency (
 );
 "#;
 
-const EVENT_COLUMNS: &str = r#"
-    ts bigint NOT NULL,
-    type text COLLATE "C" NOT NULL,
-    device_id text COLLATE "C" NOT NULL,
-    value float8 NOT NULL,
-    lat float8 NOT NULL,
-    lon float8 NOT NULL,
-    metadata text"#;
+const BODY_COLUMNS: &str = r#"
+    day integer NOT NULL,
+    id bigint NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (day, id)"#;
 
-fn events_table(partitioning: Partitioning) -> String {
+fn bodies_table(partitioning: Partitioning) -> String {
     match partitioning {
         Partitioning::Declarative => format!(
-            "CREATE TABLE IF NOT EXISTS desa_events ({EVENT_COLUMNS}) PARTITION BY RANGE (ts);"
+            "CREATE TABLE IF NOT EXISTS desa_block_bodies ({BODY_COLUMNS}) PARTITION BY RANGE (day);
+             ALTER TABLE desa_block_bodies ALTER COLUMN body SET STORAGE EXTERNAL;"
         ),
         Partitioning::Hypertable => format!(
-            "CREATE TABLE IF NOT EXISTS desa_events ({EVENT_COLUMNS});
-             SELECT create_hypertable('desa_events', 'ts', chunk_time_interval => 86400, if_not_exists => true);"
+            "CREATE TABLE IF NOT EXISTS desa_block_bodies ({BODY_COLUMNS});
+             ALTER TABLE desa_block_bodies ALTER COLUMN body SET STORAGE EXTERNAL;
+             SELECT create_hypertable('desa_block_bodies', 'day', chunk_time_interval => 1, if_not_exists => true);"
         ),
     }
 }
 
-const EVENT_INDEXES: &str = r#"
-CREATE INDEX IF NOT EXISTS desa_events_series ON desa_events (type, device_id, ts) INCLUDE (value);
--- The raw edges of top-K and geo windows (under two hours of one type). A
--- block-range index is cheaper to write but useless here: concurrent COPYs
--- and late events interleave time across pages.
-CREATE INDEX IF NOT EXISTS desa_events_type_ts ON desa_events (type, ts);
-"#;
-
-/// How raw events are time-partitioned.
+/// How block bodies are time-partitioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Partitioning {
     /// PostgreSQL declarative partitions, one per UTC day, created on demand.
@@ -170,7 +137,10 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         )?
         .is_some();
     let exists = tx
-        .query_opt("SELECT 1 FROM pg_class WHERE relname = 'desa_events'", &[])?
+        .query_opt(
+            "SELECT 1 FROM pg_class WHERE relname = 'desa_block_bodies'",
+            &[],
+        )?
         .is_some();
     tx.batch_execute(TABLES)?;
     tx.execute(
@@ -180,22 +150,21 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
     if !exists {
         if timescale {
             tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
-            tx.batch_execute(&events_table(Partitioning::Hypertable))?;
+            tx.batch_execute(&bodies_table(Partitioning::Hypertable))?;
         } else {
-            tx.batch_execute(&events_table(Partitioning::Declarative))?;
+            tx.batch_execute(&bodies_table(Partitioning::Declarative))?;
         }
     }
-    tx.batch_execute(EVENT_INDEXES)?;
     let kind = partitioning(&mut tx)?;
     tx.commit()?;
     Ok(kind)
 }
 
-/// How the existing `desa_events` is partitioned.
+/// How the existing `desa_block_bodies` is partitioned.
 fn partitioning(tx: &mut postgres::Transaction<'_>) -> Result<Partitioning> {
     let partitioned: bool = tx
         .query_one(
-            "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_events'",
+            "SELECT relkind = 'p' FROM pg_class WHERE relname = 'desa_block_bodies'",
             &[],
         )?
         .get(0);
@@ -206,24 +175,24 @@ fn partitioning(tx: &mut postgres::Transaction<'_>) -> Result<Partitioning> {
     })
 }
 
-/// Daily partitions of raw events are named this, then the UTC day number.
-const DAY_PARTITION_PREFIX: &str = "desa_events_d";
+/// Daily partitions of block bodies are named this, then the UTC day number.
+const DAY_PARTITION_PREFIX: &str = "desa_block_bodies_d";
 
-/// Name of the daily partition of raw events for UTC day `day`.
+/// Name of the daily partition of block bodies for UTC day `day`.
 pub fn day_partition(day: i64) -> String {
     format!("{DAY_PARTITION_PREFIX}{day}")
 }
 
 /// Days of partitions created past the one a write needs. Creating a
-/// partition locks `desa_events` against every writer until the in-flight
+/// partition locks `desa_block_bodies` against every writer until the in-flight
 /// transactions end, so it is done a week at a time, not once a day.
 pub const PARTITIONS_AHEAD: i64 = 7;
 
-/// The UTC days that have a partition of raw events.
+/// The UTC days that have a partition of block bodies.
 pub fn existing_day_partitions(client: &mut Client) -> Result<Vec<i64>> {
     let rows = client.query(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          WHERE i.inhparent = 'desa_events'::regclass",
+          WHERE i.inhparent = 'desa_block_bodies'::regclass",
         &[],
     )?;
     Ok(rows
@@ -238,12 +207,15 @@ pub fn existing_day_partitions(client: &mut Client) -> Result<Vec<i64>> {
 }
 
 /// Creates the partitions of UTC days `days` that `existing` lacks, each
-/// with the [`PARTITIONS_AHEAD`] days after it, in one transaction. Creators
-/// (threads of this worker, other workers) take turns on an advisory lock:
-/// `CREATE TABLE IF NOT EXISTS` looks for the table before it waits for the
-/// lock on `desa_events`, so without turns a creator could wait behind
-/// another that creates the same day, then fail on it, and leave the other
-/// days of its batch uncreated. Returns the days this call created.
+/// with the [`PARTITIONS_AHEAD`] days after it, one transaction per day: a
+/// transaction that went on to the next day would hold the new partition
+/// locked while it waits for the parent table, which a writer routing a row
+/// to that partition holds (a deadlock). Creators (threads of this worker,
+/// other workers) take turns on an advisory lock: `CREATE TABLE IF NOT
+/// EXISTS` looks for the table before it waits for the lock on
+/// `desa_block_bodies`, so without turns a creator could wait behind another
+/// that creates the same day, then fail on it. Returns the days this call
+/// created.
 pub fn create_day_partitions(
     client: &mut Client,
     days: &[i64],
@@ -257,31 +229,27 @@ pub fn create_day_partitions(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    if wanted.is_empty() {
-        return Ok(wanted);
-    }
-    let mut sql = String::from("SET LOCAL client_min_messages = warning;");
-    for &day in &wanted {
-        sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF desa_events FOR VALUES FROM ({}) TO ({});",
-            day_partition(day),
-            day * 86_400,
-            (day + 1) * 86_400
-        ));
-    }
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock(7218032)", &[])?;
-    match tx.batch_execute(&sql) {
-        Ok(()) => {
-            tx.commit()?;
-            Ok(wanted)
+    let mut created = Vec::with_capacity(wanted.len());
+    for day in wanted {
+        let sql = format!(
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS {name} PARTITION OF desa_block_bodies FOR VALUES FROM ({day}) TO ({next});
+             ALTER TABLE {name} ALTER COLUMN body SET STORAGE EXTERNAL;",
+            name = day_partition(day),
+            next = day + 1
+        );
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(7218032)", &[])?;
+        match tx.batch_execute(&sql) {
+            Ok(()) => {
+                tx.commit()?;
+                created.push(day);
+            }
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::DUPLICATE_TABLE)
+                    || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e)
-            if e.code() == Some(&postgres::error::SqlState::DUPLICATE_TABLE)
-                || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) =>
-        {
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e.into()),
     }
+    Ok(created)
 }

@@ -2,14 +2,17 @@
 //!
 //! Writes go through three writer threads, each with its own connection, one
 //! transaction per request; queries use a pool of up to four connections
-//! (30 s statement timeout). A probe thread refreshes the figures `/healthz`
-//! shows and expires idempotency keys. When
+//! (30 s statement timeout), first to bring the local copy of the blocks up
+//! to date (`blocks`), then answer from it. A merger thread merges blocks
+//! (`compact`). A probe thread refreshes the figures `/healthz` shows, keeps
+//! the local copy current between queries and expires idempotency keys. When
 //! the database is unreachable every call fails with `Unavailable` (the HTTP
 //! API answers 503 with `Retry-After`; the Kafka source retries with backoff)
 //! and a probe thread reconnects, reporting in `/healthz` and `/metrics`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -20,10 +23,11 @@ use desa_store::{Claim, Reply, Store, StoreError, StoreStats, WriteRequest};
 use parking_lot::Mutex;
 use postgres::Client;
 
+use crate::blocks::Blocks;
 use crate::error::{Error, Result};
 use crate::schema::{self, Partitioning};
 use crate::tls::Target;
-use crate::write::{days_of, max_ts, write_tx};
+use crate::write::{build_blocks, days_of, discard, write_tx};
 
 /// Idempotency keys are kept this long, as in the embedded engine.
 const KEY_RETENTION_SECS: i64 = 24 * 3600;
@@ -46,12 +50,16 @@ pub struct PgConfig {
     pub url: String,
     /// Name of this worker in `desa_offsets.owner` (for operators).
     pub worker: String,
+    /// Where the worker keeps its copy of the blocks (a cache: it is
+    /// fetched again from the database when missing).
+    pub blocks_dir: PathBuf,
 }
 
 struct Shared {
     cfg: PgConfig,
     pg: Target,
     partitioning: Partitioning,
+    blocks: Blocks,
     /// This worker's claims: (source, partition) -> epoch.
     epochs: Mutex<HashMap<(String, i32), i64>>,
     /// Daily partitions known to exist.
@@ -65,6 +73,7 @@ struct Shared {
     write_failures: AtomicU64,
     fenced: AtomicU64,
     write_nanos: AtomicU64,
+    merges: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -102,10 +111,13 @@ impl PgStore {
         let pg = Target::parse(&cfg.url)?;
         let mut client = connect(&pg, true)?;
         let partitioning = schema::migrate(&mut client)?;
+        let blocks = Blocks::open(&cfg.blocks_dir)?;
+        blocks.sync(&mut client)?;
         let shared = Arc::new(Shared {
             cfg,
             pg,
             partitioning,
+            blocks,
             epochs: Mutex::new(HashMap::new()),
             days: Mutex::new(Default::default()),
             queries: Mutex::new(Vec::new()),
@@ -117,6 +129,7 @@ impl PgStore {
             write_failures: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             write_nanos: AtomicU64::new(0),
+            merges: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         refresh(&shared, &mut client, true)?;
@@ -141,11 +154,25 @@ impl PgStore {
                 .map_err(|e| Error::Config(format!("cannot start the probe thread: {e}")))?
         };
         threads.push(prober);
+        let merger = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("desa-pg-merge".into())
+                .spawn(move || merge_loop(&shared))
+                .map_err(|e| Error::Config(format!("cannot start the merge thread: {e}")))?
+        };
+        threads.push(merger);
         Ok(PgStore {
             shared,
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
         })
+    }
+
+    /// The blocks as committed when the call started, for a query.
+    fn current(&self) -> desa_store::Result<Arc<crate::blocks::View>> {
+        self.with_query_client(|c| self.shared.blocks.sync(c))?;
+        Ok(self.shared.blocks.view())
     }
 
     /// Runs `f` on a pooled query connection; a failed connection is dropped.
@@ -181,31 +208,20 @@ fn unavailable(shared: &Shared, e: &Error) -> StoreError {
     StoreError::Unavailable(msg)
 }
 
-/// Refreshes the figures `/healthz` and `/metrics` show, and the watermark.
-/// Every call counts the stored events (a sum over the small per-day cell
-/// table); a `full` one also reads the other workers' event-time progress,
-/// the storage size, and expires idempotency keys.
+/// Brings the local copy of the blocks up to date and refreshes the figures
+/// `/healthz` and `/metrics` show from it: stored events and the watermark
+/// (every worker's event-time progress). A `full` call also reads the
+/// storage size and expires idempotency keys.
 fn refresh(shared: &Shared, c: &mut Client, full: bool) -> Result<()> {
-    let stored: i64 = c
-        .query_one(
-            "SELECT coalesce(sum(n), 0)::int8 FROM desa_cells WHERE res = 2",
-            &[],
-        )?
-        .get(0);
-    shared.stored_events.store(stored as u64, Ordering::Relaxed);
+    shared.blocks.sync(c)?;
+    let view = shared.blocks.view();
+    shared.stored_events.store(view.events, Ordering::Relaxed);
+    {
+        let mut w = shared.watermark.lock();
+        *w = (*w).max(view.max_ts);
+    }
     if !full {
         return Ok(());
-    }
-    let last_hour: Option<i32> = c
-        .query_one("SELECT max(bucket) FROM desa_cells WHERE res = 1", &[])?
-        .get(0);
-    if let Some(hour) = last_hour {
-        let from = hour as i64 * 3600;
-        let max: Option<i64> = c
-            .query_one("SELECT max(ts) FROM desa_events WHERE ts >= $1", &[&from])?
-            .get(0);
-        let mut w = shared.watermark.lock();
-        *w = (*w).max(max);
     }
     let bytes: i64 = c
         .query_one(
@@ -258,6 +274,34 @@ fn probe_loop(shared: &Shared) {
     }
 }
 
+/// Merges blocks while merges are due, then looks again every half second.
+/// Failures (the database down, another worker's merge first) are retried.
+fn merge_loop(shared: &Shared) {
+    let mut client: Option<Client> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect(&shared.pg, true).ok();
+        }
+        let merged = match client.as_mut() {
+            Some(c) => crate::compact::merge_once(&shared.blocks, c).unwrap_or_else(|e| {
+                tracing::debug!(error = %e.describe(), "merge failed; retrying");
+                false
+            }),
+            None => false,
+        };
+        if merged {
+            shared.merges.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        for _ in 0..5 {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn writer_loop(shared: &Shared, mut client: Option<Client>, rx: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let next = rx.lock().recv();
@@ -270,7 +314,7 @@ fn writer_loop(shared: &Shared, mut client: Option<Client>, rx: &Mutex<mpsc::Rec
         match &result {
             Ok(_) => {
                 shared.writes.fetch_add(1, Ordering::Relaxed);
-                if let Some(ts) = max_ts(&job.req.events) {
+                if let Some(ts) = job.req.events.iter().map(|e| e.ts_secs).max() {
                     let mut w = shared.watermark.lock();
                     *w = Some(w.map_or(ts, |x| x.max(ts)));
                 }
@@ -291,6 +335,35 @@ fn write_one(
     client: &mut Option<Client>,
     req: &WriteRequest,
 ) -> desa_store::Result<desa_store::WriteOutcome> {
+    let built = build_blocks(&shared.blocks, &req.events)
+        .map_err(|e| StoreError::Unavailable(e.describe()))?;
+    let result = commit_one(shared, client, req, &built);
+    match result {
+        Ok((outcome, ids)) if !ids.is_empty() => {
+            // Committed: a block whose file cannot be kept is fetched back
+            // from the database by the next look at the catalog.
+            if let Err(e) = shared.blocks.keep(built, &ids) {
+                tracing::warn!(error = %e.describe(), "keeping a committed block locally failed");
+            }
+            Ok(outcome)
+        }
+        Ok((outcome, _)) => {
+            discard(built);
+            Ok(outcome)
+        }
+        Err(e) => {
+            discard(built);
+            Err(e)
+        }
+    }
+}
+
+fn commit_one(
+    shared: &Shared,
+    client: &mut Option<Client>,
+    req: &WriteRequest,
+    built: &[crate::blocks::NewBlock],
+) -> desa_store::Result<(desa_store::WriteOutcome, Vec<i64>)> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(connect(&shared.pg, true).map_err(|e| unavailable(shared, &e))?);
     }
@@ -311,7 +384,7 @@ fn write_one(
         }
     }
     let epochs = shared.epochs.lock().clone();
-    write_tx(c, req, &epochs, now_secs()).map_err(|f| {
+    write_tx(c, req, built, &epochs, now_secs()).map_err(|f| {
         let e = StoreError::from(f);
         if let StoreError::Unavailable(msg) = &e {
             if c.is_closed() {
@@ -381,12 +454,13 @@ impl Store for PgStore {
     }
 
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
-        let (n, sum) = self.with_query_client(|c| crate::query::avg(c, device, event_type, w))?;
+        let view = self.current()?;
+        let (n, sum) = view.set.avg(device, event_type, w);
         Ok(AvgAnswer::new(device, event_type, w, n, sum.value()))
     }
 
     fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> desa_store::Result<TopkAnswer> {
-        let devices = self.with_query_client(|c| crate::query::topk(c, event_type, w, k))?;
+        let devices = self.current()?.set.topk(event_type, w, k);
         Ok(TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
@@ -397,7 +471,7 @@ impl Store for PgStore {
     }
 
     fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> desa_store::Result<GeoAnswer> {
-        let (n, sum) = self.with_query_client(|c| crate::query::geo(c, event_type, bbox, w))?;
+        let (n, sum) = self.current()?.set.geo(event_type, bbox, w);
         Ok(GeoAnswer::new(event_type, w, bbox, n, sum.value()))
     }
 
@@ -406,7 +480,7 @@ impl Store for PgStore {
             backend: "postgres",
             stored_events: self.shared.stored_events.load(Ordering::Relaxed),
             unflushed_events: 0,
-            segments: 0,
+            segments: self.shared.blocks.view().by_id.len() as u64,
             summaries: 0,
             maintenance_pending: false,
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
@@ -440,12 +514,28 @@ impl Store for PgStore {
                 "Writes refused because another worker had claimed their partitions.",
                 s.fenced.load(Ordering::Relaxed),
             ),
+            (
+                "desa_postgres_block_merges_total",
+                "Merges of blocks this worker committed.",
+                s.merges.load(Ordering::Relaxed),
+            ),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        let view = s.blocks.view();
+        let _ = writeln!(
+            out,
+            "# HELP desa_postgres_blocks Blocks in this worker's copy.\n# TYPE desa_postgres_blocks gauge\ndesa_postgres_blocks {}",
+            view.by_id.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP desa_postgres_block_bytes Bytes of the blocks in this worker's copy.\n# TYPE desa_postgres_block_bytes gauge\ndesa_postgres_block_bytes {}",
+            view.bytes
+        );
         let secs = s.write_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(
             out,

@@ -1,154 +1,86 @@
 //! One write = one transaction: fence the source offsets, record the
-//! idempotency key, COPY the raw events, then add the batch's aggregates with
-//! set-based upserts (pre-aggregated here, sorted so that concurrent writers
-//! lock rows in the same order).
+//! idempotency key, then add the events as blocks, one per UTC day they fall
+//! in. The blocks are built before the transaction (as local files, which
+//! become the worker's copy once it commits), so the transaction itself is
+//! a few statements whatever the number of events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
 
-use desa_model::{DoubleDouble, Event};
+use desa_model::Event;
 use desa_store::{StoreError, WriteOutcome, WriteRequest};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
 use postgres::Client;
 
+use crate::blocks::{Blocks, NewBlock};
 use crate::error::Error;
-use crate::plan::{cell_id, cell_of};
-use crate::schema::{RES_DAY, RES_HOUR};
 
-/// Count and double-double sum.
-#[derive(Debug, Clone, Copy, Default)]
-struct Agg {
-    n: i64,
-    sum: DoubleDouble,
-}
-
-impl Agg {
-    fn add(&mut self, v: f64) {
-        self.n += 1;
-        self.sum = self.sum.add_f64(v);
-    }
-}
-
-/// The count and sum columns every aggregate upsert sends.
-#[derive(Default)]
-struct SumColumns {
-    n: Vec<i64>,
-    hi: Vec<f64>,
-    lo: Vec<f64>,
-}
-
-impl SumColumns {
-    fn push(&mut self, g: &Agg) {
-        self.n.push(g.n);
-        self.hi.push(g.sum.hi);
-        self.lo.push(g.sum.lo);
-    }
-}
-
-/// `desa_places` key: type, resolution, cell, bucket, and the location as
-/// [`ordered_bits`] (the location itself is kept in the value).
-type PlaceKey<'a> = (&'a str, i16, i32, i32, u64, u64);
-
-/// A batch's aggregates, keyed as the tables are.
-#[derive(Default)]
-struct Aggregates<'a> {
-    series: BTreeMap<(&'a str, &'a str, i16, i32), Agg>,
-    places: BTreeMap<PlaceKey<'a>, (f64, f64, Agg)>,
-    cells: BTreeMap<(&'a str, i16, i32, i16, i16), Agg>,
-}
-
-/// Bit pattern of an f64 that orders like the number (for a stable lock order).
-fn ordered_bits(x: f64) -> u64 {
-    let b = x.to_bits();
-    if b >> 63 == 1 {
-        !b
-    } else {
-        b | (1 << 63)
-    }
-}
-
-fn aggregate(events: &[Event]) -> Aggregates<'_> {
-    let mut a = Aggregates::default();
+/// Builds one block per UTC day of `events`.
+pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewBlock>, Error> {
+    let mut by_day: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     for e in events {
-        // -0.0 and 0.0 are one key to the database: give them one here too.
-        let (lat, lon) = (e.latitude + 0.0, e.longitude + 0.0);
-        let (cl, co) = cell_of(lat, lon);
-        let cell = cell_id(cl, co);
-        for (res, size) in [(RES_HOUR, 3600), (RES_DAY, 86_400)] {
-            let bucket = e.ts_secs.div_euclid(size) as i32;
-            let (t, d) = (e.event_type.as_str(), e.device_id.as_str());
-            a.series
-                .entry((t, d, res, bucket))
-                .or_default()
-                .add(e.value);
-            a.places
-                .entry((t, res, cell, bucket, ordered_bits(lat), ordered_bits(lon)))
-                .or_insert((lat, lon, Agg::default()))
-                .2
-                .add(e.value);
-            a.cells
-                .entry((t, res, bucket, cl, co))
-                .or_default()
-                .add(e.value);
+        by_day
+            .entry(e.ts_secs.div_euclid(86_400))
+            .or_default()
+            .push(e);
+    }
+    let mut built = Vec::with_capacity(by_day.len());
+    for (day, evs) in by_day {
+        let file = blocks.temp_path();
+        let made = desa_engine::segment_set::write_events_unsynced(&evs, day, &file)
+            .map_err(Error::from)
+            .and_then(|_| blocks.built(day, file.clone()));
+        match made {
+            Ok(b) => built.push(b),
+            Err(e) => {
+                let _ = std::fs::remove_file(&file);
+                discard(built);
+                return Err(e);
+            }
         }
     }
-    a
+    Ok(built)
 }
 
-/// The `SET` list that adds the conflicting batch row's count and
-/// double-double sum (`excluded`) to the stored row's (`t`): two-sum, then
-/// fast-two-sum, in float8 arithmetic — [`DoubleDouble`]'s `+`, written out
-/// as plain expressions so the server evaluates no sub-query per row.
-fn add_sums_set() -> String {
-    let s = "(t.sum_hi + excluded.sum_hi)";
-    let bb = format!("({s} - t.sum_hi)");
-    let e = format!(
-        "((t.sum_hi - ({s} - {bb})) + (excluded.sum_hi - {bb}) + t.sum_lo + excluded.sum_lo)"
-    );
-    format!("n = t.n + excluded.n, sum_hi = {s} + {e}, sum_lo = {e} - (({s} + {e}) - {s})")
+/// Deletes the files of blocks that were not committed.
+pub(crate) fn discard(built: Vec<NewBlock>) {
+    for b in built {
+        let _ = std::fs::remove_file(&b.file);
+    }
 }
 
-/// `INSERT .. SELECT FROM unnest(..) ON CONFLICT (key) DO UPDATE` adding sums.
-fn upsert_sql(table: &str, columns: &str, types: &str, key: &str) -> String {
-    let params: Vec<String> = types
-        .split(',')
-        .enumerate()
-        .map(|(i, t)| format!("${}::{}[]", i + 1, t.trim()))
+/// Adds `built` to the catalog and the bodies; returns their ids.
+pub(crate) fn insert_blocks(
+    tx: &mut postgres::Transaction<'_>,
+    built: &[NewBlock],
+) -> Result<Vec<i64>, postgres::Error> {
+    if built.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = tx
+        .query(
+            "SELECT nextval('desa_block_ids') FROM generate_series(1, $1::int4)",
+            &[&(built.len() as i32)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
         .collect();
-    format!(
-        "INSERT INTO {table} AS t ({columns}) SELECT * FROM unnest({}) ON CONFLICT ({key}) DO UPDATE SET {}",
-        params.join(", "),
-        add_sums_set()
-    )
+    let days: Vec<i32> = built.iter().map(|b| b.day as i32).collect();
+    let events: Vec<i32> = built.iter().map(|b| b.events as i32).collect();
+    let bytes: Vec<i32> = built.iter().map(|b| b.body.len() as i32).collect();
+    let min_ts: Vec<i64> = built.iter().map(|b| b.min_ts).collect();
+    let max_ts: Vec<i64> = built.iter().map(|b| b.max_ts).collect();
+    tx.execute(
+        "INSERT INTO desa_blocks (id, day, events, bytes, min_ts, max_ts)
+         SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int8[], $6::int8[])",
+        &[&ids, &days, &events, &bytes, &min_ts, &max_ts],
+    )?;
+    let bodies: Vec<&[u8]> = built.iter().map(|b| b.body.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO desa_block_bodies (day, id, body)
+         SELECT * FROM unnest($1::int4[], $2::int8[], $3::bytea[])",
+        &[&days, &ids, &bodies],
+    )?;
+    Ok(ids)
 }
-
-static UPSERT_SERIES: LazyLock<String> = LazyLock::new(|| {
-    upsert_sql(
-        "desa_series",
-        "type, device_id, res, bucket, n, sum_hi, sum_lo",
-        "text, text, int2, int4, int8, float8, float8",
-        "type, device_id, res, bucket",
-    )
-});
-
-static UPSERT_PLACES: LazyLock<String> = LazyLock::new(|| {
-    upsert_sql(
-        "desa_places",
-        "type, res, cell, bucket, lat, lon, n, sum_hi, sum_lo",
-        "text, int2, int4, int4, float8, float8, int8, float8, float8",
-        "type, res, cell, bucket, lat, lon",
-    )
-});
-
-static UPSERT_CELLS: LazyLock<String> = LazyLock::new(|| {
-    upsert_sql(
-        "desa_cells",
-        "type, res, bucket, cell_lat, cell_lon, n, sum_hi, sum_lo",
-        "text, int2, int4, int2, int2, int8, float8, float8",
-        "type, res, bucket, cell_lat, cell_lon",
-    )
-});
 
 /// Why a write transaction did not commit.
 pub(crate) enum Failed {
@@ -172,13 +104,15 @@ impl From<Failed> for StoreError {
     }
 }
 
-/// Runs one write in one transaction. `epochs` are this worker's claims.
+/// Runs one write in one transaction. `epochs` are this worker's claims;
+/// `built` are the request's events as blocks. Returns the blocks' ids.
 pub(crate) fn write_tx(
     client: &mut Client,
     req: &WriteRequest,
+    built: &[NewBlock],
     epochs: &HashMap<(String, i32), i64>,
     now_secs: i64,
-) -> Result<WriteOutcome, Failed> {
+) -> Result<(WriteOutcome, Vec<i64>), Failed> {
     let mut tx = client.transaction()?;
 
     // Fence first: the offsets rows stay locked until commit, so a claim by
@@ -226,102 +160,13 @@ pub(crate) fn write_tx(
                 )?
                 .get(0);
             tx.rollback()?;
-            return Ok(WriteOutcome::Replayed(stored));
+            return Ok((WriteOutcome::Replayed(stored), Vec::new()));
         }
     }
 
-    if !req.events.is_empty() {
-        copy_events(&mut tx, &req.events)?;
-        upsert_aggregates(&mut tx, &req.events)?;
-    }
+    let ids = insert_blocks(&mut tx, built)?;
     tx.commit()?;
-    Ok(WriteOutcome::Applied)
-}
-
-fn copy_events(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
-    let sink = tx.copy_in(
-        "COPY desa_events (ts, type, device_id, value, lat, lon, metadata) FROM STDIN (FORMAT binary)",
-    )?;
-    let types = [
-        Type::INT8,
-        Type::TEXT,
-        Type::TEXT,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::TEXT,
-    ];
-    let mut w = BinaryCopyInWriter::new(sink, &types);
-    for e in events {
-        let meta: Option<&str> = e.metadata.as_deref();
-        w.write(&[
-            &e.ts_secs,
-            &e.event_type,
-            &e.device_id,
-            &e.value,
-            &e.latitude,
-            &e.longitude,
-            &meta,
-        ])?;
-    }
-    w.finish()?;
-    Ok(())
-}
-
-fn upsert_aggregates(tx: &mut postgres::Transaction<'_>, events: &[Event]) -> Result<(), Failed> {
-    let a = aggregate(events);
-
-    let mut t = Vec::new();
-    let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    let mut sums = SumColumns::default();
-    for ((ty, dev, res, bucket), g) in &a.series {
-        t.push(*ty);
-        d.push(*dev);
-        r.push(*res);
-        b.push(*bucket);
-        sums.push(g);
-    }
-    tx.execute(
-        &*UPSERT_SERIES,
-        &[&t, &d, &r, &b, &sums.n, &sums.hi, &sums.lo],
-    )?;
-
-    let mut t = Vec::new();
-    let (mut r, mut c, mut b, mut la, mut lo) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut sums = SumColumns::default();
-    for ((ty, res, cell, bucket, _, _), (lat, lon, g)) in &a.places {
-        t.push(*ty);
-        r.push(*res);
-        c.push(*cell);
-        b.push(*bucket);
-        la.push(*lat);
-        lo.push(*lon);
-        sums.push(g);
-    }
-    tx.execute(
-        &*UPSERT_PLACES,
-        &[&t, &r, &c, &b, &la, &lo, &sums.n, &sums.hi, &sums.lo],
-    )?;
-
-    // Last: cell rows are the ones every writer shares, so they are held
-    // locked for the shortest time.
-    let mut t = Vec::new();
-    let (mut r, mut b, mut cla, mut clo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut sums = SumColumns::default();
-    for ((ty, res, bucket, cl, co), g) in &a.cells {
-        t.push(*ty);
-        r.push(*res);
-        b.push(*bucket);
-        cla.push(*cl);
-        clo.push(*co);
-        sums.push(g);
-    }
-    tx.execute(
-        &*UPSERT_CELLS,
-        &[&t, &r, &b, &cla, &clo, &sums.n, &sums.hi, &sums.lo],
-    )?;
-    Ok(())
+    Ok((WriteOutcome::Applied, ids))
 }
 
 /// UTC days of the events, for partition creation.
@@ -333,22 +178,4 @@ pub(crate) fn days_of(events: &[Event]) -> Vec<i64> {
     days.sort_unstable();
     days.dedup();
     days
-}
-
-/// Largest timestamp of the events.
-pub(crate) fn max_ts(events: &[Event]) -> Option<i64> {
-    events.iter().map(|e| e.ts_secs).max()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ordered_bits;
-
-    #[test]
-    fn ordered_bits_sort_like_numbers() {
-        let xs = [-180.0, -1.5, -0.0, 0.0, 1e-300, 2.5, 90.0, 180.0];
-        for w in xs.windows(2) {
-            assert!(ordered_bits(w[0]) <= ordered_bits(w[1]), "{w:?}");
-        }
-    }
 }

@@ -92,6 +92,7 @@ impl Node {
                 let cfg = desa_postgres::PgConfig {
                     url: url.clone(),
                     worker: args.worker_name.clone().unwrap_or_else(default_worker_name),
+                    blocks_dir: args.data_dir.join("blocks"),
                 };
                 let store = tokio::task::spawn_blocking(move || desa_postgres::PgStore::open(cfg))
                     .await?

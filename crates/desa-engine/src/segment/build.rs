@@ -44,6 +44,29 @@ pub fn write_segment(
     id: u64,
     path: &Path,
 ) -> Result<SegmentMeta> {
+    build_segment(rows, subset, partition, id, path, true)
+}
+
+/// [`write_segment`] without the fsync, for a local copy of a segment that
+/// is durable elsewhere (a cluster worker's copy of a block).
+pub fn write_segment_unsynced(
+    rows: &Rows,
+    subset: &[u32],
+    partition: i64,
+    id: u64,
+    path: &Path,
+) -> Result<SegmentMeta> {
+    build_segment(rows, subset, partition, id, path, false)
+}
+
+fn build_segment(
+    rows: &Rows,
+    subset: &[u32],
+    partition: i64,
+    id: u64,
+    path: &Path,
+    sync: bool,
+) -> Result<SegmentMeta> {
     let type_rank = ranks(&rows.types);
     let dev_rank = ranks(&rows.devices);
     // Sort keys computed once per row: comparisons then touch one array.
@@ -188,7 +211,7 @@ pub fn write_segment(
         w.section(b(&type_nodes))?;
         w.section(b(&time_ts))?;
         w.section(b(&time_series))?;
-        w.finish(&[
+        let words = [
             n as u64,
             series_count as u64,
             type_count as u64,
@@ -197,7 +220,12 @@ pub fn write_segment(
             max_ts as u64,
             partition as u64,
             KD_LEAF_ROWS as u64,
-        ])
+        ];
+        if sync {
+            w.finish(&words)
+        } else {
+            w.finish_unsynced(&words)
+        }
     };
     let bytes = write(w).map_err(Error::io("write segment", path))?;
     Ok(SegmentMeta {

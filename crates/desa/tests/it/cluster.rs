@@ -335,10 +335,12 @@ fn a_database_crash_restart_mid_stream_loses_and_repeats_nothing() {
 fn a_stale_claim_commits_nothing_and_the_new_owner_resumes_at_the_committed_offset() {
     use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
     let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
     let open = |name: &str| {
         desa_postgres::PgStore::open(desa_postgres::PgConfig {
             url: pg.url(),
             worker: name.into(),
+            blocks_dir: tmp.path().join(name),
         })
         .unwrap()
     };
@@ -434,19 +436,21 @@ fn migrate_is_idempotent_and_names_the_schema_version() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL"));
 }
 
-/// The database adds each request's count and double-double sum to the
-/// stored rows: those additions must lose no digit. Four requests of one
-/// event each, 1e16, 1, 1, -1e16, in one hour, one day and one place: a
-/// float8 sum gives 0; the exact sum is 2, an average of 0.5, from the hour
-/// rows, the day rows, the cell rows and the place rows alike.
+/// Each request is a block of its own, and a query adds the blocks' counts
+/// and double-double sums: those additions must lose no digit. Four
+/// requests of one event each, 1e16, 1, 1, -1e16, in one hour, one day and
+/// one place: a float8 sum gives 0; the exact sum is 2, an average of 0.5,
+/// for avg and geo alike, over the hour and over the whole day.
 #[test]
 fn sums_added_in_the_database_keep_every_digit() {
     use desa_model::GeoBox;
     use desa_store::{Store, WriteRequest};
     let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
     let store = desa_postgres::PgStore::open(desa_postgres::PgConfig {
         url: pg.url(),
         worker: "w".into(),
+        blocks_dir: tmp.path().to_owned(),
     })
     .unwrap();
     let day = 1_767_225_600;
@@ -467,8 +471,8 @@ fn sums_added_in_the_database_keep_every_digit() {
     for w in [hour, whole_day] {
         let a = store.avg("d", "t", w).unwrap();
         assert_eq!((a.count, a.avg), (4, Some(0.5)), "avg over {w:?}");
-        // A box that holds the whole 1° cell reads cell rows; one that cuts
-        // it reads the location's rows.
+        // A box that holds every point, and one that cuts the k-d tree
+        // nodes' boxes.
         for b in [
             GeoBox::new(5.0, 15.0, 15.0, 25.0).unwrap(),
             GeoBox::new(10.0, 10.5, 20.0, 20.5).unwrap(),

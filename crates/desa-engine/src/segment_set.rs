@@ -1,0 +1,79 @@
+//! Segments held outside an engine. Cluster mode keeps stored events in the
+//! database as blocks, each one segment of one UTC day; every worker keeps a
+//! local copy of the blocks and answers the three queries over them with the
+//! engine's own algorithms (see `query`), so both deployments give the same
+//! exact answers at the same per-segment cost.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use desa_model::{DeviceCount, DoubleDouble, Event, GeoBox, TimeWindow};
+
+use crate::error::Result;
+use crate::head::{NewRow, Rows};
+use crate::query;
+use crate::segment::{write_segment_unsynced, Segment, SegmentMeta};
+
+/// Writes `events`, all in UTC day `day`, as a segment file at `path`
+/// without an fsync (the data is durable elsewhere).
+pub fn write_events_unsynced(events: &[&Event], day: i64, path: &Path) -> Result<SegmentMeta> {
+    let mut rows = Rows::default();
+    for e in events {
+        rows.push(NewRow {
+            event_type: &e.event_type,
+            device: &e.device_id,
+            ts: e.ts_secs,
+            value: e.value,
+            lat: e.latitude,
+            lon: e.longitude,
+            meta: e.metadata.as_deref(),
+        });
+    }
+    let subset: Vec<u32> = (0..rows.len() as u32).collect();
+    write_segment_unsynced(&rows, &subset, day, 0, path)
+}
+
+/// Writes the rows of `parts`, segments of one UTC day, as one segment file
+/// at `path` without an fsync.
+pub fn merge_unsynced(parts: &[Arc<Segment>], path: &Path) -> Result<SegmentMeta> {
+    let mut rows = Rows::default();
+    for s in parts {
+        s.append_to(&mut rows);
+        s.release_memory();
+    }
+    let subset: Vec<u32> = (0..rows.len() as u32).collect();
+    let day = parts.first().map_or(0, |s| s.meta.partition);
+    write_segment_unsynced(&rows, &subset, day, 0, path)
+}
+
+/// A snapshot of segments to query.
+#[derive(Debug, Default, Clone)]
+pub struct SegmentSet {
+    segments: Vec<Arc<Segment>>,
+}
+
+impl SegmentSet {
+    pub fn new(segments: Vec<Arc<Segment>>) -> Self {
+        SegmentSet { segments }
+    }
+
+    pub fn segments(&self) -> &[Arc<Segment>] {
+        &self.segments
+    }
+
+    /// Count and sum of one device's values of one type in the window.
+    pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
+        query::avg(&query::plan(&self.segments, &[], w), device, event_type, w)
+    }
+
+    /// Count and sum of one type's values inside the box and the window.
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
+        query::geo(&query::plan(&self.segments, &[], w), event_type, bbox, w)
+    }
+
+    /// The K devices with the most events of the type in the window.
+    pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Vec<DeviceCount> {
+        let plan = query::plan(&self.segments, &[], w);
+        query::topk(&[], &Default::default(), &plan, event_type, w, k).0
+    }
+}
