@@ -158,7 +158,8 @@ pub struct Engine {
 
 /// Takes an exclusive `flock` on `DIR/LOCK` (released by the kernel when the
 /// process exits, kill -9 included) and writes this process's id into it.
-fn lock_dir(dir: &Path) -> Result<fs::File> {
+/// Held for as long as the returned file is open.
+pub fn lock_dir(dir: &Path) -> Result<fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");

@@ -63,6 +63,21 @@ pub struct NewRow<'a> {
     pub meta: Option<&'a str>,
 }
 
+impl<'a> NewRow<'a> {
+    /// The row of an event.
+    pub fn of(e: &'a Event) -> Self {
+        NewRow {
+            event_type: &e.event_type,
+            device: &e.device_id,
+            ts: e.ts_secs,
+            value: e.value,
+            lat: e.latitude,
+            lon: e.longitude,
+            meta: e.metadata.as_deref(),
+        }
+    }
+}
+
 /// Events as columns with interned type and device.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -260,15 +275,7 @@ impl Head {
 
     pub fn insert(&mut self, e: &Event) {
         let row = self.rows.len() as u32;
-        self.rows.push(NewRow {
-            event_type: &e.event_type,
-            device: &e.device_id,
-            ts: e.ts_secs,
-            value: e.value,
-            lat: e.latitude,
-            lon: e.longitude,
-            meta: e.metadata.as_deref(),
-        });
+        self.rows.push(NewRow::of(e));
         let t = self.rows.type_id[row as usize];
         let d = self.rows.device_id[row as usize];
         if self.by_type.len() <= t as usize {

@@ -46,7 +46,8 @@ pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest,
+    lock_dir, resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome,
+    WriteRequest,
 };
 pub use error::{Error, Result};
 pub use wal::SourceOffset;

@@ -19,15 +19,7 @@ use crate::segment::{write_segment_unsynced, Segment, SegmentMeta};
 pub fn write_events_unsynced(events: &[&Event], day: i64, path: &Path) -> Result<SegmentMeta> {
     let mut rows = Rows::default();
     for e in events {
-        rows.push(NewRow {
-            event_type: &e.event_type,
-            device: &e.device_id,
-            ts: e.ts_secs,
-            value: e.value,
-            lat: e.latitude,
-            lon: e.longitude,
-            meta: e.metadata.as_deref(),
-        });
+        rows.push(NewRow::of(e));
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     write_segment_unsynced(&rows, &subset, day, 0, path)

@@ -5,22 +5,27 @@
 //! transaction. So a local copy is kept current by reading the catalog rows
 //! that committed since the last look: those of transactions at or after
 //! the oldest transaction that was still running then (`pg_snapshot_xmin`);
-//! anything older had ended and was seen. New blocks' bodies are fetched
-//! once, written to the worker's block directory and mapped; for each day
-//! with a new block, the day's list of blocks is read in the same snapshot,
-//! and local blocks it no longer names are dropped. (A merge's own inputs
-//! are not enough: a worker may never see a block that was merged into
-//! another before it looked.)
+//! anything older had ended and was seen. For each day with a new block,
+//! the day's list of blocks is read in the same snapshot, and local blocks
+//! it no longer names are dropped. (A merge's own inputs are not enough: a
+//! worker may never see a block that was merged into another before it
+//! looked.) New blocks' bodies are then fetched, in batches and outside
+//! that snapshot's transaction, written to the worker's block directory and
+//! mapped; if a merge removed one of them meanwhile, the look starts over.
 //!
 //! Each query first looks (one round trip when nothing is new), so a query
 //! sees every write committed before it started, on any worker. A worker's
 //! own writes and merges leave their blocks' files in place, so reading them
-//! in the catalog costs no fetch.
+//! in the catalog costs no fetch. A local file is used only if its length,
+//! row count and checksum are the catalog's, and only in a directory made
+//! for this database (`desa_meta.cluster_id`), so a database re-created or
+//! restored, whose ids are issued again, never meets a stale file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use desa_engine::segment::Segment;
 use desa_engine::segment_set::SegmentSet;
@@ -28,6 +33,21 @@ use parking_lot::{Mutex, RwLock};
 use postgres::{Client, IsolationLevel};
 
 use crate::error::{Error, Result};
+
+/// Bodies fetched in one statement: at most this many bytes (by the
+/// catalog), or one block.
+const FETCH_BYTES: i64 = 64 << 20;
+/// Files younger than this are left alone by the cleanup: they may be a
+/// write's or a merge's, committed but not yet read in the catalog.
+pub(crate) const CLEANUP_AGE: Duration = Duration::from_secs(120);
+/// Listings in a row whose blocks merges removed before they were fetched,
+/// before a look gives up (each such listing follows a merge).
+const LIST_ATTEMPTS: usize = 20;
+/// The file naming the database a block directory belongs to.
+const CLUSTER_FILE: &str = "CLUSTER";
+
+/// Blocks opened for the view, by id.
+type Added = Vec<(i64, Arc<Segment>)>;
 
 /// Blocks known locally, as one consistent snapshot.
 #[derive(Debug, Default)]
@@ -40,7 +60,7 @@ pub(crate) struct View {
 }
 
 impl View {
-    fn with(&self, added: Vec<(i64, Arc<Segment>)>, gone: &HashSet<i64>) -> View {
+    fn with(&self, added: Added, gone: &HashSet<i64>) -> View {
         let mut by_id = self.by_id.clone();
         by_id.retain(|id, _| !gone.contains(id));
         by_id.extend(added.into_iter().filter(|(id, _)| !gone.contains(id)));
@@ -63,9 +83,11 @@ pub(crate) struct Blocks {
     dir: PathBuf,
     view: RwLock<Arc<View>>,
     /// Held while the view changes, so that the catalog is applied in the
-    /// order it was read. `None` until the first full listing.
-    tail: Mutex<Option<String>>,
+    /// order it was read: the xmin of the last look, `None` until the first
+    /// full listing.
+    tail: Mutex<Option<u64>>,
     next_temp: AtomicU64,
+    _lock: std::fs::File,
 }
 
 /// A block built locally and not yet committed.
@@ -74,8 +96,28 @@ pub(crate) struct NewBlock {
     pub events: u64,
     pub min_ts: i64,
     pub max_ts: i64,
+    pub crc: u32,
     pub body: Vec<u8>,
     pub file: PathBuf,
+}
+
+/// A catalog row.
+struct Listed {
+    id: i64,
+    day: i32,
+    events: i64,
+    bytes: i64,
+    crc: i64,
+}
+
+/// What one look at the catalog read, in one snapshot.
+struct Listing {
+    xmin: u64,
+    /// Rows of transactions at or after the previous xmin (every row, for
+    /// a full listing).
+    rows: Vec<Listed>,
+    /// The blocks of each day that has a row the view does not hold.
+    days: HashMap<i32, HashSet<i64>>,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -88,20 +130,36 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
     }
 }
 
+fn parse_xid(text: &str) -> Result<u64> {
+    text.parse()
+        .map_err(|_| Error::Schema(format!("unexpected transaction id {text:?}")))
+}
+
 impl Blocks {
-    /// Opens (creating) the block directory and drops unfinished files.
-    pub fn open(dir: &Path) -> Result<Blocks> {
+    /// Opens (creating) the block directory of the database `cluster_id`,
+    /// locked against other processes; drops unfinished files, and every
+    /// block file if the directory was another database's.
+    pub fn open(dir: &Path, cluster_id: &str) -> Result<Blocks> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let lock = desa_engine::lock_dir(dir)?;
+        let marker = dir.join(CLUSTER_FILE);
+        let same = std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == cluster_id);
         for entry in std::fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") || (!same && name.ends_with(".seg")) {
                 let _ = std::fs::remove_file(entry.path());
             }
+        }
+        if !same {
+            std::fs::write(&marker, cluster_id).map_err(io("write", &marker))?;
         }
         Ok(Blocks {
             dir: dir.to_owned(),
             view: RwLock::new(Arc::new(View::default())),
             tail: Mutex::new(None),
             next_temp: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
@@ -128,6 +186,7 @@ impl Blocks {
             events: seg.meta.rows,
             min_ts: seg.meta.min_ts,
             max_ts: seg.meta.max_ts,
+            crc: seg.checksum(),
             body,
             file,
         })
@@ -139,14 +198,18 @@ impl Blocks {
     /// changes in catalog order only, so a block merged away by the time it
     /// is read never comes back.
     pub fn keep(&self, built: Vec<NewBlock>, ids: &[i64]) -> Result<()> {
+        let mut failed = None;
         for (b, &id) in built.into_iter().zip(ids) {
             let path = self.path(id);
-            std::fs::rename(&b.file, &path).map_err(io("rename", &path))?;
+            if let Err(e) = std::fs::rename(&b.file, &path) {
+                let _ = std::fs::remove_file(&b.file);
+                failed.get_or_insert(io("rename", &path)(e));
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
-    fn replace_view(&self, added: Vec<(i64, Arc<Segment>)>, gone: &HashSet<i64>) {
+    fn replace_view(&self, added: Added, gone: &HashSet<i64>) {
         let next = Arc::new(self.view().with(added, gone));
         *self.view.write() = next;
         for id in gone {
@@ -157,132 +220,224 @@ impl Blocks {
     /// Brings the view up to the catalog as committed now.
     pub fn sync(&self, c: &mut Client) -> Result<()> {
         let mut tail = self.tail.lock();
-        if let Some(from) = tail.as_deref() {
+        if let Some(from) = *tail {
             // One statement, one snapshot: the catalog rows since the last
-            // look, and the oldest transaction running now.
+            // look, and the snapshot's bounds.
             let rows = c.query(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, b.id
-                   FROM (SELECT 1) AS one
+                "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, b.id
+                   FROM pg_current_snapshot() AS s
                    LEFT JOIN desa_blocks b ON b.xid >= $1::text::xid8",
-                &[&from],
+                &[&from.to_string()],
             )?;
-            let view = self.view();
-            let all_known = rows.iter().all(|r| {
-                r.get::<_, Option<i64>>(1)
-                    .is_none_or(|id| view.by_id.contains_key(&id))
-            });
-            if all_known {
-                if let Some(r) = rows.first() {
-                    *tail = Some(r.get(0));
+            let Some(first) = rows.first() else {
+                return Err(Error::Schema("the catalog look returned no row".into()));
+            };
+            let (xmin, xmax) = (parse_xid(first.get(0))?, parse_xid(first.get(1))?);
+            if xmax < from {
+                // Transaction ids went back (the database was restored or
+                // failed over to a replica that was behind): list it all.
+                tracing::warn!(
+                    from,
+                    xmax,
+                    "transaction ids went back; listing every block again"
+                );
+                *tail = None;
+            } else {
+                let view = self.view();
+                let all_known = rows.iter().all(|r| {
+                    r.get::<_, Option<i64>>(2)
+                        .is_none_or(|id| view.by_id.contains_key(&id))
+                });
+                if all_known {
+                    *tail = Some(xmin);
+                    return Ok(());
                 }
+            }
+        }
+        // A block listed but merged away before its body was read is
+        // replaced, in the next listing, by the block it was merged into.
+        for _ in 0..LIST_ATTEMPTS {
+            let listing = list(c, *tail)?;
+            if let Some(added) = self.fetch_new(c, &listing)? {
+                let full = tail.is_none();
+                self.apply(&listing, added, full);
+                *tail = Some(listing.xmin);
                 return Ok(());
             }
         }
-        let full = tail.is_none();
-        let mut tx = c
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let xmin: String = tx
-            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])?
-            .get(0);
-        let from = tail.clone().unwrap_or_else(|| "0".into());
-        let rows = tx.query(
-            "SELECT id, day FROM desa_blocks WHERE xid >= $1::text::xid8",
-            &[&from],
-        )?;
+        Err(Error::Schema(format!(
+            "blocks listed in desa_blocks had no body in desa_block_bodies {LIST_ATTEMPTS} times in a row"
+        )))
+    }
+
+    /// The listing's blocks the view does not hold, opened from local files
+    /// that match the catalog or fetched; `None` if one of them is gone.
+    fn fetch_new(&self, c: &mut Client, listing: &Listing) -> Result<Option<Added>> {
         let view = self.view();
-        let mut gone: HashSet<i64> = HashSet::new();
-        let mut added: Vec<(i64, Arc<Segment>)> = Vec::new();
-        let (mut want_ids, mut want_days) = (Vec::new(), Vec::new());
-        let mut new_days: Vec<i32> = Vec::new();
-        for r in &rows {
-            let (id, day): (i64, i32) = (r.get(0), r.get(1));
-            if view.by_id.contains_key(&id) {
-                continue;
-            }
-            new_days.push(day);
-            // A copy kept from an earlier run is as good as a fetched one:
-            // a block's content never changes.
-            match Segment::open(&self.path(id), id as u64) {
-                Ok(seg) => added.push((id, Arc::new(seg))),
-                Err(_) => {
-                    want_ids.push(id);
-                    want_days.push(day);
-                }
+        let mut added = Vec::new();
+        let mut want: Vec<&Listed> = Vec::new();
+        for r in listing
+            .rows
+            .iter()
+            .filter(|r| !view.by_id.contains_key(&r.id))
+        {
+            match self.open_matching(r) {
+                Some(seg) => added.push((r.id, Arc::new(seg))),
+                None => want.push(r),
             }
         }
-        // Blocks held locally that the catalog no longer lists are gone:
-        // all of them after a full listing, else those of the days with a
-        // new block (only a merge removes blocks, and it adds one).
-        let listed: HashSet<i64> = if full {
-            rows.iter().map(|r| r.get(0)).collect()
-        } else {
-            new_days.sort_unstable();
-            new_days.dedup();
-            tx.query(
-                "SELECT id FROM desa_blocks WHERE day = ANY($1)",
-                &[&new_days],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-        };
-        gone.extend(view.by_id.iter().filter_map(|(id, seg)| {
-            let listed_day = full || new_days.contains(&(seg.meta.partition as i32));
-            (listed_day && !listed.contains(id)).then_some(*id)
-        }));
-        if !want_ids.is_empty() {
-            want_days.sort_unstable();
-            want_days.dedup();
-            let bodies = tx.query(
-                "SELECT id, body FROM desa_block_bodies WHERE day = ANY($1) AND id = ANY($2)",
-                &[&want_days, &want_ids],
-            )?;
-            if bodies.len() != want_ids.len() {
-                return Err(Error::Schema(format!(
-                    "{} of {} listed blocks have no body in desa_block_bodies",
-                    want_ids.len() - bodies.len(),
-                    want_ids.len()
-                )));
+        let mut at = 0;
+        while at < want.len() {
+            let mut end = at + 1;
+            let mut bytes = want[at].bytes;
+            while end < want.len() && bytes + want[end].bytes <= FETCH_BYTES {
+                bytes += want[end].bytes;
+                end += 1;
             }
-            for r in &bodies {
-                let id: i64 = r.get(0);
-                let body: &[u8] = r.get(1);
+            let batch = &want[at..end];
+            at = end;
+            let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+            let mut days: Vec<i32> = batch.iter().map(|r| r.day).collect();
+            days.sort_unstable();
+            days.dedup();
+            let bodies = c.query(
+                "SELECT id, body FROM desa_block_bodies WHERE day = ANY($1) AND id = ANY($2)",
+                &[&days, &ids],
+            )?;
+            if bodies.len() != ids.len() {
+                return Ok(None);
+            }
+            for b in &bodies {
+                let id: i64 = b.get(0);
+                let body: &[u8] = b.get(1);
                 let temp = self.temp_path();
                 std::fs::write(&temp, body).map_err(io("write", &temp))?;
                 let path = self.path(id);
                 std::fs::rename(&temp, &path).map_err(io("rename", &path))?;
-                added.push((id, Arc::new(Segment::open(&path, id as u64)?)));
+                let seg = Segment::open(&path, id as u64)?;
+                let listed = batch.iter().find(|r| r.id == id);
+                if listed.is_none_or(|r| !matches(&seg, r)) {
+                    return Err(Error::Schema(format!(
+                        "block {id}'s body does not match its catalog row (length, events or checksum)"
+                    )));
+                }
+                added.push((id, Arc::new(seg)));
             }
         }
-        tx.commit()?;
-        self.replace_view(added, &gone);
-        if full {
-            self.remove_unlisted();
-        }
-        *tail = Some(xmin);
-        Ok(())
+        Ok(Some(added))
     }
 
-    /// Deletes block files the view does not hold (left by an earlier run).
-    fn remove_unlisted(&self) {
+    /// The local file of a listed block, if there is one and it is that block.
+    fn open_matching(&self, r: &Listed) -> Option<Segment> {
+        let seg = Segment::open(&self.path(r.id), r.id as u64).ok()?;
+        matches(&seg, r).then_some(seg)
+    }
+
+    fn apply(&self, listing: &Listing, added: Added, full: bool) {
+        let view = self.view();
+        // Blocks held locally that the catalog no longer lists are gone:
+        // all of them after a full listing, else those of the days with a
+        // new block (only a merge removes blocks, and it adds one).
+        let listed: HashSet<i64> = listing.rows.iter().map(|r| r.id).collect();
+        let gone: HashSet<i64> = view
+            .by_id
+            .iter()
+            .filter(|(id, seg)| {
+                if full {
+                    !listed.contains(id)
+                } else {
+                    listing
+                        .days
+                        .get(&(seg.meta.partition as i32))
+                        .is_some_and(|day| !day.contains(id))
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.replace_view(added, &gone);
+    }
+
+    /// Deletes files the view does not hold (an earlier run's, a block
+    /// merged away before its write kept it, a half-written one) that are
+    /// older than `min_age`: [`CLEANUP_AGE`] while writes may be keeping
+    /// files the view does not hold yet, zero before any write.
+    pub fn remove_unlisted(&self, min_age: Duration) {
         let view = self.view();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        let now = SystemTime::now();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let id = name.to_str().and_then(|n| {
-                n.strip_prefix('b')?
-                    .strip_suffix(".seg")?
-                    .parse::<i64>()
-                    .ok()
-            });
-            if id.is_some_and(|id| !view.by_id.contains_key(&id)) {
+            let Some(name) = name.to_str() else { continue };
+            let stale = if let Some(id) = name
+                .strip_prefix('b')
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                !view.by_id.contains_key(&id)
+            } else {
+                name.ends_with(".tmp")
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= min_age);
+            if stale && old {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+}
+
+/// Whether a segment is the block a catalog row describes.
+fn matches(seg: &Segment, r: &Listed) -> bool {
+    seg.meta.rows as i64 == r.events
+        && seg.meta.bytes as i64 == r.bytes
+        && i64::from(seg.checksum()) == r.crc
+}
+
+/// Reads the catalog in one short repeatable-read transaction: rows since
+/// `from` (all of them when `None`), and the blocks of each day with a row
+/// the caller may not hold.
+fn list(c: &mut Client, from: Option<u64>) -> Result<Listing> {
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let xmin = parse_xid(
+        tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])?
+            .get(0),
+    )?;
+    let rows: Vec<Listed> = tx
+        .query(
+            "SELECT id, day, events, bytes, crc FROM desa_blocks WHERE xid >= $1::text::xid8",
+            &[&from.unwrap_or(0).to_string()],
+        )?
+        .iter()
+        .map(|r| Listed {
+            id: r.get(0),
+            day: r.get(1),
+            events: i64::from(r.get::<_, i32>(2)),
+            bytes: i64::from(r.get::<_, i32>(3)),
+            crc: r.get(4),
+        })
+        .collect();
+    let mut days: HashMap<i32, HashSet<i64>> = HashMap::new();
+    if from.is_some() && !rows.is_empty() {
+        let mut wanted: Vec<i32> = rows.iter().map(|r| r.day).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for r in tx.query(
+            "SELECT day, id FROM desa_blocks WHERE day = ANY($1)",
+            &[&wanted],
+        )? {
+            days.entry(r.get(0)).or_default().insert(r.get(1));
+        }
+    }
+    tx.commit()?;
+    Ok(Listing { xmin, rows, days })
 }

@@ -5,10 +5,14 @@
 //! (a factor of four per tier, blocks under [`SMALL_EVENTS`] events in the
 //! first); [`FAN_IN`] blocks of one tier are merged into one, so a day that
 //! is still written holds O(log n) blocks. A day that event time has left
-//! behind (two days before the newest event) is merged into one block. A
-//! merge deletes its blocks and adds the merged one in one transaction; an
-//! advisory lock per day keeps two workers off the same day, and the delete
-//! must find every block it merged, or nothing commits.
+//! behind (two days before the newest event) is merged into one block once
+//! its smaller blocks hold an eighth of its largest one's events, so late
+//! events rewrite a past day at most every eighth of its size. No merge
+//! makes a block over [`MAX_MERGED_BYTES`] (PostgreSQL's values stop at
+//! 1 GB). A merge deletes its blocks and adds the merged one in one
+//! transaction; an advisory lock per day keeps two workers off the same
+//! day (a worker whose first choice is locked takes the next day), and the
+//! delete must find every block it merged, or nothing commits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +30,8 @@ pub const FAN_IN: usize = 4;
 const MAX_FAN_IN: usize = 16;
 /// Blocks under this many events are all of the first tier.
 pub const SMALL_EVENTS: u64 = 4096;
+/// No merge makes a block larger than this.
+pub const MAX_MERGED_BYTES: u64 = 256 << 20;
 /// Advisory lock space of merges (the second key is the day).
 const MERGE_LOCK: i32 = 7_218_033;
 
@@ -37,66 +43,93 @@ fn tier(events: u64) -> u32 {
     }
 }
 
-/// The blocks of the next merge, all of one day, if any merge is due.
-pub(crate) fn pick(segments: &[Arc<Segment>]) -> Option<Vec<Arc<Segment>>> {
+/// The smallest of `blocks` (sorted by size) whose sizes add up to at most
+/// [`MAX_MERGED_BYTES`], at most [`MAX_FAN_IN`] of them, if at least `min`.
+fn capped(mut blocks: Vec<Arc<Segment>>, min: usize) -> Option<Vec<Arc<Segment>>> {
+    blocks.sort_by_key(|s| s.meta.bytes);
+    let mut total = 0;
+    let take = blocks
+        .iter()
+        .take(MAX_FAN_IN)
+        .take_while(|s| {
+            total += s.meta.bytes;
+            total <= MAX_MERGED_BYTES
+        })
+        .count();
+    blocks.truncate(take);
+    (blocks.len() >= min.max(2)).then_some(blocks)
+}
+
+/// The merges due, at most one per day, most recent day first.
+pub(crate) fn due(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
     let mut by_day: BTreeMap<i64, Vec<Arc<Segment>>> = BTreeMap::new();
     for s in segments {
         by_day.entry(s.meta.partition).or_default().push(s.clone());
     }
-    let newest = segments
+    let Some(newest) = segments
         .iter()
         .filter(|s| s.meta.rows > 0)
         .map(|s| s.meta.max_ts.div_euclid(86_400))
-        .max()?;
-    // Recent days first: that is where writes land.
+        .max()
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
     for (&day, blocks) in by_day.iter().rev() {
         if blocks.len() < 2 {
             continue;
         }
         if day + 2 <= newest {
-            let mut all = blocks.clone();
-            all.sort_by_key(|s| s.meta.rows);
-            all.truncate(MAX_FAN_IN);
-            return Some(all);
+            let largest = blocks.iter().map(|s| s.meta.rows).max().unwrap_or(0);
+            let rest: u64 = blocks.iter().map(|s| s.meta.rows).sum::<u64>() - largest;
+            if rest * 8 >= largest {
+                if let Some(all) = capped(blocks.clone(), 2) {
+                    out.push(all);
+                    continue;
+                }
+            }
         }
         let mut tiers: BTreeMap<u32, Vec<Arc<Segment>>> = BTreeMap::new();
         for b in blocks {
             tiers.entry(tier(b.meta.rows)).or_default().push(b.clone());
         }
-        if let Some(mut due) = tiers.into_values().find(|t| t.len() >= FAN_IN) {
-            due.truncate(MAX_FAN_IN);
-            return Some(due);
+        if let Some(m) = tiers
+            .into_values()
+            .filter(|t| t.len() >= FAN_IN)
+            .find_map(|t| capped(t, FAN_IN))
+        {
+            out.push(m);
         }
     }
-    None
+    out
 }
 
-/// Runs one merge if one is due and no other worker holds its day. Returns
-/// whether it merged.
+/// Runs one merge if one is due on a day no other worker is merging.
+/// Returns whether it merged.
 pub(crate) fn merge_once(blocks: &Blocks, c: &mut Client) -> Result<bool> {
     blocks.sync(c)?;
     let view = blocks.view();
-    let Some(parts) = pick(view.set.segments()) else {
-        return Ok(false);
-    };
-    let day = parts[0].meta.partition;
-    let got: bool = c
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
+    for parts in due(view.set.segments()) {
+        let day = parts[0].meta.partition;
+        let got: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&MERGE_LOCK, &(day as i32)],
+            )?
+            .get(0);
+        if !got {
+            continue;
+        }
+        let result = merge_locked(blocks, c, &parts, day);
+        // A session that fails to unlock is dropped by the caller, which
+        // releases the lock with it.
+        c.execute(
+            "SELECT pg_advisory_unlock($1, $2)",
             &[&MERGE_LOCK, &(day as i32)],
-        )?
-        .get(0);
-    if !got {
-        return Ok(false);
+        )?;
+        return result;
     }
-    let result = merge_locked(blocks, c, &parts, day);
-    let unlocked = c.execute(
-        "SELECT pg_advisory_unlock($1, $2)",
-        &[&MERGE_LOCK, &(day as i32)],
-    );
-    let merged = result?;
-    unlocked?;
-    Ok(merged)
+    Ok(false)
 }
 
 fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i64) -> Result<bool> {

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS desa_blocks (
     bytes integer NOT NULL,
     min_ts bigint NOT NULL,
     max_ts bigint NOT NULL,
+    crc bigint NOT NULL,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX IF NOT EXISTS desa_blocks_by_xid ON desa_blocks (xid);
@@ -147,6 +148,12 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         "INSERT INTO desa_meta (key, value) VALUES ('schema_version', $1)",
         &[&SCHEMA_VERSION.to_string()],
     )?;
+    // Names this database to the workers' block directories: block ids are
+    // issued again by a database created anew (or restored).
+    tx.execute(
+        "INSERT INTO desa_meta (key, value) VALUES ('cluster_id', gen_random_uuid()::text)",
+        &[],
+    )?;
     if !exists {
         if timescale {
             tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
@@ -158,6 +165,13 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
     let kind = partitioning(&mut tx)?;
     tx.commit()?;
     Ok(kind)
+}
+
+/// The id `migrate` gave this database.
+pub fn cluster_id(client: &mut Client) -> Result<String> {
+    Ok(client
+        .query_one("SELECT value FROM desa_meta WHERE key = 'cluster_id'", &[])?
+        .get(0))
 }
 
 /// How the existing `desa_block_bodies` is partitioned.

@@ -74,6 +74,7 @@ struct Shared {
     fenced: AtomicU64,
     write_nanos: AtomicU64,
     merges: AtomicU64,
+    merge_failures: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -111,8 +112,11 @@ impl PgStore {
         let pg = Target::parse(&cfg.url)?;
         let mut client = connect(&pg, true)?;
         let partitioning = schema::migrate(&mut client)?;
-        let blocks = Blocks::open(&cfg.blocks_dir)?;
-        blocks.sync(&mut client)?;
+        let blocks = Blocks::open(&cfg.blocks_dir, &schema::cluster_id(&mut client)?)?;
+        // The first look lists every block and may fetch many: on a query
+        // connection, without the writers' idle-transaction timeout.
+        blocks.sync(&mut connect(&pg, false)?)?;
+        blocks.remove_unlisted(std::time::Duration::ZERO);
         let shared = Arc::new(Shared {
             cfg,
             pg,
@@ -130,6 +134,7 @@ impl PgStore {
             fenced: AtomicU64::new(0),
             write_nanos: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            merge_failures: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         refresh(&shared, &mut client, true)?;
@@ -223,6 +228,7 @@ fn refresh(shared: &Shared, c: &mut Client, full: bool) -> Result<()> {
     if !full {
         return Ok(());
     }
+    shared.blocks.remove_unlisted(crate::blocks::CLEANUP_AGE);
     let bytes: i64 = c
         .query_one(
             "SELECT coalesce(sum(pg_total_relation_size(oid)), 0)::int8 FROM pg_class
@@ -275,7 +281,9 @@ fn probe_loop(shared: &Shared) {
 }
 
 /// Merges blocks while merges are due, then looks again every half second.
-/// Failures (the database down, another worker's merge first) are retried.
+/// Failures (the database down, another worker's merge first) are retried
+/// on a new connection, which also drops any advisory lock the failed one
+/// held; a panic is reported and the loop goes on.
 fn merge_loop(shared: &Shared) {
     let mut client: Option<Client> = None;
     while !shared.stop.load(Ordering::SeqCst) {
@@ -283,10 +291,25 @@ fn merge_loop(shared: &Shared) {
             client = connect(&shared.pg, true).ok();
         }
         let merged = match client.as_mut() {
-            Some(c) => crate::compact::merge_once(&shared.blocks, c).unwrap_or_else(|e| {
-                tracing::debug!(error = %e.describe(), "merge failed; retrying");
-                false
-            }),
+            Some(c) => {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::compact::merge_once(&shared.blocks, c)
+                }));
+                match run {
+                    Ok(Ok(merged)) => merged,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e.describe(), "merge failed; retrying");
+                        client = None;
+                        false
+                    }
+                    Err(_) => {
+                        tracing::error!("a merge panicked; retrying");
+                        shared.merge_failures.fetch_add(1, Ordering::Relaxed);
+                        client = None;
+                        false
+                    }
+                }
+            }
             None => false,
         };
         if merged {
@@ -518,6 +541,11 @@ impl Store for PgStore {
                 "desa_postgres_block_merges_total",
                 "Merges of blocks this worker committed.",
                 s.merges.load(Ordering::Relaxed),
+            ),
+            (
+                "desa_postgres_block_merge_panics_total",
+                "Merges that panicked (a bug; the merger goes on).",
+                s.merge_failures.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(

@@ -68,10 +68,11 @@ pub(crate) fn insert_blocks(
     let bytes: Vec<i32> = built.iter().map(|b| b.body.len() as i32).collect();
     let min_ts: Vec<i64> = built.iter().map(|b| b.min_ts).collect();
     let max_ts: Vec<i64> = built.iter().map(|b| b.max_ts).collect();
+    let crc: Vec<i64> = built.iter().map(|b| i64::from(b.crc)).collect();
     tx.execute(
-        "INSERT INTO desa_blocks (id, day, events, bytes, min_ts, max_ts)
-         SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int8[], $6::int8[])",
-        &[&ids, &days, &events, &bytes, &min_ts, &max_ts],
+        "INSERT INTO desa_blocks (id, day, events, bytes, min_ts, max_ts, crc)
+         SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int8[], $6::int8[], $7::int8[])",
+        &[&ids, &days, &events, &bytes, &min_ts, &max_ts, &crc],
     )?;
     let bodies: Vec<&[u8]> = built.iter().map(|b| b.body.as_slice()).collect();
     tx.execute(
@@ -116,8 +117,14 @@ pub(crate) fn write_tx(
     let mut tx = client.transaction()?;
 
     // Fence first: the offsets rows stay locked until commit, so a claim by
-    // another worker waits for this transaction or makes it fail here.
+    // another worker waits for this transaction or makes it fail here. A
+    // partition already at or past the request's offset took this request
+    // before: a retry after its commit's acknowledgement was lost. It is
+    // answered as applied, and nothing is written again.
     let mut by_source: BTreeMap<&str, Vec<(i32, i64, i64)>> = BTreeMap::new();
+    // Whether the request was seen before (a retry), and whether it moved
+    // any partition on: a request may be one or the other, never both.
+    let (mut retried, mut advanced) = (false, false);
     for o in &req.source_offsets {
         let Some(&epoch) = epochs.get(&(o.source.clone(), o.partition)) else {
             return Err(Failed::Fenced(o.source.clone(), o.partition));
@@ -136,14 +143,42 @@ pub(crate) fn write_tx(
             "UPDATE desa_offsets o SET next_offset = v.next
              FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS v(p, next, epoch)
              WHERE o.source = $1 AND o.partition = v.p AND o.epoch = v.epoch
+               AND (o.next_offset IS NULL OR o.next_offset < v.next)
              RETURNING o.partition",
             &[&source, &ps, &nexts, &eps],
         )?;
-        if updated.len() != ps.len() {
-            let done: Vec<i32> = updated.iter().map(|r| r.get(0)).collect();
-            let lost = ps.iter().find(|p| !done.contains(p)).copied().unwrap_or(-1);
-            return Err(Failed::Fenced(source.to_owned(), lost));
+        if updated.len() == ps.len() {
+            advanced = true;
+            continue;
         }
+        let done: Vec<i32> = updated.iter().map(|r| r.get(0)).collect();
+        let stored = tx.query(
+            "SELECT partition, epoch, next_offset FROM desa_offsets
+              WHERE source = $1 AND partition = ANY($2)",
+            &[&source, &ps],
+        )?;
+        for &(p, next, epoch) in parts.iter().filter(|p| !done.contains(&p.0)) {
+            let row = stored.iter().find(|r| r.get::<_, i32>(0) == p);
+            let seen = row.is_some_and(|r| {
+                r.get::<_, i64>(1) == epoch && r.get::<_, Option<i64>>(2).is_some_and(|n| n >= next)
+            });
+            // Only a request wholly seen before is a retry; one that also
+            // advanced another partition is not one this source sends.
+            if !seen || !done.is_empty() {
+                return Err(Failed::Fenced(source.to_owned(), p));
+            }
+        }
+        retried = true;
+    }
+    if retried && advanced {
+        return Err(Failed::Fenced(
+            req.source_offsets[0].source.clone(),
+            req.source_offsets[0].partition,
+        ));
+    }
+    if retried {
+        tx.rollback()?;
+        return Ok((WriteOutcome::Applied, Vec::new()));
     }
 
     if let Some(key) = &req.idempotency_key {

@@ -109,6 +109,14 @@ impl Segment {
         &self.path
     }
 
+    /// The file's checksum (CRC-32C of everything before the footer's last
+    /// 16 bytes), as verified by [`open`](Self::open).
+    pub fn checksum(&self) -> u32 {
+        let m = &self.file.map;
+        let at = m.len() - 16;
+        u32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]])
+    }
+
     fn bytes(&self, s: usize) -> &[u8] {
         self.file.bytes(s)
     }
