@@ -6,16 +6,18 @@
 //! first); [`FAN_IN`] blocks of one tier are merged into one, so a day that
 //! is still written holds O(log n) blocks. A day that event time has left
 //! behind (two days before the newest event) is merged into one block once
-//! its smaller blocks hold an eighth of its largest one's events, so late
-//! events rewrite a past day at most every eighth of its size. No merge
+//! its smaller blocks hold 1/[`PAST_DAY_SHARE`] of its largest one's events,
+//! or once no block has come to it for [`QUIET`]: a steady trickle of late
+//! events rewrites a past day at most once per that share of its size. No merge
 //! makes a block over [`MAX_MERGED_BYTES`] (PostgreSQL's values stop at
 //! 1 GB). A merge deletes its blocks and adds the merged one in one
 //! transaction; an advisory lock per day keeps two workers off the same
 //! day (a worker whose first choice is locked takes the next day), and the
 //! delete must find every block it merged, or nothing commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use desa_engine::segment::Segment;
 use postgres::Client;
@@ -32,6 +34,11 @@ const MAX_FAN_IN: usize = 16;
 pub const SMALL_EVENTS: u64 = 4096;
 /// No merge makes a block larger than this.
 pub const MAX_MERGED_BYTES: u64 = 256 << 20;
+/// A past day is merged whole once its smaller blocks hold this fraction
+/// (1/n) of its largest block's events ...
+pub const PAST_DAY_SHARE: u64 = 32;
+/// ... or once its blocks have not changed for this long.
+pub const QUIET: Duration = Duration::from_secs(10);
 /// Advisory lock space of merges (the second key is the day).
 const MERGE_LOCK: i32 = 7_218_033;
 
@@ -60,8 +67,35 @@ fn capped(mut blocks: Vec<Arc<Segment>>, min: usize) -> Option<Vec<Arc<Segment>>
     (blocks.len() >= min.max(2)).then_some(blocks)
 }
 
-/// The merges due, at most one per day, most recent day first.
-pub(crate) fn due(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
+/// When each day's set of blocks last changed, as this worker saw it: a
+/// past day left alone for [`QUIET`] is merged whole.
+#[derive(Default)]
+pub(crate) struct Quiet {
+    days: HashMap<i64, (Vec<u64>, Instant)>,
+}
+
+impl Quiet {
+    /// Whether the day's blocks are `ids` and have been for [`QUIET`].
+    fn settled(&mut self, day: i64, ids: Vec<u64>, now: Instant) -> bool {
+        let e = self.days.entry(day).or_insert_with(|| (ids.clone(), now));
+        if e.0 != ids {
+            *e = (ids, now);
+        }
+        now.duration_since(e.1) >= QUIET
+    }
+}
+
+/// What the merger found to do.
+#[derive(Default)]
+pub(crate) struct Due {
+    /// The merges due, at most one per day, most recent day first.
+    pub merges: Vec<Vec<Arc<Segment>>>,
+    /// Past days of several blocks that will be merged once left alone.
+    pub waiting: usize,
+}
+
+/// The merges due now.
+pub(crate) fn due(segments: &[Arc<Segment>], quiet: &mut Quiet, now: Instant) -> Due {
     let mut by_day: BTreeMap<i64, Vec<Arc<Segment>>> = BTreeMap::new();
     for s in segments {
         by_day.entry(s.meta.partition).or_default().push(s.clone());
@@ -72,9 +106,12 @@ pub(crate) fn due(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
         .map(|s| s.meta.max_ts.div_euclid(86_400))
         .max()
     else {
-        return Vec::new();
+        return Due::default();
     };
-    let mut out = Vec::new();
+    quiet
+        .days
+        .retain(|d, _| by_day.get(d).is_some_and(|b| b.len() > 1));
+    let mut out = Due::default();
     for (&day, blocks) in by_day.iter().rev() {
         if blocks.len() < 2 {
             continue;
@@ -82,11 +119,16 @@ pub(crate) fn due(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
         if day + 2 <= newest {
             let largest = blocks.iter().map(|s| s.meta.rows).max().unwrap_or(0);
             let rest: u64 = blocks.iter().map(|s| s.meta.rows).sum::<u64>() - largest;
-            if rest * 8 >= largest {
+            let mut ids: Vec<u64> = blocks.iter().map(|s| s.meta.id).collect();
+            ids.sort_unstable();
+            let settled = quiet.settled(day, ids, now);
+            if rest * PAST_DAY_SHARE >= largest || settled {
                 if let Some(all) = capped(blocks.clone(), 2) {
-                    out.push(all);
+                    out.merges.push(all);
                     continue;
                 }
+            } else {
+                out.waiting += 1;
             }
         }
         let mut tiers: BTreeMap<u32, Vec<Arc<Segment>>> = BTreeMap::new();
@@ -98,18 +140,24 @@ pub(crate) fn due(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
             .filter(|t| t.len() >= FAN_IN)
             .find_map(|t| capped(t, FAN_IN))
         {
-            out.push(m);
+            out.merges.push(m);
         }
     }
     out
 }
 
 /// Runs one merge if one is due on a day no other worker is merging.
-/// Returns whether it merged.
-pub(crate) fn merge_once(blocks: &Blocks, c: &mut Client) -> Result<bool> {
+/// Returns whether it merged, and whether merges are due or waiting.
+pub(crate) fn merge_once(
+    blocks: &Blocks,
+    c: &mut Client,
+    quiet: &mut Quiet,
+) -> Result<(bool, bool)> {
     blocks.sync(c)?;
     let view = blocks.view();
-    for parts in due(view.set.segments()) {
+    let due = due(view.set.segments(), quiet, Instant::now());
+    let pending = !due.merges.is_empty() || due.waiting > 0;
+    for parts in due.merges {
         let day = parts[0].meta.partition;
         let got: bool = c
             .query_one(
@@ -127,9 +175,9 @@ pub(crate) fn merge_once(blocks: &Blocks, c: &mut Client) -> Result<bool> {
             "SELECT pg_advisory_unlock($1, $2)",
             &[&MERGE_LOCK, &(day as i32)],
         )?;
-        return result;
+        return Ok((result?, true));
     }
-    Ok(false)
+    Ok((false, pending))
 }
 
 fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i64) -> Result<bool> {

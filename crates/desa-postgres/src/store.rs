@@ -75,6 +75,8 @@ struct Shared {
     write_nanos: AtomicU64,
     merges: AtomicU64,
     merge_failures: AtomicU64,
+    /// Merges are due, or past days wait to be left alone to be merged.
+    merges_pending: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -135,6 +137,7 @@ impl PgStore {
             write_nanos: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             merge_failures: AtomicU64::new(0),
+            merges_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         refresh(&shared, &mut client, true)?;
@@ -286,6 +289,7 @@ fn probe_loop(shared: &Shared) {
 /// held; a panic is reported and the loop goes on.
 fn merge_loop(shared: &Shared) {
     let mut client: Option<Client> = None;
+    let mut quiet = crate::compact::Quiet::default();
     while !shared.stop.load(Ordering::SeqCst) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = connect(&shared.pg, true).ok();
@@ -293,10 +297,13 @@ fn merge_loop(shared: &Shared) {
         let merged = match client.as_mut() {
             Some(c) => {
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::compact::merge_once(&shared.blocks, c)
+                    crate::compact::merge_once(&shared.blocks, c, &mut quiet)
                 }));
                 match run {
-                    Ok(Ok(merged)) => merged,
+                    Ok(Ok((merged, pending))) => {
+                        shared.merges_pending.store(pending, Ordering::Relaxed);
+                        merged
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e.describe(), "merge failed; retrying");
                         client = None;
@@ -505,7 +512,7 @@ impl Store for PgStore {
             unflushed_events: 0,
             segments: self.shared.blocks.view().by_id.len() as u64,
             summaries: 0,
-            maintenance_pending: false,
+            maintenance_pending: self.shared.merges_pending.load(Ordering::Relaxed),
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
             watermark_secs: *self.shared.watermark.lock(),
             unavailable: self.shared.down.lock().clone(),

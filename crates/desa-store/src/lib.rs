@@ -97,8 +97,9 @@ pub struct StoreStats {
     pub segments: u64,
     /// Summaries of whole-day blocks (embedded only).
     pub summaries: u64,
-    /// A flush, merge or summary is due (embedded only): answers are exact
-    /// either way, but not yet as fast as they will be.
+    /// A flush, merge or summary is due (in cluster mode: a merge of
+    /// blocks): answers are exact either way, but not yet as fast as they
+    /// will be.
     pub maintenance_pending: bool,
     pub storage_bytes: u64,
     /// Largest event timestamp stored (event-time progress).

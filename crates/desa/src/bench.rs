@@ -615,7 +615,8 @@ fn start_and_load(
 
     // Let compaction and summaries finish, so queries see the steady state
     // (the newest events stay in the in-memory head until it fills). A
-    // database store reports no maintenance; its file counts stay 0.
+    // database store counts its blocks as segments and reports merges due
+    // as maintenance; it has no summaries.
     let settle_started = Instant::now();
     let mut last = ((u64::MAX, 0), 0u32);
     while settle_started.elapsed() < Duration::from_secs(900) {
