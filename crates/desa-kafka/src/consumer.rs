@@ -435,11 +435,9 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
 /// partitions' writes at once), then commits the offsets to Kafka.
 ///
 /// Partitions are written apart so that their transactions can run side by
-/// side: with producers keying events by device, partitions share no
-/// device, so in cluster mode their transactions share no series row (and
-/// no place row unless two partitions' devices report the same location)
-/// to queue on. Each partition's offset still advances in order: the
-/// next batch waits for every write of this one.
+/// side: in cluster mode each writes its own blocks and offset row, so they
+/// share no row to queue on. Each partition's offset still advances in
+/// order: the next batch waits for every write of this one.
 ///
 /// Retries a partition's write with backoff while the store cannot persist
 /// it; nothing is dropped, unless another worker has claimed the

@@ -32,9 +32,9 @@ use crate::write::{build_blocks, days_of, discard, write_tx};
 /// Idempotency keys are kept this long, as in the embedded engine.
 const KEY_RETENTION_SECS: i64 = 24 * 3600;
 const QUERY_POOL: usize = 4;
-/// Write transactions in flight at once (concurrent HTTP requests; a Kafka
-/// source writes one batch at a time). Transactions lock rows table by table
-/// in key order, so concurrent ones cannot deadlock.
+/// Write transactions in flight at once (concurrent HTTP requests, and the
+/// partitions of a Kafka batch, written side by side). They share no rows
+/// but the offsets of a partition, which one transaction at a time holds.
 const WRITERS: usize = 3;
 
 fn now_secs() -> i64 {
@@ -143,33 +143,31 @@ impl PgStore {
         refresh(&shared, &mut client, true)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(f)
+                .map_err(|e| Error::Config(format!("cannot start thread {name}: {e}")))
+        };
         let mut threads = Vec::new();
         let mut first = Some(client);
         for i in 0..WRITERS {
             let (shared, rx, client) = (shared.clone(), rx.clone(), first.take());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("desa-pg-writer-{i}"))
-                    .spawn(move || writer_loop(&shared, client, &rx))
-                    .map_err(|e| Error::Config(format!("cannot start a writer thread: {e}")))?,
-            );
+            threads.push(spawn(
+                format!("desa-pg-writer-{i}"),
+                Box::new(move || writer_loop(&shared, client, &rx)),
+            )?);
         }
-        let prober = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("desa-pg-probe".into())
-                .spawn(move || probe_loop(&shared))
-                .map_err(|e| Error::Config(format!("cannot start the probe thread: {e}")))?
-        };
-        threads.push(prober);
-        let merger = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("desa-pg-merge".into())
-                .spawn(move || merge_loop(&shared))
-                .map_err(|e| Error::Config(format!("cannot start the merge thread: {e}")))?
-        };
-        threads.push(merger);
+        let s = shared.clone();
+        threads.push(spawn(
+            "desa-pg-probe".into(),
+            Box::new(move || probe_loop(&s)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "desa-pg-merge".into(),
+            Box::new(move || merge_loop(&s)),
+        )?);
         Ok(PgStore {
             shared,
             tx: Mutex::new(Some(tx)),

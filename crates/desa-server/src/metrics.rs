@@ -129,7 +129,7 @@ impl Metrics {
             head_events: gauge("desa_head_events", "Events in memory not yet in segments."),
             segments: gauge("desa_segments", "Live segment files."),
             summaries: gauge("desa_summaries", "Live summary files (whole-day blocks)."),
-            storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment and summary files."),
+            storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment and summary files (cluster mode: of the database's desa tables)."),
             resident_bytes: gauge("desa_resident_memory_bytes", "Resident memory of the process."),
             watermark: Gauge::new("desa_event_time_watermark_seconds", "Largest event timestamp stored.")
                 .unwrap_or_else(|e| unreachable!("{e}")),

@@ -515,7 +515,7 @@ fn migrate_is_idempotent_and_names_the_schema_version() {
 /// one place: a float8 sum gives 0; the exact sum is 2, an average of 0.5,
 /// for avg and geo alike, over the hour and over the whole day.
 #[test]
-fn sums_added_in_the_database_keep_every_digit() {
+fn sums_added_across_blocks_keep_every_digit() {
     use desa_model::GeoBox;
     use desa_store::{Store, WriteRequest};
     let pg = Postgres::start();
