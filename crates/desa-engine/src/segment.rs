@@ -34,8 +34,10 @@ mod build;
 mod kd;
 mod read;
 
-pub use build::{write_segment, write_segment_unsynced};
+pub(crate) use build::build_segment;
+pub use build::write_segment;
 pub use kd::{KdNode, KdPoint};
+pub use read::checksum_of;
 pub use read::Segment;
 
 /// Rows per k-d tree leaf.

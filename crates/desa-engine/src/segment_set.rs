@@ -12,7 +12,7 @@ use desa_model::{DeviceCount, DoubleDouble, Event, GeoBox, TimeWindow};
 use crate::error::Result;
 use crate::head::{NewRow, Rows};
 use crate::query;
-use crate::segment::{write_segment_unsynced, Segment, SegmentMeta};
+use crate::segment::{build_segment, Segment, SegmentMeta};
 
 /// Writes `events`, all in UTC day `day`, as a segment file at `path`
 /// without an fsync (the data is durable elsewhere).
@@ -22,7 +22,7 @@ pub fn write_events_unsynced(events: &[&Event], day: i64, path: &Path) -> Result
         rows.push(NewRow::of(e));
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
-    write_segment_unsynced(&rows, &subset, day, 0, path)
+    build_segment(&rows, &subset, day, 0, path, false)
 }
 
 /// Writes the rows of `parts`, segments of one UTC day, as one segment file
@@ -35,7 +35,7 @@ pub fn merge_unsynced(parts: &[Arc<Segment>], path: &Path) -> Result<SegmentMeta
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     let day = parts.first().map_or(0, |s| s.meta.partition);
-    write_segment_unsynced(&rows, &subset, day, 0, path)
+    build_segment(&rows, &subset, day, 0, path, false)
 }
 
 /// A snapshot of segments to query.

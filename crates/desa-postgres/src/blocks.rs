@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use desa_engine::segment::Segment;
+use desa_engine::segment::{checksum_of, Segment, SegmentMeta};
 use desa_engine::segment_set::SegmentSet;
 use parking_lot::{Mutex, RwLock};
 use postgres::{Client, IsolationLevel};
@@ -177,16 +177,22 @@ impl Blocks {
         self.dir.join(format!("new-{}-{n}.tmp", std::process::id()))
     }
 
-    /// Reads a block built at `file` into a [`NewBlock`].
-    pub fn built(&self, day: i64, file: PathBuf) -> Result<NewBlock> {
+    /// Reads the segment just written at `file` (described by `meta`) into
+    /// a [`NewBlock`].
+    pub fn built(&self, meta: &SegmentMeta, file: PathBuf) -> Result<NewBlock> {
         let body = std::fs::read(&file).map_err(io("read", &file))?;
-        let seg = Segment::open(&file, 0)?;
+        let Some(crc) = checksum_of(&body) else {
+            return Err(Error::Schema(format!(
+                "{} is too short to be a segment",
+                file.display()
+            )));
+        };
         Ok(NewBlock {
-            day,
-            events: seg.meta.rows,
-            min_ts: seg.meta.min_ts,
-            max_ts: seg.meta.max_ts,
-            crc: seg.checksum(),
+            day: meta.partition,
+            events: meta.rows,
+            min_ts: meta.min_ts,
+            max_ts: meta.max_ts,
+            crc,
             body,
             file,
         })

@@ -192,10 +192,10 @@ fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i6
         return Ok(false);
     }
     let file = blocks.temp_path();
-    desa_engine::segment_set::merge_unsynced(parts, &file).inspect_err(|_| {
+    let meta = desa_engine::segment_set::merge_unsynced(parts, &file).inspect_err(|_| {
         let _ = std::fs::remove_file(&file);
     })?;
-    let built = vec![blocks.built(day, file)?];
+    let built = vec![blocks.built(&meta, file)?];
     let ids: Vec<i64> = parts.iter().map(|p| p.meta.id as i64).collect();
     let committed = (|| -> Result<Option<Vec<i64>>> {
         let mut tx = c.transaction()?;

@@ -67,14 +67,13 @@ struct Shared {
     queries: Mutex<Vec<Client>>,
     watermark: Mutex<Option<i64>>,
     down: Mutex<Option<String>>,
-    stored_events: AtomicU64,
     storage_bytes: AtomicU64,
     writes: AtomicU64,
     write_failures: AtomicU64,
     fenced: AtomicU64,
     write_nanos: AtomicU64,
     merges: AtomicU64,
-    merge_failures: AtomicU64,
+    merge_panics: AtomicU64,
     /// Merges are due, or past days wait to be left alone to be merged.
     merges_pending: AtomicBool,
     stop: AtomicBool,
@@ -129,14 +128,13 @@ impl PgStore {
             queries: Mutex::new(Vec::new()),
             watermark: Mutex::new(None),
             down: Mutex::new(None),
-            stored_events: AtomicU64::new(0),
             storage_bytes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             write_nanos: AtomicU64::new(0),
             merges: AtomicU64::new(0),
-            merge_failures: AtomicU64::new(0),
+            merge_panics: AtomicU64::new(0),
             merges_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -214,17 +212,16 @@ fn unavailable(shared: &Shared, e: &Error) -> StoreError {
     StoreError::Unavailable(msg)
 }
 
-/// Brings the local copy of the blocks up to date and refreshes the figures
-/// `/healthz` and `/metrics` show from it: stored events and the watermark
+/// Brings the local copy of the blocks up to date (which `/healthz` and
+/// `/metrics` count from) and raises the watermark to its newest event
 /// (every worker's event-time progress). A `full` call also reads the
-/// storage size and expires idempotency keys.
+/// storage size, expires idempotency keys and cleans the block directory.
 fn refresh(shared: &Shared, c: &mut Client, full: bool) -> Result<()> {
     shared.blocks.sync(c)?;
-    let view = shared.blocks.view();
-    shared.stored_events.store(view.events, Ordering::Relaxed);
+    let newest = shared.blocks.view().max_ts;
     {
         let mut w = shared.watermark.lock();
-        *w = (*w).max(view.max_ts);
+        *w = (*w).max(newest);
     }
     if !full {
         return Ok(());
@@ -309,7 +306,7 @@ fn merge_loop(shared: &Shared) {
                     }
                     Err(_) => {
                         tracing::error!("a merge panicked; retrying");
-                        shared.merge_failures.fetch_add(1, Ordering::Relaxed);
+                        shared.merge_panics.fetch_add(1, Ordering::Relaxed);
                         client = None;
                         false
                     }
@@ -506,7 +503,7 @@ impl Store for PgStore {
     fn stats(&self) -> StoreStats {
         StoreStats {
             backend: "postgres",
-            stored_events: self.shared.stored_events.load(Ordering::Relaxed),
+            stored_events: self.shared.blocks.view().events,
             unflushed_events: 0,
             segments: self.shared.blocks.view().by_id.len() as u64,
             summaries: 0,
@@ -550,7 +547,7 @@ impl Store for PgStore {
             (
                 "desa_postgres_block_merge_panics_total",
                 "Merges that panicked (a bug; the merger goes on).",
-                s.merge_failures.load(Ordering::Relaxed),
+                s.merge_panics.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(

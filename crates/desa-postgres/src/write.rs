@@ -27,7 +27,7 @@ pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewB
         let file = blocks.temp_path();
         let made = desa_engine::segment_set::write_events_unsynced(&evs, day, &file)
             .map_err(Error::from)
-            .and_then(|_| blocks.built(day, file.clone()));
+            .and_then(|meta| blocks.built(&meta, file.clone()));
         match made {
             Ok(b) => built.push(b),
             Err(e) => {

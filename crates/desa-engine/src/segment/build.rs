@@ -47,19 +47,9 @@ pub fn write_segment(
     build_segment(rows, subset, partition, id, path, true)
 }
 
-/// [`write_segment`] without the fsync, for a local copy of a segment that
-/// is durable elsewhere (a cluster worker's copy of a block).
-pub fn write_segment_unsynced(
-    rows: &Rows,
-    subset: &[u32],
-    partition: i64,
-    id: u64,
-    path: &Path,
-) -> Result<SegmentMeta> {
-    build_segment(rows, subset, partition, id, path, false)
-}
-
-fn build_segment(
+/// [`write_segment`], fsynced only when `sync` (a segment that is durable
+/// elsewhere, such as a cluster worker's copy of a block, needs none).
+pub(crate) fn build_segment(
     rows: &Rows,
     subset: &[u32],
     partition: i64,

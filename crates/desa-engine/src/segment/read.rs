@@ -29,6 +29,14 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// The checksum a segment file's footer records (CRC-32C of everything
+/// before the footer's last 16 bytes), without verifying it; `None` for
+/// bytes too short to be a segment.
+pub fn checksum_of(file: &[u8]) -> Option<u32> {
+    let at = file.len().checked_sub(16)?;
+    Some(u32::from_le_bytes(file[at..at + 4].try_into().ok()?))
+}
+
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
@@ -109,12 +117,9 @@ impl Segment {
         &self.path
     }
 
-    /// The file's checksum (CRC-32C of everything before the footer's last
-    /// 16 bytes), as verified by [`open`](Self::open).
+    /// The file's checksum, as verified by [`open`](Self::open).
     pub fn checksum(&self) -> u32 {
-        let m = &self.file.map;
-        let at = m.len() - 16;
-        u32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]])
+        checksum_of(&self.file.map).unwrap_or(0)
     }
 
     fn bytes(&self, s: usize) -> &[u8] {
