@@ -2,8 +2,16 @@
 //! background flusher (frozen heads to segments, then `maintain`: compaction
 //! and summaries; memory budget), and queries over a consistent view of
 //! head, frozen heads, segments and summaries.
+//!
+//! Each thread has its file: `recover` opens the data dir, `commit` is the
+//! commit thread, `flush` the flusher, `maintain` compaction and the summary
+//! thread, `memory` the memory governor.
 
+mod commit;
+mod flush;
 mod maintain;
+mod memory;
+mod recover;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
@@ -12,21 +20,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use desa_model::{AvgAnswer, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use self::commit::committer_loop;
+use self::flush::flusher_loop;
+use self::maintain::summary_loop;
+use self::memory::{enforce_memory_budget, MEMORY_CHECK_INTERVAL};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::head::Head;
 use crate::idempotency::IdempotencyKeys;
 use crate::manifest::Manifest;
 use crate::query;
-use crate::sections::SectionFile;
-use crate::segment::{write_segment, Segment, SegmentMeta};
-use crate::summary::{LiveSummary, Summary, SummaryMeta};
-use crate::wal::{self, encode_parts, RecordParts, SourceOffset, WalWriter};
+use crate::segment::Segment;
+use crate::summary::LiveSummary;
+use crate::wal::SourceOffset;
 
 /// Tuning of the engine; [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -65,6 +76,8 @@ impl EngineConfig {
     }
 }
 
+pub use self::memory::resident_bytes;
+pub(crate) use self::recover::ORPHANS_DIR;
 pub use desa_store::{WriteOutcome, WriteRequest};
 
 /// Receives timings from the engine, for metrics.
@@ -156,45 +169,10 @@ pub struct Engine {
     _lock: fs::File,
 }
 
-/// Takes an exclusive `flock` on `DIR/LOCK` (released by the kernel when the
-/// process exits, kill -9 included) and writes this process's id into it.
-/// Held for as long as the returned file is open.
-pub fn lock_dir(dir: &Path) -> Result<fs::File> {
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(Error::io("open", &path))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut pid = String::new();
-        let _ = f.read_to_string(&mut pid);
-        let pid = pid.trim();
-        return Err(Error::Locked {
-            dir: dir.to_owned(),
-            holder: if pid.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {pid})")
-            },
-        });
-    }
-    let _ = f
-        .set_len(0)
-        .and_then(|_| f.rewind())
-        .and_then(|_| write!(f, "{}", std::process::id()));
-    Ok(f)
-}
-
-fn segments_dir(dir: &Path) -> PathBuf {
+pub(crate) fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
 }
-fn wal_dir(dir: &Path) -> PathBuf {
+pub(crate) fn wal_dir(dir: &Path) -> PathBuf {
     dir.join("wal")
 }
 
@@ -210,96 +188,18 @@ impl Engine {
         clock: Arc<dyn Clock>,
         observer: Arc<dyn EngineObserver>,
     ) -> Result<Engine> {
-        let dir = cfg.dir.clone();
-        for d in [dir.clone(), segments_dir(&dir), wal_dir(&dir)] {
-            fs::create_dir_all(&d).map_err(Error::io("create dir", &d))?;
-        }
-        let lock = lock_dir(&dir)?;
-        let manifest = Manifest::load(&dir)?.unwrap_or(Manifest {
-            version: 1,
-            next_segment_id: 1,
-            wal_start: 1,
-            segments: Vec::new(),
-            summaries: Vec::new(),
-            source_offsets: Vec::new(),
-        });
-
-        // Segments: the manifest's, verified; any other file is a leftover.
-        let seg_dir = segments_dir(&dir);
-        let mut segments = Vec::new();
-        for m in &manifest.segments {
-            segments.push(Arc::new(Segment::open(
-                &seg_dir.join(SegmentMeta::file_name(m.id)),
-                m.id,
-            )?));
-        }
-        let mut summaries = Vec::new();
-        for m in &manifest.summaries {
-            let path = seg_dir.join(SummaryMeta::file_name(m.id));
-            let file = Summary::open(&path, m.level, m.first_day)?;
-            summaries.push(Arc::new(LiveSummary {
-                meta: m.clone(),
-                file: Arc::new(file),
-            }));
-        }
-        let live: std::collections::HashSet<String> = manifest
-            .segments
-            .iter()
-            .map(|m| SegmentMeta::file_name(m.id))
-            .chain(
-                manifest
-                    .summaries
-                    .iter()
-                    .map(|m| SummaryMeta::file_name(m.id)),
-            )
-            .collect();
-        for entry in fs::read_dir(&seg_dir).map_err(Error::io("read dir", &seg_dir))? {
-            let entry = entry.map_err(Error::io("read dir", &seg_dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) {
-                tracing::info!(file = %name, "removing segment file not named in the manifest");
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-
-        // The log: delete what the manifest says is in segments, replay the rest.
-        let wdir = wal_dir(&dir);
-        for n in wal::list_files(&wdir)? {
-            if n < manifest.wal_start {
-                let _ = fs::remove_file(wal::file_path(&wdir, n));
-            }
-        }
-        let mut keys = IdempotencyKeys::load(&dir)?;
-        let mut head = Head::new();
-        let mut watermark = segments
-            .iter()
-            .filter(|s| s.meta.rows > 0)
-            .map(|s| s.meta.max_ts)
-            .max();
-        let mut offsets: BTreeMap<(String, i32), i64> = manifest
-            .source_offsets
-            .iter()
-            .map(|o| ((o.source.clone(), o.partition), o.next_offset))
-            .collect();
-        let newest = wal::replay(&wdir, manifest.wal_start, |rec| {
-            advance_offsets(&mut offsets, &rec.source_offsets);
-            for e in &rec.events {
-                head.insert(e);
-                watermark = Some(watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
-            }
-            if let Some(k) = rec.idempotency_key {
-                keys.insert(k, rec.response, rec.created_secs);
-            }
-        })?;
-        keys.expire(clock.now_secs());
-        let writer =
-            WalWriter::create(&wdir, newest.max(manifest.wal_start.saturating_sub(1)) + 1)?;
-        tracing::info!(
-            segments = segments.len(),
-            replayed_rows = head.len(),
-            "storage engine opened"
-        );
-
+        let recovered = recover::open_dir(&cfg, clock.as_ref())?;
+        let recover::Recovered {
+            lock,
+            manifest,
+            segments,
+            summaries,
+            keys,
+            mut head,
+            watermark,
+            offsets,
+            writer,
+        } = recovered;
         let mut frozen = VecDeque::new();
         if !head.is_empty() {
             // Replayed rows go straight to a segment, so the log they came
@@ -618,421 +518,4 @@ fn snapshot(st: &State) -> Snapshot {
 
 fn heads(st: &State) -> impl Iterator<Item = &Head> {
     std::iter::once(&st.head).chain(st.frozen.iter().map(|f| f.head.as_ref()))
-}
-
-const MAX_GROUP_BYTES: usize = 64 << 20;
-/// How often the flusher wakes up when it has nothing to do.
-const FLUSHER_IDLE_WAKE: Duration = Duration::from_millis(200);
-/// How often resident memory is checked against the budget. Queries map
-/// segment pages in quickly; this bounds how far they can overshoot.
-const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(20);
-
-fn committer_loop(inner: &Inner, mut wal: WalWriter, rx: mpsc::Receiver<Commit>) {
-    let mut buf = Vec::with_capacity(1 << 20);
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        let mut approx = 0usize;
-        while approx < MAX_GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(c) => {
-                    approx += c.req.as_ref().map_or(0, |r| r.events.len() * 100);
-                    group.push(c);
-                }
-                Err(_) => break,
-            }
-        }
-        commit_group(inner, &mut wal, group, &mut buf);
-    }
-}
-
-fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mut Vec<u8>) {
-    if let Some(p) = inner.poisoned.lock().clone() {
-        for c in group {
-            (c.reply)(Err(Error::Poisoned(p.clone())));
-        }
-        return;
-    }
-    let now = inner.clock.now_secs();
-    let mut force_freeze = false;
-    let mut barriers: Vec<Reply> = Vec::new();
-    let mut replays: Vec<(Reply, String)> = Vec::new();
-    let mut applies: Vec<(WriteRequest, Reply)> = Vec::new();
-    {
-        let st = inner.state.read();
-        let mut in_group: HashMap<String, String> = HashMap::new();
-        for c in group {
-            let Some(req) = c.req else {
-                force_freeze = true;
-                barriers.push(c.reply);
-                continue;
-            };
-            if let Some(k) = &req.idempotency_key {
-                if let Some(resp) = st
-                    .keys
-                    .get(k)
-                    .map(str::to_owned)
-                    .or_else(|| in_group.get(k).cloned())
-                {
-                    replays.push((c.reply, resp));
-                    continue;
-                }
-                in_group.insert(k.clone(), req.response.clone());
-            }
-            applies.push((req, c.reply));
-        }
-    }
-    buf.clear();
-    for (req, _) in &applies {
-        // The response is only needed to answer a retry of a keyed request.
-        let response = if req.idempotency_key.is_some() {
-            req.response.as_str()
-        } else {
-            ""
-        };
-        let parts = RecordParts {
-            idempotency_key: req.idempotency_key.as_deref(),
-            response,
-            created_secs: now,
-            events: &req.events,
-            source_offsets: &req.source_offsets,
-        };
-        encode_parts(&parts, buf);
-    }
-    if !buf.is_empty() {
-        let started = Instant::now();
-        if let Err(e) = wal.append_durable(buf) {
-            if let Error::Poisoned(p) = &e {
-                tracing::error!(error = %p, "write-ahead log poisoned; refusing further writes");
-                *inner.poisoned.lock() = Some(p.clone());
-            }
-            let msg = e.to_string();
-            let poisoned = matches!(e, Error::Poisoned(_));
-            let fail = || {
-                if poisoned {
-                    Error::Poisoned(msg.clone())
-                } else {
-                    Error::Unavailable(msg.clone())
-                }
-            };
-            for reply in applies
-                .into_iter()
-                .map(|a| a.1)
-                .chain(replays.into_iter().map(|r| r.0))
-                .chain(barriers)
-            {
-                reply(Err(fail()));
-            }
-            return;
-        }
-        inner
-            .observer
-            .wal_synced(started.elapsed(), buf.len(), applies.len());
-    }
-    let freeze = {
-        let mut st = inner.state.write();
-        for (req, _) in &applies {
-            advance_offsets(&mut st.offsets, &req.source_offsets);
-            for e in &req.events {
-                st.head.insert(e);
-                st.watermark = Some(st.watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
-            }
-            if let Some(k) = &req.idempotency_key {
-                st.keys.insert(k.clone(), req.response.clone(), now);
-            }
-        }
-        (force_freeze && !st.head.is_empty())
-            || st.head.len() >= inner.cfg.head_max_rows
-            || st.head.approx_bytes() >= inner.cfg.head_max_bytes
-    };
-    for (_, reply) in applies {
-        reply(Ok(WriteOutcome::Applied));
-    }
-    for (reply, resp) in replays {
-        reply(Ok(WriteOutcome::Replayed(resp)));
-    }
-    if freeze {
-        freeze_head(inner, wal);
-    }
-    for reply in barriers {
-        reply(Ok(WriteOutcome::Applied));
-    }
-}
-
-/// Moves the head to the frozen queue and starts a new log file for the next
-/// head; waits while the flusher is too far behind (backpressure).
-fn freeze_head(inner: &Inner, wal: &mut WalWriter) {
-    {
-        let mut guard = inner.frozen_lock.lock();
-        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads
-            && inner.poisoned.lock().is_none()
-        {
-            inner
-                .frozen_cv
-                .wait_for(&mut guard, Duration::from_millis(100));
-        }
-    }
-    let wal_next = match wal.rotate() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start a new log file; the head stays in memory for now");
-            return;
-        }
-    };
-    {
-        let mut st = inner.state.write();
-        let head = std::mem::replace(&mut st.head, Head::new());
-        st.frozen.push_back(Frozen {
-            head: Arc::new(head),
-            wal_next,
-        });
-    }
-    *inner.flush_wake.lock() = true;
-    inner.flush_cv.notify_all();
-}
-
-fn flusher_loop(inner: &Inner) {
-    loop {
-        {
-            let mut wake = inner.flush_wake.lock();
-            if !*wake {
-                inner.flush_cv.wait_for(&mut wake, FLUSHER_IDLE_WAKE);
-            }
-            *wake = false;
-        }
-        if let Err(e) = flush_frozen(inner) {
-            report_background_error(inner, "flush", e);
-        }
-        if inner.shutdown.load(Ordering::SeqCst) {
-            return;
-        }
-        loop {
-            let worked = {
-                let _m = inner.maintenance.lock();
-                maintain::compact_once(inner)
-            };
-            trim_heap();
-            enforce_memory_budget(inner);
-            match worked {
-                Ok(true) => {
-                    if inner.state.read().frozen.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = flush_frozen(inner) {
-                        report_background_error(inner, "flush", e);
-                    }
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    report_background_error(inner, "compaction", e);
-                    break;
-                }
-            }
-        }
-        trim_heap();
-        enforce_memory_budget(inner);
-    }
-}
-
-/// How often the summary thread looks for blocks to summarize.
-const SUMMARY_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Lowers the calling thread's CPU priority by `nice` (0 to 19).
-fn lower_priority(nice: i32) {
-    // SAFETY: setpriority on this thread's own id has no memory effects.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice);
-    }
-}
-
-/// Puts the calling thread under `SCHED_IDLE` (nice 19 where that is
-/// refused): it then gets only CPU time nothing else wants.
-fn idle_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
-        // valid parameter changes only its scheduling.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-            lower_priority(19);
-        }
-    }
-}
-
-/// A summary build and where its result goes.
-type BuildRequest = (maintain::BuildJob, mpsc::SyncSender<maintain::Built>);
-
-/// Starts the thread that runs summary builds under `SCHED_IDLE`. Builds
-/// take no lock: a thread starved under `SCHED_IDLE` must not hold one that
-/// others wait for, and an unprivileged thread cannot leave `SCHED_IDLE`.
-fn start_builder() -> std::io::Result<(mpsc::Sender<BuildRequest>, std::thread::JoinHandle<()>)> {
-    let (jobs, requests) = mpsc::channel::<BuildRequest>();
-    let thread = std::thread::Builder::new()
-        .name("desa-summary-build".into())
-        .spawn(move || {
-            idle_priority();
-            for (job, reply) in requests {
-                let _ = reply.send(job());
-            }
-        })?;
-    Ok((jobs, thread))
-}
-
-/// Builds summaries one at a time. The CPU-heavy part (reading the inputs,
-/// writing and verifying the file) runs on idle CPU, on the builder thread:
-/// summaries only speed up long windows (answers are exact without them),
-/// so while ingest keeps every core busy they wait, and they catch up when
-/// it eases; during a bulk load that is about a sixth of the CPU left to
-/// ingest (`/healthz` says "maintenance": "pending" meanwhile). This thread
-/// itself, which takes the manifest and state locks to swap a summary in,
-/// runs at nice 10.
-fn summary_loop(inner: &Inner) {
-    lower_priority(10);
-    let builder = start_builder()
-        .map_err(|e| tracing::warn!(error = %e, "no summary build thread; summaries are built at nice 10"))
-        .ok();
-    let run = |job: maintain::BuildJob| -> maintain::Built {
-        let Some((jobs, _)) = &builder else {
-            return job();
-        };
-        let (reply, result) = mpsc::sync_channel(1);
-        let gone = || {
-            Error::io("run a summary build on", "desa-summary-build")(std::io::Error::other(
-                "the build thread stopped",
-            ))
-        };
-        jobs.send((job, reply)).map_err(|_| gone())?;
-        result.recv().map_err(|_| gone())?
-    };
-    while !inner.shutdown.load(Ordering::SeqCst) {
-        let worked = {
-            let _s = inner.summarizing.lock();
-            maintain::summarize_once(inner, &run)
-        };
-        match worked {
-            Ok(true) => {
-                trim_heap();
-                continue;
-            }
-            Ok(false) => {}
-            Err(e) => report_background_error(inner, "summary", e),
-        }
-        std::thread::sleep(SUMMARY_INTERVAL);
-    }
-    if let Some((jobs, thread)) = builder {
-        drop(jobs);
-        let _ = thread.join();
-    }
-}
-
-/// Returns freed glibc heap memory to the operating system (glibc keeps it
-/// otherwise): the engine's own allocations when it runs under the system
-/// allocator, as in its tests. The `desa` binary allocates with mimalloc,
-/// which returns freed memory by itself.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-fn report_background_error(inner: &Inner, what: &str, e: Error) {
-    tracing::error!(error = %e, "{what} failed");
-    if let Error::Poisoned(p) = e {
-        *inner.poisoned.lock() = Some(p);
-        inner.frozen_cv.notify_all();
-    }
-}
-
-fn flush_frozen(inner: &Inner) -> Result<()> {
-    loop {
-        let Some((head, wal_next)) = inner
-            .state
-            .read()
-            .frozen
-            .front()
-            .map(|f| (f.head.clone(), f.wal_next))
-        else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let mut by_day: HashMap<i64, Vec<u32>> = HashMap::new();
-        for (r, ts) in head.rows.ts.iter().enumerate() {
-            by_day
-                .entry(ts.div_euclid(86_400))
-                .or_default()
-                .push(r as u32);
-        }
-        let seg_dir = segments_dir(&inner.cfg.dir);
-        let mut manifest = inner.manifest.lock();
-        let mut new_segments = Vec::new();
-        for (day, subset) in by_day {
-            let id = manifest.next_segment_id;
-            manifest.next_segment_id += 1;
-            let path = seg_dir.join(SegmentMeta::file_name(id));
-            let meta = write_segment(&head.rows, &subset, day, id, &path)?;
-            manifest.segments.push(meta);
-            new_segments.push(Arc::new(Segment::open(&path, id)?));
-        }
-        crate::wal::sync_dir(&seg_dir)?;
-        inner.state.read().keys.store_durable(&inner.cfg.dir)?;
-        let old_wal_start = manifest.wal_start;
-        manifest.wal_start = wal_next;
-        // May include positions of the active head too: its events are still
-        // in the log from `wal_start`, and replay takes the larger offset.
-        manifest.source_offsets = offsets_list(&inner.state.read().offsets);
-        manifest.store_durable(&inner.cfg.dir)?;
-        {
-            let mut st = inner.state.write();
-            st.frozen.pop_front();
-            st.segments.extend(new_segments);
-        }
-        let wdir = wal_dir(&inner.cfg.dir);
-        for n in old_wal_start..wal_next {
-            let _ = fs::remove_file(wal::file_path(&wdir, n));
-        }
-        inner.frozen_cv.notify_all();
-        inner.observer.head_flushed(started.elapsed(), head.len());
-    }
-}
-
-/// Resident memory of this process, from /proc (0 where unavailable).
-pub fn resident_bytes() -> u64 {
-    let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
-}
-
-/// Drops mapped segment and summary pages from this process when it nears
-/// its budget; they stay in the kernel's page cache and are mapped again on
-/// access. The least recently queried files go first, a few at a time, until
-/// resident memory is below half the budget, so hot pages stay mapped.
-fn enforce_memory_budget(inner: &Inner) {
-    let budget = inner.cfg.memory_budget_bytes;
-    if resident_bytes() <= budget / 10 * 7 {
-        return;
-    }
-    let (segs, sums) = snapshot(&inner.state.read());
-    // Use times are read once: queries change them meanwhile, and a sort
-    // whose keys move under it may panic.
-    let mut mapped: Vec<(u64, &SectionFile)> = segs
-        .iter()
-        .map(|s| s.mapped())
-        .chain(sums.iter().map(|s| s.file.mapped()))
-        .map(|m| (m.last_used(), m))
-        .collect();
-    mapped.sort_by_key(|m| m.0);
-    for (i, (_, file)) in mapped.iter().enumerate() {
-        file.release_memory();
-        if i % 4 == 3 && resident_bytes() <= budget / 2 {
-            break;
-        }
-    }
 }

@@ -31,9 +31,20 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// A write holds a length its log record cannot represent (validation
+    /// upstream keeps events far below every limit); nothing of it is stored.
+    #[error("write refused: {0}")]
+    Unrepresentable(String),
     /// The engine is shutting down.
     #[error("the storage engine is shut down")]
     Closed,
+    /// The data directory holds stored events but no manifest to say which.
+    #[error("data directory {dir} has no MANIFEST but holds {seg_files} segment file(s) and {log_files} log file(s): it was moved or deleted. Nothing was changed. Put MANIFEST back (from where it was moved, or a backup of this data dir), or rebuild it from the files with `desa fsck --data-dir {dir} --rebuild-manifest`", dir = dir.display())]
+    ManifestMissing {
+        dir: PathBuf,
+        seg_files: usize,
+        log_files: usize,
+    },
     /// Another process has the data directory open.
     #[error("data directory {dir} is in use by another process{holder}; two nodes must not share a data directory")]
     Locked { dir: PathBuf, holder: String },

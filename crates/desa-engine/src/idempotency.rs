@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::replace_file_durable;
 use crate::error::{Error, Result};
-use crate::wal::replace_file_durable;
 
 /// How long a key is remembered, in seconds (24 hours).
 pub const RETENTION_SECS: i64 = 24 * 3600;
@@ -112,17 +112,22 @@ impl IdempotencyKeys {
 
 /// Keeps a stored response within [`MAX_RESPONSE_BYTES`]: a longer one keeps
 /// its `accepted` count and says how many rejections were dropped.
+/// A response too long to keep keeps its counts: `accepted` and
+/// `rejected_total` (the HTTP API stores responses already cut to fit, so
+/// this only guards the limit).
 fn bounded_response(response: String) -> String {
     if response.len() <= MAX_RESPONSE_BYTES {
         return response;
     }
     let v: serde_json::Value = serde_json::from_str(&response).unwrap_or_default();
-    let rejected = v["rejected"].as_array().map_or(0, Vec::len);
+    let total = v
+        .get("rejected_total")
+        .cloned()
+        .unwrap_or_else(|| v["rejected"].as_array().map_or(0, Vec::len).into());
     serde_json::json!({
         "accepted": v["accepted"],
         "rejected": [],
-        "rejected_count": rejected,
-        "note": "replayed response: the list of rejected events was too long to keep",
+        "rejected_total": total,
     })
     .to_string()
 }
@@ -147,7 +152,7 @@ mod tests {
         let stored: serde_json::Value =
             serde_json::from_str(keys.get("long").unwrap_or("")).unwrap_or_default();
         assert_eq!(stored["accepted"], 3);
-        assert_eq!(stored["rejected_count"], 5_000);
+        assert_eq!(stored["rejected_total"], 5_000);
         assert!(keys.get("long").unwrap_or("").len() <= MAX_RESPONSE_BYTES);
     }
 }

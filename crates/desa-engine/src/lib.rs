@@ -30,9 +30,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod clock;
+mod durable;
 mod engine;
 mod error;
 mod fences;
+pub mod fsck;
 mod head;
 pub mod idempotency;
 mod manifest;
@@ -45,9 +47,9 @@ pub mod summary;
 pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use durable::lock_dir;
 pub use engine::{
-    lock_dir, resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome,
-    WriteRequest,
+    resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest,
 };
 pub use error::{Error, Result};
 pub use wal::SourceOffset;

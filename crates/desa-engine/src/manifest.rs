@@ -1,7 +1,7 @@
 //! The manifest: which segments are live and which write-ahead log files still
 //! hold events that are not in a segment.
 //!
-//! `MANIFEST` is JSON, replaced atomically (`wal::replace_file_durable`:
+//! `MANIFEST` is JSON, replaced atomically (`durable::replace_file_durable`:
 //! `MANIFEST.tmp` written and fsynced, renamed, directory fsynced). A crash
 //! leaves either the old or the new manifest, never a mix.
 
@@ -10,10 +10,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::replace_file_durable;
 use crate::error::{Error, Result};
 use crate::segment::SegmentMeta;
 use crate::summary::SummaryMeta;
-use crate::wal::{replace_file_durable, SourceOffset};
+use crate::wal::SourceOffset;
 
 pub const FILE: &str = "MANIFEST";
 

@@ -56,7 +56,8 @@ pub(crate) fn plan<'a>(
             .iter()
             .map(|s| ((s.meta.level, s.meta.first_day), s.as_ref()))
             .collect();
-        for block in summary::cover(first, end, |l, d| by_block.contains_key(&(l, d))) {
+        let blocks = by_block.keys().map(|&(l, d)| (d, l)).collect();
+        for block in summary::cover(first, end, &blocks) {
             chosen.extend(by_block.get(&block));
         }
     }

@@ -32,6 +32,8 @@
 mod build;
 mod read;
 
+use std::collections::BTreeSet;
+
 pub use build::{write_summary, Input};
 pub use read::Summary;
 
@@ -139,25 +141,36 @@ pub(crate) fn whole_days(start: i64, end: i64) -> (i64, i64) {
     (first, end.div_euclid(DAY))
 }
 
-/// Picks a greedy dyadic cover of the days `[first, end)` from the blocks for
-/// which `available(level, first_day)` holds: at each day the largest aligned
+/// Picks a greedy dyadic cover of the days `[first, end)` from `blocks`, the
+/// available `(first_day, level)` pairs: at each day the largest aligned
 /// block that fits. Returns the chosen `(level, first_day)`; days left out
 /// are read from segments. At most two blocks per level are chosen when
 /// every block is available.
-pub(crate) fn cover(first: i64, end: i64, available: impl Fn(u32, i64) -> bool) -> Vec<(u32, i64)> {
+///
+/// The cost grows with the blocks, never with the window's length: a day
+/// with no block to start jumps to the next day that starts one, so a
+/// window of 2^63 seconds costs what the stored range costs.
+pub(crate) fn cover(first: i64, end: i64, blocks: &BTreeSet<(i64, u32)>) -> Vec<(u32, i64)> {
     let mut chosen = Vec::new();
     let mut day = first;
     while day < end {
-        let pick = (MIN_LEVEL..=MAX_LEVEL).rev().find(|&l| {
-            let size = 1i64 << l;
-            day.rem_euclid(size) == 0 && day + size <= end && available(l, day)
-        });
+        let pick = blocks
+            .range((day, MIN_LEVEL)..=(day, MAX_LEVEL))
+            .rev()
+            .map(|&(_, l)| l)
+            .find(|&l| {
+                let size = 1i64 << l;
+                day.rem_euclid(size) == 0 && day.checked_add(size).is_some_and(|e| e <= end)
+            });
         match pick {
             Some(l) => {
                 chosen.push((l, day));
                 day += 1 << l;
             }
-            None => day += 1,
+            None => match blocks.range((day + 1, 0)..).next() {
+                Some(&(next, _)) => day = next,
+                None => break,
+            },
         }
     }
     chosen
@@ -175,16 +188,41 @@ mod tests {
         assert_eq!(whole_days(86_400, 86_401), (1, 1));
     }
 
+    /// Every aligned block inside days `[0, days)` but those in `missing`.
+    fn blocks(days: i64, missing: &[(u32, i64)]) -> BTreeSet<(i64, u32)> {
+        let mut out = BTreeSet::new();
+        for l in MIN_LEVEL..=MAX_LEVEL {
+            let size = 1i64 << l;
+            for d in (0..days).step_by(size as usize) {
+                if d + size <= days && !missing.contains(&(l, d)) {
+                    out.insert((d, l));
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn cover_takes_the_largest_aligned_blocks() {
         // days 3..37 with every block available: 3 raw, then 4..8 (level 2),
         // 8..16 (3), 16..32 (4), 32..36 (2), 36 raw.
-        let c = cover(3, 37, |_, _| true);
-        assert_eq!(c, vec![(2, 4), (3, 8), (4, 16), (2, 32)]);
+        let all = blocks(64, &[]);
+        assert_eq!(cover(3, 37, &all), vec![(2, 4), (3, 8), (4, 16), (2, 32)]);
         // a missing block falls back to its halves
-        let c = cover(16, 32, |l, d| ![(4, 16), (3, 24)].contains(&(l, d)));
-        assert_eq!(c, vec![(3, 16), (2, 24), (2, 28)]);
-        assert!(cover(5, 5, |_, _| true).is_empty());
-        assert!(cover(0, 64, |_, _| false).is_empty());
+        let some = blocks(64, &[(4, 16), (3, 24)]);
+        assert_eq!(cover(16, 32, &some), vec![(3, 16), (2, 24), (2, 28)]);
+        assert!(cover(5, 5, &all).is_empty());
+        assert!(cover(0, 64, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn cover_skips_empty_stretches_of_any_length() {
+        // two blocks 20,000 days apart, asked for through the end of time:
+        // the empty stretches are jumped over, not walked a day at a time.
+        let far = BTreeSet::from([(0, 1), (20_000, 4)]);
+        assert_eq!(cover(0, i64::MAX / 86_400, &far), vec![(1, 0), (4, 20_000)]);
+        assert_eq!(cover(i64::MIN / 86_400, 1, &far), vec![]);
+        assert_eq!(cover(1, i64::MAX, &far), vec![(4, 20_000)]);
+        assert_eq!(cover(i64::MIN, i64::MAX, &far), vec![(1, 0), (4, 20_000)]);
     }
 }

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use desa_model::Event;
 
+use crate::durable::sync_dir;
 use crate::error::{Error, Result};
 
 const MAGIC: u32 = 0xDE5A_10C5;
@@ -55,7 +56,7 @@ pub use desa_store::SourceOffset;
 /// where an event is `dev_len u8 | dev | type_len u8 | type | ts i64 |
 /// value f64 | lat f64 | lon f64 | meta_len u32 (0xFFFF_FFFF = none) | meta`
 /// and an offset `source_len u8 | source | partition i32 | next_offset i64`.
-pub fn encode_record(rec: &WalRecord, out: &mut Vec<u8>) {
+pub fn encode_record(rec: &WalRecord, out: &mut Vec<u8>) -> Result<()> {
     let parts = RecordParts {
         idempotency_key: rec.idempotency_key.as_deref(),
         response: &rec.response,
@@ -75,8 +76,30 @@ pub struct RecordParts<'a> {
     pub source_offsets: &'a [SourceOffset],
 }
 
-/// [`encode_record`] from borrowed parts.
-pub fn encode_parts(rec: &RecordParts<'_>, out: &mut Vec<u8>) {
+/// [`encode_record`] from borrowed parts. Every length is checked against
+/// its field's width (and the markers of absent values): a write the format
+/// cannot hold is refused whole, `out` left as it was, never cut short.
+pub fn encode_parts(rec: &RecordParts<'_>, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    let encoded = encode_payload(rec, out);
+    if encoded.is_err() {
+        out.truncate(start);
+    }
+    encoded
+}
+
+/// Length `n` of `what` as a `T`, if it fits below `T`'s largest value
+/// (which marks an absent value where the format has one).
+fn width<T: TryFrom<usize> + PartialEq + Copy>(n: usize, max: T, what: &str) -> Result<T> {
+    match T::try_from(n) {
+        Ok(v) if v != max => Ok(v),
+        _ => Err(Error::Unrepresentable(format!(
+            "{what} of {n} bytes or items does not fit the log's length field"
+        ))),
+    }
+}
+
+fn encode_payload(rec: &RecordParts<'_>, out: &mut Vec<u8>) -> Result<()> {
     let (key, response, created_secs, events) = (
         rec.idempotency_key,
         rec.response,
@@ -89,18 +112,18 @@ pub fn encode_parts(rec: &RecordParts<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&created_secs.to_le_bytes());
     match key {
         Some(k) => {
-            out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            out.extend_from_slice(&width(k.len(), u16::MAX, "idempotency key")?.to_le_bytes());
             out.extend_from_slice(k.as_bytes());
         }
         None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
     }
-    out.extend_from_slice(&(response.len() as u32).to_le_bytes());
+    out.extend_from_slice(&width(response.len(), u32::MAX, "stored response")?.to_le_bytes());
     out.extend_from_slice(response.as_bytes());
-    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    out.extend_from_slice(&width(events.len(), u32::MAX, "events")?.to_le_bytes());
     for e in events {
-        out.push(e.device_id.len() as u8);
+        out.push(width(e.device_id.len(), u8::MAX, "device_id")?);
         out.extend_from_slice(e.device_id.as_bytes());
-        out.push(e.event_type.len() as u8);
+        out.push(width(e.event_type.len(), u8::MAX, "type")?);
         out.extend_from_slice(e.event_type.as_bytes());
         out.extend_from_slice(&e.ts_secs.to_le_bytes());
         out.extend_from_slice(&e.value.to_le_bytes());
@@ -108,24 +131,32 @@ pub fn encode_parts(rec: &RecordParts<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(&e.longitude.to_le_bytes());
         match &e.metadata {
             Some(m) => {
-                out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+                out.extend_from_slice(&width(m.len(), u32::MAX, "metadata")?.to_le_bytes());
                 out.extend_from_slice(m.as_bytes());
             }
             None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
     }
-    out.extend_from_slice(&(rec.source_offsets.len() as u16).to_le_bytes());
+    out.extend_from_slice(
+        &width(rec.source_offsets.len(), u16::MAX, "source offsets")?.to_le_bytes(),
+    );
     for o in rec.source_offsets {
-        out.push(o.source.len() as u8);
+        out.push(width(o.source.len(), u8::MAX, "source name")?);
         out.extend_from_slice(o.source.as_bytes());
         out.extend_from_slice(&o.partition.to_le_bytes());
         out.extend_from_slice(&o.next_offset.to_le_bytes());
     }
-    let len = (out.len() - start - HEADER_BYTES) as u32;
+    let len = width(out.len() - start - HEADER_BYTES, u32::MAX, "record")?;
+    if len as usize > MAX_RECORD_BYTES {
+        return Err(Error::Unrepresentable(format!(
+            "a record of {len} bytes is over the log's limit of {MAX_RECORD_BYTES}"
+        )));
+    }
     let len_bytes = len.to_le_bytes();
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &out[start + HEADER_BYTES..]);
     out[start + 4..start + 8].copy_from_slice(&len_bytes);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 struct Cursor<'a> {
@@ -272,7 +303,32 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<u64>> {
 
 /// Reads every record of the files numbered `>= from`, in order, truncating a
 /// torn tail of the newest file. Returns the newest file number seen (0 if none).
-pub fn replay(dir: &Path, from: u64, mut apply: impl FnMut(WalRecord)) -> Result<u64> {
+pub fn replay(dir: &Path, from: u64, apply: impl FnMut(WalRecord)) -> Result<u64> {
+    let (newest, torn) = scan(dir, from, apply)?;
+    if let Some((path, offset, dropped_bytes)) = torn {
+        tracing::warn!(path = %path.display(), offset, dropped_bytes,
+            "truncating torn tail of the write-ahead log");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("open", &path))?;
+        f.set_len(offset).map_err(Error::io("truncate", &path))?;
+        f.sync_all().map_err(Error::io("fsync", &path))?;
+    }
+    Ok(newest)
+}
+
+/// A torn tail: the newest file, where its last valid record ends, and the
+/// bytes after it.
+pub type TornTail = (PathBuf, u64, usize);
+
+/// [`replay`] without changing any file: a torn tail of the newest file is
+/// returned instead of truncated. Returns the newest file number seen.
+pub fn scan(
+    dir: &Path,
+    from: u64,
+    mut apply: impl FnMut(WalRecord),
+) -> Result<(u64, Option<TornTail>)> {
     let files: Vec<u64> = list_files(dir)?
         .into_iter()
         .filter(|&n| n >= from)
@@ -301,21 +357,12 @@ pub fn replay(dir: &Path, from: u64, mut apply: impl FnMut(WalRecord)) -> Result
                             "write-ahead log record fails its checksum or framing, and acknowledged records follow it",
                         ));
                     }
-                    tracing::warn!(path = %path.display(), offset = pos, dropped_bytes = buf.len() - pos,
-                        "truncating torn tail of the write-ahead log");
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(Error::io("open", &path))?;
-                    f.set_len(pos as u64)
-                        .map_err(Error::io("truncate", &path))?;
-                    f.sync_all().map_err(Error::io("fsync", &path))?;
-                    break;
+                    return Ok((newest, Some((path, pos as u64, buf.len() - pos))));
                 }
             }
         }
     }
-    Ok(newest)
+    Ok((newest, None))
 }
 
 /// The file appends go to.
@@ -377,25 +424,6 @@ impl WalWriter {
     }
 }
 
-/// Replaces `dir/name` with `bytes` atomically and durably: a temporary file
-/// is written and fsynced, renamed over the old one, and the directory
-/// fsynced. A crash leaves the old or the new contents, never a mix.
-pub(crate) fn replace_file_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-    f.write_all(bytes).map_err(Error::io("write", &tmp))?;
-    f.sync_all()
-        .map_err(|e| Error::Poisoned(format!("fsync {}: {e}", tmp.display())))?;
-    fs::rename(&tmp, dir.join(name)).map_err(Error::io("rename", &tmp))?;
-    sync_dir(dir)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync dir", dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,7 +457,7 @@ mod tests {
         let mut len = 0;
         for i in 0..n {
             let mut buf = Vec::new();
-            encode_record(&rec(i), &mut buf);
+            encode_record(&rec(i), &mut buf).unwrap();
             len += buf.len() as u64;
             w.append_durable(&buf).expect("append");
         }
@@ -440,6 +468,32 @@ mod tests {
         let mut out = Vec::new();
         replay(dir, 1, |r| out.push(r))?;
         Ok(out)
+    }
+
+    #[test]
+    fn lengths_that_do_not_fit_their_field_are_refused_not_cut() {
+        let mut long_device = rec(1);
+        long_device.events[0].device_id = "d".repeat(256);
+        let mut long_key = rec(2);
+        long_key.idempotency_key = Some("k".repeat(usize::from(u16::MAX)));
+        let mut long_source = rec(3);
+        long_source.source_offsets = vec![SourceOffset {
+            source: "s".repeat(300),
+            partition: 0,
+            next_offset: 1,
+        }];
+        let mut out = Vec::new();
+        encode_record(&rec(0), &mut out).expect("fits");
+        let before = out.clone();
+        for bad in [long_device, long_key, long_source] {
+            let err = encode_record(&bad, &mut out).expect_err("does not fit");
+            assert!(matches!(err, Error::Unrepresentable(_)), "{err}");
+            assert_eq!(out, before, "a refused record leaves nothing behind");
+        }
+        let mut fits = rec(4);
+        fits.events[0].device_id = "d".repeat(254);
+        encode_record(&fits, &mut out).expect("254 bytes fit a u8 length");
+        assert_eq!(read_record_at(&out, before.len()).map(|r| r.0), Some(fits));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use desa_engine::Clock;
-use desa_model::{check_lateness, parse_body, BodyFormat, Event, Limits};
+use desa_model::{admit, BodyFormat, Event, Lateness, Limits, Reason};
 use desa_store::{SourceOffset, Store, StoreError, WriteRequest};
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
@@ -397,31 +397,33 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
             now_secs: shared.clock.now_secs(),
             max_future_secs: shared.cfg.max_future_secs,
         };
-        match parse_body(payload, BodyFormat::Ndjson, &limits) {
+        let lateness = Lateness {
+            watermark: shared.store.watermark_secs(),
+            max_secs: shared.cfg.max_lateness_secs,
+        };
+        // Every rejection is listed: each goes to the dead letters.
+        match admit(payload, BodyFormat::Ndjson, &limits, lateness, usize::MAX) {
             Err(e) => dead(&mut st, None, e.to_string(), payload, "unreadable"),
-            Ok(parsed) => {
+            Ok(admitted) => {
                 let lines: Vec<&[u8]> = payload.split(|&b| b == b'\n').collect();
-                for r in parsed.rejected {
+                for r in admitted.body.rejected {
                     let line = lines.get(r.index).copied().unwrap_or(payload);
-                    dead(&mut st, Some(r.index), r.error, line, "invalid_event");
+                    let label = match r.reason {
+                        Reason::TooLate => "too_late",
+                        _ => "invalid_event",
+                    };
+                    dead(&mut st, Some(r.index), r.error, line, label);
                 }
-                let watermark = shared.store.watermark_secs();
-                for (index, e) in parsed.events {
-                    match check_lateness(e.ts_secs, watermark, shared.cfg.max_lateness_secs) {
-                        Ok(lateness) => {
-                            if let (true, Some(late)) = (lateness > 0, &shared.cfg.on_late) {
-                                (late.0)(lateness);
-                            }
-                            let max = st.pending.event_max_ts.entry(p).or_insert(e.ts_secs);
-                            *max = (*max).max(e.ts_secs);
-                            st.pending.events.entry(p).or_default().push(e);
-                            st.pending.event_count += 1;
-                        }
-                        Err(error) => {
-                            let line = lines.get(index).copied().unwrap_or(payload);
-                            dead(&mut st, Some(index), error, line, "too_late");
-                        }
+                if let Some(late) = &shared.cfg.on_late {
+                    for secs in admitted.late_secs {
+                        (late.0)(secs);
                     }
+                }
+                for (_, e) in admitted.body.events {
+                    let max = st.pending.event_max_ts.entry(p).or_insert(e.ts_secs);
+                    *max = (*max).max(e.ts_secs);
+                    st.pending.events.entry(p).or_default().push(e);
+                    st.pending.event_count += 1;
                 }
             }
         }

@@ -83,62 +83,157 @@ impl Limits {
     }
 }
 
+/// Why an event was refused, for metrics and dead letters; the message of
+/// an [`Invalid`] says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Reason {
+    /// Not JSON, or not an object.
+    InvalidJson,
+    DeviceId,
+    Timestamp,
+    /// Further ahead of the node's clock than `max-future`.
+    TooFarInFuture,
+    /// Further behind the event-time watermark than `max-lateness`.
+    TooLate,
+    Type,
+    Value,
+    Location,
+    Metadata,
+    /// Any other shape error (an unknown field, a repeated one, ...).
+    #[default]
+    InvalidEvent,
+}
+
+impl Reason {
+    /// Every reason, in label order.
+    pub const ALL: [Reason; 10] = [
+        Reason::InvalidJson,
+        Reason::DeviceId,
+        Reason::Timestamp,
+        Reason::TooFarInFuture,
+        Reason::TooLate,
+        Reason::Type,
+        Reason::Value,
+        Reason::Location,
+        Reason::Metadata,
+        Reason::InvalidEvent,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::InvalidJson => "invalid_json",
+            Reason::DeviceId => "device_id",
+            Reason::Timestamp => "timestamp",
+            Reason::TooFarInFuture => "too_far_in_future",
+            Reason::TooLate => "too_late",
+            Reason::Type => "type",
+            Reason::Value => "value",
+            Reason::Location => "location",
+            Reason::Metadata => "metadata",
+            Reason::InvalidEvent => "invalid_event",
+        }
+    }
+}
+
+/// An event that fails validation: why, and a message naming the field or
+/// limit at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Invalid {
+        Invalid {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 /// Checks the rules that the JSON types alone do not express.
-pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), String> {
+pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), Invalid> {
     let dev = event.device_id.len();
     if dev == 0 || dev > MAX_DEVICE_ID_BYTES {
-        return Err(format!(
-            "device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes, got {dev}"
+        return Err(Invalid::new(
+            Reason::DeviceId,
+            format!("device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes, got {dev}"),
         ));
     }
     let ty = event.event_type.len();
     if ty == 0 || ty > MAX_TYPE_BYTES {
-        return Err(format!(
-            "type must be 1 to {MAX_TYPE_BYTES} bytes, got {ty}"
+        return Err(Invalid::new(
+            Reason::Type,
+            format!("type must be 1 to {MAX_TYPE_BYTES} bytes, got {ty}"),
         ));
     }
     if event.ts_secs < 0 {
-        return Err(format!(
-            "timestamp must be >= 0 (unix seconds), got {}",
-            event.ts_secs
+        return Err(Invalid::new(
+            Reason::Timestamp,
+            format!(
+                "timestamp must be >= 0 (unix seconds), got {}",
+                event.ts_secs
+            ),
         ));
     }
     let latest = limits.now_secs.saturating_add(limits.max_future_secs);
     if event.ts_secs > latest {
-        return Err(format!(
-            "timestamp {} is more than max-future ({} s) ahead of the node's clock ({})",
-            event.ts_secs, limits.max_future_secs, limits.now_secs
+        return Err(Invalid::new(
+            Reason::TooFarInFuture,
+            format!(
+                "timestamp {} is more than max-future ({} s) ahead of the node's clock ({})",
+                event.ts_secs, limits.max_future_secs, limits.now_secs
+            ),
         ));
     }
     if !event.value.is_finite() {
-        return Err("value must be a finite number".to_owned());
+        return Err(Invalid::new(
+            Reason::Value,
+            "value must be a finite number".to_owned(),
+        ));
     }
     if !(-90.0..=90.0).contains(&event.latitude) {
-        return Err(format!(
-            "location.latitude must be in [-90, 90], got {}",
-            event.latitude
+        return Err(Invalid::new(
+            Reason::Location,
+            format!(
+                "location.latitude must be in [-90, 90], got {}",
+                event.latitude
+            ),
         ));
     }
     if !(-180.0..=180.0).contains(&event.longitude) {
-        return Err(format!(
-            "location.longitude must be in [-180, 180], got {}",
-            event.longitude
+        return Err(Invalid::new(
+            Reason::Location,
+            format!(
+                "location.longitude must be in [-180, 180], got {}",
+                event.longitude
+            ),
         ));
     }
     if let Some(meta) = &event.metadata {
         if meta.len() > MAX_METADATA_BYTES {
-            return Err(format!(
-                "metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, got {}",
-                meta.len()
+            return Err(Invalid::new(
+                Reason::Metadata,
+                format!(
+                    "metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, got {}",
+                    meta.len()
+                ),
             ));
         }
         if !meta.starts_with('{') {
-            return Err("metadata must be a JSON object".to_owned());
+            return Err(Invalid::new(
+                Reason::Metadata,
+                "metadata must be a JSON object".to_owned(),
+            ));
         }
         let depth = nesting_depth(meta);
         if depth > MAX_METADATA_DEPTH {
-            return Err(format!(
-                "metadata must nest at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+            return Err(Invalid::new(
+                Reason::Metadata,
+                format!("metadata must nest at most {MAX_METADATA_DEPTH} levels deep, got {depth}"),
             ));
         }
     }
@@ -177,13 +272,13 @@ pub fn check_lateness(
     ts_secs: i64,
     watermark: Option<i64>,
     max_lateness_secs: Option<i64>,
-) -> Result<i64, String> {
+) -> Result<i64, Invalid> {
     let lateness = watermark.map_or(0, |w| (w - ts_secs).max(0));
     match max_lateness_secs {
-        Some(max) if lateness > max => Err(format!(
+        Some(max) if lateness > max => Err(Invalid::new(Reason::TooLate, format!(
             "timestamp {ts_secs} is {lateness} s behind the event-time watermark {}, more than max-lateness ({max} s)",
             watermark.unwrap_or_default()
-        )),
+        ))),
         _ => Ok(lateness),
     }
 }

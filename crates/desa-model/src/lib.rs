@@ -20,6 +20,7 @@
 //! ```
 #![deny(clippy::unwrap_used)]
 
+mod admit;
 mod event;
 mod geo;
 pub mod oracle;
@@ -27,12 +28,15 @@ mod parse;
 mod query;
 mod sum;
 
+pub use admit::{admit, Admitted, Lateness};
 pub use event::{
-    check_lateness, Event, Limits, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
-    MAX_TYPE_BYTES,
+    check_lateness, Event, Invalid, Limits, Reason, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
 };
 pub use geo::GeoBox;
-pub use parse::{parse_body, parse_event, BodyError, BodyFormat, ParsedBody, Rejection};
+pub use parse::{
+    parse_body, parse_body_capped, parse_event, BodyError, BodyFormat, ParsedBody, Rejection,
+};
 pub use query::{
     rank_devices, AvgAnswer, DeviceCount, GeoAnswer, QueryError, TimeWindow, TopkAnswer, MAX_TOPK_K,
 };

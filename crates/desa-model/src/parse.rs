@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::{check, Event, Limits};
+use crate::event::{check, Event, Invalid, Limits, Reason};
 
 mod fast;
 
@@ -29,6 +29,19 @@ pub struct Rejection {
     /// 0-based position of the event: its line for NDJSON, its array index for JSON.
     pub index: usize,
     pub error: String,
+    /// The error's kind (not sent: clients read `error`).
+    #[serde(skip)]
+    pub reason: Reason,
+}
+
+impl Rejection {
+    pub fn new(index: usize, invalid: Invalid) -> Rejection {
+        Rejection {
+            index,
+            error: invalid.message,
+            reason: invalid.reason,
+        }
+    }
 }
 
 /// The outcome of reading a body: the valid events and the rejected positions.
@@ -36,7 +49,23 @@ pub struct Rejection {
 pub struct ParsedBody {
     /// Valid events with their 0-based position in the body.
     pub events: Vec<(usize, Event)>,
+    /// The first rejections, in body order, up to the cap the body was read
+    /// with; `rejected_total` and `rejected_by_reason` count them all.
     pub rejected: Vec<Rejection>,
+    pub rejected_total: usize,
+    pub rejected_by_reason: std::collections::BTreeMap<Reason, u64>,
+}
+
+impl ParsedBody {
+    /// Counts a rejection, keeping it only while fewer than `cap` are kept,
+    /// so that a body of junk lines costs memory bounded by its own size.
+    pub fn reject(&mut self, r: Rejection, cap: usize) {
+        self.rejected_total += 1;
+        *self.rejected_by_reason.entry(r.reason).or_default() += 1;
+        if self.rejected.len() < cap {
+            self.rejected.push(r);
+        }
+    }
 }
 
 /// The body as a whole could not be read; nothing in it is stored.
@@ -61,11 +90,65 @@ struct WireEvent<'a> {
     metadata: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+/// `location` as the wire format has it: an object with `latitude` and
+/// `longitude`. An array is refused, not read in field order: GeoJSON and
+/// many device payloads write `[longitude, latitude]`, and guessing would
+/// swap the coordinates silently.
 struct WireLocation {
     latitude: f64,
     longitude: f64,
 }
+
+impl<'de> Deserialize<'de> for WireLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Latitude,
+            Longitude,
+            #[serde(other)]
+            Other,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireLocation;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(LOCATION_SHAPE)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireLocation, A::Error> {
+                use serde::de::Error;
+                let (mut lat, mut lon) = (None, None);
+                while let Some(key) = map.next_key::<Field>()? {
+                    match key {
+                        Field::Latitude if lat.is_some() => {
+                            return Err(A::Error::duplicate_field("latitude"))
+                        }
+                        Field::Longitude if lon.is_some() => {
+                            return Err(A::Error::duplicate_field("longitude"))
+                        }
+                        Field::Latitude => lat = Some(map.next_value()?),
+                        Field::Longitude => lon = Some(map.next_value()?),
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(WireLocation {
+                    latitude: lat.ok_or_else(|| A::Error::missing_field("latitude"))?,
+                    longitude: lon.ok_or_else(|| A::Error::missing_field("longitude"))?,
+                })
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// What `location` must be, in every message that refuses another shape.
+const LOCATION_SHAPE: &str =
+    "location must be an object {\"latitude\": .., \"longitude\": ..}, not an array (GeoJSON order [longitude, latitude] would be ambiguous)";
 
 /// An event as decoded, before validation; borrowed from the text.
 struct Decoded<'a> {
@@ -92,7 +175,7 @@ fn decode_serde(text: &str) -> Result<Decoded<'_>, serde_json::Error> {
 
 /// Parses and validates one event from its JSON text: the byte scanner
 /// (`fast`) first, serde for what it leaves.
-pub fn parse_event(text: &str, limits: &Limits) -> Result<Event, String> {
+pub fn parse_event(text: &str, limits: &Limits) -> Result<Event, Invalid> {
     let decoded = match fast::scan(text).map_or_else(|| decode_serde(text), Ok) {
         Ok(d) => d,
         Err(serde_err) => return Err(explain(text, serde_err)),
@@ -111,11 +194,22 @@ pub fn parse_event(text: &str, limits: &Limits) -> Result<Event, String> {
 }
 
 /// Reads a whole body. Fails only when the body as a whole is unreadable;
-/// individual bad events are returned in [`ParsedBody::rejected`].
+/// individual bad events are returned in [`ParsedBody::rejected`], every one
+/// of them.
 pub fn parse_body(
     body: &[u8],
     format: BodyFormat,
     limits: &Limits,
+) -> Result<ParsedBody, BodyError> {
+    parse_body_capped(body, format, limits, usize::MAX)
+}
+
+/// [`parse_body`] keeping at most `max_listed` rejections (all are counted).
+pub fn parse_body_capped(
+    body: &[u8],
+    format: BodyFormat,
+    limits: &Limits,
+    max_listed: usize,
 ) -> Result<ParsedBody, BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| BodyError::NotUtf8 {
         offset: e.valid_up_to(),
@@ -123,7 +217,7 @@ pub fn parse_body(
     let mut out = ParsedBody::default();
     let mut take = |index: usize, item: &str| match parse_event(item, limits) {
         Ok(event) => out.events.push((index, event)),
-        Err(error) => out.rejected.push(Rejection { index, error }),
+        Err(invalid) => out.reject(Rejection::new(index, invalid), max_listed),
     };
     match format {
         BodyFormat::Ndjson => {
@@ -153,58 +247,86 @@ pub fn parse_body(
 }
 
 /// Builds a message naming the field at fault for an event the fast path refused.
-fn explain(text: &str, fast_err: serde_json::Error) -> String {
+fn explain(text: &str, fast_err: serde_json::Error) -> Invalid {
+    let (reason, message) = explain_message(text, fast_err);
+    Invalid::new(reason, message)
+}
+
+fn explain_message(text: &str, fast_err: serde_json::Error) -> (Reason, String) {
     use serde_json::Value;
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return format!("invalid JSON: {e}"),
+        Err(e) => return (Reason::InvalidJson, format!("invalid JSON: {e}")),
     };
     let Some(obj) = value.as_object() else {
-        return "event must be a JSON object".to_owned();
+        return (
+            Reason::InvalidJson,
+            "event must be a JSON object".to_owned(),
+        );
     };
     let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
     match field("device_id") {
-        None => return "missing field device_id".to_owned(),
-        Some(v) if !v.is_string() => return "device_id must be a string".to_owned(),
+        None => return (Reason::DeviceId, "missing field device_id".to_owned()),
+        Some(v) if !v.is_string() => {
+            return (Reason::DeviceId, "device_id must be a string".to_owned())
+        }
         _ => {}
     }
     match field("timestamp") {
-        None => return "missing field timestamp".to_owned(),
+        None => return (Reason::Timestamp, "missing field timestamp".to_owned()),
         Some(Value::Number(n)) if n.is_i64() => {}
         Some(Value::Number(n)) if n.is_u64() => {
-            return format!("timestamp {n} is out of range (unix seconds)")
+            return (
+                Reason::Timestamp,
+                format!("timestamp {n} is out of range (unix seconds)"),
+            )
         }
-        Some(_) => return "timestamp must be an integer (unix seconds)".to_owned(),
+        Some(_) => {
+            return (
+                Reason::Timestamp,
+                "timestamp must be an integer (unix seconds)".to_owned(),
+            )
+        }
     }
     match field("type") {
-        None => return "missing field type".to_owned(),
-        Some(v) if !v.is_string() => return "type must be a string".to_owned(),
+        None => return (Reason::Type, "missing field type".to_owned()),
+        Some(v) if !v.is_string() => return (Reason::Type, "type must be a string".to_owned()),
         _ => {}
     }
     match field("value") {
-        None => return "missing field value".to_owned(),
-        Some(v) if !v.is_number() => return "value must be a finite number".to_owned(),
+        None => return (Reason::Value, "missing field value".to_owned()),
+        Some(v) if !v.is_number() => {
+            return (Reason::Value, "value must be a finite number".to_owned())
+        }
         _ => {}
     }
     let Some(loc) = field("location") else {
-        return "missing field location".to_owned();
+        return (Reason::Location, "missing field location".to_owned());
     };
     let Some(loc) = loc.as_object() else {
-        return "location must be an object with latitude and longitude".to_owned();
+        return (Reason::Location, LOCATION_SHAPE.to_owned());
     };
     for name in ["latitude", "longitude"] {
         match loc.get(name).filter(|v| !v.is_null()) {
-            None => return format!("missing field location.{name}"),
-            Some(v) if !v.is_number() => return format!("location.{name} must be a number"),
+            None => return (Reason::Location, format!("missing field location.{name}")),
+            Some(v) if !v.is_number() => {
+                return (
+                    Reason::Location,
+                    format!("location.{name} must be a number"),
+                )
+            }
             _ => {}
         }
     }
     if let Some(meta) = obj.get("metadata") {
         if !meta.is_object() && !meta.is_null() {
-            return "metadata must be a JSON object".to_owned();
+            return (
+                Reason::Metadata,
+                "metadata must be a JSON object".to_owned(),
+            );
         }
     }
-    format!("invalid event: {fast_err}")
+    (Reason::InvalidEvent, format!("invalid event: {fast_err}"))
 }
 
 #[cfg(test)]
@@ -220,7 +342,7 @@ mod tests {
     fn reject(text: &str) -> String {
         match parse_event(text, &limits()) {
             Ok(e) => panic!("accepted {e:?}"),
-            Err(e) => e,
+            Err(e) => e.message,
         }
     }
 
@@ -254,6 +376,25 @@ mod tests {
         assert!(reject(&far).contains("max-future"));
         let meta = GOOD.trim_end_matches('}').to_owned() + "},\"metadata\":[1]}";
         assert!(reject(&meta).contains("metadata"));
+    }
+
+    #[test]
+    fn location_arrays_are_refused_not_swapped() {
+        for loc in ["[2.35, 48.85]", "[48.85, 2.35]", "[1]", "\"1,2\""] {
+            let text = GOOD.replace(r#"{"latitude":1,"longitude":2}"#, loc);
+            let error = reject(&text);
+            assert!(
+                error.contains("location must be an object"),
+                "{loc}: {error}"
+            );
+        }
+        let json = format!(
+            "[{}]",
+            GOOD.replace(r#"{"latitude":1,"longitude":2}"#, "[2.35,48.85]")
+        );
+        let parsed = parse_body(json.as_bytes(), BodyFormat::Json, &limits()).expect("readable");
+        assert!(parsed.events.is_empty());
+        assert!(parsed.rejected[0].error.contains("latitude"));
     }
 
     #[test]

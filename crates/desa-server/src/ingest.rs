@@ -7,19 +7,24 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use desa_engine::idempotency::MAX_KEY_BYTES;
-use desa_model::{check_lateness, parse_body, BodyError, BodyFormat, Limits, Rejection};
+use desa_engine::idempotency::{MAX_KEY_BYTES, MAX_RESPONSE_BYTES};
+use desa_model::{admit, BodyError, BodyFormat, Lateness, Limits, Rejection};
 use desa_store::{StoreError, WriteOutcome, WriteRequest};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::metrics::rejection_reason;
 use crate::AppState;
+
+/// Rejections listed in a response at most; `rejected_total` counts them
+/// all. Bounds the response (and the one stored for an idempotency key)
+/// whatever the body holds.
+pub const MAX_LISTED_REJECTIONS: usize = 1_000;
 
 #[derive(Serialize)]
 struct IngestResponse<'a> {
     accepted: usize,
     rejected: &'a [Rejection],
+    rejected_total: usize,
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
@@ -111,7 +116,10 @@ fn decode(raw: Bytes, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, Ap
         "identity" | "" => Ok(raw),
         "gzip" | "x-gzip" => {
             let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(max_bytes as u64 + 1);
+            // Every member of a multi-member stream (`cat a.gz b.gz`), as
+            // gzip(1) reads it; a plain decoder stops after the first.
+            let mut decoder =
+                flate2::read::MultiGzDecoder::new(&raw[..]).take(max_bytes as u64 + 1);
             decoder
                 .read_to_end(&mut out)
                 .map_err(|e| ApiError::BadRequest(format!("gzip body cannot be decoded: {e}")))?;
@@ -179,46 +187,54 @@ pub async fn post_events(
         now_secs: app.clock.now_secs(),
         max_future_secs: app.cfg.max_future_secs,
     };
-    let watermark = app.store.watermark_secs();
-    let max_lateness = app.cfg.max_lateness_secs;
-    let app2 = app.clone();
-    let (events, rejected) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let parsed = parse_body(&bytes, format, &limits).map_err(|e| match e {
-            BodyError::NotUtf8 { .. } | BodyError::Malformed(_) => {
-                ApiError::BadRequest(e.to_string())
-            }
-        })?;
-        let mut rejected = parsed.rejected;
-        let mut events = Vec::with_capacity(parsed.events.len());
-        for (index, e) in parsed.events {
-            match check_lateness(e.ts_secs, watermark, max_lateness) {
-                Ok(0) => events.push(e),
-                Ok(lateness) => {
-                    app2.metrics.event_lateness.observe(lateness as f64);
-                    events.push(e);
-                }
-                Err(error) => rejected.push(Rejection { index, error }),
-            }
-        }
-        rejected.sort_by_key(|r| r.index);
-        Ok((events, rejected))
+    let lateness = Lateness {
+        watermark: app.store.watermark_secs(),
+        max_secs: app.cfg.max_lateness_secs,
+    };
+    let admitted = tokio::task::spawn_blocking(move || {
+        admit(&bytes, format, &limits, lateness, MAX_LISTED_REJECTIONS)
     })
     .await
-    .map_err(|e| ApiError::BadRequest(format!("request processing failed: {e}")))??;
-
+    .map_err(|e| ApiError::BadRequest(format!("request processing failed: {e}")))?
+    .map_err(|e| match e {
+        BodyError::NotUtf8 { .. } | BodyError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+    })?;
+    for secs in &admitted.late_secs {
+        app.metrics.event_lateness.observe(*secs as f64);
+    }
+    let parsed = admitted.body;
+    let events: Vec<_> = parsed.events.into_iter().map(|(_, e)| e).collect();
     let accepted = events.len();
-    let response = serde_json::to_string(&IngestResponse {
-        accepted,
-        rejected: &rejected,
-    })
-    .unwrap_or_default();
+    let answer = |listed: usize| {
+        serde_json::to_string(&IngestResponse {
+            accepted,
+            rejected: &parsed.rejected[..listed],
+            rejected_total: parsed.rejected_total,
+        })
+        .unwrap_or_default()
+    };
+    let response = answer(parsed.rejected.len());
+    // What a retry with the same key gets: the same counts, and as many of
+    // the first rejections as fit the stored response's limit.
+    let stored = match key {
+        Some(_) => {
+            let mut listed = parsed.rejected.len();
+            let mut stored = response.clone();
+            while stored.len() > MAX_RESPONSE_BYTES && listed > 0 {
+                listed /= 2;
+                stored = answer(listed);
+            }
+            stored
+        }
+        None => String::new(),
+    };
     if accepted > 0 || key.is_some() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         app.store.write_with(
             WriteRequest {
                 events,
                 idempotency_key: key,
-                response: response.clone(),
+                response: stored,
                 source_offsets: Vec::new(),
             },
             Box::new(move |r| {
@@ -232,11 +248,11 @@ pub async fn post_events(
         }
     }
     app.metrics.events_accepted.inc_by(accepted as u64);
-    for r in &rejected {
+    for (reason, n) in &parsed.rejected_by_reason {
         app.metrics
             .events_rejected
-            .with_label_values(&[rejection_reason(&r.error)])
-            .inc();
+            .with_label_values(&[reason.label()])
+            .inc_by(*n);
     }
     app.metrics
         .ingest_duration

@@ -212,22 +212,3 @@ impl EngineObserver for Metrics {
         self.topk_counted.inc_by(segments as u64);
     }
 }
-
-/// The `reason` label of a rejection: the field or rule its message names.
-pub fn rejection_reason(message: &str) -> &'static str {
-    const FIELDS: &[(&str, &str)] = &[
-        ("max-lateness", "too_late"),
-        ("max-future", "too_far_in_future"),
-        ("invalid JSON", "invalid_json"),
-        ("device_id", "device_id"),
-        ("timestamp", "timestamp"),
-        ("location", "location"),
-        ("metadata", "metadata"),
-        ("value", "value"),
-        ("type", "type"),
-    ];
-    FIELDS
-        .iter()
-        .find(|(needle, _)| message.contains(needle))
-        .map_or("invalid_event", |(_, r)| r)
-}

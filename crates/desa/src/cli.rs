@@ -36,6 +36,9 @@ pub enum Command {
     /// Load a generated dataset into a fresh node and report ingest rate,
     /// query latencies and resident memory.
     Bench(crate::bench::BenchArgs),
+    /// Check a data dir file by file without changing it (no node may run
+    /// on it), or rebuild its lost MANIFEST with `--rebuild-manifest`.
+    Fsck(crate::fsck::FsckArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -306,5 +309,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Gen(a) => crate::gen::run(a),
         Command::Query(a) => crate::query::run(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Fsck(a) => crate::fsck::run(a),
     }
 }

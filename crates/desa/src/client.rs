@@ -8,7 +8,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestReply {
     pub accepted: u64,
-    pub rejected: Vec<desa_model::Rejection>,
+    /// Every rejection (the node lists the first ones in `rejected`).
+    pub rejected_total: u64,
 }
 
 #[derive(Clone)]

@@ -65,7 +65,7 @@ pub fn post_lines(
             match client.post_ndjson(&body, None) {
                 Ok(reply) => {
                     accepted.fetch_add(reply.accepted, Ordering::Relaxed);
-                    rejected.fetch_add(reply.rejected.len() as u64, Ordering::Relaxed);
+                    rejected.fetch_add(reply.rejected_total, Ordering::Relaxed);
                     bar.inc(n);
                 }
                 Err(e) => {

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod client;
 mod demo;
+mod fsck;
 mod gen;
 mod query;
 mod serve;

@@ -9,11 +9,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::flush::report_background_error;
+use super::memory::trim_heap;
 use super::{segments_dir, EngineConfig, Inner, State};
-use crate::error::Result;
+use crate::durable::remove_written;
+use crate::error::{Error, Result};
 use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
 use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, MAX_LEVEL, MIN_LEVEL};
@@ -54,12 +59,11 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     let partition = victims[0].meta.partition;
     let seg_dir = segments_dir(&inner.cfg.dir);
-    let id = manifest.next_segment_id;
-    manifest.next_segment_id += 1;
+    // Copy-on-write, as in a flush: stored first, installed after.
+    let mut next = manifest.clone();
+    let id = next.next_segment_id;
+    next.next_segment_id += 1;
     let path = seg_dir.join(SegmentMeta::file_name(id));
-    let meta = write_segment(&rows, &subset, partition, id, &path)?;
-    let merged = Arc::new(Segment::open(&path, id)?);
-    crate::wal::sync_dir(&seg_dir)?;
     let gone: HashSet<u64> = victims.iter().map(|s| s.meta.id).collect();
     let recover = |m: &mut SummaryMeta| {
         if signature.contains(&m.id) {
@@ -68,10 +72,24 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
             m.covers.sort_unstable();
         }
     };
-    manifest.segments.retain(|m| !gone.contains(&m.id));
-    manifest.segments.push(meta.clone());
-    manifest.summaries.iter_mut().for_each(recover);
-    manifest.store_durable(&inner.cfg.dir)?;
+    let attempt = (|| -> Result<(SegmentMeta, Arc<Segment>)> {
+        let meta = write_segment(&rows, &subset, partition, id, &path)?;
+        let merged = Arc::new(Segment::open(&path, id)?);
+        crate::durable::sync_dir(&seg_dir)?;
+        next.segments.retain(|m| !gone.contains(&m.id));
+        next.segments.push(meta.clone());
+        next.summaries.iter_mut().for_each(recover);
+        next.store_durable(&inner.cfg.dir)?;
+        Ok((meta, merged))
+    })();
+    let (meta, merged) = match attempt {
+        Ok(done) => done,
+        Err(e) => {
+            remove_written(std::slice::from_ref(&path));
+            return Err(e);
+        }
+    };
+    *manifest = next;
     {
         let mut st = inner.state.write();
         st.segments.retain(|s| !gone.contains(&s.meta.id));
@@ -249,6 +267,8 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
         .collect();
     covers.sort_unstable();
     let seg_dir = segments_dir(&inner.cfg.dir);
+    // Ids are never reused, so the id is taken now even though the summary
+    // may never be installed.
     let id = {
         let mut manifest = inner.manifest.lock();
         manifest.next_segment_id += 1;
@@ -267,11 +287,17 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
                 .collect();
             let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;
             let file = Arc::new(Summary::open(&path, level, first_day)?);
-            crate::wal::sync_dir(&seg_dir)?;
+            crate::durable::sync_dir(&seg_dir)?;
             Ok((events, bytes, file))
         })
     };
-    let (events, bytes, file) = run(job)?;
+    let (events, bytes, file) = match run(job) {
+        Ok(built) => built,
+        Err(e) => {
+            remove_written(std::slice::from_ref(&path));
+            return Err(e);
+        }
+    };
     let mut manifest = inner.manifest.lock();
     let live: HashSet<u64> = manifest.segments.iter().map(|m| m.id).collect();
     let old = replaces.as_ref().map(|r| r.meta.id);
@@ -298,9 +324,16 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
         events,
         bytes,
     };
-    manifest.summaries.retain(|m| Some(m.id) != old);
-    manifest.summaries.push(meta.clone());
-    manifest.store_durable(&inner.cfg.dir)?;
+    let mut next = manifest.clone();
+    next.summaries.retain(|m| Some(m.id) != old);
+    next.summaries.push(meta.clone());
+    if let Err(e) = next.store_durable(&inner.cfg.dir) {
+        drop(manifest);
+        drop(file);
+        remove_written(std::slice::from_ref(&path));
+        return Err(e);
+    }
+    *manifest = next;
     {
         let mut st = inner.state.write();
         st.summaries.retain(|s| Some(s.meta.id) != old);
@@ -319,4 +352,96 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
         "summary written"
     );
     Ok(())
+}
+
+/// How often the summary thread looks for blocks to summarize.
+const SUMMARY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Lowers the calling thread's CPU priority by `nice` (0 to 19).
+fn lower_priority(nice: i32) {
+    // SAFETY: setpriority on this thread's own id has no memory effects.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice);
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE` (nice 19 where that is
+/// refused): it then gets only CPU time nothing else wants.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
+        // valid parameter changes only its scheduling.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            lower_priority(19);
+        }
+    }
+}
+
+/// A summary build and where its result goes.
+type BuildRequest = (BuildJob, mpsc::SyncSender<Built>);
+
+/// Starts the thread that runs summary builds under `SCHED_IDLE`. Builds
+/// take no lock: a thread starved under `SCHED_IDLE` must not hold one that
+/// others wait for, and an unprivileged thread cannot leave `SCHED_IDLE`.
+fn start_builder() -> std::io::Result<(mpsc::Sender<BuildRequest>, std::thread::JoinHandle<()>)> {
+    let (jobs, requests) = mpsc::channel::<BuildRequest>();
+    let thread = std::thread::Builder::new()
+        .name("desa-summary-build".into())
+        .spawn(move || {
+            idle_priority();
+            for (job, reply) in requests {
+                let _ = reply.send(job());
+            }
+        })?;
+    Ok((jobs, thread))
+}
+
+/// Builds summaries one at a time. The CPU-heavy part (reading the inputs,
+/// writing and verifying the file) runs on idle CPU, on the builder thread:
+/// summaries only speed up long windows (answers are exact without them),
+/// so while ingest keeps every core busy they wait, and they catch up when
+/// it eases; during a bulk load that is about a sixth of the CPU left to
+/// ingest (`/healthz` says "maintenance": "pending" meanwhile). This thread
+/// itself, which takes the manifest and state locks to swap a summary in,
+/// runs at nice 10.
+pub(super) fn summary_loop(inner: &Inner) {
+    lower_priority(10);
+    let builder = start_builder()
+        .map_err(|e| tracing::warn!(error = %e, "no summary build thread; summaries are built at nice 10"))
+        .ok();
+    let run = |job: BuildJob| -> Built {
+        let Some((jobs, _)) = &builder else {
+            return job();
+        };
+        let (reply, result) = mpsc::sync_channel(1);
+        let gone = || {
+            Error::io("run a summary build on", "desa-summary-build")(std::io::Error::other(
+                "the build thread stopped",
+            ))
+        };
+        jobs.send((job, reply)).map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
+    };
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        let worked = {
+            let _s = inner.summarizing.lock();
+            summarize_once(inner, &run)
+        };
+        match worked {
+            Ok(true) => {
+                trim_heap();
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => report_background_error(inner, "summary", e),
+        }
+        std::thread::sleep(SUMMARY_INTERVAL);
+    }
+    if let Some((jobs, thread)) = builder {
+        drop(jobs);
+        let _ = thread.join();
+    }
 }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod crash;
+mod hardening;
 mod kafka;
 mod oracle;
 mod pg;

@@ -1,0 +1,139 @@
+//! The flusher thread: frozen heads to segments, then compaction, a step at
+//! a time, and the memory budget between steps.
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::memory::{enforce_memory_budget, trim_heap};
+use super::{maintain, offsets_list, segments_dir, wal_dir, Inner};
+use crate::durable::remove_written;
+use crate::error::{Error, Result};
+use crate::segment::{write_segment, Segment, SegmentMeta};
+use crate::wal;
+
+/// How often the flusher wakes up when it has nothing to do.
+const FLUSHER_IDLE_WAKE: Duration = Duration::from_millis(200);
+
+pub(super) fn flusher_loop(inner: &Inner) {
+    loop {
+        {
+            let mut wake = inner.flush_wake.lock();
+            if !*wake {
+                inner.flush_cv.wait_for(&mut wake, FLUSHER_IDLE_WAKE);
+            }
+            *wake = false;
+        }
+        if let Err(e) = flush_frozen(inner) {
+            report_background_error(inner, "flush", e);
+        }
+        if inner.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            let worked = {
+                let _m = inner.maintenance.lock();
+                maintain::compact_once(inner)
+            };
+            trim_heap();
+            enforce_memory_budget(inner);
+            match worked {
+                Ok(true) => {
+                    if inner.state.read().frozen.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = flush_frozen(inner) {
+                        report_background_error(inner, "flush", e);
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    report_background_error(inner, "compaction", e);
+                    break;
+                }
+            }
+        }
+        trim_heap();
+        enforce_memory_budget(inner);
+    }
+}
+
+pub(super) fn report_background_error(inner: &Inner, what: &str, e: Error) {
+    tracing::error!(error = %e, "{what} failed");
+    if let Error::Poisoned(p) = e {
+        *inner.poisoned.lock() = Some(p);
+        inner.frozen_cv.notify_all();
+    }
+}
+
+pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
+    loop {
+        let Some((head, wal_next)) = inner
+            .state
+            .read()
+            .frozen
+            .front()
+            .map(|f| (f.head.clone(), f.wal_next))
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut by_day: HashMap<i64, Vec<u32>> = HashMap::new();
+        for (r, ts) in head.rows.ts.iter().enumerate() {
+            by_day
+                .entry(ts.div_euclid(86_400))
+                .or_default()
+                .push(r as u32);
+        }
+        let seg_dir = segments_dir(&inner.cfg.dir);
+        let mut manifest = inner.manifest.lock();
+        // Copy-on-write: the change is built on a copy, stored, and only
+        // then installed; a failed step leaves the manifest in memory and
+        // on disk as it was, and removes the files this attempt wrote.
+        let mut next = manifest.clone();
+        let mut written = Vec::new();
+        let attempt = (|| -> Result<Vec<Arc<Segment>>> {
+            let mut new_segments = Vec::new();
+            for (day, subset) in by_day {
+                let id = next.next_segment_id;
+                next.next_segment_id += 1;
+                let path = seg_dir.join(SegmentMeta::file_name(id));
+                written.push(path.clone());
+                let meta = write_segment(&head.rows, &subset, day, id, &path)?;
+                next.segments.push(meta);
+                new_segments.push(Arc::new(Segment::open(&path, id)?));
+            }
+            crate::durable::sync_dir(&seg_dir)?;
+            inner.state.read().keys.store_durable(&inner.cfg.dir)?;
+            next.wal_start = wal_next;
+            // May include positions of the active head too: its events are
+            // still in the log from `wal_start`, and replay takes the larger
+            // offset.
+            next.source_offsets = offsets_list(&inner.state.read().offsets);
+            next.store_durable(&inner.cfg.dir)?;
+            Ok(new_segments)
+        })();
+        let new_segments = match attempt {
+            Ok(s) => s,
+            Err(e) => {
+                remove_written(&written);
+                return Err(e);
+            }
+        };
+        let old_wal_start = manifest.wal_start;
+        *manifest = next;
+        {
+            let mut st = inner.state.write();
+            st.frozen.pop_front();
+            st.segments.extend(new_segments);
+        }
+        let wdir = wal_dir(&inner.cfg.dir);
+        for n in old_wal_start..wal_next {
+            let _ = fs::remove_file(wal::file_path(&wdir, n));
+        }
+        inner.frozen_cv.notify_all();
+        inner.observer.head_flushed(started.elapsed(), head.len());
+    }
+}

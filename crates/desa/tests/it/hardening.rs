@@ -1,0 +1,279 @@
+//! What a hostile client or a careless operator does to a node: windows to
+//! the end of time, a data dir without its MANIFEST, a write that fails and
+//! is retried, swapped coordinates, a small body that would expand into a
+//! huge response.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::support::{all_counts, window, TestServer};
+
+const DAY: i64 = 86_400;
+const T0: i64 = 1_767_225_600;
+
+fn event(device: &str, ts: i64, value: f64) -> String {
+    format!(
+        "{{\"device_id\":\"{device}\",\"timestamp\":{ts},\"type\":\"t\",\"value\":{value},\"location\":{{\"latitude\":10,\"longitude\":20}}}}\n"
+    )
+}
+
+/// Waits until the node has flushed, merged and summarized everything due.
+fn wait_idle(s: &TestServer) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = s.get("/healthz", &[]).body;
+        if h["maintenance"] == "idle" && h["unflushed_events"] == 0 {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "maintenance never idle: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue: a window to the end of time walked the summaries' cover one day
+/// at a time (2^63 seconds is 10^14 days) under the state lock.
+#[test]
+fn windows_to_the_end_of_time_are_answered_from_the_stored_range() {
+    let s = TestServer::start(&["--head-max-events", "20"]);
+    // 40 days, two events a day, so that summaries of several levels exist.
+    let body: String = (0..40)
+        .flat_map(|d| {
+            [
+                event("a", T0 + d * DAY, 1.0),
+                event("b", T0 + d * DAY + 7, 3.0),
+            ]
+        })
+        .collect();
+    assert_eq!(s.post_ndjson(&body).status, 200);
+    let h = wait_idle(&s);
+    assert!(h["summaries"].as_u64().unwrap() > 0, "{h}");
+    let forever = window(0, i64::MAX);
+    let mut p = forever.clone();
+    p.extend([("type", "t".to_owned()), ("k", "10".to_owned())]);
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["devices"][0]["count"], 40);
+    assert_eq!(r.body["devices"][1]["count"], 40);
+    let mut p = forever.clone();
+    p.extend([("type", "t".to_owned()), ("device_id", "b".to_owned())]);
+    let r = s.get("/v1/query/avg", &p);
+    assert_eq!(
+        (r.body["count"].clone(), r.body["avg"].clone()),
+        (40.into(), 3.0.into())
+    );
+    let mut p = forever;
+    p.extend(
+        [
+            ("type", "t"),
+            ("min_lat", "0"),
+            ("max_lat", "20"),
+            ("min_lon", "0"),
+            ("max_lon", "30"),
+        ]
+        .map(|(k, v)| (k, v.to_owned())),
+    );
+    let r = s.get("/v1/query/geo", &p);
+    assert_eq!(
+        (r.body["count"].clone(), r.body["avg"].clone()),
+        (80.into(), 2.0.into())
+    );
+}
+
+/// Issue: a node started on a data dir whose MANIFEST was moved away served
+/// 0 events, having deleted every segment as "not named in the manifest".
+#[test]
+fn a_missing_manifest_refuses_to_start_and_deletes_nothing() {
+    let mut s = TestServer::start(&["--head-max-events", "16"]);
+    let body: String = (0..128)
+        .map(|i| event(&format!("d{}", i % 8), T0 + i, 1.0))
+        .collect();
+    assert_eq!(s.post_ndjson(&body).status, 200);
+    s.wait_flushed();
+    s.terminate();
+    let moved = s.data_dir.with_extension("manifest-elsewhere");
+    fs::rename(s.data_dir.join("MANIFEST"), &moved).unwrap();
+    let files_before = count_files(&s.data_dir);
+    let log = s.try_restart().expect_err("started without its MANIFEST");
+    assert!(log.contains("MANIFEST"), "{log}");
+    assert!(
+        log.contains("desa fsck"),
+        "the error names the recovery command: {log}"
+    );
+    assert_eq!(count_files(&s.data_dir), files_before, "files were removed");
+    // fsck says what is there and that the MANIFEST is missing...
+    let fsck = desa(&["fsck", "--json", "--data-dir"], &s.data_dir);
+    assert!(!fsck.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&fsck.stdout).unwrap();
+    assert_eq!(report["manifest"], false, "{report}");
+    assert_eq!(report["stored_events"], 0, "{report}");
+    assert!(
+        !report["unnamed"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    // ...and rebuilds it from the files, which hold every event.
+    let rebuilt = desa(&["fsck", "--rebuild-manifest", "--data-dir"], &s.data_dir);
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    let fsck = desa(&["fsck", "--json", "--data-dir"], &s.data_dir);
+    assert!(fsck.status.success(), "{fsck:?}");
+    let report: serde_json::Value = serde_json::from_slice(&fsck.stdout).unwrap();
+    assert_eq!(report["stored_events"], 128, "{report}");
+    s.try_restart().unwrap();
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 128);
+    assert_eq!(s.get("/healthz", &[]).body["stored_events"], 128);
+    // The manifest that was moved away is still the operator's to restore.
+    assert!(moved.exists());
+}
+
+fn desa(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// Files a node's manifest does not name are moved to `orphans/`, never
+/// deleted: the node cannot tell a crash's leftover from a file an operator
+/// copied in.
+#[test]
+fn files_the_manifest_does_not_name_go_to_orphans() {
+    let mut s = TestServer::start(&["--head-max-events", "16"]);
+    let body: String = (0..32).map(|i| event("d", T0 + i, 1.0)).collect();
+    assert_eq!(s.post_ndjson(&body).status, 200);
+    s.wait_flushed();
+    s.terminate();
+    let stray = s.data_dir.join("segments").join("000000099999.seg");
+    fs::write(&stray, b"someone's file").unwrap();
+    s.try_restart().unwrap();
+    assert!(!stray.exists());
+    let kept = s.data_dir.join("orphans").join("000000099999.seg");
+    assert_eq!(fs::read(&kept).unwrap(), b"someone's file");
+    assert!(s.log_text().contains("000000099999.seg"));
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 32);
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += count_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Issue: a flush that failed at the manifest write and was retried added
+/// its rows to the in-memory manifest on every attempt; once one attempt
+/// succeeded, a restart served every retry's copy (24,000 for 1,500).
+#[test]
+fn a_failed_flush_retried_stores_each_event_once() {
+    let mut s = TestServer::start(&["--head-max-events", "1000"]);
+    let first: String = (0..500)
+        .map(|i| event(&format!("d{}", i % 5), T0 + i, 1.0))
+        .collect();
+    assert_eq!(s.post_ndjson(&first).status, 200);
+    // A directory where the manifest's temporary file goes: every manifest
+    // write fails, as on ENOSPC, EIO or EMFILE.
+    let blocker = s.data_dir.join("MANIFEST.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let more: String = (500..1500)
+        .map(|i| event(&format!("d{}", i % 5), T0 + i, 1.0))
+        .collect();
+    assert_eq!(s.post_ndjson(&more).status, 200);
+    std::thread::sleep(Duration::from_millis(1500)); // several failed flushes
+    fs::remove_dir(&blocker).unwrap();
+    s.wait_flushed();
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 1500);
+    s.restart();
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 1500);
+    assert_eq!(s.get("/healthz", &[]).body["stored_events"], 1500);
+}
+
+/// Issue: `"location": [2.35, 48.85]` was read as latitude 2.35, longitude
+/// 48.85; GeoJSON writes `[longitude, latitude]`.
+#[test]
+fn location_arrays_are_rejected_with_a_reason() {
+    let s = TestServer::start(&[]);
+    let body = format!(
+        "{}{{\"device_id\":\"x\",\"timestamp\":{T0},\"type\":\"t\",\"value\":1,\"location\":[2.35,48.85]}}\n",
+        event("ok", T0, 1.0)
+    );
+    let r = s.post_ndjson(&body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 1);
+    let reason = r.body["rejected"][0]["error"].as_str().unwrap();
+    assert!(reason.contains("location must be an object"), "{reason}");
+    assert_eq!(all_counts(&s, "t").len(), 1);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Issue: 16 KiB of gzip (8 MiB of `x` lines) was answered with 636 MB,
+/// built in memory, and stored whole with an Idempotency-Key.
+#[test]
+fn a_body_of_junk_gets_a_bounded_answer() {
+    let s = TestServer::start(&[]);
+    let junk = "x\n".repeat(4 << 20);
+    let body = gzip(junk.as_bytes());
+    assert!(body.len() < 64 << 10);
+    for key in [None, Some("junk-1")] {
+        let mut headers = vec![("Content-Encoding", "gzip")];
+        headers.extend(key.map(|k| ("Idempotency-Key", k)));
+        let r = s.post(&body, "application/x-ndjson", &headers).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let text = r.body.to_string();
+        assert!(text.len() < 1 << 20, "answer of {} bytes", text.len());
+        assert_eq!(r.body["accepted"], 0);
+        assert_eq!(r.body["rejected_total"], 4 << 20);
+        let listed = r.body["rejected"].as_array().unwrap();
+        assert_eq!(listed.len(), 1_000);
+        assert_eq!(listed[999]["index"], 999);
+    }
+    // The stored answer of the keyed request is the bounded one.
+    let again = s
+        .post(
+            &body,
+            "application/x-ndjson",
+            &[("Content-Encoding", "gzip"), ("Idempotency-Key", "junk-1")],
+        )
+        .unwrap();
+    assert_eq!(again.body["rejected_total"], 4 << 20);
+    let kept = again.body["rejected"].as_array().unwrap().len();
+    assert!(kept > 0 && kept <= 1_000, "{kept}");
+    let metrics = s.get_text("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "desa_events_rejected_total{{reason=\"invalid_json\"}} {}",
+            2 * (4 << 20)
+        )),
+        "every rejection is counted, listed or not"
+    );
+}
+
+/// A body of several gzip members (`cat a.gz b.gz`) is read whole, as
+/// gzip(1) reads it; it was cut after the first member without a word.
+#[test]
+fn every_gzip_member_is_read() {
+    let s = TestServer::start(&[]);
+    let mut body = gzip(event("a", T0, 1.0).as_bytes());
+    body.extend(gzip(event("b", T0 + 1, 2.0).as_bytes()));
+    body.extend(gzip(event("c", T0 + 2, 3.0).as_bytes()));
+    let r = s
+        .post(
+            &body,
+            "application/x-ndjson",
+            &[("Content-Encoding", "gzip")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 3);
+    assert_eq!(all_counts(&s, "t").len(), 3);
+}
