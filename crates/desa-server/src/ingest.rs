@@ -1,6 +1,7 @@
 //! `POST /v1/events`.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -11,6 +12,7 @@ use desa_engine::idempotency::{MAX_KEY_BYTES, MAX_RESPONSE_BYTES};
 use desa_model::{admit, BodyError, BodyFormat, Lateness, Limits, Rejection};
 use desa_store::{StoreError, WriteOutcome, WriteRequest};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -55,15 +57,23 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
 /// Reads the body up to `max_bytes`. An oversized body is still read (and
 /// dropped) up to [`DRAIN_FACTOR`] times the limit, so that the client, still
 /// sending, receives the 413 instead of a connection reset.
+///
+/// Bytes kept are counted against `budget` (in KiB) as they arrive, so that
+/// bodies being read, which hold no ingest permit, still hold no more memory
+/// than the node allows for them; a client that stops sending holds what it
+/// sent until the body deadline, no more.
 async fn read_limited(
     mut body: Body,
     max_bytes: usize,
     declared: Option<usize>,
-) -> Result<Bytes, ApiError> {
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), ApiError> {
     use http_body_util::BodyExt;
     // Sized once from Content-Length: growing a 4 MiB body by doubling
     // copied it twice more.
-    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(max_bytes));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut held = Vec::new();
+    let mut reserved = 0usize;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame =
@@ -73,6 +83,19 @@ async fn read_limited(
         };
         total += data.len();
         if total <= max_bytes {
+            let need = total.div_ceil(1024).saturating_sub(reserved);
+            if need > 0 {
+                let permits = budget
+                    .clone()
+                    .acquire_many_owned(u32::try_from(need).unwrap_or(u32::MAX))
+                    .await
+                    .map_err(|_| ApiError::BadRequest("the node is shutting down".into()))?;
+                held.push(permits);
+                reserved += need;
+            }
+            if buf.capacity() == 0 {
+                buf.reserve(declared.unwrap_or(0).min(max_bytes).max(data.len()));
+            }
             buf.extend_from_slice(&data);
         } else if total > max_bytes.saturating_mul(DRAIN_FACTOR) {
             break;
@@ -81,7 +104,7 @@ async fn read_limited(
     if total > max_bytes {
         return Err(too_large(max_bytes));
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), held))
 }
 
 const DRAIN_FACTOR: usize = 4;
@@ -93,7 +116,12 @@ fn too_large(max_bytes: usize) -> ApiError {
 }
 
 /// Reads the raw (possibly compressed) body within the limit.
-async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max_bytes: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -101,7 +129,7 @@ async fn read_body(body: Body, headers: &HeaderMap, max_bytes: usize) -> Result<
     if declared.is_some_and(|n| n > max_bytes.saturating_mul(DRAIN_FACTOR)) {
         return Err(too_large(max_bytes));
     }
-    read_limited(body, max_bytes, declared).await
+    read_limited(body, max_bytes, declared, budget).await
 }
 
 /// Undoes `Content-Encoding`, keeping the decoded body within the limit.
@@ -142,15 +170,26 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // The body is read before any other check can fail, so that an error
+    // response never races a client that is still sending (a reset would
+    // hide the response); and before an ingest permit is taken, so that a
+    // client that stops sending holds no permit, only its connection, and
+    // only until the body deadline.
+    let deadline = app.cfg.body_timeout;
+    let reading = read_body(body, &headers, app.cfg.max_body_bytes, &app.body_budget);
+    let (raw, _body_memory) = tokio::time::timeout(deadline, reading)
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the body did not arrive within {} s (--body-timeout)",
+                deadline.as_secs_f64()
+            ))
+        })??;
     let _permit = app
         .ingest_permits
         .acquire()
         .await
         .map_err(|_| ApiError::BadRequest("the node is shutting down".into()))?;
-    // The body is read before any other check can fail, so that an error
-    // response never races a client that is still sending (a reset would
-    // hide the response).
-    let raw = read_body(body, &headers, app.cfg.max_body_bytes).await?;
     let format = body_format(&headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,

@@ -14,6 +14,7 @@
 
 mod error;
 mod ingest;
+mod listen;
 pub mod metrics;
 mod query;
 
@@ -29,6 +30,7 @@ use desa_engine::Clock;
 use desa_store::Store;
 
 pub use error::ApiError;
+pub use listen::FrontDoor;
 pub use metrics::Metrics;
 
 /// Request limits and policies of the HTTP API.
@@ -39,9 +41,13 @@ pub struct ServerConfig {
     pub max_future_secs: i64,
     /// When set, events further behind the watermark are rejected.
     pub max_lateness_secs: Option<i64>,
-    /// Ingest requests read and parsed at once; the others wait their turn.
-    /// With `max_body_bytes` it bounds the memory ingest can take.
+    /// Ingest requests parsed and written at once; the others wait their
+    /// turn, with their bodies read. With `max_body_bytes` it bounds the
+    /// memory ingest can take.
     pub max_concurrent_ingest: usize,
+    /// Longest a request body may take to arrive, from the end of its
+    /// headers; a slower one gets 408.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +57,7 @@ impl Default for ServerConfig {
             max_future_secs: 86_400,
             max_lateness_secs: None,
             max_concurrent_ingest: 4,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -75,6 +82,18 @@ pub struct AppState {
     pub components: Vec<Arc<dyn Component>>,
     /// Permits for concurrent ingest requests (`max_concurrent_ingest`).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    /// KiB of request bodies held in memory while they are read, at most
+    /// ([`AppState::body_budget_kib`]).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// Memory for bodies being read: as much as the ingest requests that
+    /// may run at once can hold, so reading ahead of the permits does not
+    /// raise what ingest can take.
+    pub fn body_budget_kib(cfg: &ServerConfig) -> usize {
+        cfg.max_concurrent_ingest.max(1) * cfg.max_body_bytes.div_ceil(1024).max(1)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -139,13 +158,13 @@ async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, with the
+/// connection limits of `door`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    door: FrontDoor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, router(state), door, shutdown).await
 }

@@ -59,9 +59,24 @@ pub struct ServeArgs {
     /// Largest request body, before and after gzip decoding.
     #[arg(long, env = "DESA_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
-    /// `POST /v1/events` requests read and parsed at once (others wait).
+    /// `POST /v1/events` requests parsed and written at once (others wait,
+    /// their bodies read).
     #[arg(long, env = "DESA_MAX_CONCURRENT_INGEST", default_value_t = 4)]
     pub max_concurrent_ingest: usize,
+    /// Open connections at most; past it new ones wait in the kernel's backlog.
+    #[arg(long, env = "DESA_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, from the connection's
+    /// start or the previous response (also the idle keep-alive timeout).
+    #[arg(long, env = "DESA_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// A request's body must arrive within this after its headers (408).
+    #[arg(long, env = "DESA_BODY_TIMEOUT", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// On SIGTERM, how long requests in flight may take to finish before
+    /// their connections are closed unanswered.
+    #[arg(long, env = "DESA_SHUTDOWN_GRACE", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
     /// Resident memory the node stays under.
     #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
     pub memory_budget: u64,
@@ -79,6 +94,26 @@ pub struct ServeArgs {
     pub worker_name: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+impl ServeArgs {
+    /// `desa serve`'s defaults (and `DESA_...` settings) on `data_dir` and
+    /// `listen`.
+    pub fn defaults(data_dir: &std::path::Path, listen: &str) -> anyhow::Result<ServeArgs> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = [
+            "desa".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+        ];
+        Ok(Only::try_parse_from(args)?.serve)
+    }
 }
 
 #[derive(Args, Clone, Debug)]

@@ -23,19 +23,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
     let rt = runtime()?;
-    let serve = ServeArgs {
-        data_dir: data_dir.clone(),
-        listen: args.listen.clone(),
-        max_future: DAY,
-        max_lateness: None,
-        max_body: 16 << 20,
-        max_concurrent_ingest: 4,
-        memory_budget: 1 << 30,
-        head_max_events: 262_144,
-        store: None,
-        worker_name: None,
-        kafka: Default::default(),
-    };
+    // The node's own defaults, as `desa serve` has them (one place).
+    let serve = ServeArgs::defaults(&data_dir, &args.listen)?;
     let node = rt.block_on(Node::start(&serve))?;
     let base = format!("http://{}", node.addr);
     println!(

@@ -118,23 +118,29 @@ impl Node {
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         let (kafka, components) = start_kafka(args, &store, &clock, &metrics)?;
+        let cfg = ServerConfig {
+            max_body_bytes: args.max_body as usize,
+            max_future_secs: args.max_future,
+            max_lateness_secs: args.max_lateness,
+            max_concurrent_ingest: args.max_concurrent_ingest.max(1),
+            body_timeout: args.body_timeout,
+        };
         let state = AppState {
             store,
             metrics,
             components,
             clock,
-            cfg: Arc::new(ServerConfig {
-                max_body_bytes: args.max_body as usize,
-                max_future_secs: args.max_future,
-                max_lateness_secs: args.max_lateness,
-                max_concurrent_ingest: args.max_concurrent_ingest.max(1),
-            }),
-            ingest_permits: Arc::new(tokio::sync::Semaphore::new(
-                args.max_concurrent_ingest.max(1),
-            )),
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_ingest)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(AppState::body_budget_kib(&cfg))),
+            cfg: Arc::new(cfg),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(desa_server::serve(listener, state, async move {
+        let door = desa_server::FrontDoor {
+            max_connections: args.max_connections.max(1),
+            header_timeout: args.header_timeout,
+            shutdown_grace: args.shutdown_grace,
+        };
+        let server = tokio::spawn(desa_server::serve(listener, state, door, async move {
             let _ = rx.await;
         }));
         Ok(Node {
@@ -186,7 +192,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     init_logging();
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let result = rt.block_on(async {
         let node = Node::start(&args).await?;
         // Tests and scripts read this line to learn the port.
         println!("desa listening on http://{}", node.addr);
@@ -194,5 +201,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.stop().await
-    })
+    });
+    // Requests still running on blocking threads (a store write waiting on
+    // its database) get the same grace as connections, no more.
+    rt.shutdown_timeout(args.shutdown_grace);
+    result
 }

@@ -277,3 +277,85 @@ fn every_gzip_member_is_read() {
     assert_eq!(r.body["accepted"], 3);
     assert_eq!(all_counts(&s, "t").len(), 3);
 }
+
+/// Opens a connection and sends `head` (and nothing more).
+fn stall(base: &str, head: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    c
+}
+
+const STALLED_BODY: &str = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 100000\r\n\r\n{\"device_id\":";
+const STALLED_HEADERS: &str = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Ty";
+
+/// Issue: 64 connections that sent a POST's headers and never its body
+/// took every ingest permit, and a good client's POST hung.
+#[test]
+fn stalled_clients_do_not_stop_ingest() {
+    let s = TestServer::start(&[]);
+    let mut held = Vec::new();
+    for i in 0..64 {
+        held.push(stall(
+            &s.base,
+            if i % 2 == 0 {
+                STALLED_BODY
+            } else {
+                STALLED_HEADERS
+            },
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    for i in 0..4 {
+        let r = agent
+            .post(&format!("{}/v1/events", s.base))
+            .set("Content-Type", "application/x-ndjson")
+            .send_string(&event(&format!("good-{i}"), T0 + i, 1.0))
+            .expect("a good client is served beside stalled ones");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(all_counts(&s, "t").len(), 4);
+    drop(held);
+}
+
+/// A body that stops arriving gets 408 once `--body-timeout` passes, and a
+/// connection whose headers never end is closed after `--header-timeout`.
+#[test]
+fn slow_bodies_and_headers_time_out() {
+    use std::io::Read;
+    let s = TestServer::start(&["--body-timeout", "1s", "--header-timeout", "1s"]);
+    let mut body = stall(&s.base, STALLED_BODY);
+    let mut headers = stall(&s.base, STALLED_HEADERS);
+    for c in [&body, &headers] {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut answer = String::new();
+    body.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--body-timeout"), "{answer}");
+    let mut rest = Vec::new();
+    let n = headers
+        .read_to_end(&mut rest)
+        .expect("closed, not left hanging");
+    assert!(n == 0 || String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 408"));
+}
+
+/// SIGTERM stops the node in bounded time even with connections that
+/// never finish, and what it acknowledged is there after a restart.
+#[test]
+fn sigterm_ends_the_node_beside_stalled_connections() {
+    let mut s = TestServer::start(&["--shutdown-grace", "2s"]);
+    assert_eq!(s.post_ndjson(&event("a", T0, 1.0)).status, 200);
+    let _held: Vec<_> = (0..8).map(|_| stall(&s.base, STALLED_BODY)).collect();
+    let _idle = stall(&s.base, "");
+    assert!(
+        s.terminate_within(Duration::from_secs(30)),
+        "still running 30 s after SIGTERM"
+    );
+    s.try_restart().unwrap();
+    assert_eq!(all_counts(&s, "t").len(), 1);
+}

@@ -172,6 +172,28 @@ impl TestServer {
         }
     }
 
+    /// SIGTERM, then waits up to `limit` for the process to exit; a process
+    /// still running then is killed and `false` returned.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if c.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        false
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn()
