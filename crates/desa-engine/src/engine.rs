@@ -113,6 +113,10 @@ pub struct EngineStats {
     /// Largest event timestamp stored (event-time progress).
     pub watermark_secs: Option<i64>,
     pub poisoned: Option<String>,
+    /// Background tasks failing now (`"flush: ..."`), retried until they
+    /// succeed; while flushes fail and the frozen heads are full, writes
+    /// are refused.
+    pub failing: Option<String>,
 }
 
 type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
@@ -153,6 +157,9 @@ struct Inner {
     /// Held while summarizing (summary thread or [`Engine::settle`]).
     summarizing: Mutex<()>,
     poisoned: Mutex<Option<String>>,
+    /// The last error of each background task ("flush", "compaction",
+    /// "summary") that has not succeeded since; cleared by its next success.
+    failing: Mutex<BTreeMap<&'static str, String>>,
     flush_wake: Mutex<bool>,
     flush_cv: Condvar,
     frozen_cv: Condvar,
@@ -226,6 +233,7 @@ impl Engine {
             maintenance: Mutex::new(()),
             summarizing: Mutex::new(()),
             poisoned: Mutex::new(None),
+            failing: Mutex::new(BTreeMap::new()),
             flush_wake: Mutex::new(true),
             flush_cv: Condvar::new(),
             frozen_cv: Condvar::new(),
@@ -237,14 +245,16 @@ impl Engine {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("desa-commit".into())
-                .spawn(move || committer_loop(&inner, writer, rx))
+                .spawn(move || {
+                    supervise(&inner, "desa-commit", || committer_loop(&inner, writer, rx))
+                })
                 .map_err(Error::io("spawn", "desa-commit"))?
         };
         let flusher = {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("desa-flush".into())
-                .spawn(move || flusher_loop(&inner))
+                .spawn(move || supervise(&inner, "desa-flush", || flusher_loop(&inner)))
                 .map_err(Error::io("spawn", "desa-flush"))?
         };
         let governor = {
@@ -252,10 +262,12 @@ impl Engine {
             std::thread::Builder::new()
                 .name("desa-memory".into())
                 .spawn(move || {
-                    while !inner.shutdown.load(Ordering::SeqCst) {
-                        enforce_memory_budget(&inner);
-                        std::thread::sleep(MEMORY_CHECK_INTERVAL);
-                    }
+                    supervise(&inner, "desa-memory", || {
+                        while !inner.shutdown.load(Ordering::SeqCst) {
+                            enforce_memory_budget(&inner);
+                            std::thread::sleep(MEMORY_CHECK_INTERVAL);
+                        }
+                    })
                 })
                 .map_err(Error::io("spawn", "desa-memory"))?
         };
@@ -263,7 +275,7 @@ impl Engine {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("desa-summary".into())
-                .spawn(move || summary_loop(&inner))
+                .spawn(move || supervise(&inner, "desa-summary", || summary_loop(&inner)))
                 .map_err(Error::io("spawn", "desa-summary"))?
         };
         Ok(Engine {
@@ -433,6 +445,7 @@ impl Engine {
             maintenance_pending: pending,
             watermark_secs: st.watermark,
             poisoned: self.inner.poisoned.lock().clone(),
+            failing: failing_summary(&self.inner.failing.lock()),
         }
     }
 
@@ -488,6 +501,33 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// Runs a background thread's loop; if it panics, the engine is poisoned
+/// (writes refused, `/healthz` says which thread and why) instead of going
+/// on without the thread: a dead flusher would let the head grow and every
+/// write wait forever.
+fn supervise(inner: &Inner, thread: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(thread, panic = %what, "background thread panicked; refusing further writes");
+        *inner.poisoned.lock() = Some(format!("thread {thread} panicked: {what}"));
+        inner.frozen_cv.notify_all();
+    }
+}
+
+fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {
+    (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|(what, e)| format!("{what} failing: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 fn advance_offsets(offsets: &mut BTreeMap<(String, i32), i64>, new: &[SourceOffset]) {

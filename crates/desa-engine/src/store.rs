@@ -62,7 +62,7 @@ impl Store for Engine {
             maintenance_pending: s.maintenance_pending,
             storage_bytes: s.segment_bytes + s.summary_bytes,
             watermark_secs: s.watermark_secs,
-            unavailable: None,
+            unavailable: s.failing,
             refused: s.poisoned.map(|p| format!("poisoned: {p}")),
         }
     }

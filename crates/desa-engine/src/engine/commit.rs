@@ -39,6 +39,12 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
         }
         return;
     }
+    if let Some(why) = cannot_take_more(inner) {
+        for c in group {
+            (c.reply)(Err(Error::Unavailable(why.clone())));
+        }
+        return;
+    }
     let now = inner.clock.now_secs();
     let mut force_freeze = false;
     let mut barriers: Vec<Reply> = Vec::new();
@@ -150,14 +156,30 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
     }
 }
 
+/// Why no write can be taken now, if so: the head is full, every frozen
+/// head is still waiting for the flusher, and flushes are failing. Taking
+/// more would grow memory without bound for as long as the fault lasts; the
+/// writer is told so (503) and nothing of its request is stored.
+fn cannot_take_more(inner: &Inner) -> Option<String> {
+    let failing = inner.failing.lock().get("flush").cloned()?;
+    let st = inner.state.read();
+    let full = st.frozen.len() >= inner.cfg.max_frozen_heads
+        && (st.head.len() >= inner.cfg.head_max_rows
+            || st.head.approx_bytes() >= inner.cfg.head_max_bytes);
+    full.then(|| format!("events cannot be flushed to segments ({failing})"))
+}
+
 /// Moves the head to the frozen queue and starts a new log file for the next
-/// head; waits while the flusher is too far behind (backpressure).
+/// head; waits while the flusher is too far behind (backpressure), but not
+/// while flushes fail: the head then stays, and once it is full writes are
+/// refused (`cannot_take_more`) until a flush succeeds.
 fn freeze_head(inner: &Inner, wal: &mut WalWriter) {
     {
         let mut guard = inner.frozen_lock.lock();
-        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads
-            && inner.poisoned.lock().is_none()
-        {
+        while inner.state.read().frozen.len() >= inner.cfg.max_frozen_heads {
+            if inner.poisoned.lock().is_some() || inner.failing.lock().contains_key("flush") {
+                return;
+            }
             inner
                 .frozen_cv
                 .wait_for(&mut guard, Duration::from_millis(100));

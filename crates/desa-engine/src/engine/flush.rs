@@ -26,9 +26,8 @@ pub(super) fn flusher_loop(inner: &Inner) {
             }
             *wake = false;
         }
-        if let Err(e) = flush_frozen(inner) {
-            report_background_error(inner, "flush", e);
-        }
+        let flushed = flush_frozen(inner);
+        report_background(inner, "flush", flushed);
         if inner.shutdown.load(Ordering::SeqCst) {
             return;
         }
@@ -44,13 +43,15 @@ pub(super) fn flusher_loop(inner: &Inner) {
                     if inner.state.read().frozen.is_empty() {
                         continue;
                     }
-                    if let Err(e) = flush_frozen(inner) {
-                        report_background_error(inner, "flush", e);
-                    }
+                    let flushed = flush_frozen(inner);
+                    report_background(inner, "flush", flushed);
                 }
-                Ok(false) => break,
+                Ok(false) => {
+                    report_background(inner, "compaction", Ok(()));
+                    break;
+                }
                 Err(e) => {
-                    report_background_error(inner, "compaction", e);
+                    report_background(inner, "compaction", Err(e));
                     break;
                 }
             }
@@ -60,11 +61,25 @@ pub(super) fn flusher_loop(inner: &Inner) {
     }
 }
 
-pub(super) fn report_background_error(inner: &Inner, what: &str, e: Error) {
-    tracing::error!(error = %e, "{what} failed");
-    if let Error::Poisoned(p) = e {
-        *inner.poisoned.lock() = Some(p);
-        inner.frozen_cv.notify_all();
+/// Records how a background task went: an error is logged and kept for
+/// `/healthz` (and, for a flush, for the write path) until the task next
+/// succeeds; a poisoning error poisons the engine.
+pub(super) fn report_background(inner: &Inner, what: &'static str, result: Result<()>) {
+    match result {
+        Ok(()) => {
+            if inner.failing.lock().remove(what).is_some() {
+                tracing::info!("{what} succeeded again");
+                inner.frozen_cv.notify_all();
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "{what} failed");
+            if let Error::Poisoned(p) = &e {
+                *inner.poisoned.lock() = Some(p.clone());
+            }
+            inner.failing.lock().insert(what, e.to_string());
+            inner.frozen_cv.notify_all();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::flush::report_background_error;
+use super::flush::report_background;
 use super::memory::trim_heap;
 use super::{segments_dir, EngineConfig, Inner, State};
 use crate::durable::remove_written;
@@ -432,11 +432,12 @@ pub(super) fn summary_loop(inner: &Inner) {
         };
         match worked {
             Ok(true) => {
+                report_background(inner, "summary", Ok(()));
                 trim_heap();
                 continue;
             }
-            Ok(false) => {}
-            Err(e) => report_background_error(inner, "summary", e),
+            Ok(false) => report_background(inner, "summary", Ok(())),
+            Err(e) => report_background(inner, "summary", Err(e)),
         }
         std::thread::sleep(SUMMARY_INTERVAL);
     }

@@ -359,3 +359,76 @@ fn sigterm_ends_the_node_beside_stalled_connections() {
     s.try_restart().unwrap();
     assert_eq!(all_counts(&s, "t").len(), 1);
 }
+
+/// Repeated flush failures: once the frozen heads waiting for the flusher
+/// are full, writes get 503 instead of hanging, /healthz says why, and
+/// writes resume when the fault clears, each acknowledged event kept once.
+#[test]
+fn failing_flushes_refuse_writes_with_503_instead_of_hanging() {
+    let mut s = TestServer::start(&["--head-max-events", "100"]);
+    let blocker = s.data_dir.join("MANIFEST.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let mut acked = 0u64;
+    let mut refused = None;
+    for b in 0..20 {
+        let body: String = (0..100)
+            .map(|i| event(&format!("d{i}"), T0 + b * 100 + i, 1.0))
+            .collect();
+        let r = agent
+            .post(&format!("{}/v1/events", s.base))
+            .set("Content-Type", "application/x-ndjson")
+            .send_string(&body);
+        match r {
+            Ok(r) => {
+                acked += r.into_json::<serde_json::Value>().unwrap()["accepted"]
+                    .as_u64()
+                    .unwrap()
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                refused = Some((
+                    code,
+                    r.header("Retry-After").map(str::to_owned),
+                    r.into_string().unwrap(),
+                ));
+                break;
+            }
+            Err(e) => panic!("write hung or failed: {e}"),
+        }
+    }
+    let (code, retry, body) = refused.expect("writes were never refused");
+    assert_eq!(code, 503, "{body}");
+    assert!(retry.is_some());
+    assert!(
+        body.contains("MANIFEST"),
+        "the error says what fails: {body}"
+    );
+    let h = s.get("/healthz", &[]);
+    assert_eq!(h.body["status"], "degraded", "{}", h.body);
+    assert!(
+        h.body["storage"].as_str().unwrap().contains("flush"),
+        "{}",
+        h.body
+    );
+    fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.post_ndjson(&event("after", T0, 1.0));
+        if r.status == 200 {
+            acked += 1;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never resumed: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.wait_flushed();
+    assert_eq!(s.get("/healthz", &[]).body["status"], "ok");
+    s.restart();
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), acked);
+}
