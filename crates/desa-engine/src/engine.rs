@@ -362,40 +362,49 @@ impl Engine {
         GeoAnswer::new(event_type, w, bbox, count, sum.value())
     }
 
-    /// Adds up a count and sum over the heads (read under the state lock) and
-    /// the files (read after it is released, from a snapshot of the lists).
+    /// Adds up a count and sum over the active head (read under the state
+    /// lock), and the frozen heads and the files (read after it is released:
+    /// they never change).
     fn count_and_sum(
         &self,
         w: TimeWindow,
         in_head: impl Fn(&Head) -> (u64, DoubleDouble),
         in_files: impl Fn(&query::Plan) -> (u64, DoubleDouble),
     ) -> (u64, DoubleDouble) {
-        let (mut count, mut sum, segs) = {
+        let ((mut count, mut sum), frozen, segs) = {
             let st = self.inner.state.read();
-            let mut count = 0;
-            let mut sum = DoubleDouble::ZERO;
-            for h in heads(&st) {
-                let (c, s) = in_head(h);
-                count += c;
-                sum = sum + s;
-            }
-            (count, sum, snapshot(&st))
+            let frozen: Vec<Arc<Head>> = st.frozen.iter().map(|f| f.head.clone()).collect();
+            (in_head(&st.head), frozen, snapshot(&st))
         };
+        for h in &frozen {
+            let (c, s) = in_head(h);
+            count += c;
+            sum = sum + s;
+        }
         let (c, s) = in_files(&query::plan(&segs.0, &segs.1, w));
         count += c;
         sum = sum + s;
         (count, sum)
     }
 
-    /// A head the window holds whole is one more count-ordered list of the
-    /// threshold algorithm, read under the state lock (usually a few
-    /// entries); a head the window cuts is counted row by row into exact
-    /// counts, and the files are then read without the lock.
+    /// The active head is counted row by row into exact counts under the
+    /// state lock (it is at most `head_max_rows`); the frozen heads, which
+    /// never change, and the files are read after the lock is released, so
+    /// a long top-K never holds up a write. A frozen head the window holds
+    /// whole is one more count-ordered list of the threshold algorithm; one
+    /// the window cuts is counted into the exact counts.
     pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> TopkAnswer {
-        let st = self.inner.state.read();
         let mut counts: HashMap<String, u64> = HashMap::new();
+        let (frozen, segs) = {
+            let st = self.inner.state.read();
+            for (d, c) in st.head.device_counts(event_type, w) {
+                *counts.entry(d.to_owned()).or_default() += c;
+            }
+            let frozen: Vec<Arc<Head>> = st.frozen.iter().map(|f| f.head.clone()).collect();
+            (frozen, snapshot(&st))
+        };
         let mut whole: Vec<&Head> = Vec::new();
-        for h in heads(&st) {
+        for h in &frozen {
             if h.within(w) {
                 whole.push(h);
                 continue;
@@ -404,18 +413,8 @@ impl Engine {
                 *counts.entry(d.to_owned()).or_default() += c;
             }
         }
-        let segs = snapshot(&st);
-        let run = |whole: &[&Head]| {
-            let plan = query::plan(&segs.0, &segs.1, w);
-            query::topk(whole, &counts, &plan, event_type, w, k)
-        };
-        let (devices, how) = if whole.is_empty() {
-            drop(whole);
-            drop(st);
-            run(&[])
-        } else {
-            run(&whole)
-        };
+        let plan = query::plan(&segs.0, &segs.1, w);
+        let (devices, how) = query::topk(&whole, &counts, &plan, event_type, w, k);
         if how.path == query::TopkPath::Merged {
             self.inner.observer.topk_merged();
         }
@@ -554,8 +553,4 @@ type Snapshot = (Vec<Arc<Segment>>, Vec<Arc<LiveSummary>>);
 
 fn snapshot(st: &State) -> Snapshot {
     (st.segments.clone(), st.summaries.clone())
-}
-
-fn heads(st: &State) -> impl Iterator<Item = &Head> {
-    std::iter::once(&st.head).chain(st.frozen.iter().map(|f| f.head.as_ref()))
 }

@@ -180,6 +180,7 @@ pub async fn post_events(
     let (raw, _body_memory) = tokio::time::timeout(deadline, reading)
         .await
         .map_err(|_| {
+            app.metrics.body_timeouts.inc();
             ApiError::Timeout(format!(
                 "the body did not arrive within {} s (--body-timeout)",
                 deadline.as_secs_f64()

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// Longest a request body may take to arrive, from the end of its
     /// headers; a slower one gets 408.
     pub body_timeout: std::time::Duration,
+    /// Queries running at once; more wait for a slot.
+    pub max_concurrent_queries: usize,
+    /// Longest a client waits for a query's answer (slot included); 503 past it.
+    pub query_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,8 @@ impl Default for ServerConfig {
             max_lateness_secs: None,
             max_concurrent_ingest: 4,
             body_timeout: std::time::Duration::from_secs(30),
+            max_concurrent_queries: 8,
+            query_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct AppState {
     /// KiB of request bodies held in memory while they are read, at most
     /// ([`AppState::body_budget_kib`]).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Slots for queries running at once (`max_concurrent_queries`).
+    pub query_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ingest_duration: Histogram,
     pub requests_replayed: IntCounter,
     pub query_duration: HistogramVec,
+    pub queries_refused: IntCounterVec,
+    pub body_timeouts: IntCounter,
     wal_sync_duration: Histogram,
     wal_sync_bytes: IntCounter,
     flush_duration: Histogram,
@@ -74,6 +76,14 @@ impl Metrics {
             &["reason"],
         )
         .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "desa_queries_refused_total",
+                "Queries answered 503: no slot within --query-timeout (busy) or no answer within it (timeout).",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
         let counter =
             |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
         let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
@@ -96,6 +106,11 @@ impl Metrics {
                 "Requests answered from a stored Idempotency-Key response.",
             ),
             query_duration: q,
+            queries_refused: refused,
+            body_timeouts: counter(
+                "desa_ingest_body_timeouts_total",
+                "POST /v1/events answered 408: the body did not arrive within --body-timeout.",
+            ),
             wal_sync_duration: histogram(
                 "desa_wal_fsync_duration_seconds",
                 "Write and fsync of one group commit to the write-ahead log.",
@@ -142,6 +157,8 @@ impl Metrics {
             Box::new(m.ingest_duration.clone()),
             Box::new(m.requests_replayed.clone()),
             Box::new(m.query_duration.clone()),
+            Box::new(m.queries_refused.clone()),
+            Box::new(m.body_timeouts.clone()),
             Box::new(m.wal_sync_duration.clone()),
             Box::new(m.wal_sync_bytes.clone()),
             Box::new(m.flush_duration.clone()),

@@ -46,14 +46,59 @@ fn window(p: &HashMap<String, String>) -> Result<TimeWindow, QueryError> {
 }
 
 /// Runs a query off the async runtime and records its latency.
+///
+/// A query is admitted while fewer than `max_concurrent_queries` run (it
+/// waits for a slot within its deadline), and its answer is awaited for at
+/// most `query_timeout`: past it the client gets 503. The work itself is
+/// bounded by the stored data, never by the window, and a query that timed
+/// out finishes in the background still holding its slot, so that at most
+/// `max_concurrent_queries` cores are ever busy with queries.
 async fn timed<T: Send + 'static>(
     app: &AppState,
     kind: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(f)
+    let limit = app.cfg.query_timeout;
+    let refused = |reason: &'static str, message: String| {
+        app.metrics
+            .queries_refused
+            .with_label_values(&[reason])
+            .inc();
+        ApiError::Unavailable {
+            message,
+            retry_after_secs: 1,
+        }
+    };
+    let slot = tokio::time::timeout(limit, app.query_permits.clone().acquire_owned())
         .await
+        .map_err(|_| {
+            refused(
+                "busy",
+                format!(
+                    "{} queries are running (--max-concurrent-queries) and none finished within {} s (--query-timeout)",
+                    app.cfg.max_concurrent_queries,
+                    limit.as_secs_f64()
+                ),
+            )
+        })?
+        .map_err(|_| ApiError::BadRequest("the node is shutting down".into()))?;
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f()
+    });
+    let left = limit.saturating_sub(started.elapsed());
+    let out = tokio::time::timeout(left, work)
+        .await
+        .map_err(|_| {
+            refused(
+                "timeout",
+                format!(
+                    "the query did not finish within {} s (--query-timeout)",
+                    limit.as_secs_f64()
+                ),
+            )
+        })?
         .map_err(|e| ApiError::BadRequest(format!("query failed: {e}")))?;
     app.metrics
         .query_duration

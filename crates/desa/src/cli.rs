@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// A request's body must arrive within this after its headers (408).
     #[arg(long, env = "DESA_BODY_TIMEOUT", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub body_timeout: std::time::Duration,
+    /// Queries running at once; more wait for a slot.
+    #[arg(long, env = "DESA_MAX_CONCURRENT_QUERIES", default_value_t = 8)]
+    pub max_concurrent_queries: usize,
+    /// Longest a client waits for a query's answer, slot included (503 past it).
+    #[arg(long, env = "DESA_QUERY_TIMEOUT", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub query_timeout: std::time::Duration,
     /// On SIGTERM, how long requests in flight may take to finish before
     /// their connections are closed unanswered.
     #[arg(long, env = "DESA_SHUTDOWN_GRACE", default_value = "10s", value_parser = crate::units::parse_duration)]

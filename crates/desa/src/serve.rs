@@ -124,6 +124,8 @@ impl Node {
             max_lateness_secs: args.max_lateness,
             max_concurrent_ingest: args.max_concurrent_ingest.max(1),
             body_timeout: args.body_timeout,
+            max_concurrent_queries: args.max_concurrent_queries.max(1),
+            query_timeout: args.query_timeout,
         };
         let state = AppState {
             store,
@@ -132,6 +134,7 @@ impl Node {
             clock,
             ingest_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_ingest)),
             body_budget: Arc::new(tokio::sync::Semaphore::new(AppState::body_budget_kib(&cfg))),
+            query_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_queries)),
             cfg: Arc::new(cfg),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -432,3 +432,27 @@ fn failing_flushes_refuse_writes_with_503_instead_of_hanging() {
     s.restart();
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), acked);
 }
+
+/// A query that does not finish within `--query-timeout` is answered 503
+/// with Retry-After and counted; the node goes on answering.
+#[test]
+fn a_query_past_its_timeout_gets_503() {
+    let s = TestServer::start(&["--query-timeout", "1ms", "--max-concurrent-queries", "1"]);
+    let body: String = (0..50_000)
+        .map(|i| event(&format!("device-{i}"), T0 + i, 1.0))
+        .collect();
+    assert_eq!(s.post_ndjson(&body).status, 200);
+    let mut p = window(0, i64::MAX);
+    p.extend([("type", "t".to_owned()), ("k", "10000".to_owned())]);
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("Retry-After").is_some());
+    assert!(r.error().contains("--query-timeout"), "{}", r.error());
+    let metrics = s.get_text("/metrics");
+    assert!(
+        metrics.contains("desa_queries_refused_total{reason=\"timeout\"}")
+            || metrics.contains("desa_queries_refused_total{reason=\"busy\"}"),
+        "{metrics}"
+    );
+    assert_eq!(s.get("/healthz", &[]).status, 200);
+}
