@@ -63,9 +63,15 @@ pub fn lock_dir(dir: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
-/// Removes files a failed attempt wrote and no manifest names. Each is
-/// accounted for: the attempt created it under a fresh id.
-pub(crate) fn remove_written(paths: &[PathBuf]) {
+/// Removes the files an attempt wrote before it failed with `error`. Each
+/// is accounted for: the attempt created it under a fresh id, and no
+/// manifest names it, unless the failure was a sync that poisoned the
+/// engine: then the manifest on disk may be the new one, which names them,
+/// so they are kept (a next start moves any that are not named to orphans/).
+pub(crate) fn remove_written(paths: &[PathBuf], error: &Error) {
+    if matches!(error, Error::Poisoned(_)) {
+        return;
+    }
     for p in paths {
         if let Err(e) = fs::remove_file(p) {
             if e.kind() != std::io::ErrorKind::NotFound {

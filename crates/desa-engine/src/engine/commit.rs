@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::flush::report_background;
 use super::{advance_offsets, Commit, Frozen, Inner, Reply};
 use crate::error::Error;
 use crate::head::Head;
@@ -161,12 +162,27 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
 /// more would grow memory without bound for as long as the fault lasts; the
 /// writer is told so (503) and nothing of its request is stored.
 fn cannot_take_more(inner: &Inner) -> Option<String> {
-    let failing = inner.failing.lock().get("flush").cloned()?;
+    let (flush, rotation) = {
+        let failing = inner.failing.lock();
+        (
+            failing.get("flush").cloned(),
+            failing.get("log rotation").cloned(),
+        )
+    };
+    if flush.is_none() && rotation.is_none() {
+        return None;
+    }
     let st = inner.state.read();
-    let full = st.frozen.len() >= inner.cfg.max_frozen_heads
-        && (st.head.len() >= inner.cfg.head_max_rows
-            || st.head.approx_bytes() >= inner.cfg.head_max_bytes);
-    full.then(|| format!("events cannot be flushed to segments ({failing})"))
+    let head_full = st.head.len() >= inner.cfg.head_max_rows
+        || st.head.approx_bytes() >= inner.cfg.head_max_bytes;
+    let frozen_full = st.frozen.len() >= inner.cfg.max_frozen_heads;
+    match (flush, rotation) {
+        (_, Some(e)) if head_full => Some(format!("a new log file cannot be started ({e})")),
+        (Some(e), _) if head_full && frozen_full => {
+            Some(format!("events cannot be flushed to segments ({e})"))
+        }
+        _ => None,
+    }
 }
 
 /// Moves the head to the frozen queue and starts a new log file for the next
@@ -185,10 +201,15 @@ fn freeze_head(inner: &Inner, wal: &mut WalWriter) {
                 .wait_for(&mut guard, Duration::from_millis(100));
         }
     }
+    // The head stays in memory until a new log file starts; the next
+    // commit tries again, and writes are refused once the head is full.
     let wal_next = match wal.rotate() {
-        Ok(n) => n,
+        Ok(n) => {
+            report_background(inner, "log rotation", Ok(()));
+            n
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot start a new log file; the head stays in memory for now");
+            report_background(inner, "log rotation", Err(e));
             return;
         }
     };

@@ -26,6 +26,13 @@ pub(super) fn flusher_loop(inner: &Inner) {
             }
             *wake = false;
         }
+        if inner.poisoned.lock().is_some() {
+            // Nothing more is written until a restart; only shutdown is due.
+            if inner.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        }
         let flushed = flush_frozen(inner);
         report_background(inner, "flush", flushed);
         if inner.shutdown.load(Ordering::SeqCst) {
@@ -61,6 +68,15 @@ pub(super) fn flusher_loop(inner: &Inner) {
     }
 }
 
+/// After a poisoning error nothing more is written: what is on disk can no
+/// longer be known, and a restart recovers from it.
+pub(super) fn refuse_if_poisoned(inner: &Inner) -> Result<()> {
+    match inner.poisoned.lock().clone() {
+        Some(p) => Err(Error::Poisoned(p)),
+        None => Ok(()),
+    }
+}
+
 /// Records how a background task went: an error is logged and kept for
 /// `/healthz` (and, for a flush, for the write path) until the task next
 /// succeeds; a poisoning error poisons the engine.
@@ -85,6 +101,7 @@ pub(super) fn report_background(inner: &Inner, what: &'static str, result: Resul
 
 pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
     loop {
+        refuse_if_poisoned(inner)?;
         let Some((head, wal_next)) = inner
             .state
             .read()
@@ -133,7 +150,10 @@ pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
         let new_segments = match attempt {
             Ok(s) => s,
             Err(e) => {
-                remove_written(&written);
+                // Ids are never reused: a retry must not write over a file
+                // a poisoned attempt had to keep.
+                manifest.next_segment_id = next.next_segment_id;
+                remove_written(&written, &e);
                 return Err(e);
             }
         };

@@ -44,6 +44,7 @@ fn tier(rows: u64, fanin: usize) -> u32 {
 /// and covered by the same summaries, whose `covers` then name the merged
 /// segment instead (so a merge never leaves a summary half covered).
 pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
+    super::flush::refuse_if_poisoned(inner)?;
     // Held from the choice to the commit, so that no summary commits in
     // between and the victims' summaries stay the ones chosen here.
     let mut manifest = inner.manifest.lock();
@@ -85,7 +86,8 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let (meta, merged) = match attempt {
         Ok(done) => done,
         Err(e) => {
-            remove_written(std::slice::from_ref(&path));
+            manifest.next_segment_id = next.next_segment_id;
+            remove_written(std::slice::from_ref(&path), &e);
             return Err(e);
         }
     };
@@ -162,6 +164,7 @@ pub(super) type BuildJob = Box<dyn FnOnce() -> Built + Send>;
 /// Writes the next summary due, if any; `run` runs its build (on the
 /// calling thread, or on the summary thread's idle-priority builder).
 pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> Result<bool> {
+    super::flush::refuse_if_poisoned(inner)?;
     let (segments, summaries, watermark) = {
         let st = inner.state.read();
         (st.segments.clone(), st.summaries.clone(), st.watermark)
@@ -294,7 +297,7 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
     let (events, bytes, file) = match run(job) {
         Ok(built) => built,
         Err(e) => {
-            remove_written(std::slice::from_ref(&path));
+            remove_written(std::slice::from_ref(&path), &e);
             return Err(e);
         }
     };
@@ -330,7 +333,7 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
     if let Err(e) = next.store_durable(&inner.cfg.dir) {
         drop(manifest);
         drop(file);
-        remove_written(std::slice::from_ref(&path));
+        remove_written(std::slice::from_ref(&path), &e);
         return Err(e);
     }
     *manifest = next;
@@ -426,6 +429,10 @@ pub(super) fn summary_loop(inner: &Inner) {
         result.recv().map_err(|_| gone())?
     };
     while !inner.shutdown.load(Ordering::SeqCst) {
+        if inner.poisoned.lock().is_some() {
+            std::thread::sleep(SUMMARY_INTERVAL);
+            continue;
+        }
         let worked = {
             let _s = inner.summarizing.lock();
             summarize_once(inner, &run)

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod crash;
+mod faults;
 mod hardening;
 mod kafka;
 mod oracle;

@@ -261,29 +261,20 @@ fn disk_full_gives_503_with_retry_after_and_keeps_acknowledged_events() {
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), acked + 1);
 }
 
-/// A failed fsync is injected into the real process (a preloaded shim makes
-/// fsync and fdatasync return EIO while a trigger file exists): the request
+/// A failed fsync is injected into the real process (the preloaded shim
+/// `faults.c` makes fsync and fdatasync return EIO while a trigger file
+/// exists): the request
 /// whose sync failed is not acknowledged, the node refuses every later write
 /// even after the disk recovers (it cannot know what the kernel dropped),
 /// says so in /healthz, and after a restart every acknowledged event is there.
 #[test]
 fn fsync_failure_poisons_the_node_and_keeps_acknowledged_events() {
     let tmp = tempfile::tempdir().unwrap();
-    let shim = tmp.path().join("libfailsync.so");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&shim)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/failsync.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(built.success(), "cannot build the fsync shim with cc");
     let trigger = tmp.path().join("fail-syncs-now");
-    let env = [
-        ("LD_PRELOAD", shim.display().to_string()),
-        ("DESA_TEST_FAIL_SYNC_IF", trigger.display().to_string()),
-    ];
-    let mut s = TestServer::start_with_env(&tmp.path().join("data"), &[], &env).unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("faults.log");
+    let env = crate::support::fault_env(tmp.path(), &data, "fsync", &trigger, 1, &log);
+    let mut s = TestServer::start_with_env(&data, &[], &env).unwrap();
     let t0 = 1_767_225_600;
     let mut acked = 0;
     for b in 0..20 {

@@ -304,3 +304,36 @@ pub fn devices_of(answer: &serde_json::Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Builds the fault-injection shim (`faults.c`) into `dir` and returns the
+/// environment that preloads it, counting and failing the calls of `ops`
+/// on files under `data_dir` while the file `trigger` exists, from the
+/// `nth` counted call on (0: never), logging each counted call to `log`.
+pub fn fault_env(
+    dir: &Path,
+    data_dir: &Path,
+    ops: &str,
+    trigger: &Path,
+    nth: u64,
+    log: &Path,
+) -> Vec<(&'static str, String)> {
+    let shim = dir.join("libfaults.so");
+    if !shim.exists() {
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&shim)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/faults.c"))
+            .arg("-ldl")
+            .status()
+            .unwrap();
+        assert!(built.success(), "cannot build the fault shim with cc");
+    }
+    vec![
+        ("LD_PRELOAD", shim.display().to_string()),
+        ("DESA_FAULT_OPS", ops.to_owned()),
+        ("DESA_FAULT_PATH", data_dir.display().to_string()),
+        ("DESA_FAULT_IF", trigger.display().to_string()),
+        ("DESA_FAULT_NTH", nth.to_string()),
+        ("DESA_FAULT_LOG", log.display().to_string()),
+    ]
+}
