@@ -18,6 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::resume::{resume_point, Resume};
 use crate::status::KafkaStatus;
 use crate::{KafkaConfig, Result};
 
@@ -109,10 +110,6 @@ impl ConsumerContext for Context {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let source = self.0.cfg.source_name();
                 let claims = claim(&self.0, &source, &parts);
-                // Kafka's committed offset is ahead of the store's when
-                // another member with a store of its own (an embedded node)
-                // consumed the partition meanwhile; a shared store's offsets
-                // are never behind Kafka's, which are committed after them.
                 let committed = consumer
                     .committed_offsets(tpl.clone(), Duration::from_secs(5))
                     .map_err(|e| tracing::warn!(error = %e, "cannot read committed offsets"))
@@ -129,15 +126,32 @@ impl ConsumerContext for Context {
                                 Offset::Offset(n) => Some(n),
                                 _ => None,
                             });
-                        let resume = c.next_offset.max(in_kafka);
-                        self.0.status.resumed_at(c.partition, resume);
-                        if let Some(next) = resume {
-                            st.next.insert(c.partition, next);
-                            let _ = tpl.set_partition_offset(
-                                &self.0.cfg.topic,
-                                c.partition,
-                                Offset::Offset(next),
-                            );
+                        let log = consumer
+                            .fetch_watermarks(&self.0.cfg.topic, c.partition, Duration::from_secs(5))
+                            .map_err(|e| tracing::warn!(error = %e, partition = c.partition, "cannot read the partition's watermarks"))
+                            .ok();
+                        match resume_point(
+                            c.next_offset,
+                            in_kafka,
+                            log,
+                            self.0.cfg.on_offset_mismatch,
+                        ) {
+                            Resume::At(resume) => {
+                                self.0.status.resumed_at(c.partition, resume);
+                                if let Some(next) = resume {
+                                    st.next.insert(c.partition, next);
+                                    let _ = tpl.set_partition_offset(
+                                        &self.0.cfg.topic,
+                                        c.partition,
+                                        Offset::Offset(next),
+                                    );
+                                }
+                            }
+                            Resume::Halt(why) => {
+                                tracing::error!(partition = c.partition, "partition halted: {why}");
+                                self.0.status.halted(c.partition, why);
+                                st.fenced.insert(c.partition);
+                            }
                         }
                     }
                     // Not claimed (shutting down): consume nothing from them.

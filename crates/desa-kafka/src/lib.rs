@@ -5,8 +5,10 @@
 //! next offset of each partition it covers, and the engine makes events and
 //! offsets durable in the same log record. On restart (or when a partition is
 //! assigned) the node resumes from its own offsets and drops any message below
-//! them, whatever Kafka's committed offsets say; offsets are committed to
-//! Kafka afterwards, for lag tools and for the next owner after a rebalance.
+//! them; offsets are committed to Kafka afterwards, for lag tools and for the
+//! next owner after a rebalance. Where the store's offsets and Kafka's
+//! disagree in a way that would lose or skip messages, the partition halts
+//! until an operator decides (see `resume`).
 //!
 //! Messages that cannot be read or fail validation go to a dead-letter
 //! destination with their partition, offset and reason, and the partition
@@ -21,6 +23,7 @@
 mod consumer;
 mod dlq;
 mod producer;
+mod resume;
 mod status;
 
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use std::time::Duration;
 pub use consumer::KafkaSource;
 pub use dlq::DlqTarget;
 pub use producer::{produce_lines, ProduceSummary};
+pub use resume::{resume_point, OnMismatch, Resume};
 pub use status::KafkaStatus;
 
 /// Errors of the Kafka source and producer.
@@ -68,6 +72,9 @@ pub struct KafkaConfig {
     /// Told the lateness of every accepted event behind the watermark (the
     /// node records it in the histogram HTTP ingest records it in).
     pub on_late: Option<LateObserver>,
+    /// Partitions whose stored offset and Kafka's disagree: halt, or resume
+    /// at one of them.
+    pub on_offset_mismatch: OnMismatch,
 }
 
 /// Receives the lateness, in seconds, of an accepted event behind the
@@ -94,6 +101,7 @@ impl KafkaConfig {
             max_future_secs: 86_400,
             max_lateness_secs: None,
             on_late: None,
+            on_offset_mismatch: OnMismatch::Halt,
         }
     }
 

@@ -16,6 +16,8 @@ struct Partition {
     high_watermark: Option<i64>,
     /// Largest event timestamp consumed from this partition.
     event_watermark: Option<i64>,
+    /// Why the partition is not consumed (offsets that disagree).
+    halted: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,15 @@ impl KafkaStatus {
         }
     }
 
+    pub(crate) fn halted(&self, partition: i32, why: String) {
+        self.inner
+            .lock()
+            .partitions
+            .entry(partition)
+            .or_default()
+            .halted = Some(why);
+    }
+
     pub(crate) fn message(&self) {
         let mut s = self.inner.lock();
         s.messages += 1;
@@ -95,12 +106,10 @@ impl KafkaStatus {
     }
 
     pub(crate) fn resumed_at(&self, partition: i32, next: Option<i64>) {
-        self.inner
-            .lock()
-            .partitions
-            .entry(partition)
-            .or_default()
-            .consumed = next;
+        let mut s = self.inner.lock();
+        let part = s.partitions.entry(partition).or_default();
+        part.consumed = next;
+        part.halted = None;
     }
 
     pub(crate) fn committed(&self, partition: i32, offset: i64) {
@@ -138,7 +147,12 @@ impl KafkaStatus {
     /// `(healthy, details)` for `/healthz`.
     pub fn health(&self) -> (bool, serde_json::Value) {
         let s = self.inner.lock();
-        let healthy = s.broker_error.is_none() && s.storage_error.is_none();
+        let halted: BTreeMap<String, String> = s
+            .partitions
+            .iter()
+            .filter_map(|(p, part)| part.halted.clone().map(|why| (p.to_string(), why)))
+            .collect();
+        let healthy = s.broker_error.is_none() && s.storage_error.is_none() && halted.is_empty();
         let lag: i64 = s
             .partitions
             .values()
@@ -152,6 +166,7 @@ impl KafkaStatus {
             "storage": s.storage_error.clone().unwrap_or_else(|| "ok".into()),
             "assigned_partitions": s.partitions.keys().collect::<Vec<_>>(),
             "lag": lag,
+            "halted_partitions": halted,
             "seconds_since_last_message": s.last_message.map(|t| t.elapsed().as_secs()),
         });
         (healthy, details)
@@ -194,6 +209,12 @@ impl KafkaStatus {
             "desa_kafka_lag",
             "High watermark minus consumed offset.",
             &|p| Some((p.high_watermark? - p.consumed.unwrap_or(0)).max(0)),
+        );
+        gauge(
+            &mut out,
+            "desa_kafka_partition_halted",
+            "1 when the partition is not consumed because the store's offset and Kafka's disagree (see /healthz).",
+            &|p| Some(p.halted.is_some() as i64),
         );
         gauge(
             &mut out,

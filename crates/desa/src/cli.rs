@@ -155,6 +155,12 @@ pub struct KafkaArgs {
     /// Events per write to the store at most.
     #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]
     pub kafka_batch_events: usize,
+    /// A partition whose stored offset and Kafka's disagree: `halt` (do not
+    /// consume it; /healthz says why), `store` (read again from the store's
+    /// offset: after restoring a backup) or `kafka` (resume at Kafka's
+    /// committed offset: when several embedded nodes share one group).
+    #[arg(long, env = "DESA_KAFKA_ON_OFFSET_MISMATCH", default_value = "halt")]
+    pub kafka_on_offset_mismatch: desa_kafka::OnMismatch,
     /// Longest a consumed event waits before it is written (freshness).
     #[arg(long, env = "DESA_KAFKA_BATCH_WAIT", default_value = "100ms", value_parser = crate::units::parse_duration)]
     pub kafka_batch_wait: std::time::Duration,

@@ -65,6 +65,7 @@ fn start_kafka(
     cfg.batch_max_events = k.kafka_batch_events.max(1);
     cfg.batch_max_wait = k.kafka_batch_wait;
     cfg.max_future_secs = args.max_future;
+    cfg.on_offset_mismatch = k.kafka_on_offset_mismatch;
     cfg.max_lateness_secs = args.max_lateness;
     let lateness = metrics.event_lateness.clone();
     cfg.on_late = Some(LateObserver(Arc::new(move |secs| {

@@ -426,12 +426,16 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
     broker.create_topic("ev", 4);
     let (lines, oracle) = seeded(24, 60_000, 0.0);
     let addr = broker.addr();
-    let a = TestServer::start(&kafka_args(&addr, "ev", "g4"));
+    // Two embedded nodes in one group, each keeping its own share: a
+    // partition coming back finds Kafka ahead of its store, by design.
+    let mut args = kafka_args(&addr, "ev", "g4");
+    args.extend(["--kafka-on-offset-mismatch", "kafka"]);
+    let a = TestServer::start(&args);
     // A producer per chunk: about a second each, so the stream
     // lasts long enough for the second member to join and leave.
     let producer = produce_in_background(&addr, "ev", lines, 2_000, Duration::from_millis(200));
     std::thread::sleep(Duration::from_millis(700));
-    let mut b = TestServer::start(&kafka_args(&addr, "ev", "g4"));
+    let mut b = TestServer::start(&args);
     // Wait until the group has given b partitions and b has stored events.
     let deadline = Instant::now() + Duration::from_secs(30);
     while b.get("/healthz", &[]).body["stored_events"]
@@ -477,6 +481,78 @@ fn a_member_joining_and_leaving_loses_and_repeats_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A store restored from a backup behind what Kafka has committed: the
+/// node does not skip the missing messages (nor guess that another node has
+/// them); it halts those partitions and says so, until told to read them
+/// again.
+#[test]
+fn a_store_restored_behind_kafka_halts_until_told_to_read_again() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 2);
+    let (lines, oracle) = seeded(25, 4_000, 0.0);
+    let addr = broker.addr();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let args = kafka_args(&addr, "ev", "g6");
+    let mut s = TestServer::start(&args);
+    produce(&broker, "ev", first.to_vec());
+    wait_stored(&s, first.len() as u64, Duration::from_secs(60));
+    s.terminate();
+    let backup = s.data_dir.with_extension("backup");
+    copy_dir(&s.data_dir, &backup);
+    s.try_restart().unwrap();
+    produce(&broker, "ev", second.to_vec());
+    wait_stored(&s, lines.len() as u64, Duration::from_secs(60));
+    s.terminate();
+    std::fs::remove_dir_all(&s.data_dir).unwrap();
+    copy_dir(&backup, &s.data_dir);
+
+    s.try_restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kafka = loop {
+        let h = s.get("/healthz", &[]).body;
+        if h["components"]["kafka"]["halted_partitions"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+        {
+            break h["components"]["kafka"].clone();
+        }
+        assert!(Instant::now() < deadline, "no partition halted: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(kafka["status"], "degraded", "{kafka}");
+    let why = kafka["halted_partitions"].to_string();
+    assert!(why.contains("--kafka-on-offset-mismatch store"), "{why}");
+    assert!(
+        s.get_text("/metrics")
+            .contains("desa_kafka_partition_halted{topic=\"ev\",partition=\"0\"} 1")
+            || s.get_text("/metrics")
+                .contains("desa_kafka_partition_halted{topic=\"ev\",partition=\"1\"} 1")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.get("/healthz", &[]).body["stored_events"],
+        first.len() as u64
+    );
+    s.terminate();
+
+    let mut again = args.clone();
+    again.extend(["--kafka-on-offset-mismatch", "store"]);
+    let s = TestServer::start_in(&s.data_dir, &again).unwrap();
+    wait_stored(&s, lines.len() as u64, Duration::from_secs(60));
+    check_queries(&s, &oracle, 25);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
 /// `desa bench --kafka-brokers ... --live`: the node consumes the produced
