@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use desa_engine::segment::{checksum_of, Segment, SegmentMeta};
 use desa_engine::segment_set::SegmentSet;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use postgres::{Client, IsolationLevel};
 
 use crate::error::{Error, Result};
@@ -79,13 +79,30 @@ impl View {
     }
 }
 
+/// How long a query waits for a catalog look another one started.
+const LOOK_WAIT: Duration = Duration::from_secs(30);
+
+/// The catalog looks of [`Blocks::sync`], numbered.
+#[derive(Default)]
+struct Looks {
+    /// The xmin of the last look applied; `None` until the first full
+    /// listing.
+    tail: Option<u64>,
+    running: bool,
+    started: u64,
+    finished: u64,
+    /// How the last finished look failed, if it did.
+    failed: Option<String>,
+}
+
 pub(crate) struct Blocks {
     dir: PathBuf,
     view: RwLock<Arc<View>>,
-    /// Held while the view changes, so that the catalog is applied in the
-    /// order it was read: the xmin of the last look, `None` until the first
-    /// full listing.
-    tail: Mutex<Option<u64>>,
+    /// Who is looking at the catalog and how far the view got; one look
+    /// runs at a time (the view changes in the order the catalog was read),
+    /// and no lock is held while it talks to the database.
+    looks: Mutex<Looks>,
+    looked: Condvar,
     next_temp: AtomicU64,
     _lock: std::fs::File,
 }
@@ -157,7 +174,8 @@ impl Blocks {
         Ok(Blocks {
             dir: dir.to_owned(),
             view: RwLock::new(Arc::new(View::default())),
-            tail: Mutex::new(None),
+            looks: Mutex::new(Looks::default()),
+            looked: Condvar::new(),
             next_temp: AtomicU64::new(0),
             _lock: lock,
         })
@@ -223,10 +241,56 @@ impl Blocks {
         }
     }
 
-    /// Brings the view up to the catalog as committed now.
+    /// Brings the view up to the catalog as committed now: returns once a
+    /// look that started after this call has been applied. Callers at once
+    /// share one look (the next one, if one is running); none holds a lock
+    /// while a look talks to the database, and a caller waits at most
+    /// [`LOOK_WAIT`] for another's look.
     pub fn sync(&self, c: &mut Client) -> Result<()> {
-        let mut tail = self.tail.lock();
-        if let Some(from) = *tail {
+        let deadline = std::time::Instant::now() + LOOK_WAIT;
+        let mut looks = self.looks.lock();
+        let need = looks.started + 1;
+        loop {
+            if looks.finished >= need {
+                return match &looks.failed {
+                    None => Ok(()),
+                    Some(e) => Err(Error::Schema(e.clone())),
+                };
+            }
+            if !looks.running {
+                looks.running = true;
+                looks.started += 1;
+                let number = looks.started;
+                let from = looks.tail;
+                drop(looks);
+                let result = self.look(c, from);
+                let mut looks = self.looks.lock();
+                looks.running = false;
+                looks.finished = number;
+                looks.failed = match &result {
+                    Ok(tail) => {
+                        looks.tail = *tail;
+                        None
+                    }
+                    Err(e) => Some(e.describe()),
+                };
+                self.looked.notify_all();
+                return result.map(|_| ());
+            }
+            if self.looked.wait_until(&mut looks, deadline).timed_out() {
+                return Err(Error::Schema(format!(
+                    "the catalog look another query started has not finished in {} s",
+                    LOOK_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// One look at the catalog from `tail` (the xmin of the last look,
+    /// `None` for a full listing), applied to the view; returns the next
+    /// tail. Only one runs at a time.
+    fn look(&self, c: &mut Client, mut tail: Option<u64>) -> Result<Option<u64>> {
+        if let Some(from) = tail {
             // One statement, one snapshot: the catalog rows since the last
             // look, and the snapshot's bounds.
             let rows = c.query(
@@ -247,7 +311,7 @@ impl Blocks {
                     xmax,
                     "transaction ids went back; listing every block again"
                 );
-                *tail = None;
+                tail = None;
             } else {
                 let view = self.view();
                 let all_known = rows.iter().all(|r| {
@@ -255,20 +319,17 @@ impl Blocks {
                         .is_none_or(|id| view.by_id.contains_key(&id))
                 });
                 if all_known {
-                    *tail = Some(xmin);
-                    return Ok(());
+                    return Ok(Some(xmin));
                 }
             }
         }
         // A block listed but merged away before its body was read is
         // replaced, in the next listing, by the block it was merged into.
         for _ in 0..LIST_ATTEMPTS {
-            let listing = list(c, *tail)?;
+            let listing = list(c, tail)?;
             if let Some(added) = self.fetch_new(c, &listing)? {
-                let full = tail.is_none();
-                self.apply(&listing, added, full);
-                *tail = Some(listing.xmin);
-                return Ok(());
+                self.apply(&listing, added, tail.is_none());
+                return Ok(Some(listing.xmin));
             }
         }
         Err(Error::Schema(format!(

@@ -21,6 +21,7 @@
 //! modes fail.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use postgres::tls::MakeTlsConnect;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -102,6 +103,7 @@ impl Target {
             SslMode::Prefer => postgres::config::SslMode::Prefer,
             _ => postgres::config::SslMode::Require,
         });
+        client_timeouts(&mut config);
         let tls = Connector {
             inner: MakeRustlsConnect::new(client_config(mode, root.as_deref())?),
             names_checked: mode == SslMode::VerifyFull,
@@ -111,6 +113,27 @@ impl Target {
 
     pub fn connect(&self) -> Result<postgres::Client> {
         Ok(self.config.connect(self.tls.clone())?)
+    }
+}
+
+/// Timeouts on the worker's side of every connection, where the connection
+/// string sets none: the server's statement timeouts end slow statements,
+/// but only these end a call whose server or network has gone silent (a
+/// partition, a frozen host), so that a query or a write fails with 503
+/// instead of hanging. Data sent and not acknowledged for 15 s, or 3
+/// keepalive probes unanswered after 10 s idle, close the connection.
+fn client_timeouts(config: &mut postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(15));
+    }
+    if config.get_keepalives() {
+        config
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
     }
 }
 
