@@ -302,3 +302,11 @@ impl SectionFile {
         };
     }
 }
+
+/// True when `offsets` starts at 0, never decreases and ends at `end`: an
+/// offsets section every index into which stays inside its target.
+pub(crate) fn ascending_to(offsets: &[u32], end: usize) -> bool {
+    offsets.first() == Some(&0)
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && offsets.last().is_some_and(|&e| e as usize == end)
+}

@@ -100,10 +100,8 @@ impl Segment {
             types,
             time_order,
         };
-        if (types > 0 && seg.u32s(S_TYPE_ROWS)[types] as usize != rows)
-            || (series > 0 && seg.u32s(S_SERIES_ROW)[series] as usize != rows)
-        {
-            return Err(bad(0, "row counts disagree between sections"));
+        if let Some(reason) = seg.inconsistency(rows, series, nodes) {
+            return Err(bad(0, reason));
         }
         let mut seg = seg;
         seg.fences = DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s));
@@ -147,6 +145,53 @@ impl Segment {
     }
 
     /// True when some row may lie inside the window.
+    /// What makes the sections disagree with each other, if anything: every
+    /// index a query follows is checked here once, so that a file whose
+    /// checksum holds but whose contents do not (a bug, a crafted file) is
+    /// refused as corrupt instead of making a query panic.
+    fn inconsistency(&self, rows: usize, series: usize, nodes: usize) -> Option<&'static str> {
+        let types = self.types;
+        let type_series = self.u32s(S_TYPE_SERIES);
+        let type_rows = self.u32s(S_TYPE_ROWS);
+        let type_nodes = self.u32s(S_TYPE_NODES);
+        use crate::sections::ascending_to;
+        if !ascending_to(type_series, series)
+            || !ascending_to(type_rows, rows)
+            || !ascending_to(self.u32s(S_SERIES_ROW), rows)
+            || !ascending_to(type_nodes, nodes)
+        {
+            return Some("offsets out of order or not ending at their section's count");
+        }
+        for t in 0..types {
+            let n = (type_rows[t + 1] - type_rows[t]) as usize;
+            if (type_nodes[t + 1] - type_nodes[t]) as usize != super::kd_nodes(n, KD_LEAF_ROWS) {
+                return Some("a type's k-d tree does not match its rows");
+            }
+            let range = type_series[t]..type_series[t + 1];
+            let topk = &self.u32s(S_TOPK)[range.start as usize..range.end as usize];
+            if topk.iter().any(|s| !range.contains(s)) {
+                return Some("a top-K order names a series of another type");
+            }
+        }
+        let meta_off = self.u64s(S_META_OFF);
+        if meta_off.windows(2).any(|w| w[0] > w[1])
+            || meta_off
+                .last()
+                .is_some_and(|&e| e as usize > self.bytes(S_META_BLOB).len())
+        {
+            return Some("metadata offsets out of order or out of bounds");
+        }
+        if self.time_order
+            && self
+                .u32s(S_TIME_SERIES)
+                .iter()
+                .any(|&s| s as usize >= series)
+        {
+            return Some("the time order names a series that does not exist");
+        }
+        None
+    }
+
     pub fn overlaps(&self, w: TimeWindow) -> bool {
         self.meta.rows > 0 && self.meta.max_ts >= w.start && self.meta.min_ts < w.end
     }

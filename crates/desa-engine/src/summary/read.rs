@@ -76,17 +76,42 @@ impl Summary {
             fences: DeviceFences::build(&[], |_| ""),
             types,
         };
-        let ends_agree = types == 0
-            || (s.u32s(S_TYPE_SERIES)[types] as usize == series
-                && s.u32s(S_TYPE_POINTS)[types] as usize == points
-                && s.u32s(S_TYPE_NODES)[types] as usize == nodes);
-        if !ends_agree {
-            return Err(Error::corrupt(path, 0, "section counts disagree"));
+        if let Some(reason) = s.inconsistency(series, points, nodes) {
+            return Err(Error::corrupt(path, 0, reason));
         }
         s.fences = DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i));
         // As for segments: the fences read every device name; drop them.
         s.file.release_memory();
         Ok(s)
+    }
+
+    /// What makes the sections disagree with each other, if anything (as
+    /// for segments: every index a query follows is checked once, here).
+    fn inconsistency(&self, series: usize, points: usize, nodes: usize) -> Option<&'static str> {
+        use crate::sections::ascending_to;
+        let type_series = self.u32s(S_TYPE_SERIES);
+        let type_points = self.u32s(S_TYPE_POINTS);
+        let type_nodes = self.u32s(S_TYPE_NODES);
+        if !ascending_to(type_series, series)
+            || !ascending_to(type_points, points)
+            || !ascending_to(type_nodes, nodes)
+        {
+            return Some("offsets out of order or not ending at their section's count");
+        }
+        for t in 0..self.types {
+            let n = (type_points[t + 1] - type_points[t]) as usize;
+            if (type_nodes[t + 1] - type_nodes[t]) as usize
+                != crate::segment::kd_nodes(n, GEO_LEAF_POINTS)
+            {
+                return Some("a type's k-d tree does not match its points");
+            }
+            let range = type_series[t]..type_series[t + 1];
+            let topk = &self.u32s(S_TOPK)[range.start as usize..range.end as usize];
+            if topk.iter().any(|s| !range.contains(s)) {
+                return Some("a top-K order names a series of another type");
+            }
+        }
+        None
     }
 
     pub fn path(&self) -> &Path {
