@@ -63,7 +63,9 @@ pub(crate) fn plan<'a>(
     }
     // `cover` returns blocks in day order; find a segment's by binary search.
     let held = |s: &Segment| {
-        let day = s.meta.partition;
+        let Some(day) = s.meta.single_day() else {
+            return false;
+        };
         let i = chosen.partition_point(|c| c.meta.days().1 <= day);
         chosen
             .get(i)

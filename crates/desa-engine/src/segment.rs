@@ -1,6 +1,8 @@
 //! Immutable segments: the events of one flush or compaction, for one UTC day
-//! (the segment's *partition*), laid out so that each query reads a handful of
-//! bytes per segment whatever the number of events in it.
+//! (the segment's *partition*) or, for days too sparse to have files of
+//! their own, for several (its partition is then the first), laid out so
+//! that each query reads a handful of bytes per segment whatever the number
+//! of events in it.
 //!
 //! # Layout
 //! Rows are sorted by (type, device, timestamp). Per segment:
@@ -101,6 +103,17 @@ pub struct SegmentMeta {
 impl SegmentMeta {
     pub fn file_name(id: u64) -> String {
         format!("{id:012}.seg")
+    }
+
+    /// The UTC day all rows fall in, or `None` for a segment that spans
+    /// several days (sparse days pooled by a flush, see `engine::flush`),
+    /// which summaries never hold and queries always read.
+    pub fn single_day(&self) -> Option<i64> {
+        let (first, last) = (
+            self.min_ts.div_euclid(86_400),
+            self.max_ts.div_euclid(86_400),
+        );
+        (self.rows == 0 || first == last).then_some(self.partition)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The flusher thread: frozen heads to segments, then compaction, a step at
 //! a time, and the memory budget between steps.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,6 +68,34 @@ pub(super) fn flusher_loop(inner: &Inner) {
     }
 }
 
+/// The segments a frozen head becomes: `(partition, rows)`. A day with at
+/// least a 64th of a full head gets a segment of its own; the sparser days
+/// (late events scattered over the past, a backfill of one event per day)
+/// share one, so that the number of files grows with the events, not with
+/// the number of distinct days they fall on.
+fn files_of(ts: &[i64], head_max_rows: usize) -> Vec<(i64, Vec<u32>)> {
+    let mut by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (r, t) in ts.iter().enumerate() {
+        by_day
+            .entry(t.div_euclid(86_400))
+            .or_default()
+            .push(r as u32);
+    }
+    let dense = (head_max_rows / 64).max(1);
+    let mut files = Vec::new();
+    let mut sparse: Option<(i64, Vec<u32>)> = None;
+    for (day, rows) in by_day {
+        if rows.len() >= dense {
+            files.push((day, rows));
+        } else {
+            let pool = sparse.get_or_insert_with(|| (day, Vec::new()));
+            pool.1.extend(rows);
+        }
+    }
+    files.extend(sparse);
+    files
+}
+
 /// After a poisoning error nothing more is written: what is on disk can no
 /// longer be known, and a restart recovers from it.
 pub(super) fn refuse_if_poisoned(inner: &Inner) -> Result<()> {
@@ -112,13 +140,7 @@ pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
             return Ok(());
         };
         let started = Instant::now();
-        let mut by_day: HashMap<i64, Vec<u32>> = HashMap::new();
-        for (r, ts) in head.rows.ts.iter().enumerate() {
-            by_day
-                .entry(ts.div_euclid(86_400))
-                .or_default()
-                .push(r as u32);
-        }
+        let by_day = files_of(&head.rows.ts, inner.cfg.head_max_rows);
         let seg_dir = segments_dir(&inner.cfg.dir);
         let mut manifest = inner.manifest.lock();
         // Copy-on-write: the change is built on a copy, stored, and only

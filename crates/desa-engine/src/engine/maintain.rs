@@ -40,8 +40,8 @@ fn tier(rows: u64, fanin: usize) -> u32 {
     t
 }
 
-/// Merges one group of segments if there is one: same day, same size tier
-/// and covered by the same summaries, whose `covers` then name the merged
+/// Merges one group of segments if there is one: same day (or all of
+/// several days), same size tier and covered by the same summaries, whose `covers` then name the merged
 /// segment instead (so a merge never leaves a summary half covered).
 pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     super::flush::refuse_if_poisoned(inner)?;
@@ -58,7 +58,7 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
         s.release_memory();
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
-    let partition = victims[0].meta.partition;
+    let partition = victims.iter().map(|s| s.meta.partition).min().unwrap_or(0);
     let seg_dir = segments_dir(&inner.cfg.dir);
     // Copy-on-write, as in a flush: stored first, installed after.
     let mut next = manifest.clone();
@@ -118,7 +118,7 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
 /// cover them.
 fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>, Vec<u64>)> {
     let fanin = cfg.compaction_fanin.max(2);
-    let mut groups: HashMap<(i64, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
+    let mut groups: HashMap<(Option<i64>, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
     for s in &st.segments {
         if s.meta.rows < cfg.max_segment_rows {
             let covered_by: Vec<u64> = st
@@ -127,8 +127,9 @@ fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>,
                 .filter(|x| x.meta.covers(s.meta.id))
                 .map(|x| x.meta.id)
                 .collect();
+            // Segments of several days merge among themselves.
             groups
-                .entry((s.meta.partition, tier(s.meta.rows, fanin), covered_by))
+                .entry((s.meta.single_day(), tier(s.meta.rows, fanin), covered_by))
                 .or_default()
                 .push(s.clone());
         }
@@ -199,7 +200,10 @@ fn next_summary(
     let settled_end = watermark?.div_euclid(DAY) - 1;
     let mut by_day: BTreeMap<i64, Vec<&Arc<Segment>>> = BTreeMap::new();
     for s in segments {
-        by_day.entry(s.meta.partition).or_default().push(s);
+        // Segments of several days are left to queries.
+        if let Some(day) = s.meta.single_day() {
+            by_day.entry(day).or_default().push(s);
+        }
     }
     let by_block: HashMap<(u32, i64), &Arc<LiveSummary>> = summaries
         .iter()

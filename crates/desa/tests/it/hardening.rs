@@ -456,3 +456,35 @@ fn a_query_past_its_timeout_gets_503() {
     );
     assert_eq!(s.get("/healthz", &[]).status, 200);
 }
+
+/// Issue: one request of 20,000 events, one per day since 1970, on a node
+/// with --head-max-events 5000 left 20,575 files: a segment per day, and
+/// summaries over them. Sparse days now share segments.
+#[test]
+fn sparse_days_share_files() {
+    let mut s = TestServer::start(&["--head-max-events", "5000"]);
+    let body: String = (0..20_000)
+        .map(|d| event(&format!("d{}", d % 10), d * DAY + 17, (d % 100) as f64))
+        .collect();
+    let r = s.post_ndjson(&body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 20_000);
+    wait_idle(&s);
+    let files = count_files(&s.data_dir);
+    assert!(
+        files <= 40,
+        "{files} files for 20,000 events on 20,000 days"
+    );
+    s.restart();
+    assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 20_000);
+    let mut p = window(0, 20_000 * DAY);
+    p.extend([("type", "t".to_owned()), ("device_id", "d3".to_owned())]);
+    let r = s.get("/v1/query/avg", &p);
+    assert_eq!(r.body["count"], 2_000, "{}", r.body);
+    // d3's days are 3, 13, 23, ...: values 3, 13, ..., 93 in turn.
+    assert_eq!(r.body["avg"], 48.0, "{}", r.body);
+    let mut p = window(1000 * DAY, 1100 * DAY);
+    p.extend([("type", "t".to_owned()), ("k", "3".to_owned())]);
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.body["devices"][0]["count"], 10, "{}", r.body);
+}
