@@ -114,11 +114,15 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     Ok(true)
 }
 
+/// Segments that may merge: the day (`None`: several days), the size tier
+/// and the summaries that hold them.
+type MergeGroup = (Option<i64>, u32, Vec<u64>);
+
 /// The oldest group of segments due for a merge, with the summaries that
 /// cover them.
 fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>, Vec<u64>)> {
     let fanin = cfg.compaction_fanin.max(2);
-    let mut groups: HashMap<(Option<i64>, u32, Vec<u64>), Vec<Arc<Segment>>> = HashMap::new();
+    let mut groups: HashMap<MergeGroup, Vec<Arc<Segment>>> = HashMap::new();
     for s in &st.segments {
         if s.meta.rows < cfg.max_segment_rows {
             let covered_by: Vec<u64> = st
