@@ -1,14 +1,35 @@
 //! `desa demo`: a newcomer's first five minutes with desa.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use clap::Args;
 use desa_gen::{GenConfig, Generator};
 
-use crate::cli::{DemoArgs, ServeArgs};
 use crate::client::Client;
 use crate::gen::{post_lines, progress_bar};
+use crate::serve::ServeArgs;
 use crate::serve::{runtime, shutdown_signal, Node};
+
+#[derive(Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// Events to feed (valid ones; a few duplicates and late events come on top).
+    #[arg(long, env = "DESA_DEMO_EVENTS", default_value_t = 3_000_000)]
+    pub events: u64,
+    /// Devices in the stream.
+    #[arg(long, env = "DESA_DEMO_DEVICES", default_value_t = 20_000)]
+    pub devices: u64,
+    /// Address of the demo node's HTTP API.
+    #[arg(long, env = "DESA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Data dir (default: a new temporary directory, removed on exit).
+    #[arg(long, env = "DESA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Load, query and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub no_wait: bool,
+}
 
 const DAY: i64 = 86_400;
 

@@ -7,11 +7,91 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use clap::Args;
 use desa_gen::Generator;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::GenArgs;
 use crate::client::Client;
+use crate::units::parse_secs;
+
+#[derive(Args, Clone, Debug)]
+pub struct GenArgs {
+    #[arg(long, env = "DESA_GEN_SEED", default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, env = "DESA_GEN_DEVICES", default_value_t = 10_000)]
+    pub devices: u64,
+    /// Sensor types used (1 to 6).
+    #[arg(long, env = "DESA_GEN_TYPES", default_value_t = 4)]
+    pub types: usize,
+    /// Events to generate.
+    #[arg(long, env = "DESA_GEN_COUNT", default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Event time of the first event (unix seconds).
+    #[arg(long, env = "DESA_GEN_START", default_value_t = 1_767_225_600)]
+    pub start: i64,
+    /// Event time the stream covers.
+    #[arg(long, env = "DESA_GEN_SPAN", default_value = "7d", value_parser = parse_secs)]
+    pub span: i64,
+    /// Zipf exponent of device activity (0 = uniform).
+    #[arg(long, env = "DESA_GEN_ZIPF", default_value_t = 1.1)]
+    pub zipf: f64,
+    #[arg(long, env = "DESA_GEN_OUT_OF_ORDER", default_value_t = 0.05)]
+    pub out_of_order_fraction: f64,
+    /// How far back an out-of-order event may be.
+    #[arg(long, env = "DESA_GEN_OUT_OF_ORDER_MAX", default_value = "5m", value_parser = parse_secs)]
+    pub out_of_order_max: i64,
+    #[arg(long, env = "DESA_GEN_LATE", default_value_t = 0.01)]
+    pub late_fraction: f64,
+    /// How far back a late event may be (at least 1 hour).
+    #[arg(long, env = "DESA_GEN_LATE_MAX", default_value = "3d", value_parser = parse_secs)]
+    pub late_max: i64,
+    #[arg(long, env = "DESA_GEN_DUPLICATES", default_value_t = 0.001)]
+    pub duplicate_fraction: f64,
+    #[arg(long, env = "DESA_GEN_INVALID", default_value_t = 0.0)]
+    pub invalid_fraction: f64,
+    /// Write NDJSON here ("-" is stdout).
+    #[arg(long, short, env = "DESA_GEN_OUTPUT", default_value = "-")]
+    pub output: String,
+    /// POST to this node instead (e.g. http://127.0.0.1:8080).
+    #[arg(long, env = "DESA_GEN_POST")]
+    pub post: Option<String>,
+    /// Events per POST.
+    #[arg(long, env = "DESA_GEN_BATCH", default_value_t = 5_000)]
+    pub batch: usize,
+    /// Concurrent POSTs.
+    #[arg(long, env = "DESA_GEN_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Events per second to send at most (0 = as fast as possible).
+    #[arg(long, env = "DESA_GEN_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Produce into Kafka instead (idempotent, acks=all, keyed by device_id).
+    #[arg(long, env = "DESA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to produce to.
+    #[arg(long, env = "DESA_KAFKA_TOPIC", default_value = "events")]
+    pub kafka_topic: String,
+}
+
+impl GenArgs {
+    pub fn config(&self) -> desa_gen::GenConfig {
+        desa_gen::GenConfig {
+            seed: self.seed,
+            devices: self.devices,
+            types: self.types,
+            count: self.count,
+            start_ts: self.start,
+            span_secs: self.span,
+            zipf_s: self.zipf,
+            out_of_order_fraction: self.out_of_order_fraction,
+            out_of_order_secs: self.out_of_order_max,
+            late_fraction: self.late_fraction,
+            late_secs: self.late_max,
+            duplicate_fraction: self.duplicate_fraction,
+            invalid_fraction: self.invalid_fraction,
+            metadata_fraction: 0.05,
+        }
+    }
+}
 
 /// What a POSTed stream achieved.
 #[derive(Debug, Default, Clone)]

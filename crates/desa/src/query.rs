@@ -1,10 +1,70 @@
 //! `desa query`: ask a node and print the answer as a table or JSON.
 
 use anyhow::Result;
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::cli::{QueryArgs, QueryKind};
 use crate::client::Client;
+
+#[derive(Args, Clone, Debug)]
+pub struct QueryArgs {
+    /// The node to ask.
+    #[arg(
+        long,
+        env = "DESA_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// Print the JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub kind: QueryKind,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum QueryKind {
+    /// Average value of one device and type in [start, end).
+    Avg {
+        #[arg(long)]
+        device_id: String,
+        #[arg(long = "type")]
+        event_type: String,
+        #[arg(long)]
+        start: i64,
+        #[arg(long)]
+        end: i64,
+    },
+    /// The K devices with the most events of a type in [start, end).
+    Topk {
+        #[arg(long = "type")]
+        event_type: String,
+        #[arg(long)]
+        start: i64,
+        #[arg(long)]
+        end: i64,
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+    },
+    /// Average value of a type inside a lat/lon box in [start, end).
+    Geo {
+        #[arg(long = "type")]
+        event_type: String,
+        #[arg(long, allow_hyphen_values = true)]
+        min_lat: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        max_lat: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        min_lon: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        max_lon: f64,
+        #[arg(long)]
+        start: i64,
+        #[arg(long)]
+        end: i64,
+    },
+}
 
 pub fn run(args: QueryArgs) -> Result<()> {
     let client = Client::new(&args.url);

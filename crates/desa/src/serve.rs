@@ -3,15 +3,149 @@
 //! HTTP API.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use clap::{Args, Parser};
 use desa_engine::{Clock, Engine, EngineConfig, SystemClock};
 use desa_kafka::{DlqTarget, KafkaConfig, KafkaSource, KafkaStatus, LateObserver};
 use desa_server::{AppState, Component, Metrics, ServerConfig};
 use desa_store::Store;
 
-use crate::cli::ServeArgs;
+use crate::units::{parse_secs, parse_size};
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Where the node keeps its log and segments.
+    #[arg(long, env = "DESA_DATA_DIR", default_value = "./desa-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long, env = "DESA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Events further ahead of this node's clock are rejected.
+    #[arg(long, env = "DESA_MAX_FUTURE", default_value = "1d", value_parser = parse_secs)]
+    pub max_future: i64,
+    /// Reject events further behind the event-time watermark than this
+    /// (off by default: late events are accepted and counted exactly).
+    #[arg(long, env = "DESA_MAX_LATENESS", value_parser = parse_secs)]
+    pub max_lateness: Option<i64>,
+    /// Largest request body, before and after gzip decoding.
+    #[arg(long, env = "DESA_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
+    pub max_body: u64,
+    /// `POST /v1/events` requests parsed and written at once (others wait,
+    /// their bodies read).
+    #[arg(long, env = "DESA_MAX_CONCURRENT_INGEST", default_value_t = 4)]
+    pub max_concurrent_ingest: usize,
+    /// Open connections at most; past it new ones wait in the kernel's backlog.
+    #[arg(long, env = "DESA_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, from the connection's
+    /// start or the previous response (also the idle keep-alive timeout).
+    #[arg(long, env = "DESA_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// A request's body must arrive within this after its headers (408).
+    #[arg(long, env = "DESA_BODY_TIMEOUT", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// Queries running at once; more wait for a slot.
+    #[arg(long, env = "DESA_MAX_CONCURRENT_QUERIES", default_value_t = 8)]
+    pub max_concurrent_queries: usize,
+    /// Longest a client waits for a query's answer, slot included (503 past it).
+    #[arg(long, env = "DESA_QUERY_TIMEOUT", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub query_timeout: std::time::Duration,
+    /// On SIGTERM, how long requests in flight may take to finish before
+    /// their connections are closed unanswered.
+    #[arg(long, env = "DESA_SHUTDOWN_GRACE", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+    /// Resident memory the node stays under.
+    #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
+    pub memory_budget: u64,
+    /// Events held in memory before they are flushed to a segment.
+    #[arg(long, env = "DESA_HEAD_MAX_EVENTS", default_value_t = 262_144)]
+    pub head_max_events: usize,
+    /// Cluster mode: store events in this PostgreSQL database
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, with libpq's `sslmode` and
+    /// `sslrootcert` for TLS) instead of the embedded engine. Workers sharing
+    /// it and a Kafka group split the partitions.
+    #[arg(long, env = "DESA_STORE")]
+    pub store: Option<String>,
+    /// This worker's name in the database's partition owners (default: host:pid).
+    #[arg(long, env = "DESA_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl ServeArgs {
+    /// `desa serve`'s defaults (and `DESA_...` settings) on `data_dir` and
+    /// `listen`.
+    pub fn defaults(data_dir: &std::path::Path, listen: &str) -> anyhow::Result<ServeArgs> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = [
+            "desa".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+        ];
+        Ok(Only::try_parse_from(args)?.serve)
+    }
+}
+
+/// Consuming a Kafka topic (all optional: without brokers there is no consumer).
+#[derive(Args, Clone, Debug, Default)]
+pub struct KafkaArgs {
+    /// Brokers to consume from, `host:port[,host:port]`.
+    #[arg(long, env = "DESA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to consume.
+    #[arg(long, env = "DESA_KAFKA_TOPIC", default_value = "events")]
+    pub kafka_topic: String,
+    /// Consumer group.
+    #[arg(long, env = "DESA_KAFKA_GROUP", default_value = "desa")]
+    pub kafka_group: String,
+    /// Dead letters: `topic:NAME` or `file:PATH` (default: topic `<topic>.dlq`).
+    #[arg(long, env = "DESA_KAFKA_DLQ")]
+    pub kafka_dlq: Option<String>,
+    /// Extra librdkafka setting `key=value` (security.protocol, sasl.*, ssl.*); repeatable.
+    #[arg(
+        long = "kafka-option",
+        env = "DESA_KAFKA_OPTIONS",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+    /// Events per write to the store at most.
+    #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]
+    pub kafka_batch_events: usize,
+    /// A partition whose stored offset and Kafka's disagree: `halt` (do not
+    /// consume it; /healthz says why), `store` (read again from the store's
+    /// offset: after restoring a backup) or `kafka` (resume at Kafka's
+    /// committed offset: when several embedded nodes share one group).
+    #[arg(long, env = "DESA_KAFKA_ON_OFFSET_MISMATCH", default_value = "halt")]
+    pub kafka_on_offset_mismatch: desa_kafka::OnMismatch,
+    /// Longest a consumed event waits before it is written (freshness).
+    #[arg(long, env = "DESA_KAFKA_BATCH_WAIT", default_value = "100ms", value_parser = crate::units::parse_duration)]
+    pub kafka_batch_wait: std::time::Duration,
+}
+
+impl KafkaArgs {
+    /// `key=value` options as pairs; the error names the malformed one.
+    pub fn option_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| {
+                o.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))
+            })
+            .collect()
+    }
+}
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DESA_LOG")
