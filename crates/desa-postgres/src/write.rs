@@ -1,6 +1,6 @@
 //! One write = one transaction: fence the source offsets, record the
 //! idempotency key, then add the events as blocks, one per UTC day they fall
-//! in. The blocks are built before the transaction (as local files, which
+//! in (sparse old days sharing one, see `blocks_of`). The blocks are built before the transaction (as local files, which
 //! become the worker's copy once it commits), so the transaction itself is
 //! a few statements whatever the number of events.
 
@@ -13,8 +13,22 @@ use postgres::Client;
 use crate::blocks::{Blocks, NewBlock};
 use crate::error::Error;
 
-/// Builds one block per UTC day of `events`.
-pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewBlock>, Error> {
+/// Days older than this behind a write's newest day, with fewer events
+/// than [`SPARSE_EVENTS`], are sparse: they share one block.
+const SPARSE_AFTER_DAYS: i64 = 2;
+const SPARSE_EVENTS: usize = 64;
+/// A shared block of sparse days is filed under the first day of the
+/// 1024-day bucket its first day falls in, so that sparse old days fill a
+/// partition per bucket (about 2.8 years), not one each.
+const SPARSE_BUCKET_DAYS: i64 = 1024;
+
+/// The blocks `events` become, by the day each is filed under (its
+/// partition, in the catalog and in the segment's own footer, which must
+/// agree): one per UTC day, except the sparse old days (late events
+/// scattered over the past, a backfill of one event per day), which share
+/// one block filed under their bucket's first day. Queries read a block by
+/// its own time range, whatever day it is filed under.
+fn blocks_of(events: &[Event]) -> Vec<(i64, Vec<&Event>)> {
     let mut by_day: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     for e in events {
         by_day
@@ -22,8 +36,29 @@ pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewB
             .or_default()
             .push(e);
     }
-    let mut built = Vec::with_capacity(by_day.len());
+    let newest = by_day.keys().next_back().copied().unwrap_or(0);
+    let mut blocks = Vec::with_capacity(by_day.len());
+    let mut sparse: Option<(i64, Vec<&Event>)> = None;
     for (day, evs) in by_day {
+        if evs.len() < SPARSE_EVENTS && day + SPARSE_AFTER_DAYS <= newest {
+            let bucket = day.div_euclid(SPARSE_BUCKET_DAYS) * SPARSE_BUCKET_DAYS;
+            sparse
+                .get_or_insert_with(|| (bucket, Vec::new()))
+                .1
+                .extend(evs);
+        } else {
+            blocks.push((day, evs));
+        }
+    }
+    blocks.extend(sparse);
+    blocks
+}
+
+/// Builds the blocks of `events` (see [`blocks_of`]).
+pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewBlock>, Error> {
+    let grouped = blocks_of(events);
+    let mut built = Vec::with_capacity(grouped.len());
+    for (day, evs) in grouped {
         let file = blocks.temp_path();
         let made = desa_engine::segment_set::write_events_unsynced(&evs, day, &file)
             .map_err(Error::from)
@@ -204,12 +239,9 @@ pub(crate) fn write_tx(
     Ok((WriteOutcome::Applied, ids))
 }
 
-/// UTC days of the events, for partition creation.
+/// The days the blocks of `events` are filed under, for partition creation.
 pub(crate) fn days_of(events: &[Event]) -> Vec<i64> {
-    let mut days: Vec<i64> = events
-        .iter()
-        .map(|e| e.ts_secs.div_euclid(86_400))
-        .collect();
+    let mut days: Vec<i64> = blocks_of(events).into_iter().map(|(d, _)| d).collect();
     days.sort_unstable();
     days.dedup();
     days

@@ -692,3 +692,44 @@ fn a_worker_reaches_a_database_that_takes_tls_only_and_checks_its_certificate() 
     assert_eq!(got.body["count"].as_u64(), Some(want.count), "{}", got.body);
     assert_eq!(got.body["avg"].as_f64(), want.avg, "{}", got.body);
 }
+
+/// One write of 20,000 events, one per day since 1970: sparse old days
+/// share a block, filed under their 1024-day bucket, so the database gets a
+/// handful of blocks and day partitions, not one per day; answers exact.
+#[test]
+fn sparse_old_days_share_blocks_and_partitions() {
+    use desa_store::{Store, WriteRequest};
+    let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(&pg, tmp.path(), "w");
+    let events: Vec<desa_model::Event> = (0..20_000)
+        .map(|d| desa_model::Event {
+            device_id: format!("d{}", d % 10),
+            ts_secs: d * 86_400 + 17,
+            event_type: "t".into(),
+            value: (d % 100) as f64,
+            latitude: 1.0,
+            longitude: 2.0,
+            metadata: None,
+        })
+        .collect();
+    store.write(WriteRequest::events(events)).unwrap();
+    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let mut count = |sql: &str| -> i64 { client.query_one(sql, &[]).unwrap().get(0) };
+    let blocks = count("SELECT count(*) FROM desa_blocks");
+    let partitions =
+        count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'desa_block_bodies'::regclass");
+    assert!(blocks <= 4, "{blocks} blocks");
+    assert!(partitions <= 40, "{partitions} day partitions");
+    let all = TimeWindow::new(0, 20_000 * 86_400).unwrap();
+    let a = store.avg("d3", "t", all).unwrap();
+    assert_eq!((a.count, a.avg), (2_000, Some(48.0)));
+    let top = store
+        .topk(
+            "t",
+            TimeWindow::new(1000 * 86_400, 1100 * 86_400).unwrap(),
+            3,
+        )
+        .unwrap();
+    assert_eq!(top.devices[0].count, 10);
+}
