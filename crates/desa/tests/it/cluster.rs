@@ -719,6 +719,7 @@ fn sparse_old_days_share_blocks_and_partitions() {
     let blocks = count("SELECT count(*) FROM desa_blocks");
     let partitions =
         count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'desa_block_bodies'::regclass");
+    eprintln!("{blocks} blocks, {partitions} day partitions");
     assert!(blocks <= 4, "{blocks} blocks");
     assert!(partitions <= 40, "{partitions} day partitions");
     let all = TimeWindow::new(0, 20_000 * 86_400).unwrap();
