@@ -507,6 +507,17 @@ impl Drop for Engine {
 /// on without the thread: a dead flusher would let the head grow and every
 /// write wait forever.
 fn supervise(inner: &Inner, thread: &str, body: impl FnOnce()) {
+    supervise_with(&inner.poisoned, &inner.frozen_cv, thread, body)
+}
+
+/// [`supervise`] over the poison slot and the condition variable writers
+/// wait on, which is all it touches.
+fn supervise_with(
+    poisoned: &Mutex<Option<String>>,
+    waiters: &Condvar,
+    thread: &str,
+    body: impl FnOnce(),
+) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         let what = panic
             .downcast_ref::<&str>()
@@ -514,19 +525,9 @@ fn supervise(inner: &Inner, thread: &str, body: impl FnOnce()) {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         tracing::error!(thread, panic = %what, "background thread panicked; refusing further writes");
-        *inner.poisoned.lock() = Some(format!("thread {thread} panicked: {what}"));
-        inner.frozen_cv.notify_all();
+        *poisoned.lock() = Some(format!("thread {thread} panicked: {what}"));
+        waiters.notify_all();
     }
-}
-
-fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {
-    (!failing.is_empty()).then(|| {
-        failing
-            .iter()
-            .map(|(what, e)| format!("{what} failing: {e}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
 }
 
 fn advance_offsets(offsets: &mut BTreeMap<(String, i32), i64>, new: &[SourceOffset]) {
@@ -553,4 +554,40 @@ type Snapshot = (Vec<Arc<Segment>>, Vec<Arc<LiveSummary>>);
 
 fn snapshot(st: &State) -> Snapshot {
     (st.segments.clone(), st.summaries.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_thread_poisons_and_a_clean_one_does_not() {
+        let poisoned = Arc::new(Mutex::new(None));
+        let waiters = Arc::new(Condvar::new());
+        let (p, w) = (poisoned.clone(), waiters.clone());
+        std::thread::spawn(move || supervise_with(&p, &w, "desa-flush", || {}))
+            .join()
+            .unwrap();
+        assert_eq!(*poisoned.lock(), None);
+        let (p, w) = (poisoned.clone(), waiters.clone());
+        std::thread::spawn(move || {
+            supervise_with(&p, &w, "desa-flush", || panic!("segment {} is odd", 7))
+        })
+        .join()
+        .expect("the supervisor catches the panic");
+        assert_eq!(
+            poisoned.lock().as_deref(),
+            Some("thread desa-flush panicked: segment 7 is odd")
+        );
+    }
+}
+
+fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {
+    (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|(what, e)| format!("{what} failing: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
