@@ -556,6 +556,16 @@ fn snapshot(st: &State) -> Snapshot {
     (st.segments.clone(), st.summaries.clone())
 }
 
+fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {
+    (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|(what, e)| format!("{what} failing: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,14 +590,4 @@ mod tests {
             Some("thread desa-flush panicked: segment 7 is odd")
         );
     }
-}
-
-fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {
-    (!failing.is_empty()).then(|| {
-        failing
-            .iter()
-            .map(|(what, e)| format!("{what} failing: {e}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
 }
