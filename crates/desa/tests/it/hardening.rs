@@ -6,7 +6,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::support::{all_counts, window, TestServer};
+use crate::support::{all_counts, gzip, window, TestServer};
 
 const DAY: i64 = 86_400;
 const T0: i64 = 1_767_225_600;
@@ -207,13 +207,6 @@ fn location_arrays_are_rejected_with_a_reason() {
     let reason = r.body["rejected"][0]["error"].as_str().unwrap();
     assert!(reason.contains("location must be an object"), "{reason}");
     assert_eq!(all_counts(&s, "t").len(), 1);
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 /// Issue: 16 KiB of gzip (8 MiB of `x` lines) was answered with 636 MB,

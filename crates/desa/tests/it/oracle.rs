@@ -2,24 +2,16 @@
 //! NDJSON, JSON-array and gzip bodies, invalid lines, duplicates and late
 //! events, across flushes, compactions and a kill -9 restart.
 
-use std::io::Write;
-
 use desa_gen::{GenConfig, Generator};
 use desa_model::oracle::{close, Oracle};
 use desa_model::{GeoBox, TimeWindow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{devices_of, window, TestServer};
+use crate::support::{devices_of, gzip, window, TestServer};
 
 const T0: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng, rounds: usize) {
     let types = ["temperature", "humidity", "pressure", "co2"];
