@@ -29,8 +29,10 @@
 //! 2 without the two time-order sections; it is still read, and its top-K
 //! falls back to all-time counts for a window that cuts it.
 //! A segment is written whole, fsynced, and only then named in the manifest;
-//! a file the manifest does not name is a leftover of a crash and is deleted
-//! on open. A checksum mismatch is reported as corruption, never served.
+//! a file the manifest does not name (a crash's leftover, or a file copied
+//! in) is moved to `orphans/` on open, never deleted. A checksum mismatch, or
+//! sections that disagree with each other, is reported as corruption, never
+//! served.
 
 mod build;
 mod kd;
