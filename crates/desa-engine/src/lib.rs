@@ -29,6 +29,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod breakdown;
 mod clock;
 mod durable;
 mod engine;
