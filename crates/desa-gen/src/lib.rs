@@ -88,6 +88,10 @@ pub struct GenConfig {
     pub invalid_fraction: f64,
     /// Fraction of events that carry a `metadata` object.
     pub metadata_fraction: f64,
+    /// How far a device strays from its home, in metres (standard
+    /// deviation, each event its own GPS fix to a micro-degree); 0: every
+    /// event of a device at its home.
+    pub move_metres: f64,
 }
 
 impl Default for GenConfig {
@@ -107,6 +111,7 @@ impl Default for GenConfig {
             duplicate_fraction: 0.001,
             invalid_fraction: 0.0,
             metadata_fraction: 0.05,
+            move_metres: 0.0,
         }
     }
 }
@@ -190,6 +195,24 @@ impl Generator {
         (lat, lon)
     }
 
+    /// A GPS fix about `move_metres` from `(lat, lon)`, to a micro-degree.
+    fn moved(&mut self, lat: f64, lon: f64) -> (f64, f64) {
+        const METRES_PER_DEGREE: f64 = 111_320.0;
+        let sd = self.cfg.move_metres / METRES_PER_DEGREE;
+        let north: f64 = self.rng.sample::<f64, _>(rand_distr::StandardNormal) * sd;
+        let east: f64 = self.rng.sample::<f64, _>(rand_distr::StandardNormal) * sd;
+        let round = |x: f64| (x * 1e6).round() / 1e6;
+        let lat2 = round((lat + north).clamp(-90.0, 90.0));
+        let mut lon2 = lon + east / lat.to_radians().cos().max(0.01);
+        if lon2 > 180.0 {
+            lon2 -= 360.0;
+        }
+        if lon2 < -180.0 {
+            lon2 += 360.0;
+        }
+        (lat2, round(lon2).clamp(-180.0, 180.0))
+    }
+
     fn next_event(&mut self) -> Event {
         let cfg = &self.cfg;
         let i = self.i;
@@ -197,7 +220,11 @@ impl Generator {
             Some(z) => z.sample(&mut self.rng) as u64 - 1,
             None => self.rng.gen_range(0..cfg.devices.max(1)),
         };
-        let (lat, lon) = self.home(rank);
+        let (mut lat, mut lon) = self.home(rank);
+        if cfg.move_metres > 0.0 {
+            (lat, lon) = self.moved(lat, lon);
+        }
+        let cfg = &self.cfg;
         let ntypes = cfg.types.clamp(1, TYPES.len());
         let (ty, base, spread) = TYPES[(self.rng.gen::<u32>() as usize) % ntypes];
         let mut ts =
@@ -318,6 +345,35 @@ mod tests {
             }
         }
         assert!(invalid > 50);
+    }
+
+    #[test]
+    fn moving_devices_stray_about_as_far_as_asked() {
+        let fixed = GenConfig {
+            count: 2_000,
+            devices: 5,
+            late_fraction: 0.0,
+            out_of_order_fraction: 0.0,
+            duplicate_fraction: 0.0,
+            ..GenConfig::default()
+        };
+        let moving = GenConfig {
+            move_metres: 50.0,
+            ..fixed.clone()
+        };
+        let homes: std::collections::HashMap<String, (f64, f64)> = Generator::new(fixed)
+            .filter_map(|g| g.event)
+            .map(|e| (e.device_id, (e.latitude, e.longitude)))
+            .collect();
+        let mut places = std::collections::HashSet::new();
+        let mut furthest: f64 = 0.0;
+        for e in Generator::new(moving).filter_map(|g| g.event) {
+            let (lat, _) = homes[&e.device_id];
+            furthest = furthest.max((e.latitude - lat).abs() * 111_320.0);
+            places.insert((e.latitude.to_bits(), e.longitude.to_bits()));
+        }
+        assert!(places.len() > 1_900, "{} distinct places", places.len());
+        assert!(furthest > 50.0 && furthest < 500.0, "{furthest} m");
     }
 
     #[test]

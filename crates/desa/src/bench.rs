@@ -43,6 +43,13 @@ pub struct BenchArgs {
     pub zipf: f64,
     #[arg(long, env = "DESA_BENCH_SEED", default_value_t = 7)]
     pub seed: u64,
+    /// Fraction of events that carry a small `metadata` object.
+    #[arg(long, env = "DESA_BENCH_METADATA", default_value_t = 0.05)]
+    pub metadata_fraction: f64,
+    /// Moving devices: each event its own GPS fix about this many metres
+    /// from the device's home (0: devices report from home).
+    #[arg(long, env = "DESA_BENCH_MOVE_METRES", default_value_t = 0.0)]
+    pub move_metres: f64,
     /// Where the dataset and the node's data go (default: a temporary directory).
     #[arg(long, env = "DESA_BENCH_DIR")]
     pub work_dir: Option<PathBuf>,
@@ -326,6 +333,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         start_ts,
         span_secs: args.span,
         zipf_s: args.zipf,
+        metadata_fraction: args.metadata_fraction,
+        move_metres: args.move_metres,
         ..GenConfig::default()
     };
     let data_dir = work.join("data");

@@ -49,6 +49,13 @@ pub struct GenArgs {
     pub duplicate_fraction: f64,
     #[arg(long, env = "DESA_GEN_INVALID", default_value_t = 0.0)]
     pub invalid_fraction: f64,
+    /// Fraction of events that carry a small `metadata` object.
+    #[arg(long, env = "DESA_GEN_METADATA", default_value_t = 0.05)]
+    pub metadata_fraction: f64,
+    /// Moving devices: each event its own GPS fix about this many metres
+    /// from the device's home (0: devices report from home).
+    #[arg(long, env = "DESA_GEN_MOVE_METRES", default_value_t = 0.0)]
+    pub move_metres: f64,
     /// Write NDJSON here ("-" is stdout).
     #[arg(long, short, env = "DESA_GEN_OUTPUT", default_value = "-")]
     pub output: String,
@@ -88,7 +95,8 @@ impl GenArgs {
             late_secs: self.late_max,
             duplicate_fraction: self.duplicate_fraction,
             invalid_fraction: self.invalid_fraction,
-            metadata_fraction: 0.05,
+            metadata_fraction: self.metadata_fraction,
+            move_metres: self.move_metres,
         }
     }
 }
