@@ -8,6 +8,7 @@
 //! thread, `memory` the memory governor.
 
 mod commit;
+mod expire;
 mod flush;
 mod maintain;
 mod memory;
@@ -59,6 +60,9 @@ pub struct EngineConfig {
     /// Segments a summary may leave to queries (late events that arrived
     /// after it was built) before it is refreshed.
     pub summary_max_extras: usize,
+    /// When set, whole UTC days further behind the clock than this are
+    /// dropped (see `engine::expire`).
+    pub retention_secs: Option<i64>,
 }
 
 impl EngineConfig {
@@ -72,6 +76,7 @@ impl EngineConfig {
             compaction_fanin: 4,
             max_segment_rows: 1 << 20,
             summary_max_extras: 4,
+            retention_secs: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// rows in the window (time order) instead of reading them by all-time
     /// count.
     fn topk_counted(&self, _segments: usize) {}
+    /// Retention dropped `events` events (whole expired days).
+    fn expired(&self, _events: u64) {}
 }
 
 struct NoObserver;
@@ -454,7 +461,8 @@ impl Engine {
         self.flush()?;
         let _m = self.inner.maintenance.lock();
         let _s = self.inner.summarizing.lock();
-        while maintain::compact_once(&self.inner)?
+        while expire::expire_once(&self.inner)?
+            || maintain::compact_once(&self.inner)?
             || maintain::summarize_once(&self.inner, &|job| job())?
         {}
         Ok(())

@@ -410,6 +410,7 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
         let limits = Limits {
             now_secs: shared.clock.now_secs(),
             max_future_secs: shared.cfg.max_future_secs,
+            retention_secs: shared.cfg.retention_secs,
         };
         let lateness = Lateness {
             watermark: shared.store.watermark_secs(),
@@ -423,7 +424,7 @@ fn handle(shared: &Shared, m: &BorrowedMessage<'_>) {
                 for r in admitted.body.rejected {
                     let line = lines.get(r.index).copied().unwrap_or(payload);
                     let label = match r.reason {
-                        Reason::TooLate => "too_late",
+                        Reason::TooLate | Reason::Expired => r.reason.label(),
                         _ => "invalid_event",
                     };
                     dead(&mut st, Some(r.index), r.error, line, label);

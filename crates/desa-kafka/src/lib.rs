@@ -69,6 +69,8 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     pub max_future_secs: i64,
     pub max_lateness_secs: Option<i64>,
+    /// With a retention, events older than it keeps are dead letters.
+    pub retention_secs: Option<i64>,
     /// Told the lateness of every accepted event behind the watermark (the
     /// node records it in the histogram HTTP ingest records it in).
     pub on_late: Option<LateObserver>,
@@ -100,6 +102,7 @@ impl KafkaConfig {
             options: Vec::new(),
             max_future_secs: 86_400,
             max_lateness_secs: None,
+            retention_secs: None,
             on_late: None,
             on_offset_mismatch: OnMismatch::Halt,
         }

@@ -71,6 +71,16 @@ pub struct Limits {
     pub now_secs: i64,
     /// How far ahead of `now_secs` a timestamp may be.
     pub max_future_secs: i64,
+    /// With a retention, how much event time is kept: events before the
+    /// first kept second ([`first_kept_secs`]) are refused.
+    pub retention_secs: Option<i64>,
+}
+
+/// The first second a retention of `keep_secs` keeps at `now_secs`: the
+/// start of the UTC day that holds `now - keep`, so that whole days expire.
+pub fn first_kept_secs(now_secs: i64, keep_secs: i64) -> i64 {
+    const DAY: i64 = 86_400;
+    now_secs.saturating_sub(keep_secs).div_euclid(DAY) * DAY
 }
 
 impl Limits {
@@ -79,6 +89,7 @@ impl Limits {
         Limits {
             now_secs,
             max_future_secs: 86_400,
+            retention_secs: None,
         }
     }
 }
@@ -95,6 +106,8 @@ pub enum Reason {
     TooFarInFuture,
     /// Further behind the event-time watermark than `max-lateness`.
     TooLate,
+    /// Before the first second `--retention` keeps.
+    Expired,
     Type,
     Value,
     Location,
@@ -106,12 +119,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InvalidJson,
         Reason::DeviceId,
         Reason::Timestamp,
         Reason::TooFarInFuture,
         Reason::TooLate,
+        Reason::Expired,
         Reason::Type,
         Reason::Value,
         Reason::Location,
@@ -127,6 +141,7 @@ impl Reason {
             Reason::Timestamp => "timestamp",
             Reason::TooFarInFuture => "too_far_in_future",
             Reason::TooLate => "too_late",
+            Reason::Expired => "expired",
             Reason::Type => "type",
             Reason::Value => "value",
             Reason::Location => "location",
@@ -188,6 +203,18 @@ pub(crate) fn check(event: &Event, limits: &Limits) -> Result<(), Invalid> {
                 event.ts_secs, limits.max_future_secs, limits.now_secs
             ),
         ));
+    }
+    if let Some(keep) = limits.retention_secs {
+        let first = first_kept_secs(limits.now_secs, keep);
+        if event.ts_secs < first {
+            return Err(Invalid::new(
+                Reason::Expired,
+                format!(
+                    "timestamp {} is before {first}, the first second --retention ({keep} s) keeps",
+                    event.ts_secs
+                ),
+            ));
+        }
     }
     if !event.value.is_finite() {
         return Err(Invalid::new(

@@ -30,8 +30,8 @@ mod sum;
 
 pub use admit::{admit, Admitted, Lateness};
 pub use event::{
-    check_lateness, Event, Invalid, Limits, Reason, MAX_DEVICE_ID_BYTES, MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
+    check_lateness, first_kept_secs, Event, Invalid, Limits, Reason, MAX_DEVICE_ID_BYTES,
+    MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
 };
 pub use geo::GeoBox;
 pub use parse::{

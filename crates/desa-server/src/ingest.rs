@@ -226,6 +226,7 @@ pub async fn post_events(
     let limits = Limits {
         now_secs: app.clock.now_secs(),
         max_future_secs: app.cfg.max_future_secs,
+        retention_secs: app.cfg.retention_secs,
     };
     let lateness = Lateness {
         watermark: app.store.watermark_secs(),

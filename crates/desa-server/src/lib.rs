@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_future_secs: i64,
     /// When set, events further behind the watermark are rejected.
     pub max_lateness_secs: Option<i64>,
+    /// When set, events older than the retention keeps are rejected.
+    pub retention_secs: Option<i64>,
     /// Ingest requests parsed and written at once; the others wait their
     /// turn, with their bodies read. With `max_body_bytes` it bounds the
     /// memory ingest can take.
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             max_body_bytes: 16 << 20,
             max_future_secs: 86_400,
             max_lateness_secs: None,
+            retention_secs: None,
             max_concurrent_ingest: 4,
             body_timeout: std::time::Duration::from_secs(30),
             max_concurrent_queries: 8,

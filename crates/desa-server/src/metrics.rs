@@ -25,6 +25,7 @@ pub struct Metrics {
     compaction_duration: Histogram,
     summary_duration: Histogram,
     topk_merged: IntCounter,
+    retention_dropped: IntCounter,
     topk_counted: IntCounter,
     stored_events: IntGauge,
     head_events: IntGauge,
@@ -132,6 +133,10 @@ impl Metrics {
                 "Building or refreshing the summary of a block of whole days.",
                 LATENCY_BUCKETS,
             ),
+            retention_dropped: counter(
+                "desa_retention_dropped_events_total",
+                "Events dropped by --retention (whole expired days).",
+            ),
             topk_merged: counter(
                 "desa_topk_merged_total",
                 "Top-K queries that added up every count list of their window (activity too flat for the threshold algorithm to stop early).",
@@ -165,6 +170,7 @@ impl Metrics {
             Box::new(m.compaction_duration.clone()),
             Box::new(m.summary_duration.clone()),
             Box::new(m.topk_merged.clone()),
+            Box::new(m.retention_dropped.clone()),
             Box::new(m.topk_counted.clone()),
             Box::new(m.stored_events.clone()),
             Box::new(m.head_events.clone()),
@@ -209,6 +215,9 @@ impl Default for Metrics {
 }
 
 impl EngineObserver for Metrics {
+    fn expired(&self, events: u64) {
+        self.retention_dropped.inc_by(events);
+    }
     fn wal_synced(&self, elapsed: Duration, bytes: usize, _requests: usize) {
         self.wal_sync_duration.observe(elapsed.as_secs_f64());
         self.wal_sync_bytes.inc_by(bytes as u64);

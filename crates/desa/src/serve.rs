@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Resident memory the node stays under.
     #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
     pub memory_budget: u64,
+    /// Keep this much event time: whole UTC days further behind the clock
+    /// are dropped, segments and summaries together (off by default).
+    #[arg(long, env = "DESA_RETENTION", value_parser = parse_secs)]
+    pub retention: Option<i64>,
     /// Events held in memory before they are flushed to a segment.
     #[arg(long, env = "DESA_HEAD_MAX_EVENTS", default_value_t = 262_144)]
     pub head_max_events: usize,
@@ -201,6 +205,7 @@ fn start_kafka(
     cfg.max_future_secs = args.max_future;
     cfg.on_offset_mismatch = k.kafka_on_offset_mismatch;
     cfg.max_lateness_secs = args.max_lateness;
+    cfg.retention_secs = args.retention;
     let lateness = metrics.event_lateness.clone();
     cfg.on_late = Some(LateObserver(Arc::new(move |secs| {
         lateness.observe(secs as f64)
@@ -238,6 +243,7 @@ impl Node {
                 let mut cfg = EngineConfig::new(&args.data_dir);
                 cfg.head_max_rows = args.head_max_events.max(1);
                 cfg.memory_budget_bytes = args.memory_budget;
+                cfg.retention_secs = args.retention;
                 let clock = clock.clone();
                 let metrics = metrics.clone();
                 let engine = tokio::task::spawn_blocking(move || {
@@ -257,6 +263,7 @@ impl Node {
             max_body_bytes: args.max_body as usize,
             max_future_secs: args.max_future,
             max_lateness_secs: args.max_lateness,
+            retention_secs: args.retention,
             max_concurrent_ingest: args.max_concurrent_ingest.max(1),
             body_timeout: args.body_timeout,
             max_concurrent_queries: args.max_concurrent_queries.max(1),

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::expire::expire_once;
 use super::memory::{enforce_memory_budget, trim_heap};
 use super::{maintain, offsets_list, segments_dir, wal_dir, Inner};
 use crate::durable::remove_written;
@@ -63,6 +64,11 @@ pub(super) fn flusher_loop(inner: &Inner) {
                 }
             }
         }
+        let expired = {
+            let _m = inner.maintenance.lock();
+            expire_once(inner)
+        };
+        report_background(inner, "retention", expired.map(|_| ()));
         trim_heap();
         enforce_memory_budget(inner);
     }

@@ -153,7 +153,14 @@ pub(super) fn pending(inner: &Inner) -> bool {
     let st = inner.state.read();
     !st.frozen.is_empty()
         || pick_compaction(&st, &inner.cfg).is_some()
-        || next_summary(&st.segments, &st.summaries, st.watermark, &inner.cfg).is_some()
+        || next_summary(
+            &st.segments,
+            &st.summaries,
+            st.watermark,
+            kept_from_day(inner),
+            &inner.cfg,
+        )
+        .is_some()
 }
 
 /// Builds or refreshes one summary if one is due. A block is summarized
@@ -166,6 +173,14 @@ pub(super) type Built = Result<(u64, u64, Arc<Summary>)>;
 /// A summary build, owning its inputs so that it can run on another thread.
 pub(super) type BuildJob = Box<dyn FnOnce() -> Built + Send>;
 
+/// The first day retention keeps (`i64::MIN` without retention): blocks
+/// that start before it are not summarized, as retention drops them.
+fn kept_from_day(inner: &Inner) -> i64 {
+    inner.cfg.retention_secs.map_or(i64::MIN, |keep| {
+        super::expire::first_kept_secs(inner.clock.now_secs(), keep).div_euclid(DAY)
+    })
+}
+
 /// Writes the next summary due, if any; `run` runs its build (on the
 /// calling thread, or on the summary thread's idle-priority builder).
 pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> Result<bool> {
@@ -174,7 +189,13 @@ pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> 
         let st = inner.state.read();
         (st.segments.clone(), st.summaries.clone(), st.watermark)
     };
-    match next_summary(&segments, &summaries, watermark, &inner.cfg) {
+    match next_summary(
+        &segments,
+        &summaries,
+        watermark,
+        kept_from_day(inner),
+        &inner.cfg,
+    ) {
         Some(due) => {
             write(inner, &due, run)?;
             Ok(true)
@@ -198,6 +219,7 @@ fn next_summary(
     segments: &[Arc<Segment>],
     summaries: &[Arc<LiveSummary>],
     watermark: Option<i64>,
+    kept_from_day: i64,
     cfg: &EngineConfig,
 ) -> Option<Due> {
     // Blocks must end at or before this day.
@@ -219,7 +241,7 @@ fn next_summary(
         let blocks: std::collections::BTreeSet<i64> = by_day
             .keys()
             .map(|d| d.div_euclid(size) * size)
-            .filter(|&first| first + size <= settled_end)
+            .filter(|&first| first + size <= settled_end && first >= kept_from_day)
             .filter(|&first| {
                 holds(first, first + size / 2) && holds(first + size / 2, first + size)
             })

@@ -333,3 +333,27 @@ fn a_second_node_on_the_same_data_dir_is_refused_until_the_first_dies() {
     s.restart(); // kill -9 releases the lock
     assert_eq!(all_counts(&s, "t")["a"], 1);
 }
+
+/// With `--retention 30d`, an event older than the first kept day is
+/// refused naming the flag (it would be dropped at once), newer ones are
+/// stored, and the refusals are counted as `expired`.
+#[test]
+fn retention_refuses_events_it_would_drop() {
+    let s = TestServer::start(&["--retention", "30d"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = event("old", now - 40 * 86_400) + &event("new", now - 86_400);
+    let r = s.post_ndjson(&body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 1);
+    let why = r.body["rejected"][0]["error"].as_str().unwrap();
+    assert!(why.contains("--retention"), "{why}");
+    assert!(s
+        .get_text("/metrics")
+        .contains("desa_events_rejected_total{reason=\"expired\"} 1"));
+    let counts = all_counts(&s, "t");
+    assert_eq!(counts.get("new"), Some(&1));
+    assert_eq!(counts.get("old"), None);
+}
