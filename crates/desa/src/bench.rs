@@ -28,6 +28,7 @@ use crate::gen::progress_bar;
 use crate::units::parse_secs;
 
 mod kafka;
+mod mixed;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -43,6 +44,17 @@ pub struct BenchArgs {
     pub zipf: f64,
     #[arg(long, env = "DESA_BENCH_SEED", default_value_t = 7)]
     pub seed: u64,
+    /// After the timed queries, this many clients ask the three kinds at
+    /// random, at once, while ingest runs beside them (0: off).
+    #[arg(long, env = "DESA_BENCH_MIXED_CLIENTS", default_value_t = 0)]
+    pub mixed_clients: usize,
+    /// How long the mixed load runs.
+    #[arg(long, env = "DESA_BENCH_MIXED_SECS", default_value = "30s", value_parser = parse_secs)]
+    pub mixed_secs: i64,
+    /// Events per second posted during the mixed load (default: half the
+    /// load's measured rate).
+    #[arg(long, env = "DESA_BENCH_MIXED_INGEST_RATE")]
+    pub mixed_ingest_rate: Option<u64>,
     /// Fraction of events that carry a small `metadata` object.
     #[arg(long, env = "DESA_BENCH_METADATA", default_value_t = 0.05)]
     pub metadata_fraction: f64,
@@ -393,6 +405,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         drop_page_cache()?;
         eprintln!("page cache dropped: the queries below are cold, with no warm-up");
     }
+    let cfg_for_mixed = cfg.clone();
     let g = Generator::new(cfg);
     let devices = [
         ("hottest", g.device_id(0)),
@@ -518,6 +531,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(mut out) = record {
         out.flush()?;
     }
+    let mixed_report = match &target {
+        Target::Node { client, .. } if args.mixed_clients > 0 => {
+            let load_rate = accepted as f64 / elapsed.as_secs_f64().max(1e-9);
+            Some(mixed::run(&mixed::Mixed {
+                client,
+                clients: args.mixed_clients,
+                duration: Duration::from_secs(args.mixed_secs.max(1) as u64),
+                ingest_rate: args.mixed_ingest_rate.unwrap_or(if reuse {
+                    0
+                } else {
+                    (load_rate / 2.0) as u64
+                }),
+                start_ts,
+                span_secs: args.span,
+                devices: devices.iter().map(|(_, d)| d.clone()).collect(),
+                gen: GenConfig {
+                    seed: args.seed + 1,
+                    ..cfg_for_mixed.clone()
+                },
+            })?)
+        }
+        _ => None,
+    };
     let (rss, hwm) = memory_of(target.pid());
     let health = match &target {
         Target::Node { client, .. } => client.get_json("/healthz", &[])?,
@@ -584,6 +620,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "peak_resident_bytes": hwm,
         "segment_bytes_per_event": storage as f64 / accepted.max(1) as f64,
         "bytes_per_event_by_part": per_event,
+        "mixed": mixed_report,
         "node": health,
         "queries": results,
     });

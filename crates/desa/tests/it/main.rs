@@ -2,6 +2,7 @@
 //! port and talks HTTP to it, killing it with SIGKILL where the test says so.
 
 mod bad_input;
+mod bench;
 mod cluster;
 mod crash;
 mod faults;
