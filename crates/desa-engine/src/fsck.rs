@@ -35,6 +35,8 @@ pub struct Report {
     pub unnamed: Vec<String>,
     /// Files already in `orphans/`.
     pub orphans: Vec<String>,
+    /// Bytes of the live files by part of the format (see `breakdown`).
+    pub bytes_by_part: std::collections::BTreeMap<&'static str, u64>,
     pub problems: Vec<String>,
 }
 
@@ -108,6 +110,9 @@ pub fn check(dir: &Path) -> Result<Report> {
         Err(e) => r.problems.push(e.to_string()),
     }
     r.stored_events = r.segment_events + r.log_events;
+    if r.problems.is_empty() {
+        r.bytes_by_part = crate::breakdown::storage_breakdown(dir)?.bytes;
+    }
     Ok(r)
 }
 

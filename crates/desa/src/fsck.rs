@@ -60,6 +60,17 @@ pub fn run(args: FsckArgs) -> Result<()> {
             r.log_files, r.log_records, r.log_events
         );
         println!("stored      {} events", r.stored_events);
+        let total: u64 = r.bytes_by_part.values().sum();
+        if total > 0 {
+            let per = |n: u64| n as f64 / r.stored_events.max(1) as f64;
+            let parts: Vec<String> = r
+                .bytes_by_part
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(part, &n)| format!("{part} {:.1}", per(n)))
+                .collect();
+            println!("bytes/event {:.1} in all: {}", per(total), parts.join(", "));
+        }
         for n in &r.unnamed {
             println!("unnamed     segments/{n} (moved to orphans/ when a node opens the dir)");
         }

@@ -117,6 +117,10 @@ fn a_missing_manifest_refuses_to_start_and_deletes_nothing() {
     assert!(fsck.status.success(), "{fsck:?}");
     let report: serde_json::Value = serde_json::from_slice(&fsck.stdout).unwrap();
     assert_eq!(report["stored_events"], 128, "{report}");
+    assert!(
+        report["bytes_by_part"]["timestamps"].as_u64().unwrap() >= 128 * 8,
+        "{report}"
+    );
     s.try_restart().unwrap();
     assert_eq!(all_counts(&s, "t").values().sum::<u64>(), 128);
     assert_eq!(s.get("/healthz", &[]).body["stored_events"], 128);
