@@ -7,6 +7,7 @@
 //! commit thread, `flush` the flusher, `maintain` compaction and the summary
 //! thread, `memory` the memory governor.
 
+mod change;
 mod commit;
 mod expire;
 mod flush;

@@ -13,9 +13,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::sync::Arc;
 
+use super::change::change_manifest;
 use super::flush::refuse_if_poisoned;
 use super::{segments_dir, Inner};
-use crate::durable::{remove_written, sync_dir};
+use crate::durable::sync_dir;
 use crate::error::Result;
 use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
@@ -53,10 +54,13 @@ pub(super) fn expire_once(inner: &Inner) -> Result<bool> {
         return Ok(false);
     }
     let seg_dir = segments_dir(&inner.cfg.dir);
-    let mut next = manifest.clone();
-    let mut written = Vec::new();
+    let gone: HashSet<u64> = expired
+        .iter()
+        .chain(&straddling)
+        .map(|s| s.meta.id)
+        .collect();
     let mut dropped_events = 0u64;
-    let attempt = (|| -> Result<Vec<Arc<Segment>>> {
+    let kept = change_manifest(&mut manifest, &inner.cfg.dir, |next, written| {
         let mut kept = Vec::new();
         for s in &straddling {
             let mut rows = Rows::default();
@@ -75,31 +79,11 @@ pub(super) fn expire_once(inner: &Inner) -> Result<bool> {
             kept.push(Arc::new(Segment::open(&path, id)?));
         }
         sync_dir(&seg_dir)?;
-        let gone: HashSet<u64> = expired
-            .iter()
-            .chain(&straddling)
-            .map(|s| s.meta.id)
-            .collect();
         next.segments.retain(|m| !gone.contains(&m.id));
         next.summaries.retain(|m| !old_summaries.contains(&m.id));
-        next.store_durable(&inner.cfg.dir)?;
         Ok(kept)
-    })();
-    let kept = match attempt {
-        Ok(kept) => kept,
-        Err(e) => {
-            manifest.next_segment_id = next.next_segment_id;
-            remove_written(&written, &e);
-            return Err(e);
-        }
-    };
-    *manifest = next;
+    })?;
     dropped_events += expired.iter().map(|s| s.meta.rows).sum::<u64>();
-    let gone: HashSet<u64> = expired
-        .iter()
-        .chain(&straddling)
-        .map(|s| s.meta.id)
-        .collect();
     {
         let mut st = inner.state.write();
         st.segments.retain(|s| !gone.contains(&s.meta.id));

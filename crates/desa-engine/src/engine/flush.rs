@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::change::change_manifest;
 use super::expire::expire_once;
 use super::memory::{enforce_memory_budget, trim_heap};
 use super::{maintain, offsets_list, segments_dir, wal_dir, Inner};
-use crate::durable::remove_written;
 use crate::error::{Error, Result};
 use crate::segment::{write_segment, Segment, SegmentMeta};
 use crate::wal;
@@ -149,12 +149,8 @@ pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
         let by_day = files_of(&head.rows.ts, inner.cfg.head_max_rows);
         let seg_dir = segments_dir(&inner.cfg.dir);
         let mut manifest = inner.manifest.lock();
-        // Copy-on-write: the change is built on a copy, stored, and only
-        // then installed; a failed step leaves the manifest in memory and
-        // on disk as it was, and removes the files this attempt wrote.
-        let mut next = manifest.clone();
-        let mut written = Vec::new();
-        let attempt = (|| -> Result<Vec<Arc<Segment>>> {
+        let old_wal_start = manifest.wal_start;
+        let new_segments = change_manifest(&mut manifest, &inner.cfg.dir, |next, written| {
             let mut new_segments = Vec::new();
             for (day, subset) in by_day {
                 let id = next.next_segment_id;
@@ -172,21 +168,8 @@ pub(super) fn flush_frozen(inner: &Inner) -> Result<()> {
             // still in the log from `wal_start`, and replay takes the larger
             // offset.
             next.source_offsets = offsets_list(&inner.state.read().offsets);
-            next.store_durable(&inner.cfg.dir)?;
             Ok(new_segments)
-        })();
-        let new_segments = match attempt {
-            Ok(s) => s,
-            Err(e) => {
-                // Ids are never reused: a retry must not write over a file
-                // a poisoned attempt had to keep.
-                manifest.next_segment_id = next.next_segment_id;
-                remove_written(&written, &e);
-                return Err(e);
-            }
-        };
-        let old_wal_start = manifest.wal_start;
-        *manifest = next;
+        })?;
         {
             let mut st = inner.state.write();
             st.frozen.pop_front();

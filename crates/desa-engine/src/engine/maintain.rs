@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::change::change_manifest;
 use super::flush::report_background;
 use super::memory::trim_heap;
 use super::{segments_dir, EngineConfig, Inner, State};
@@ -60,10 +61,7 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let subset: Vec<u32> = (0..rows.len() as u32).collect();
     let partition = victims.iter().map(|s| s.meta.partition).min().unwrap_or(0);
     let seg_dir = segments_dir(&inner.cfg.dir);
-    // Copy-on-write, as in a flush: stored first, installed after.
-    let mut next = manifest.clone();
-    let id = next.next_segment_id;
-    next.next_segment_id += 1;
+    let id = manifest.next_segment_id;
     let path = seg_dir.join(SegmentMeta::file_name(id));
     let gone: HashSet<u64> = victims.iter().map(|s| s.meta.id).collect();
     let recover = |m: &mut SummaryMeta| {
@@ -73,25 +71,17 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
             m.covers.sort_unstable();
         }
     };
-    let attempt = (|| -> Result<(SegmentMeta, Arc<Segment>)> {
+    let (meta, merged) = change_manifest(&mut manifest, &inner.cfg.dir, |next, written| {
+        next.next_segment_id += 1;
+        written.push(path.clone());
         let meta = write_segment(&rows, &subset, partition, id, &path)?;
         let merged = Arc::new(Segment::open(&path, id)?);
         crate::durable::sync_dir(&seg_dir)?;
         next.segments.retain(|m| !gone.contains(&m.id));
         next.segments.push(meta.clone());
         next.summaries.iter_mut().for_each(recover);
-        next.store_durable(&inner.cfg.dir)?;
         Ok((meta, merged))
-    })();
-    let (meta, merged) = match attempt {
-        Ok(done) => done,
-        Err(e) => {
-            manifest.next_segment_id = next.next_segment_id;
-            remove_written(std::slice::from_ref(&path), &e);
-            return Err(e);
-        }
-    };
-    *manifest = next;
+    })?;
     {
         let mut st = inner.state.write();
         st.segments.retain(|s| !gone.contains(&s.meta.id));
@@ -357,16 +347,12 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
         events,
         bytes,
     };
-    let mut next = manifest.clone();
-    next.summaries.retain(|m| Some(m.id) != old);
-    next.summaries.push(meta.clone());
-    if let Err(e) = next.store_durable(&inner.cfg.dir) {
-        drop(manifest);
-        drop(file);
-        remove_written(std::slice::from_ref(&path), &e);
-        return Err(e);
-    }
-    *manifest = next;
+    change_manifest(&mut manifest, &inner.cfg.dir, |next, written| {
+        written.push(path.clone());
+        next.summaries.retain(|m| Some(m.id) != old);
+        next.summaries.push(meta.clone());
+        Ok(())
+    })?;
     {
         let mut st = inner.state.write();
         st.summaries.retain(|s| Some(s.meta.id) != old);
