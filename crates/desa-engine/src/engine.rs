@@ -355,6 +355,7 @@ impl Engine {
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> AvgAnswer {
         let (count, sum) = self.count_and_sum(
             w,
+            &query::all,
             |h| h.avg(device, event_type, w),
             |plan| query::avg(plan, device, event_type, w),
         );
@@ -364,6 +365,7 @@ impl Engine {
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> GeoAnswer {
         let (count, sum) = self.count_and_sum(
             w,
+            &|s| s.has_geo(event_type),
             |h| h.geo(event_type, bbox, w),
             |plan| query::geo(plan, event_type, bbox, w),
         );
@@ -376,6 +378,7 @@ impl Engine {
     fn count_and_sum(
         &self,
         w: TimeWindow,
+        answers: query::Answers,
         in_head: impl Fn(&Head) -> (u64, DoubleDouble),
         in_files: impl Fn(&query::Plan) -> (u64, DoubleDouble),
     ) -> (u64, DoubleDouble) {
@@ -389,7 +392,7 @@ impl Engine {
             count += c;
             sum = sum + s;
         }
-        let (c, s) = in_files(&query::plan(&segs.0, &segs.1, w));
+        let (c, s) = in_files(&query::plan(&segs.0, &segs.1, w, answers));
         count += c;
         sum = sum + s;
         (count, sum)
@@ -421,7 +424,7 @@ impl Engine {
                 *counts.entry(d.to_owned()).or_default() += c;
             }
         }
-        let plan = query::plan(&segs.0, &segs.1, w);
+        let plan = query::plan(&segs.0, &segs.1, w, &query::all);
         let (devices, how) = query::topk(&whole, &counts, &plan, event_type, w, k);
         if how.path == query::TopkPath::Merged {
             self.inner.observer.topk_merged();

@@ -44,10 +44,23 @@ pub(crate) struct Plan<'a> {
     pub segments: Vec<&'a Segment>,
 }
 
+/// Whether a summary can answer the query at hand (a geo query cannot be
+/// answered by a summary without the type's points).
+pub(crate) type Answers<'f> = &'f dyn Fn(&Summary) -> bool;
+
+/// Every summary answers avg and top-K.
+pub(crate) fn all(_: &Summary) -> bool {
+    true
+}
+
+/// The plan of a window: the summaries of a dyadic cover of its whole days
+/// that `answers` accepts, and the segments of the rest (the days a
+/// refused summary would have held among them).
 pub(crate) fn plan<'a>(
     segments: &'a [Arc<Segment>],
     summaries: &'a [Arc<LiveSummary>],
     w: TimeWindow,
+    answers: Answers,
 ) -> Plan<'a> {
     let (first, end) = summary::whole_days(w.start, w.end);
     let mut chosen: Vec<&LiveSummary> = Vec::new();
@@ -58,7 +71,7 @@ pub(crate) fn plan<'a>(
             .collect();
         let blocks = by_block.keys().map(|&(l, d)| (d, l)).collect();
         for block in summary::cover(first, end, &blocks) {
-            chosen.extend(by_block.get(&block));
+            chosen.extend(by_block.get(&block).filter(|s| answers(&s.file)));
         }
     }
     // `cover` returns blocks in day order; find a segment's by binary search.

@@ -55,17 +55,27 @@ impl SegmentSet {
 
     /// Count and sum of one device's values of one type in the window.
     pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> (u64, DoubleDouble) {
-        query::avg(&query::plan(&self.segments, &[], w), device, event_type, w)
+        query::avg(
+            &query::plan(&self.segments, &[], w, &query::all),
+            device,
+            event_type,
+            w,
+        )
     }
 
     /// Count and sum of one type's values inside the box and the window.
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
-        query::geo(&query::plan(&self.segments, &[], w), event_type, bbox, w)
+        query::geo(
+            &query::plan(&self.segments, &[], w, &query::all),
+            event_type,
+            bbox,
+            w,
+        )
     }
 
     /// The K devices with the most events of the type in the window.
     pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Vec<DeviceCount> {
-        let plan = query::plan(&self.segments, &[], w);
+        let plan = query::plan(&self.segments, &[], w, &query::all);
         query::topk(&[], &Default::default(), &plan, event_type, w, k).0
     }
 }

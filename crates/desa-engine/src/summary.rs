@@ -15,6 +15,11 @@
 //!   sum, in an implicit k-d tree over (lat, lon) whose nodes carry count,
 //!   sum and bounding box. Sensors report from a fixed place, so a block
 //!   holds about one point per device and type however many events it has.
+//!   Devices that move give a point per event: a type whose locations fold
+//!   less than [`GEO_FOLD_MIN`] events into each point has no geo part (no
+//!   points), and geo queries over the block read the segments the summary
+//!   covers instead (see `query::plan`). A summary built from one without a
+//!   type's points has none for it either.
 //!
 //! A window `[start, end)` is answered from the summaries of a greedy
 //! dyadic cover of its whole days (at most two blocks per level), plus every
@@ -24,10 +29,13 @@
 //! so a summary is never invalidated; a summary with more than
 //! `EngineConfig::summary_max_extras` uncovered segments is refreshed.
 //!
-//! # File format (version 1, little-endian)
+//! # File format (version 2, little-endian)
 //! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
 //! the sections in the order of the S_* constants below, and footer words:
 //! types, series, points, nodes, level, first_day, events, leaf_points.
+//! Version 1 has the same layout and a geo part for every type; it is still
+//! read. Version 2 may leave a type without points, which a reader of
+//! version 1 would take for "no events in the box", so the version went up.
 
 mod build;
 mod read;
@@ -51,6 +59,11 @@ pub const MAX_LEVEL: u32 = 10;
 /// Points per k-d tree leaf.
 pub const GEO_LEAF_POINTS: usize = 32;
 
+/// Events a type's points must hold on average for the summary to keep
+/// them: a point and its share of the tree cost about 44 bytes, which pays
+/// for itself only when it stands for several events.
+pub const GEO_FOLD_MIN: u64 = 8;
+
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
@@ -67,6 +80,15 @@ pub(crate) const S_TYPE_NODES: usize = 12; // u32 x (types + 1)
 pub(crate) const SECTION_COUNT: usize = 13;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
+    header: b"DESASUM1",
+    footer: b"DESASUMF",
+    version: 2,
+    sections: SECTION_COUNT,
+    words: 8,
+};
+
+/// Version 1: every type has its points. Read, never written.
+pub(crate) static FORMAT_V1: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
     footer: b"DESASUMF",
     version: 1,

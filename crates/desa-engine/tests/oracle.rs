@@ -337,6 +337,49 @@ fn topk_under_flat_activity_adds_up_every_list() {
     assert!(paths.merged.load(Ordering::Relaxed) > before_summaries);
 }
 
+/// Devices that move (a new GPS fix for every event) give summaries no
+/// locations to fold: their geo part is left out, so that they stay a small
+/// fraction of the segments, and geo windows over them read the segments
+/// the summaries hold, still matching the oracle.
+#[test]
+fn moving_devices_leave_summaries_without_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_rows = 3_000;
+    cfg.compaction_fanin = 3;
+    cfg.summary_max_extras = 2;
+    let mut rng = StdRng::seed_from_u64(13);
+    let gen = Generator::new(GenConfig {
+        seed: 13,
+        devices: 200,
+        count: 40_000,
+        start_ts: T0,
+        span_secs: 40 * DAY,
+        move_metres: 50.0,
+        late_fraction: 0.05,
+        ..GenConfig::default()
+    });
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    let (oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
+    engine.settle().unwrap();
+    assert!(engine.stats().summaries >= 15);
+    let parts = desa_engine::breakdown::storage_breakdown(dir.path()).unwrap();
+    let points = parts
+        .bytes
+        .get("summaries: k-d trees")
+        .copied()
+        .unwrap_or(0);
+    let segments = engine.stats().segment_bytes;
+    assert!(
+        points * 100 <= segments,
+        "summaries hold {points} bytes of points beside {segments} of segments"
+    );
+    check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
+}
+
 #[test]
 fn head_only() {
     run(2, 3_000, 1_000_000);

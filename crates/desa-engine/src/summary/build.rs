@@ -68,10 +68,12 @@ impl<'a> Input<'a> {
         }
     }
 
-    /// Appends the points of the type named `name` to `out`.
-    fn points(&self, name: &str, out: &mut Vec<GeoPoint>) {
+    /// Appends the points of the type named `name` to `out`; false when the
+    /// input holds events of the type but not their points (a summary that
+    /// left them out).
+    fn points(&self, name: &str, out: &mut Vec<GeoPoint>) -> bool {
         let Some(t) = self.find_type(name) else {
-            return;
+            return true;
         };
         match self {
             Input::Segment(s) => {
@@ -99,8 +101,14 @@ impl<'a> Input<'a> {
                     });
                 }
             }
-            Input::Summary(s) => out.extend_from_slice(s.points(t)),
+            Input::Summary(s) => {
+                if !s.has_geo(name) {
+                    return false;
+                }
+                out.extend_from_slice(s.points(t));
+            }
         }
+        true
     }
 }
 
@@ -326,6 +334,11 @@ fn write_sections(
     w.section(bytemuck::cast_slice(&series.sum_lo))?;
     w.section(b(&topk))?;
     let series_count = series.count.len() as u64;
+    let type_events: Vec<u64> = series
+        .type_series
+        .windows(2)
+        .map(|r| series.count[r[0] as usize..r[1] as usize].iter().sum())
+        .collect();
     drop(series);
     drop(topk);
 
@@ -334,13 +347,17 @@ fn write_sections(
     let mut nodes: Vec<GeoNode> = Vec::new();
     let mut points: Vec<GeoPoint> = Vec::new();
     w.begin()?;
-    for name in &type_names {
+    for (name, &events) in type_names.iter().zip(&type_events) {
         points.clear();
+        let mut whole = true;
         for input in inputs {
-            input.points(name, &mut points);
+            whole &= input.points(name, &mut points);
             input.release_memory();
         }
         fold_points(&mut points);
+        if !whole || (points.len() as u64).saturating_mul(GEO_FOLD_MIN) > events {
+            points.clear();
+        }
         let base = nodes.len();
         let n = points.len();
         nodes.resize(

@@ -28,7 +28,7 @@ impl Summary {
     /// Maps the file and verifies its checksum, its structure, and that it
     /// is the summary of the block (`level`, `first_day`) the caller expects.
     pub fn open(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
-        let mut file = SectionFile::open(&[&FORMAT], path)?;
+        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V1], path)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
@@ -190,7 +190,15 @@ impl Summary {
         &bytemuck::cast_slice(self.file.bytes(S_POINTS))[off[t] as usize..off[t + 1] as usize]
     }
 
-    /// Count and sum of one type inside the box, over the whole block.
+    /// Whether the summary answers geo queries for the type: false when it
+    /// holds events of the type but no points (see [`GEO_FOLD_MIN`]).
+    pub fn has_geo(&self, event_type: &str) -> bool {
+        self.find_type(event_type)
+            .is_none_or(|t| !self.points(t).is_empty())
+    }
+
+    /// Count and sum of one type inside the box, over the whole block; only
+    /// for a type it [has the points of](Self::has_geo).
     pub fn geo(&self, event_type: &str, bbox: &GeoBox) -> (u64, DoubleDouble) {
         let mut acc = (0, DoubleDouble::ZERO);
         let Some(t) = self.find_type(event_type) else {
