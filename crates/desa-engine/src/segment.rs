@@ -38,6 +38,9 @@ mod build;
 mod kd;
 mod read;
 
+#[cfg(doc)]
+use crate::packed;
+
 pub(crate) use build::build_segment;
 pub use build::write_segment;
 pub use kd::{KdNode, KdPoint};
@@ -54,30 +57,51 @@ pub(crate) const S_TYPE_ROWS: usize = 3; // u32 x (types + 1)
 pub(crate) const S_DEV_BLOB: usize = 4;
 pub(crate) const S_SERIES_DEV_OFF: usize = 5; // u32 x (series + 1)
 pub(crate) const S_SERIES_ROW: usize = 6; // u32 x (series + 1)
-pub(crate) const S_TS: usize = 7; // i64 x rows
-pub(crate) const S_VALUE: usize = 8; // f64 x rows
-pub(crate) const S_PREFIX_HI: usize = 9; // f64 x (rows + 1)
-pub(crate) const S_PREFIX_LO: usize = 10; // f64 x (rows + 1)
-pub(crate) const S_LAT: usize = 11; // f64 x rows
-pub(crate) const S_LON: usize = 12; // f64 x rows
-pub(crate) const S_META_OFF: usize = 13; // u64 x (rows + 1); empty range = no metadata
+pub(crate) const S_TS: usize = 7; // packed ints x rows (v2: i64 x rows)
+pub(crate) const S_VALUE: usize = 8; // packed floats x rows (v2: f64 x rows)
+/// Double-double prefix sums of `value`: v3 at every [`packed::BLOCK`]th row
+/// and the last (f64 x (blocks + 1)); v2 at every row (f64 x (rows + 1)).
+pub(crate) const S_PREFIX_HI: usize = 9;
+pub(crate) const S_PREFIX_LO: usize = 10;
+pub(crate) const S_LAT: usize = 11; // packed floats x rows (v2: f64 x rows)
+pub(crate) const S_LON: usize = 12; // packed floats x rows (v2: f64 x rows)
+/// v3: zstd of each row's metadata length plus one (0: none), LEB128;
+/// v2: u64 x (rows + 1) offsets into the blob (an empty range: none).
+pub(crate) const S_META_OFF: usize = 13;
+/// v3: zstd of the rows' metadata, one after the other; v2: the same, raw.
 pub(crate) const S_META_BLOB: usize = 14;
 pub(crate) const S_TOPK: usize = 15; // u32 x series
-pub(crate) const S_KD_POINTS: usize = 16; // KdPoint x rows
+/// v3: the k-d order's latitudes (packed floats x rows); v2: KdPoint x rows.
+pub(crate) const S_KD_POINTS: usize = 16;
+pub(crate) const S_KD_LAT: usize = S_KD_POINTS;
 pub(crate) const S_KD_NODES: usize = 17; // KdNode x nodes
 pub(crate) const S_TYPE_NODES: usize = 18; // u32 x (types + 1)
-/// Per type, its rows' timestamps in time order, as seconds after `min_ts`
-/// (a segment holds one UTC day); empty if they did not fit a u32.
-pub(crate) const S_TIME_TS: usize = 19; // u32 x rows, or empty
-/// The series of each row of [`S_TIME_TS`], in the same order.
-pub(crate) const S_TIME_SERIES: usize = 20; // u32 x rows, or empty
-pub(crate) const SECTION_COUNT: usize = 21;
+/// Per type, its rows' timestamps in time order: v3 packed ints x rows; v2
+/// as seconds after `min_ts`, u32 x rows, or empty if they did not fit.
+pub(crate) const S_TIME_TS: usize = 19;
+/// The series of each row of [`S_TIME_TS`], in the same order: v3 packed
+/// ints x rows, v2 u32 x rows (or empty).
+pub(crate) const S_TIME_SERIES: usize = 20;
+/// v3: the k-d order's longitudes, timestamps and values (packed x rows).
+pub(crate) const S_KD_LON: usize = 21;
+pub(crate) const S_KD_TS: usize = 22;
+pub(crate) const S_KD_VALUE: usize = 23;
+pub(crate) const SECTION_COUNT: usize = 24;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASEG1",
     footer: b"DESASEGF",
-    version: 2,
+    version: 3,
     sections: SECTION_COUNT,
+    words: 8,
+};
+
+/// Fixed-width columns and a k-d copy of whole points: read, never written.
+pub(crate) static FORMAT_V2: crate::sections::Format = crate::sections::Format {
+    header: b"DESASEG1",
+    footer: b"DESASEGF",
+    version: 2,
+    sections: S_KD_LON,
     words: 8,
 };
 

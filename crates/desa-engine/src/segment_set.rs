@@ -30,7 +30,7 @@ pub fn write_events_unsynced(events: &[&Event], day: i64, path: &Path) -> Result
 pub fn merge_unsynced(parts: &[Arc<Segment>], path: &Path) -> Result<SegmentMeta> {
     let mut rows = Rows::default();
     for s in parts {
-        s.append_to(&mut rows);
+        s.append_to(&mut rows)?;
         s.release_memory();
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();

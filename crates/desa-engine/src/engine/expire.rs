@@ -64,7 +64,7 @@ pub(super) fn expire_once(inner: &Inner) -> Result<bool> {
         let mut kept = Vec::new();
         for s in &straddling {
             let mut rows = Rows::default();
-            s.append_to(&mut rows);
+            s.append_to(&mut rows)?;
             s.release_memory();
             let subset: Vec<u32> = (0..rows.len() as u32)
                 .filter(|&r| rows.ts[r as usize] >= cutoff)

@@ -55,7 +55,7 @@ pub(super) fn compact_once(inner: &Inner) -> Result<bool> {
     let started = Instant::now();
     let mut rows = Rows::default();
     for s in &victims {
-        s.append_to(&mut rows);
+        s.append_to(&mut rows)?;
         s.release_memory();
     }
     let subset: Vec<u32> = (0..rows.len() as u32).collect();

@@ -8,21 +8,59 @@ use super::kd::{self, KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::Rows;
+use crate::packed::{self, Packer};
 use crate::sections::SectionWriter;
 
-fn prefix_sums(values: impl Iterator<Item = f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut hi = Vec::with_capacity(n + 1);
-    let mut lo = Vec::with_capacity(n + 1);
+/// Double-double prefix sums of `values` at every [`packed::BLOCK`]th row
+/// and after the last: `(hi, lo)`, `blocks + 1` entries each.
+fn block_prefix_sums(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let blocks = values.len().div_ceil(packed::BLOCK);
+    let mut hi = Vec::with_capacity(blocks + 1);
+    let mut lo = Vec::with_capacity(blocks + 1);
     let mut acc = DoubleDouble::ZERO;
     hi.push(0.0);
     lo.push(0.0);
-    for v in values {
-        acc = acc.add_f64(v);
+    for block in values.chunks(packed::BLOCK) {
+        for &v in block {
+            acc = acc.add_f64(v);
+        }
         hi.push(acc.hi);
         lo.push(acc.lo);
     }
     (hi, lo)
 }
+
+fn push_leb128(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+/// The two metadata sections: zstd of the lengths (plus one; 0 for none)
+/// and zstd of the texts.
+fn metadata_sections(rows: &Rows, order: &[u32]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut lens = Vec::with_capacity(order.len());
+    let mut blob = Vec::new();
+    for &r in order {
+        match rows.metadata(r as usize) {
+            Some(m) => {
+                push_leb128(&mut lens, m.len() as u64 + 1);
+                blob.extend_from_slice(m.as_bytes());
+            }
+            None => lens.push(0),
+        }
+    }
+    Ok((
+        zstd::bulk::compress(&lens, METADATA_ZSTD_LEVEL)?,
+        zstd::bulk::compress(&blob, METADATA_ZSTD_LEVEL)?,
+    ))
+}
+
+/// zstd's default level: metadata is JSON text with repeated keys, which
+/// it shrinks several times over at a few hundred MB/s.
+const METADATA_ZSTD_LEVEL: i32 = 3;
 
 /// Ranks of dictionary ids in string order.
 fn ranks(dict: &crate::head::Dict) -> Vec<u32> {
@@ -114,15 +152,9 @@ pub(crate) fn build_segment(
     let value: Vec<f64> = order.iter().map(|&r| rows.value[r as usize]).collect();
     let lat: Vec<f64> = order.iter().map(|&r| rows.lat[r as usize]).collect();
     let lon: Vec<f64> = order.iter().map(|&r| rows.lon[r as usize]).collect();
-    let (prefix_hi, prefix_lo) = prefix_sums(value.iter().copied(), n);
-    let mut meta_blob = Vec::new();
-    let mut meta_off = vec![0u64];
-    for &r in &order {
-        if let Some(m) = rows.metadata(r as usize) {
-            meta_blob.extend_from_slice(m.as_bytes());
-        }
-        meta_off.push(meta_blob.len() as u64);
-    }
+    let (prefix_hi, prefix_lo) = block_prefix_sums(&value);
+    let (meta_lens, meta_blob) =
+        metadata_sections(rows, &order).map_err(Error::io("compress metadata of", path))?;
 
     // Top-K sorted access: per type, series by count descending; the sort is
     // stable, so ties stay in device order.
@@ -137,20 +169,14 @@ pub(crate) fn build_segment(
     let max_ts = ts.iter().copied().max().unwrap_or(0);
 
     // Top-K over a window that cuts the segment: per type, its rows in time
-    // order, as (seconds after min_ts, series). One UTC day always fits a
-    // u32; if it did not, the sections stay empty and top-K falls back to
-    // all-time counts.
+    // order, as (timestamp, series).
     let (mut time_ts, mut time_series) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    if u32::try_from(max_ts - min_ts).is_ok() {
-        for t in 0..type_count {
-            let rows = type_rows[t] as usize..type_rows[t + 1] as usize;
-            let mut by_time: Vec<(u32, u32)> = rows
-                .map(|i| ((ts[i] - min_ts) as u32, row_series[i]))
-                .collect();
-            by_time.sort_unstable();
-            time_ts.extend(by_time.iter().map(|e| e.0));
-            time_series.extend(by_time.iter().map(|e| e.1));
-        }
+    for t in 0..type_count {
+        let rows = type_rows[t] as usize..type_rows[t + 1] as usize;
+        let mut by_time: Vec<(i64, u32)> = rows.map(|i| (ts[i], row_series[i])).collect();
+        by_time.sort_unstable();
+        time_ts.extend(by_time.iter().map(|e| e.0));
+        time_series.extend(by_time.iter().map(|e| i64::from(e.1)));
     }
 
     // Geo: a k-d tree per type over that type's rows.
@@ -177,6 +203,12 @@ pub(crate) fn build_segment(
         type_nodes.push(nodes.len() as u32);
     }
 
+    let kd_lat: Vec<f64> = points.iter().map(|p| p.lat).collect();
+    let kd_lon: Vec<f64> = points.iter().map(|p| p.lon).collect();
+    let kd_ts: Vec<i64> = points.iter().map(|p| p.ts).collect();
+    let kd_value: Vec<f64> = points.iter().map(|p| p.value).collect();
+    drop(points);
+
     let b = bytemuck::cast_slice::<u32, u8>;
     let w = SectionWriter::create(&FORMAT, path)?;
     let write = |mut w: SectionWriter| -> std::io::Result<u64> {
@@ -187,20 +219,23 @@ pub(crate) fn build_segment(
         w.section(&dev_blob)?;
         w.section(b(&series_dev_off))?;
         w.section(b(&series_row))?;
-        w.section(bytemuck::cast_slice(&ts))?;
-        w.section(bytemuck::cast_slice(&value))?;
+        w.section(&Packer::ints(&ts))?;
+        w.section(&Packer::floats(&value))?;
         w.section(bytemuck::cast_slice(&prefix_hi))?;
         w.section(bytemuck::cast_slice(&prefix_lo))?;
-        w.section(bytemuck::cast_slice(&lat))?;
-        w.section(bytemuck::cast_slice(&lon))?;
-        w.section(bytemuck::cast_slice(&meta_off))?;
+        w.section(&Packer::floats(&lat))?;
+        w.section(&Packer::floats(&lon))?;
+        w.section(&meta_lens)?;
         w.section(&meta_blob)?;
         w.section(b(&topk))?;
-        w.section(bytemuck::cast_slice(&points))?;
+        w.section(&Packer::floats(&kd_lat))?;
         w.section(bytemuck::cast_slice(&nodes))?;
         w.section(b(&type_nodes))?;
-        w.section(b(&time_ts))?;
-        w.section(b(&time_series))?;
+        w.section(&Packer::ints(&time_ts))?;
+        w.section(&Packer::ints(&time_series))?;
+        w.section(&Packer::floats(&kd_lon))?;
+        w.section(&Packer::ints(&kd_ts))?;
+        w.section(&Packer::floats(&kd_value))?;
         let words = [
             n as u64,
             series_count as u64,

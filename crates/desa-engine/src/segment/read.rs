@@ -9,7 +9,13 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
+use crate::packed::{self, Packed};
 use crate::sections::SectionFile;
+
+/// The most metadata one segment's section may expand to: a segment holds
+/// at most a few million rows of at most 64 KiB of metadata each, and the
+/// bound keeps a corrupt frame header from asking for more memory.
+const MAX_METADATA_BYTES: u64 = 1 << 36;
 
 /// An open, checksum-verified segment.
 pub struct Segment {
@@ -19,7 +25,9 @@ pub struct Segment {
     fences: DeviceFences,
 
     types: usize,
-    /// Whether the file has its rows in time order (format version 2).
+    /// The file's format version (1, 2 or 3).
+    version: u32,
+    /// Whether the file has its rows in time order (format version 2 on).
     time_order: bool,
 }
 
@@ -40,7 +48,14 @@ pub fn checksum_of(file: &[u8]) -> Option<u32> {
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
-        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V1], path)?;
+        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V2, &FORMAT_V1], path)?;
+        let version = if file.sections.len() == SECTION_COUNT {
+            3
+        } else if file.sections.len() == FORMAT_V2.sections {
+            2
+        } else {
+            1
+        };
         let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
         let w = &file.words;
         let (rows, series, types, nodes) =
@@ -52,37 +67,60 @@ impl Segment {
                 &format!("k-d leaf size {leaf} is not {KD_LEAF_ROWS}"),
             ));
         }
-        file.check_sizes(
-            path,
-            &[
-                (1, None),
-                (4, Some(types + 1)),
-                (4, Some(types + 1)),
-                (4, Some(types + 1)),
-                (1, None),
-                (4, Some(series + 1)),
-                (4, Some(series + 1)),
-                (8, Some(rows)),
-                (8, Some(rows)),
-                (8, Some(rows + 1)),
-                (8, Some(rows + 1)),
-                (8, Some(rows)),
-                (8, Some(rows)),
-                (8, Some(rows + 1)),
-                (1, None),
-                (4, Some(series)),
-                (std::mem::size_of::<KdPoint>(), Some(rows)),
-                (std::mem::size_of::<KdNode>(), Some(nodes)),
-                (4, Some(types + 1)),
-                (4, None),
-                (4, None),
-            ],
-        )?;
+        let per_row = |width: usize, count: usize| (version < 3).then_some((width, Some(count)));
+        let packed = (1, None);
+        let sizes = [
+            (1, None),
+            (4, Some(types + 1)),
+            (4, Some(types + 1)),
+            (4, Some(types + 1)),
+            (1, None),
+            (4, Some(series + 1)),
+            (4, Some(series + 1)),
+            per_row(8, rows).unwrap_or(packed),
+            per_row(8, rows).unwrap_or(packed),
+            per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
+            per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
+            per_row(8, rows).unwrap_or(packed),
+            per_row(8, rows).unwrap_or(packed),
+            per_row(8, rows + 1).unwrap_or(packed),
+            (1, None),
+            (4, Some(series)),
+            per_row(std::mem::size_of::<KdPoint>(), rows).unwrap_or(packed),
+            (std::mem::size_of::<KdNode>(), Some(nodes)),
+            (4, Some(types + 1)),
+            per_row(4, 0).map_or(packed, |_| (4, None)),
+            per_row(4, 0).map_or(packed, |_| (4, None)),
+            packed,
+            packed,
+            packed,
+        ];
+        file.check_sizes(path, &sizes)?;
+        if version >= 3 {
+            for (s, floats) in [
+                (S_TS, false),
+                (S_VALUE, true),
+                (S_LAT, true),
+                (S_LON, true),
+                (S_KD_LAT, true),
+                (S_TIME_TS, false),
+                (S_TIME_SERIES, false),
+                (S_KD_LON, true),
+                (S_KD_TS, false),
+                (S_KD_VALUE, true),
+            ] {
+                if Packed::new(file.bytes(s), rows, floats).is_none() {
+                    let at = file.sections[s].0 as u64;
+                    return Err(bad(at, &format!("packed column {s} is malformed")));
+                }
+            }
+        }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
         file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
-        let time_order = file.sections.len() == SECTION_COUNT
-            && file.sections[S_TIME_TS].1 == rows * 4
-            && file.sections[S_TIME_SERIES].1 == rows * 4;
+        let time_order = version >= 3
+            || (version == 2
+                && file.sections[S_TIME_TS].1 == rows * 4
+                && file.sections[S_TIME_SERIES].1 == rows * 4);
         let len = file.map.len() as u64;
         let seg = Segment {
             meta: SegmentMeta {
@@ -98,6 +136,7 @@ impl Segment {
             fences: DeviceFences::build(&[], |_| ""),
 
             types,
+            version,
             time_order,
         };
         if let Some(reason) = seg.inconsistency(rows, series, nodes) {
@@ -138,6 +177,84 @@ impl Segment {
     fn blob_str(&self, blob: usize, offsets: usize, i: usize) -> &str {
         self.file.str_at(blob, offsets, i)
     }
+    /// A packed column of a version 3 file (checked by `open`).
+    fn packed(&self, s: usize) -> Packed<'_> {
+        Packed::unchecked(self.bytes(s), self.meta.rows as usize)
+    }
+
+    /// Timestamp of row `i` (rows in (type, device, time) order).
+    fn ts(&self, i: usize) -> i64 {
+        match self.version {
+            3 => self.packed(S_TS).int(i),
+            _ => self.i64s(S_TS)[i],
+        }
+    }
+
+    /// The first row in `lo..hi` (one series) at or after `t`.
+    fn ts_lower_bound(&self, lo: usize, hi: usize, t: i64) -> usize {
+        match self.version {
+            3 => self.packed(S_TS).lower_bound(lo, hi, t),
+            _ => lo + self.i64s(S_TS)[lo..hi].partition_point(|&x| x < t),
+        }
+    }
+
+    fn value(&self, i: usize) -> f64 {
+        match self.version {
+            3 => self.packed(S_VALUE).float(i),
+            _ => self.f64s(S_VALUE)[i],
+        }
+    }
+
+    fn location(&self, i: usize) -> (f64, f64) {
+        match self.version {
+            3 => (self.packed(S_LAT).float(i), self.packed(S_LON).float(i)),
+            _ => (self.f64s(S_LAT)[i], self.f64s(S_LON)[i]),
+        }
+    }
+
+    /// Sum of the values of rows `0..i`: a stored prefix sum, plus in
+    /// version 3 the values since the last one stored (fewer than
+    /// [`packed::BLOCK`]).
+    fn prefix(&self, i: usize) -> DoubleDouble {
+        let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
+        if self.version < 3 {
+            return DoubleDouble::new(hi[i], lo[i]);
+        }
+        let block = i / packed::BLOCK;
+        let values = self.packed(S_VALUE);
+        let mut acc = DoubleDouble::new(hi[block], lo[block]);
+        for r in block * packed::BLOCK..i {
+            acc = acc.add_f64(values.float(r));
+        }
+        acc
+    }
+
+    /// Point `i` of the k-d order.
+    fn kd_point(&self, i: usize) -> KdPoint {
+        match self.version {
+            3 => KdPoint {
+                lat: self.packed(S_KD_LAT).float(i),
+                lon: self.packed(S_KD_LON).float(i),
+                ts: self.packed(S_KD_TS).int(i),
+                value: self.packed(S_KD_VALUE).float(i),
+            },
+            _ => bytemuck::cast_slice::<u8, KdPoint>(self.bytes(S_KD_POINTS))[i],
+        }
+    }
+
+    /// Entry `i` of the time order: (timestamp, series).
+    fn time_entry(&self, i: usize) -> (i64, u32) {
+        match self.version {
+            3 => (
+                self.packed(S_TIME_TS).int(i),
+                self.packed(S_TIME_SERIES).int(i) as u32,
+            ),
+            _ => (
+                self.meta.min_ts + i64::from(self.u32s(S_TIME_TS)[i]),
+                self.u32s(S_TIME_SERIES)[i],
+            ),
+        }
+    }
 
     /// True when every row lies inside the window.
     pub fn within(&self, w: TimeWindow) -> bool {
@@ -173,20 +290,17 @@ impl Segment {
                 return Some("a top-K order names a series of another type");
             }
         }
-        let meta_off = self.u64s(S_META_OFF);
-        if meta_off.windows(2).any(|w| w[0] > w[1])
-            || meta_off
-                .last()
-                .is_some_and(|&e| e as usize > self.bytes(S_META_BLOB).len())
-        {
-            return Some("metadata offsets out of order or out of bounds");
+        if self.version < 3 {
+            let meta_off = self.u64s(S_META_OFF);
+            if meta_off.windows(2).any(|w| w[0] > w[1])
+                || meta_off
+                    .last()
+                    .is_some_and(|&e| e as usize > self.bytes(S_META_BLOB).len())
+            {
+                return Some("metadata offsets out of order or out of bounds");
+            }
         }
-        if self.time_order
-            && self
-                .u32s(S_TIME_SERIES)
-                .iter()
-                .any(|&s| s as usize >= series)
-        {
+        if self.time_order && (0..rows).any(|i| self.time_entry(i).1 as usize >= series) {
             return Some("the time order names a series that does not exist");
         }
         None
@@ -233,17 +347,18 @@ impl Segment {
         rows[t] as usize..rows[t + 1] as usize
     }
 
-    /// The latitude, longitude and value columns, in row order.
-    pub fn location_columns(&self) -> (&[f64], &[f64], &[f64]) {
-        (self.f64s(S_LAT), self.f64s(S_LON), self.f64s(S_VALUE))
+    /// The location and value of each row of type `t`, in row order.
+    pub fn located_values(&self, t: usize) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
+        self.type_rows(t).map(|i| {
+            let (lat, lon) = self.location(i);
+            (lat, lon, self.value(i))
+        })
     }
 
     /// Sum of the values of series `s`, all time.
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
         let r = self.u32s(S_SERIES_ROW);
-        let (a, b) = (r[s] as usize, r[s + 1] as usize);
-        let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
-        DoubleDouble::new(hi[b], lo[b]) - DoubleDouble::new(hi[a], lo[a])
+        self.prefix(r[s + 1] as usize) - self.prefix(r[s] as usize)
     }
 
     /// Events in series `s`, all time.
@@ -256,10 +371,9 @@ impl Segment {
     fn series_rows_in(&self, s: usize, w: TimeWindow) -> (usize, usize) {
         let r = self.u32s(S_SERIES_ROW);
         let (lo, hi) = (r[s] as usize, r[s + 1] as usize);
-        let ts = &self.i64s(S_TS)[lo..hi];
         (
-            lo + ts.partition_point(|&t| t < w.start),
-            lo + ts.partition_point(|&t| t < w.end),
+            self.ts_lower_bound(lo, hi, w.start),
+            self.ts_lower_bound(lo, hi, w.end),
         )
     }
 
@@ -278,25 +392,36 @@ impl Segment {
             return (0, DoubleDouble::ZERO);
         };
         let (a, b) = self.series_rows_in(s, w);
-        let (hi, lo) = (self.f64s(S_PREFIX_HI), self.f64s(S_PREFIX_LO));
-        let sum = DoubleDouble::new(hi[b], lo[b]) - DoubleDouble::new(hi[a], lo[a]);
-        ((b - a) as u64, sum)
+        ((b - a) as u64, self.prefix(b) - self.prefix(a))
     }
 
-    /// The series (indices into the segment's series table) of type `t`'s
-    /// rows inside the window, in time order: two binary searches, then the
-    /// slice. `None` for a file without the time order (format version 1).
-    pub fn series_in_window(&self, t: usize, w: TimeWindow) -> Option<&[u32]> {
+    /// The positions in the time order of type `t`'s rows inside the
+    /// window (two binary searches; read each with
+    /// [`series_at`](Self::series_at)). `None` for a file without the time
+    /// order (format version 1).
+    pub fn rows_in_window(&self, t: usize, w: TimeWindow) -> Option<std::ops::Range<usize>> {
         if !self.time_order {
             return None;
         }
         let rows = self.type_rows(t);
-        let ts = &self.u32s(S_TIME_TS)[rows.clone()];
-        let after_min = |x: i64| (x - self.meta.min_ts).clamp(0, 1 << 32);
-        let (start, end) = (after_min(w.start), after_min(w.end));
-        let a = ts.partition_point(|&s| i64::from(s) < start);
-        let b = ts.partition_point(|&s| i64::from(s) < end);
-        Some(&self.u32s(S_TIME_SERIES)[rows.start + a..rows.start + b])
+        let first_at = |x: i64| {
+            let (mut lo, mut hi) = (rows.start, rows.end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if self.time_entry(mid).0 < x {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        Some(first_at(w.start)..first_at(w.end))
+    }
+
+    /// The series of position `i` of the time order.
+    pub fn series_at(&self, i: usize) -> u32 {
+        self.time_entry(i).1
     }
 
     /// The series of type `t`, by event count descending.
@@ -356,8 +481,7 @@ impl Segment {
             return;
         }
         if depth == depth_max {
-            let points: &[KdPoint] = bytemuck::cast_slice(self.bytes(S_KD_POINTS));
-            for p in &points[lo..hi] {
+            for p in (lo..hi).map(|i| self.kd_point(i)) {
                 if q.contains(p.lat, p.lon, p.ts) {
                     *count += 1;
                     *sum = sum.add_f64(p.value);
@@ -390,16 +514,69 @@ impl Segment {
         );
     }
 
+    /// The metadata of every row, in row order.
+    fn metadata(&self) -> Result<Vec<Option<Box<str>>>> {
+        let rows = self.meta.rows as usize;
+        let corrupt = |reason: &str| {
+            let at = self.file.sections[S_META_BLOB].0 as u64;
+            Error::corrupt(&self.path, at, format!("metadata: {reason}"))
+        };
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(Box::from)
+                .map_err(|_| corrupt("not UTF-8"))
+        };
+        let mut out = Vec::with_capacity(rows);
+        if self.version < 3 {
+            let (off, blob) = (self.u64s(S_META_OFF), self.bytes(S_META_BLOB));
+            for r in 0..rows {
+                let m = &blob[off[r] as usize..off[r + 1] as usize];
+                out.push(if m.is_empty() { None } else { Some(text(m)?) });
+            }
+            return Ok(out);
+        }
+        let unzip = |s: usize| {
+            let bytes = self.bytes(s);
+            let size = zstd::zstd_safe::get_frame_content_size(bytes)
+                .ok()
+                .flatten()
+                .filter(|&n| n <= MAX_METADATA_BYTES)
+                .ok_or_else(|| corrupt("no frame of a readable size"))?;
+            zstd::bulk::decompress(bytes, size as usize).map_err(|e| corrupt(&e.to_string()))
+        };
+        let (lens, blob) = (unzip(S_META_OFF)?, unzip(S_META_BLOB)?);
+        let (mut at, mut pos) = (0usize, 0usize);
+        for _ in 0..rows {
+            let mut len = 0u64;
+            let mut shift = 0;
+            loop {
+                let byte = *lens.get(pos).ok_or_else(|| corrupt("lengths end early"))?;
+                pos += 1;
+                len |= u64::from(byte & 0x7f) << shift.min(63);
+                shift += 7;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            out.push(match len.checked_sub(1) {
+                None => None,
+                Some(n) => {
+                    let end = at
+                        .checked_add(n as usize)
+                        .filter(|&e| e <= blob.len())
+                        .ok_or_else(|| corrupt("a length runs past the texts"))?;
+                    let m = text(&blob[at..end])?;
+                    at = end;
+                    Some(m)
+                }
+            });
+        }
+        Ok(out)
+    }
+
     /// Appends every event of the segment to `rows` (for compaction).
-    pub fn append_to(&self, rows: &mut Rows) {
-        let (ts, value, lat, lon) = (
-            self.i64s(S_TS),
-            self.f64s(S_VALUE),
-            self.f64s(S_LAT),
-            self.f64s(S_LON),
-        );
-        let meta_off = self.u64s(S_META_OFF);
-        let meta = self.bytes(S_META_BLOB);
+    pub fn append_to(&self, rows: &mut Rows) -> Result<()> {
+        let meta = self.metadata()?;
         let type_series = self.u32s(S_TYPE_SERIES);
         let series_row = self.u32s(S_SERIES_ROW);
         for t in 0..self.types {
@@ -409,24 +586,24 @@ impl Segment {
                 let dev = self.series_device(s);
                 let device_id = rows.devices.intern(dev);
                 for r in series_row[s] as usize..series_row[s + 1] as usize {
-                    let m = &meta[meta_off[r] as usize..meta_off[r + 1] as usize];
-                    let m = (!m.is_empty()).then(|| std::str::from_utf8(m).unwrap_or("{}"));
+                    let (lat, lon) = self.location(r);
                     rows.push_interned(
                         type_id,
                         device_id,
                         NewRow {
                             event_type: ty,
                             device: dev,
-                            ts: ts[r],
-                            value: value[r],
-                            lat: lat[r],
-                            lon: lon[r],
-                            meta: m,
+                            ts: self.ts(r),
+                            value: self.value(r),
+                            lat,
+                            lon,
+                            meta: meta[r].as_deref(),
                         },
                     );
                 }
             }
         }
+        Ok(())
     }
 
     /// The mapped file (use time, releasing its pages).
@@ -440,5 +617,49 @@ impl Segment {
 
     pub fn release_memory(&self) {
         self.file.release_memory()
+    }
+}
+
+#[cfg(test)]
+impl Segment {
+    /// Writes this segment in format version 1 (fixed-width columns, no
+    /// time order) at `path`, for tests of how older files are read.
+    pub(crate) fn write_as_v1(&self, path: &Path) {
+        use crate::sections::SectionWriter;
+        let rows = self.meta.rows as usize;
+        let mut w = SectionWriter::create(&FORMAT_V1, path).unwrap();
+        for s in 0..S_TS {
+            w.section(self.bytes(s)).unwrap();
+        }
+        let ts: Vec<i64> = (0..rows).map(|i| self.ts(i)).collect();
+        let value: Vec<f64> = (0..rows).map(|i| self.value(i)).collect();
+        let mut acc = DoubleDouble::ZERO;
+        let (mut hi, mut lo) = (vec![0.0], vec![0.0]);
+        for &v in &value {
+            acc = acc.add_f64(v);
+            hi.push(acc.hi);
+            lo.push(acc.lo);
+        }
+        let (lat, lon): (Vec<f64>, Vec<f64>) = (0..rows).map(|i| self.location(i)).unzip();
+        let mut meta_off = vec![0u64];
+        let mut blob = Vec::new();
+        for m in self.metadata().unwrap() {
+            blob.extend_from_slice(m.as_deref().unwrap_or("").as_bytes());
+            meta_off.push(blob.len() as u64);
+        }
+        let points: Vec<KdPoint> = (0..rows).map(|i| self.kd_point(i)).collect();
+        w.section(bytemuck::cast_slice(&ts)).unwrap();
+        w.section(bytemuck::cast_slice(&value)).unwrap();
+        w.section(bytemuck::cast_slice(&hi)).unwrap();
+        w.section(bytemuck::cast_slice(&lo)).unwrap();
+        w.section(bytemuck::cast_slice(&lat)).unwrap();
+        w.section(bytemuck::cast_slice(&lon)).unwrap();
+        w.section(bytemuck::cast_slice(&meta_off)).unwrap();
+        w.section(&blob).unwrap();
+        w.section(self.bytes(S_TOPK)).unwrap();
+        w.section(bytemuck::cast_slice(&points)).unwrap();
+        w.section(self.bytes(S_KD_NODES)).unwrap();
+        w.section(self.bytes(S_TYPE_NODES)).unwrap();
+        w.finish(&self.file.words).unwrap();
     }
 }

@@ -80,17 +80,17 @@ impl<'a> Input<'a> {
                 // Rows are in (device, time) order and a sensor seldom moves:
                 // folding runs of one location here leaves about one point
                 // per device for the sort in `fold_points`.
-                let (lat, lon, value) = s.location_columns();
-                let rows = s.type_rows(t);
-                let mut r = rows.start;
-                while r < rows.end {
-                    let (at_lat, at_lon) = (lat[r], lon[r]);
-                    let mut count = 0;
-                    let mut sum = DoubleDouble::ZERO;
-                    while r < rows.end && lat[r] == at_lat && lon[r] == at_lon {
+                let mut rows = s.located_values(t).peekable();
+                while let Some((at_lat, at_lon, v)) = rows.next() {
+                    let mut count = 1;
+                    let mut sum = DoubleDouble::ZERO.add_f64(v);
+                    while let Some(&(_, _, v)) = rows
+                        .peek()
+                        .filter(|&&(lat, lon, _)| lat == at_lat && lon == at_lon)
+                    {
                         count += 1;
-                        sum = sum.add_f64(value[r]);
-                        r += 1;
+                        sum = sum.add_f64(v);
+                        rows.next();
                     }
                     out.push(GeoPoint {
                         lat: at_lat,

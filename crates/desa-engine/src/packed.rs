@@ -1,0 +1,311 @@
+//! Packed columns: integers or floats in blocks of [`BLOCK`] values, each
+//! block stored as offsets from its smallest value in the fewest bits that
+//! hold them, so that any value is read in O(1) without decoding its block
+//! (binary searches and k-d leaves read single values).
+//!
+//! Floats are stored exactly, bit for bit: a block whose values are all
+//! decimals of at most [`MAX_DECIMALS`] digits after the point (most sensor
+//! readings and GPS fixes) holds them as integers scaled by a power of ten;
+//! any other block holds their IEEE-754 bits as integers.
+//!
+//! ```text
+//! section  Dir x blocks          one per block of BLOCK values
+//!          data bytes            each block's values, `bits` each, LSB first
+//!          PAD zero bytes        so that a value is read with one 16-byte load
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+/// Values per block.
+pub const BLOCK: usize = 128;
+
+/// Decimal digits a float block may be scaled by.
+pub const MAX_DECIMALS: u8 = 15;
+
+/// `Dir::decimals` of a float block stored as raw bits.
+const RAW_BITS: u8 = u8::MAX;
+
+/// Zero bytes after the data.
+const PAD: usize = 16;
+
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// Where one block's values are and how to read them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
+pub struct Dir {
+    /// Byte offset of the block's values in the data.
+    pub offset: u32,
+    /// Bits per value, 0 to 64.
+    pub bits: u8,
+    /// For floats: the power of ten the values are scaled by, or
+    /// `RAW_BITS`; 0 for integer columns.
+    pub decimals: u8,
+    pub pad: u16,
+    /// The block's smallest (scaled) value.
+    pub min: i64,
+}
+
+/// Encodes one block of integers, appending its values to `data`.
+fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
+    let min = values.iter().copied().min().unwrap_or(0);
+    let span = values
+        .iter()
+        .map(|&v| v.wrapping_sub(min) as u64)
+        .max()
+        .unwrap_or(0);
+    let bits = (64 - span.leading_zeros()) as u8;
+    let dir = Dir {
+        offset: data.len() as u32,
+        bits,
+        decimals,
+        pad: 0,
+        min,
+    };
+    let mut acc: u128 = 0;
+    let mut filled = 0u32;
+    for &v in values {
+        acc |= u128::from(v.wrapping_sub(min) as u64) << filled;
+        filled += u32::from(bits);
+        while filled >= 8 {
+            data.push(acc as u8);
+            acc >>= 8;
+            filled -= 8;
+        }
+    }
+    if filled > 0 {
+        data.push(acc as u8);
+    }
+    dir
+}
+
+/// The scaled integer of `v` at `decimals`, if it reads back bit for bit.
+fn scaled(v: f64, decimals: u8) -> Option<i64> {
+    let p = POW10[decimals as usize];
+    let x = (v * p).round();
+    // Integers of up to 2^53 are exact in an f64, so the division is the
+    // correctly rounded quotient, and the check below is the whole proof.
+    if !(x.abs() < 9_007_199_254_740_992.0) {
+        return None;
+    }
+    let i = x as i64;
+    (unscale(i, decimals).to_bits() == v.to_bits()).then_some(i)
+}
+
+#[inline]
+fn unscale(i: i64, decimals: u8) -> f64 {
+    i as f64 / POW10[decimals as usize]
+}
+
+/// Builds packed columns.
+pub struct Packer;
+
+impl Packer {
+    /// The section bytes of an integer column.
+    pub fn ints(values: &[i64]) -> Vec<u8> {
+        let mut dirs = Vec::with_capacity(values.len().div_ceil(BLOCK));
+        let mut data = Vec::new();
+        for block in values.chunks(BLOCK) {
+            dirs.push(pack_block(block, 0, &mut data));
+        }
+        join(&dirs, data)
+    }
+
+    /// The section bytes of a float column, exact bit for bit.
+    pub fn floats(values: &[f64]) -> Vec<u8> {
+        let mut dirs = Vec::with_capacity(values.len().div_ceil(BLOCK));
+        let mut data = Vec::new();
+        let mut ints = Vec::with_capacity(BLOCK);
+        for block in values.chunks(BLOCK) {
+            let decimals = (0..=MAX_DECIMALS).find(|&d| {
+                ints.clear();
+                block.iter().all(|&v| match scaled(v, d) {
+                    Some(i) => {
+                        ints.push(i);
+                        true
+                    }
+                    None => false,
+                })
+            });
+            let decimals = decimals.unwrap_or_else(|| {
+                ints.clear();
+                ints.extend(block.iter().map(|v| v.to_bits() as i64));
+                RAW_BITS
+            });
+            dirs.push(pack_block(&ints, decimals, &mut data));
+        }
+        join(&dirs, data)
+    }
+}
+
+fn join(dirs: &[Dir], mut data: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dirs.len() * 16 + data.len() + PAD);
+    out.extend_from_slice(bytemuck::cast_slice(dirs));
+    out.append(&mut data);
+    out.extend_from_slice(&[0; PAD]);
+    out
+}
+
+/// A packed column read in place.
+#[derive(Clone, Copy)]
+pub struct Packed<'a> {
+    dirs: &'a [Dir],
+    data: &'a [u8],
+}
+
+impl<'a> Packed<'a> {
+    /// Reads the section `bytes` of a column of `len` values, checking that
+    /// every block lies inside it; `None` if it does not.
+    pub fn new(bytes: &'a [u8], len: usize, floats: bool) -> Option<Packed<'a>> {
+        let blocks = len.div_ceil(BLOCK);
+        let dir_bytes = blocks.checked_mul(std::mem::size_of::<Dir>())?;
+        if bytes.len() < dir_bytes + PAD || bytes.as_ptr().align_offset(8) != 0 {
+            return None;
+        }
+        let (dirs, data) = bytes.split_at(dir_bytes);
+        let dirs: &[Dir] = bytemuck::try_cast_slice(dirs).ok()?;
+        let usable = data.len() - PAD;
+        for (b, d) in dirs.iter().enumerate() {
+            let n = BLOCK.min(len - b * BLOCK);
+            let end = d.offset as usize + (n * usize::from(d.bits)).div_ceil(8);
+            let decimals_ok = if floats {
+                d.decimals <= MAX_DECIMALS || d.decimals == RAW_BITS
+            } else {
+                d.decimals == 0
+            };
+            if d.bits > 64 || end > usable || !decimals_ok {
+                return None;
+            }
+        }
+        Some(Packed { dirs, data })
+    }
+
+    /// Reads a section [`new`](Self::new) has accepted, without checking
+    /// it again (a malformed one can only panic on a bounds check).
+    #[inline]
+    pub fn unchecked(bytes: &'a [u8], len: usize) -> Packed<'a> {
+        let dir_bytes = len.div_ceil(BLOCK) * std::mem::size_of::<Dir>();
+        let (dirs, data) = bytes.split_at(dir_bytes.min(bytes.len()));
+        Packed {
+            dirs: bytemuck::cast_slice(dirs),
+            data,
+        }
+    }
+
+    #[inline]
+    fn raw(&self, i: usize) -> (i64, u8) {
+        let d = &self.dirs[i / BLOCK];
+        let bit = (i % BLOCK) * usize::from(d.bits);
+        let at = d.offset as usize + bit / 8;
+        let word = u128::from_le_bytes(self.data[at..at + 16].try_into().unwrap());
+        let mask = if d.bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << d.bits) - 1
+        };
+        let off = ((word >> (bit % 8)) as u64) & mask;
+        (d.min.wrapping_add(off as i64), d.decimals)
+    }
+
+    /// Value `i` of an integer column.
+    #[inline]
+    pub fn int(&self, i: usize) -> i64 {
+        self.raw(i).0
+    }
+
+    /// Value `i` of a float column.
+    #[inline]
+    pub fn float(&self, i: usize) -> f64 {
+        match self.raw(i) {
+            (bits, RAW_BITS) => f64::from_bits(bits as u64),
+            (x, decimals) => unscale(x, decimals),
+        }
+    }
+
+    /// The first index in `lo..hi` whose integer is not below `x`, for a
+    /// column ascending over that range.
+    pub fn lower_bound(&self, lo: usize, hi: usize, x: i64) -> usize {
+        let (mut lo, mut hi) = (lo, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.int(mid) < x {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floats_round_trip(values: &[f64]) {
+        let bytes = Packer::floats(values);
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
+        let p = Packed::new(&bytemuck::cast_slice(&aligned)[..bytes.len()], values.len(), true)
+            .unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(p.float(i).to_bits(), v.to_bits(), "value {i} of {values:?}");
+        }
+    }
+
+    #[test]
+    fn decimals_pack_small_and_oddities_round_trip() {
+        let readings: Vec<f64> = (0..1000).map(|i| 20.0 + f64::from(i % 97) * 0.125).collect();
+        floats_round_trip(&readings);
+        assert!(Packer::floats(&readings).len() < readings.len() * 2);
+        floats_round_trip(&[-0.0, 0.0, 1e300, -1e-300, f64::MIN_POSITIVE, 0.1, 48.856613]);
+        floats_round_trip(&[f64::MAX, f64::MIN, 5e-324, 123456789.123456789]);
+        floats_round_trip(&[]);
+    }
+
+    #[test]
+    fn ints_of_any_range() {
+        let values = [i64::MIN, i64::MAX, 0, -1, 1, 86_400];
+        let bytes = Packer::ints(&values);
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
+        let p = Packed::new(&bytemuck::cast_slice(&aligned)[..bytes.len()], 6, false).unwrap();
+        for (i, &v) in values.iter().enumerate() {
+            assert_eq!(p.int(i), v);
+        }
+    }
+
+    #[test]
+    fn blocks_outside_the_section_are_refused() {
+        let bytes = Packer::ints(&[1, 2, 3, 1 << 40]);
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        let b = bytemuck::cast_slice_mut::<u64, u8>(&mut aligned);
+        b[..bytes.len()].copy_from_slice(&bytes);
+        assert!(Packed::new(&b[..bytes.len()], 4, false).is_some());
+        assert!(Packed::new(&b[..bytes.len()], 400, false).is_none());
+        b[4] = 65; // bits
+        assert!(Packed::new(&b[..bytes.len()], 4, false).is_none());
+    }
+
+    /// Seeded random columns: arbitrary bit patterns (NaNs, infinities,
+    /// subnormals) and decimals of 0 to 7 digits, in blocks of every size.
+    #[test]
+    fn random_floats_round_trip() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..300 {
+            let n = rng.gen_range(0..400);
+            let values: Vec<f64> = if round % 2 == 0 {
+                (0..n).map(|_| f64::from_bits(rng.gen())).collect()
+            } else {
+                let d = rng.gen_range(0..8);
+                (0..n)
+                    .map(|_| unscale(rng.gen_range(-10_000_000_000..10_000_000_000), d))
+                    .collect()
+            };
+            floats_round_trip(&values);
+        }
+    }
+}
