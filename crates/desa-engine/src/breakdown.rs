@@ -44,12 +44,9 @@ fn segment_part(section: usize) -> &'static str {
         seg::S_LAT | seg::S_LON => "locations",
         seg::S_META_OFF | seg::S_META_BLOB => "metadata",
         seg::S_TOPK => "device lists",
-        seg::S_KD_POINTS
-        | seg::S_KD_LON
-        | seg::S_KD_TS
-        | seg::S_KD_VALUE
-        | seg::S_KD_NODES
-        | seg::S_TYPE_NODES => "k-d trees",
+        seg::S_KD_POINTS | seg::S_KD_LON | seg::S_KD_ROW | seg::S_KD_NODES | seg::S_TYPE_NODES => {
+            "k-d trees"
+        }
         seg::S_TIME_TS | seg::S_TIME_SERIES => "time order",
         _ => "other",
     }

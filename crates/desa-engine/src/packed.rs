@@ -248,8 +248,12 @@ mod tests {
         let bytes = Packer::floats(values);
         let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
-        let p = Packed::new(&bytemuck::cast_slice(&aligned)[..bytes.len()], values.len(), true)
-            .unwrap();
+        let p = Packed::new(
+            &bytemuck::cast_slice(&aligned)[..bytes.len()],
+            values.len(),
+            true,
+        )
+        .unwrap();
         for (i, v) in values.iter().enumerate() {
             assert_eq!(p.float(i).to_bits(), v.to_bits(), "value {i} of {values:?}");
         }
@@ -257,7 +261,9 @@ mod tests {
 
     #[test]
     fn decimals_pack_small_and_oddities_round_trip() {
-        let readings: Vec<f64> = (0..1000).map(|i| 20.0 + f64::from(i % 97) * 0.125).collect();
+        let readings: Vec<f64> = (0..1000)
+            .map(|i| 20.0 + f64::from(i % 97) * 0.125)
+            .collect();
         floats_round_trip(&readings);
         assert!(Packer::floats(&readings).len() < readings.len() * 2);
         floats_round_trip(&[-0.0, 0.0, 1e300, -1e-300, f64::MIN_POSITIVE, 0.1, 48.856613]);

@@ -43,12 +43,15 @@ use crate::packed;
 
 pub(crate) use build::build_segment;
 pub use build::write_segment;
-pub use kd::{KdNode, KdPoint};
+pub use kd::{CompactNode, KdNode, KdPoint};
 pub use read::checksum_of;
 pub use read::Segment;
 
 /// Rows per k-d tree leaf.
-pub const KD_LEAF_ROWS: usize = 32;
+pub const KD_LEAF_ROWS: usize = 64;
+
+/// Rows per k-d leaf in format versions 1 and 2.
+pub(crate) const KD_LEAF_ROWS_V2: usize = 32;
 
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
@@ -63,8 +66,10 @@ pub(crate) const S_VALUE: usize = 8; // packed floats x rows (v2: f64 x rows)
 /// and the last (f64 x (blocks + 1)); v2 at every row (f64 x (rows + 1)).
 pub(crate) const S_PREFIX_HI: usize = 9;
 pub(crate) const S_PREFIX_LO: usize = 10;
-pub(crate) const S_LAT: usize = 11; // packed floats x rows (v2: f64 x rows)
-pub(crate) const S_LON: usize = 12; // packed floats x rows (v2: f64 x rows)
+/// v2: f64 x rows each; empty in v3, which keeps locations in k-d order
+/// only ([`S_KD_LAT`], [`S_KD_LON`]) and finds a row's by [`S_KD_ROW`].
+pub(crate) const S_LAT: usize = 11;
+pub(crate) const S_LON: usize = 12;
 /// v3: zstd of each row's metadata length plus one (0: none), LEB128;
 /// v2: u64 x (rows + 1) offsets into the blob (an empty range: none).
 pub(crate) const S_META_OFF: usize = 13;
@@ -74,7 +79,8 @@ pub(crate) const S_TOPK: usize = 15; // u32 x series
 /// v3: the k-d order's latitudes (packed floats x rows); v2: KdPoint x rows.
 pub(crate) const S_KD_POINTS: usize = 16;
 pub(crate) const S_KD_LAT: usize = S_KD_POINTS;
-pub(crate) const S_KD_NODES: usize = 17; // KdNode x nodes
+/// v3: CompactNode x nodes; v2: KdNode x nodes.
+pub(crate) const S_KD_NODES: usize = 17;
 pub(crate) const S_TYPE_NODES: usize = 18; // u32 x (types + 1)
 /// Per type, its rows' timestamps in time order: v3 packed ints x rows; v2
 /// as seconds after `min_ts`, u32 x rows, or empty if they did not fit.
@@ -82,11 +88,12 @@ pub(crate) const S_TIME_TS: usize = 19;
 /// The series of each row of [`S_TIME_TS`], in the same order: v3 packed
 /// ints x rows, v2 u32 x rows (or empty).
 pub(crate) const S_TIME_SERIES: usize = 20;
-/// v3: the k-d order's longitudes, timestamps and values (packed x rows).
+/// v3: the k-d order's longitudes (packed floats x rows).
 pub(crate) const S_KD_LON: usize = 21;
-pub(crate) const S_KD_TS: usize = 22;
-pub(crate) const S_KD_VALUE: usize = 23;
-pub(crate) const SECTION_COUNT: usize = 24;
+/// v3: the row of each point of the k-d order (packed ints x rows), whose
+/// timestamp and value the row-order columns hold.
+pub(crate) const S_KD_ROW: usize = 22;
+pub(crate) const SECTION_COUNT: usize = 23;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASEG1",

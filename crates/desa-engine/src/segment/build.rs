@@ -4,7 +4,7 @@ use std::path::Path;
 
 use desa_model::DoubleDouble;
 
-use super::kd::{self, KdNode, KdPoint};
+use super::kd::{self, CompactNode, KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::Rows;
@@ -180,14 +180,18 @@ pub(crate) fn build_segment(
     }
 
     // Geo: a k-d tree per type over that type's rows.
-    let mut points: Vec<KdPoint> = (0..n)
-        .map(|i| KdPoint {
-            lat: lat[i],
-            lon: lon[i],
-            ts: ts[i],
-            value: value[i],
+    let mut points: Vec<kd::Entry> = (0..n)
+        .map(|i| kd::Entry {
+            point: KdPoint {
+                lat: lat[i],
+                lon: lon[i],
+                ts: ts[i],
+                value: value[i],
+            },
+            row: i as u32,
         })
         .collect();
+    drop((lat, lon));
     let mut nodes: Vec<KdNode> = Vec::new();
     let mut type_nodes = vec![0u32];
     for t in 0..type_count {
@@ -202,11 +206,10 @@ pub(crate) fn build_segment(
         );
         type_nodes.push(nodes.len() as u32);
     }
-
-    let kd_lat: Vec<f64> = points.iter().map(|p| p.lat).collect();
-    let kd_lon: Vec<f64> = points.iter().map(|p| p.lon).collect();
-    let kd_ts: Vec<i64> = points.iter().map(|p| p.ts).collect();
-    let kd_value: Vec<f64> = points.iter().map(|p| p.value).collect();
+    let nodes: Vec<CompactNode> = nodes.iter().map(|x| CompactNode::of(x, min_ts)).collect();
+    let kd_lat: Vec<f64> = points.iter().map(|p| p.point.lat).collect();
+    let kd_lon: Vec<f64> = points.iter().map(|p| p.point.lon).collect();
+    let kd_row: Vec<i64> = points.iter().map(|p| i64::from(p.row)).collect();
     drop(points);
 
     let b = bytemuck::cast_slice::<u32, u8>;
@@ -223,8 +226,8 @@ pub(crate) fn build_segment(
         w.section(&Packer::floats(&value))?;
         w.section(bytemuck::cast_slice(&prefix_hi))?;
         w.section(bytemuck::cast_slice(&prefix_lo))?;
-        w.section(&Packer::floats(&lat))?;
-        w.section(&Packer::floats(&lon))?;
+        w.section(&[])?;
+        w.section(&[])?;
         w.section(&meta_lens)?;
         w.section(&meta_blob)?;
         w.section(b(&topk))?;
@@ -234,8 +237,7 @@ pub(crate) fn build_segment(
         w.section(&Packer::ints(&time_ts))?;
         w.section(&Packer::ints(&time_series))?;
         w.section(&Packer::floats(&kd_lon))?;
-        w.section(&Packer::ints(&kd_ts))?;
-        w.section(&Packer::floats(&kd_value))?;
+        w.section(&Packer::ints(&kd_row))?;
         let words = [
             n as u64,
             series_count as u64,

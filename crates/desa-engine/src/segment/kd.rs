@@ -44,17 +44,94 @@ pub struct KdPoint {
     pub value: f64,
 }
 
+/// A node as format version 3 stores it: the bounding box rounded outwards
+/// to f32 (a node may only look larger than it is, which costs a descent,
+/// never an exact answer), timestamps as seconds after the segment's first
+/// (`u32::MAX` as a maximum: later than that), and the exact sum.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
+pub struct CompactNode {
+    pub min_lat: f32,
+    pub max_lat: f32,
+    pub min_lon: f32,
+    pub max_lon: f32,
+    pub min_ts: u32,
+    pub max_ts: u32,
+    pub sum_hi: f64,
+    pub sum_lo: f64,
+}
+
+fn f32_at_most(x: f64) -> f32 {
+    let f = x as f32;
+    if f64::from(f) > x {
+        f.next_down()
+    } else {
+        f
+    }
+}
+
+fn f32_at_least(x: f64) -> f32 {
+    let f = x as f32;
+    if f64::from(f) < x {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
+impl CompactNode {
+    /// `n` for a segment whose first timestamp is `base`.
+    pub fn of(n: &KdNode, base: i64) -> CompactNode {
+        let after = |t: i64| t.saturating_sub(base).max(0);
+        CompactNode {
+            min_lat: f32_at_most(n.min_lat),
+            max_lat: f32_at_least(n.max_lat),
+            min_lon: f32_at_most(n.min_lon),
+            max_lon: f32_at_least(n.max_lon),
+            min_ts: after(n.min_ts).min(i64::from(u32::MAX - 1)) as u32,
+            max_ts: after(n.max_ts).min(i64::from(u32::MAX)) as u32,
+            sum_hi: n.sum_hi,
+            sum_lo: n.sum_lo,
+        }
+    }
+
+    /// The node's (possibly larger) box, for a segment starting at `base`.
+    #[inline]
+    pub fn widen(&self, base: i64) -> KdNode {
+        KdNode {
+            min_lat: f64::from(self.min_lat),
+            max_lat: f64::from(self.max_lat),
+            min_lon: f64::from(self.min_lon),
+            max_lon: f64::from(self.max_lon),
+            min_ts: base.saturating_add(i64::from(self.min_ts)),
+            max_ts: match self.max_ts {
+                u32::MAX => i64::MAX,
+                t => base.saturating_add(i64::from(t)),
+            },
+            sum_hi: self.sum_hi,
+            sum_lo: self.sum_lo,
+        }
+    }
+}
+
+/// A point being placed in k-d order, with the row it came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub point: KdPoint,
+    pub row: u32,
+}
+
 /// Reorders `points` into k-d order and fills `nodes` (length `kd_nodes(n)`).
-pub(crate) fn build(points: &mut [KdPoint], nodes: &mut [KdNode], depth_max: u32) {
+pub(crate) fn build(points: &mut [Entry], nodes: &mut [KdNode], depth_max: u32) {
     if !points.is_empty() {
         build_node(points, nodes, 0, 0, depth_max);
     }
 }
 
-fn build_node(points: &mut [KdPoint], nodes: &mut [KdNode], i: usize, depth: u32, depth_max: u32) {
+fn build_node(points: &mut [Entry], nodes: &mut [KdNode], i: usize, depth: u32, depth_max: u32) {
     let mut b = KdNode::empty();
     let mut sum = desa_model::DoubleDouble::ZERO;
-    for p in points.iter() {
+    for p in points.iter().map(|e| &e.point) {
         sum = sum.add_f64(p.value);
         b.min_lat = b.min_lat.min(p.lat);
         b.max_lat = b.max_lat.max(p.lat);
@@ -71,9 +148,9 @@ fn build_node(points: &mut [KdPoint], nodes: &mut [KdNode], i: usize, depth: u32
     }
     let mid = points.len() / 2;
     match depth % 3 {
-        0 => points.select_nth_unstable_by(mid, |a, b| a.lat.total_cmp(&b.lat)),
-        1 => points.select_nth_unstable_by(mid, |a, b| a.lon.total_cmp(&b.lon)),
-        _ => points.select_nth_unstable_by(mid, |a, b| a.ts.cmp(&b.ts)),
+        0 => points.select_nth_unstable_by(mid, |a, b| a.point.lat.total_cmp(&b.point.lat)),
+        1 => points.select_nth_unstable_by(mid, |a, b| a.point.lon.total_cmp(&b.point.lon)),
+        _ => points.select_nth_unstable_by(mid, |a, b| a.point.ts.cmp(&b.point.ts)),
     };
     let (left, right) = points.split_at_mut(mid);
     build_node(left, nodes, 2 * i + 1, depth + 1, depth_max);
@@ -110,6 +187,11 @@ impl KdQuery {
             && n.max_lon <= self.max_lon
             && n.min_ts >= self.start
             && n.max_ts < self.end
+    }
+
+    #[inline]
+    pub fn contains_location(&self, lat: f64, lon: f64) -> bool {
+        lat >= self.min_lat && lat <= self.max_lat && lon >= self.min_lon && lon <= self.max_lon
     }
 
     #[inline]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, GeoBox, TimeWindow};
 
-use super::kd::{KdNode, KdPoint, KdQuery};
+use super::kd::{CompactNode, KdNode, KdPoint, KdQuery};
 use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
@@ -27,6 +27,8 @@ pub struct Segment {
     types: usize,
     /// The file's format version (1, 2 or 3).
     version: u32,
+    /// Rows per k-d leaf.
+    leaf: usize,
     /// Whether the file has its rows in time order (format version 2 on).
     time_order: bool,
 }
@@ -61,10 +63,15 @@ impl Segment {
         let (rows, series, types, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
         let (min_ts, max_ts, partition, leaf) = (w[4] as i64, w[5] as i64, w[6] as i64, w[7]);
-        if leaf as usize != KD_LEAF_ROWS {
+        let expected_leaf = if version >= 3 {
+            KD_LEAF_ROWS
+        } else {
+            KD_LEAF_ROWS_V2
+        };
+        if leaf as usize != expected_leaf {
             return Err(bad(
                 0,
-                &format!("k-d leaf size {leaf} is not {KD_LEAF_ROWS}"),
+                &format!("k-d leaf size {leaf} is not {expected_leaf}"),
             ));
         }
         let per_row = |width: usize, count: usize| (version < 3).then_some((width, Some(count)));
@@ -81,17 +88,17 @@ impl Segment {
             per_row(8, rows).unwrap_or(packed),
             per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
             per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
-            per_row(8, rows).unwrap_or(packed),
-            per_row(8, rows).unwrap_or(packed),
+            per_row(8, rows).unwrap_or((1, Some(0))),
+            per_row(8, rows).unwrap_or((1, Some(0))),
             per_row(8, rows + 1).unwrap_or(packed),
             (1, None),
             (4, Some(series)),
             per_row(std::mem::size_of::<KdPoint>(), rows).unwrap_or(packed),
-            (std::mem::size_of::<KdNode>(), Some(nodes)),
+            per_row(std::mem::size_of::<KdNode>(), nodes)
+                .unwrap_or((std::mem::size_of::<CompactNode>(), Some(nodes))),
             (4, Some(types + 1)),
             per_row(4, 0).map_or(packed, |_| (4, None)),
             per_row(4, 0).map_or(packed, |_| (4, None)),
-            packed,
             packed,
             packed,
         ];
@@ -100,14 +107,11 @@ impl Segment {
             for (s, floats) in [
                 (S_TS, false),
                 (S_VALUE, true),
-                (S_LAT, true),
-                (S_LON, true),
                 (S_KD_LAT, true),
                 (S_TIME_TS, false),
                 (S_TIME_SERIES, false),
                 (S_KD_LON, true),
-                (S_KD_TS, false),
-                (S_KD_VALUE, true),
+                (S_KD_ROW, false),
             ] {
                 if Packed::new(file.bytes(s), rows, floats).is_none() {
                     let at = file.sections[s].0 as u64;
@@ -137,6 +141,7 @@ impl Segment {
 
             types,
             version,
+            leaf: expected_leaf,
             time_order,
         };
         if let Some(reason) = seg.inconsistency(rows, series, nodes) {
@@ -205,11 +210,24 @@ impl Segment {
         }
     }
 
-    fn location(&self, i: usize) -> (f64, f64) {
-        match self.version {
-            3 => (self.packed(S_LAT).float(i), self.packed(S_LON).float(i)),
-            _ => (self.f64s(S_LAT)[i], self.f64s(S_LON)[i]),
+    /// The location of every row, in row order (version 3 keeps them in
+    /// k-d order only: this inverts it).
+    fn locations(&self) -> Vec<(f64, f64)> {
+        let rows = self.meta.rows as usize;
+        if self.version < 3 {
+            let (lat, lon) = (self.f64s(S_LAT), self.f64s(S_LON));
+            return lat.iter().copied().zip(lon.iter().copied()).collect();
         }
+        let (lat, lon, row) = (
+            self.packed(S_KD_LAT),
+            self.packed(S_KD_LON),
+            self.packed(S_KD_ROW),
+        );
+        let mut out = vec![(0.0, 0.0); rows];
+        for i in 0..rows {
+            out[row.int(i) as usize] = (lat.float(i), lon.float(i));
+        }
+        out
     }
 
     /// Sum of the values of rows `0..i`: a stored prefix sum, plus in
@@ -227,19 +245,6 @@ impl Segment {
             acc = acc.add_f64(values.float(r));
         }
         acc
-    }
-
-    /// Point `i` of the k-d order.
-    fn kd_point(&self, i: usize) -> KdPoint {
-        match self.version {
-            3 => KdPoint {
-                lat: self.packed(S_KD_LAT).float(i),
-                lon: self.packed(S_KD_LON).float(i),
-                ts: self.packed(S_KD_TS).int(i),
-                value: self.packed(S_KD_VALUE).float(i),
-            },
-            _ => bytemuck::cast_slice::<u8, KdPoint>(self.bytes(S_KD_POINTS))[i],
-        }
     }
 
     /// Entry `i` of the time order: (timestamp, series).
@@ -281,7 +286,7 @@ impl Segment {
         }
         for t in 0..types {
             let n = (type_rows[t + 1] - type_rows[t]) as usize;
-            if (type_nodes[t + 1] - type_nodes[t]) as usize != super::kd_nodes(n, KD_LEAF_ROWS) {
+            if (type_nodes[t + 1] - type_nodes[t]) as usize != super::kd_nodes(n, self.leaf) {
                 return Some("a type's k-d tree does not match its rows");
             }
             let range = type_series[t]..type_series[t + 1];
@@ -302,6 +307,12 @@ impl Segment {
         }
         if self.time_order && (0..rows).any(|i| self.time_entry(i).1 as usize >= series) {
             return Some("the time order names a series that does not exist");
+        }
+        if self.version >= 3 {
+            let row = self.packed(S_KD_ROW);
+            if (0..rows).any(|i| row.int(i) as u64 >= rows as u64) {
+                return Some("the k-d order names a row that does not exist");
+            }
         }
         None
     }
@@ -347,12 +358,24 @@ impl Segment {
         rows[t] as usize..rows[t + 1] as usize
     }
 
-    /// The location and value of each row of type `t`, in row order.
-    pub fn located_values(&self, t: usize) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
-        self.type_rows(t).map(|i| {
-            let (lat, lon) = self.location(i);
-            (lat, lon, self.value(i))
-        })
+    /// The location and value of each row of type `t`, equal locations
+    /// mostly next to each other (in k-d order, or in version 1 and 2 in
+    /// row order, where a device's fixed location repeats).
+    pub fn located_values(&self, t: usize) -> Box<dyn Iterator<Item = (f64, f64, f64)> + '_> {
+        let rows = self.type_rows(t);
+        if self.version < 3 {
+            let (lat, lon) = (self.f64s(S_LAT), self.f64s(S_LON));
+            return Box::new(rows.map(move |i| (lat[i], lon[i], self.value(i))));
+        }
+        let (lat, lon, row) = (
+            self.packed(S_KD_LAT),
+            self.packed(S_KD_LON),
+            self.packed(S_KD_ROW),
+        );
+        Box::new(rows.map(move |i| {
+            let r = row.int(i) as usize;
+            (lat.float(i), lon.float(i), self.value(r))
+        }))
     }
 
     /// Sum of the values of series `s`, all time.
@@ -432,17 +455,16 @@ impl Segment {
 
     /// Count and sum of one type inside the box and window.
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
-        let mut count = 0;
-        let mut sum = DoubleDouble::ZERO;
+        let mut acc = (0, DoubleDouble::ZERO);
         let Some(t) = self.find_type(event_type) else {
-            return (count, sum);
+            return acc;
         };
-        let rows = self.u32s(S_TYPE_ROWS);
-        let (lo, hi) = (rows[t] as usize, rows[t + 1] as usize);
-        let node_off = self.u32s(S_TYPE_NODES);
-        let nodes: &[KdNode] = &bytemuck::cast_slice::<u8, KdNode>(self.bytes(S_KD_NODES))
-            [node_off[t] as usize..node_off[t + 1] as usize];
-        let depth_max = kd_depth(hi - lo, KD_LEAF_ROWS);
+        let rows = self.type_rows(t);
+        if rows.is_empty() {
+            return acc;
+        }
+        let first_node = self.u32s(S_TYPE_NODES)[t] as usize;
+        let depth_max = kd_depth(rows.len(), self.leaf);
         for (min_lon, max_lon) in bbox.lon_ranges() {
             let q = KdQuery {
                 min_lat: bbox.min_lat,
@@ -452,66 +474,54 @@ impl Segment {
                 start: w.start,
                 end: w.end,
             };
-            if hi > lo {
-                self.kd_visit(nodes, &q, 0, lo, hi, 0, depth_max, &mut count, &mut sum);
-            }
+            let visit = KdVisit {
+                seg: self,
+                q,
+                first_node,
+                depth_max,
+            };
+            visit.node(0, rows.clone(), 0, &mut acc);
         }
-        (count, sum)
+        acc
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn kd_visit(
-        &self,
-        nodes: &[KdNode],
-        q: &KdQuery,
-        i: usize,
-        lo: usize,
-        hi: usize,
-        depth: u32,
-        depth_max: u32,
-        count: &mut u64,
-        sum: &mut DoubleDouble,
-    ) {
-        if lo >= hi || q.disjoint(&nodes[i]) {
-            return;
+    /// Node `i` of the k-d nodes, as stored or widened from its compact form.
+    #[inline]
+    fn kd_node(&self, i: usize) -> KdNode {
+        match self.version {
+            3 => bytemuck::cast_slice::<u8, CompactNode>(self.bytes(S_KD_NODES))[i]
+                .widen(self.meta.min_ts),
+            _ => bytemuck::cast_slice::<u8, KdNode>(self.bytes(S_KD_NODES))[i],
         }
-        if q.covers(&nodes[i]) {
-            *count += (hi - lo) as u64;
-            *sum = *sum + DoubleDouble::new(nodes[i].sum_hi, nodes[i].sum_lo);
-            return;
-        }
-        if depth == depth_max {
-            for p in (lo..hi).map(|i| self.kd_point(i)) {
+    }
+
+    /// Adds up the points of k-d leaf positions `lo..hi` inside the query.
+    fn kd_leaf(&self, q: &KdQuery, rows: std::ops::Range<usize>, acc: &mut (u64, DoubleDouble)) {
+        if self.version < 3 {
+            let points: &[KdPoint] = bytemuck::cast_slice(self.bytes(S_KD_POINTS));
+            for p in &points[rows] {
                 if q.contains(p.lat, p.lon, p.ts) {
-                    *count += 1;
-                    *sum = sum.add_f64(p.value);
+                    acc.0 += 1;
+                    acc.1 = acc.1.add_f64(p.value);
                 }
             }
             return;
         }
-        let mid = lo + (hi - lo) / 2;
-        self.kd_visit(
-            nodes,
-            q,
-            2 * i + 1,
-            lo,
-            mid,
-            depth + 1,
-            depth_max,
-            count,
-            sum,
+        let (lat, lon, row) = (
+            self.packed(S_KD_LAT),
+            self.packed(S_KD_LON),
+            self.packed(S_KD_ROW),
         );
-        self.kd_visit(
-            nodes,
-            q,
-            2 * i + 2,
-            mid,
-            hi,
-            depth + 1,
-            depth_max,
-            count,
-            sum,
-        );
+        for i in rows {
+            if q.contains_location(lat.float(i), lon.float(i)) {
+                let r = row.int(i) as usize;
+                let ts = self.ts(r);
+                if ts >= q.start && ts < q.end {
+                    acc.0 += 1;
+                    acc.1 = acc.1.add_f64(self.value(r));
+                }
+            }
+        }
     }
 
     /// The metadata of every row, in row order.
@@ -577,6 +587,7 @@ impl Segment {
     /// Appends every event of the segment to `rows` (for compaction).
     pub fn append_to(&self, rows: &mut Rows) -> Result<()> {
         let meta = self.metadata()?;
+        let locations = self.locations();
         let type_series = self.u32s(S_TYPE_SERIES);
         let series_row = self.u32s(S_SERIES_ROW);
         for t in 0..self.types {
@@ -586,7 +597,7 @@ impl Segment {
                 let dev = self.series_device(s);
                 let device_id = rows.devices.intern(dev);
                 for r in series_row[s] as usize..series_row[s + 1] as usize {
-                    let (lat, lon) = self.location(r);
+                    let (lat, lon) = locations[r];
                     rows.push_interned(
                         type_id,
                         device_id,
@@ -620,6 +631,47 @@ impl Segment {
     }
 }
 
+/// One walk of a type's k-d tree for one query box.
+struct KdVisit<'s> {
+    seg: &'s Segment,
+    q: KdQuery,
+    /// The type's first node among the segment's nodes.
+    first_node: usize,
+    depth_max: u32,
+}
+
+impl KdVisit<'_> {
+    /// Adds up the points under node `i` (heap layout), which holds the k-d
+    /// positions `rows`, that lie inside the query.
+    fn node(
+        &self,
+        i: usize,
+        rows: std::ops::Range<usize>,
+        depth: u32,
+        acc: &mut (u64, DoubleDouble),
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = self.seg.kd_node(self.first_node + i);
+        if self.q.disjoint(&n) {
+            return;
+        }
+        if self.q.covers(&n) {
+            acc.0 += rows.len() as u64;
+            acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
+            return;
+        }
+        if depth == self.depth_max {
+            self.seg.kd_leaf(&self.q, rows, acc);
+            return;
+        }
+        let mid = rows.start + rows.len() / 2;
+        self.node(2 * i + 1, rows.start..mid, depth + 1, acc);
+        self.node(2 * i + 2, mid..rows.end, depth + 1, acc);
+    }
+}
+
 #[cfg(test)]
 impl Segment {
     /// Writes this segment in format version 1 (fixed-width columns, no
@@ -640,14 +692,43 @@ impl Segment {
             hi.push(acc.hi);
             lo.push(acc.lo);
         }
-        let (lat, lon): (Vec<f64>, Vec<f64>) = (0..rows).map(|i| self.location(i)).unzip();
+        let (lat, lon): (Vec<f64>, Vec<f64>) = self.locations().into_iter().unzip();
         let mut meta_off = vec![0u64];
         let mut blob = Vec::new();
         for m in self.metadata().unwrap() {
             blob.extend_from_slice(m.as_deref().unwrap_or("").as_bytes());
             meta_off.push(blob.len() as u64);
         }
-        let points: Vec<KdPoint> = (0..rows).map(|i| self.kd_point(i)).collect();
+        // The k-d trees again, with the older leaf size.
+        let mut entries: Vec<super::kd::Entry> = (0..rows)
+            .map(|r| super::kd::Entry {
+                point: KdPoint {
+                    lat: lat[r],
+                    lon: lon[r],
+                    ts: ts[r],
+                    value: value[r],
+                },
+                row: r as u32,
+            })
+            .collect();
+        let mut nodes: Vec<KdNode> = Vec::new();
+        let mut type_nodes = vec![0u32];
+        for t in 0..self.types {
+            let range = self.type_rows(t);
+            let base = nodes.len();
+            let n = range.len();
+            nodes.resize(
+                base + kd_nodes(n, KD_LEAF_ROWS_V2),
+                bytemuck::Zeroable::zeroed(),
+            );
+            super::kd::build(
+                &mut entries[range],
+                &mut nodes[base..],
+                kd_depth(n, KD_LEAF_ROWS_V2),
+            );
+            type_nodes.push(nodes.len() as u32);
+        }
+        let points: Vec<KdPoint> = entries.iter().map(|e| e.point).collect();
         w.section(bytemuck::cast_slice(&ts)).unwrap();
         w.section(bytemuck::cast_slice(&value)).unwrap();
         w.section(bytemuck::cast_slice(&hi)).unwrap();
@@ -658,8 +739,11 @@ impl Segment {
         w.section(&blob).unwrap();
         w.section(self.bytes(S_TOPK)).unwrap();
         w.section(bytemuck::cast_slice(&points)).unwrap();
-        w.section(self.bytes(S_KD_NODES)).unwrap();
-        w.section(self.bytes(S_TYPE_NODES)).unwrap();
-        w.finish(&self.file.words).unwrap();
+        w.section(bytemuck::cast_slice(&nodes)).unwrap();
+        w.section(bytemuck::cast_slice(&type_nodes)).unwrap();
+        let mut words = self.file.words.clone();
+        words[3] = nodes.len() as u64;
+        words[7] = KD_LEAF_ROWS_V2 as u64;
+        w.finish(&words).unwrap();
     }
 }
