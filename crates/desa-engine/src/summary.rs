@@ -18,8 +18,10 @@
 //!   Devices that move give a point per event: a type whose locations fold
 //!   less than [`GEO_FOLD_MIN`] events into each point has no geo part (no
 //!   points), and geo queries over the block read the segments the summary
-//!   covers instead (see `query::plan`). A summary built from one without a
-//!   type's points has none for it either.
+//!   covers instead (see `query::plan`). A larger block built from a
+//!   summary without a type's points reads them from the segments that
+//!   summary covers, so a type whose locations fold over weeks but not over
+//!   two days still has them where they pay.
 //!
 //! A window `[start, end)` is answered from the summaries of a greedy
 //! dyadic cover of its whole days (at most two blocks per level), plus every
@@ -60,9 +62,9 @@ pub const MAX_LEVEL: u32 = 10;
 pub const GEO_LEAF_POINTS: usize = 32;
 
 /// Events a type's points must hold on average for the summary to keep
-/// them: a point and its share of the tree cost about 44 bytes, which pays
-/// for itself only when it stands for several events.
-pub const GEO_FOLD_MIN: u64 = 8;
+/// them: a point costs as much as an event in a segment, so points that do
+/// not at least halve the events double the block's cost.
+pub const GEO_FOLD_MIN: u64 = 2;
 
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)

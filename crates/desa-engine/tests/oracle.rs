@@ -389,6 +389,58 @@ fn moving_devices_leave_summaries_without_points() {
     check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
 }
 
+/// Fixed sensors that report once every two days: a two-day block has one
+/// event per location, too few to keep points for, but four-day and larger
+/// blocks fold them. Those are built from the two-day summaries and read the
+/// points from the segments those cover, and geo answers match the oracle.
+#[test]
+fn larger_blocks_read_points_their_halves_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.head_max_rows = 500;
+    cfg.compaction_fanin = 3;
+    let mut rng = StdRng::seed_from_u64(14);
+    let homes: Vec<(f64, f64)> = (0..150)
+        .map(|_| (rng.gen_range(-60.0..60.0), rng.gen_range(-170.0..170.0)))
+        .collect();
+    let mut oracle = Oracle::default();
+    let mut devices = vec!["nobody".to_owned()];
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    for period in 0..20 {
+        let batch: Vec<Event> = homes
+            .iter()
+            .enumerate()
+            .map(|(d, &(lat, lon))| Event {
+                device_id: format!("fixed-{d}"),
+                ts_secs: T0 + period * 2 * DAY + rng.gen_range(0..2 * DAY),
+                event_type: "temperature".into(),
+                value: f64::from(rng.gen_range(-400..400)) * 0.125,
+                latitude: lat,
+                longitude: lon,
+                metadata: None,
+            })
+            .collect();
+        for e in &batch {
+            if devices.len() < 40 && !devices.contains(&e.device_id) {
+                devices.push(e.device_id.clone());
+            }
+            oracle.add(e.clone());
+        }
+        engine.write(WriteRequest::events(batch)).unwrap();
+    }
+    engine.settle().unwrap();
+    assert!(engine.stats().summaries >= 10);
+    // At least one summary holds the 150 locations (40 bytes a point).
+    let parts = desa_engine::breakdown::storage_breakdown(dir.path()).unwrap();
+    let points = parts
+        .bytes
+        .get("summaries: k-d trees")
+        .copied()
+        .unwrap_or(0);
+    assert!(points > 150 * 40, "summaries hold {points} bytes of points");
+    check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
+}
+
 #[test]
 fn head_only() {
     run(2, 3_000, 1_000_000);

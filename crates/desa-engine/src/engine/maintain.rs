@@ -199,6 +199,9 @@ struct Due {
     level: u32,
     first_day: i64,
     children: Vec<Arc<LiveSummary>>,
+    /// The segments each child covers (where its missing points are), if
+    /// all are live.
+    covered: Vec<Option<Vec<Arc<Segment>>>>,
     segs: Vec<Arc<Segment>>,
     replaces: Option<Arc<LiveSummary>>,
 }
@@ -259,10 +262,23 @@ fn next_summary(
                 .filter(|s| !children.iter().any(|c| c.meta.covers(s.meta.id)))
                 .map(|s| (*s).clone())
                 .collect();
+            let by_id: HashMap<u64, &Arc<Segment>> =
+                segments.iter().map(|s| (s.meta.id, s)).collect();
+            let covered = children
+                .iter()
+                .map(|c| {
+                    let mut ids = c.meta.covers.iter();
+                    ids.try_fold(Vec::new(), |mut v, id| {
+                        v.push((*by_id.get(id)?).clone());
+                        Some(v)
+                    })
+                })
+                .collect();
             return Some(Due {
                 level,
                 first_day: first,
                 children,
+                covered,
                 segs,
                 replaces: existing.cloned(),
             });
@@ -279,6 +295,7 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
         level,
         first_day,
         ref children,
+        ref covered,
         ref segs,
         ref replaces,
     } = *due;
@@ -300,12 +317,13 @@ fn write(inner: &Inner, due: &Due, run: &dyn Fn(BuildJob) -> Built) -> Result<()
     let path = seg_dir.join(SummaryMeta::file_name(id));
     // The build takes no lock: it reads its inputs through their mappings.
     let job: BuildJob = {
-        let (children, segs) = (children.clone(), segs.clone());
+        let (children, covered, segs) = (children.clone(), covered.clone(), segs.clone());
         let (path, seg_dir) = (path.clone(), seg_dir.clone());
         Box::new(move || {
             let inputs: Vec<Input> = children
                 .iter()
-                .map(|c| Input::Summary(&c.file))
+                .zip(&covered)
+                .map(|(c, segs)| Input::Summary(&c.file, segs.as_deref()))
                 .chain(segs.iter().map(|s| Input::Segment(s)))
                 .collect();
             let (events, bytes) = summary::write_summary(&inputs, level, first_day, &path)?;

@@ -7,6 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::Path;
+use std::sync::Arc;
 
 use desa_model::DoubleDouble;
 
@@ -19,44 +20,47 @@ use crate::segment::{kd_depth, kd_nodes, Segment};
 #[derive(Clone, Copy)]
 pub enum Input<'a> {
     Segment(&'a Segment),
-    Summary(&'a Summary),
+    /// A smaller or older summary, with the segments it covers (`None` if
+    /// some are not at hand): the points of a type it left out are read
+    /// from them.
+    Summary(&'a Summary, Option<&'a [Arc<Segment>]>),
 }
 
 impl<'a> Input<'a> {
     fn type_count(&self) -> usize {
         match self {
             Input::Segment(s) => s.type_count(),
-            Input::Summary(s) => s.type_count(),
+            Input::Summary(s, _) => s.type_count(),
         }
     }
     fn type_name(&self, t: usize) -> &'a str {
         match *self {
             Input::Segment(s) => s.type_name(t),
-            Input::Summary(s) => s.type_name(t),
+            Input::Summary(s, _) => s.type_name(t),
         }
     }
     fn find_type(&self, name: &str) -> Option<usize> {
         match self {
             Input::Segment(s) => s.find_type(name),
-            Input::Summary(s) => s.find_type(name),
+            Input::Summary(s, _) => s.find_type(name),
         }
     }
     fn type_series(&self, t: usize) -> std::ops::Range<usize> {
         match self {
             Input::Segment(s) => s.type_series(t),
-            Input::Summary(s) => s.type_series(t),
+            Input::Summary(s, _) => s.type_series(t),
         }
     }
     fn device(&self, s: usize) -> &'a str {
         match *self {
             Input::Segment(x) => x.series_device(s),
-            Input::Summary(x) => x.series_device(s),
+            Input::Summary(x, _) => x.series_device(s),
         }
     }
     fn count_and_sum(&self, s: usize) -> (u64, DoubleDouble) {
         match self {
             Input::Segment(x) => (x.series_len(s), x.series_sum(s)),
-            Input::Summary(x) => (x.series_count(s), x.series_sum(s)),
+            Input::Summary(x, _) => (x.series_count(s), x.series_sum(s)),
         }
     }
     /// Drops the input's mapped pages from this process (see
@@ -64,13 +68,12 @@ impl<'a> Input<'a> {
     fn release_memory(&self) {
         match self {
             Input::Segment(s) => s.release_memory(),
-            Input::Summary(s) => s.release_memory(),
+            Input::Summary(s, _) => s.release_memory(),
         }
     }
 
-    /// Appends the points of the type named `name` to `out`; false when the
-    /// input holds events of the type but not their points (a summary that
-    /// left them out).
+    /// Appends the points of the type named `name` to `out`; false when
+    /// they are not all at hand.
     fn points(&self, name: &str, out: &mut Vec<GeoPoint>) -> bool {
         let Some(t) = self.find_type(name) else {
             return true;
@@ -101,11 +104,17 @@ impl<'a> Input<'a> {
                     });
                 }
             }
-            Input::Summary(s) => {
-                if !s.has_geo(name) {
-                    return false;
+            Input::Summary(s, covered) => {
+                if s.has_geo(name) {
+                    out.extend_from_slice(s.points(t));
+                } else {
+                    let Some(covered) = covered else {
+                        return false;
+                    };
+                    for seg in covered.iter() {
+                        Input::Segment(seg).points(name, out);
+                    }
                 }
-                out.extend_from_slice(s.points(t));
             }
         }
         true
