@@ -55,9 +55,14 @@ fn segment_part(section: usize) -> &'static str {
 /// The part of a summary each section belongs to.
 fn summary_part(section: usize) -> &'static str {
     match section {
-        sum::S_POINTS | sum::S_TYPE_POINTS | sum::S_NODES | sum::S_TYPE_NODES => {
-            "summaries: k-d trees"
-        }
+        sum::S_POINTS
+        | sum::S_TYPE_POINTS
+        | sum::S_NODES
+        | sum::S_TYPE_NODES
+        | sum::S_POINT_LON
+        | sum::S_POINT_COUNT
+        | sum::S_POINT_SUM_HI
+        | sum::S_POINT_SUM_LO => "summaries: k-d trees",
         _ => "summaries: series and device lists",
     }
 }

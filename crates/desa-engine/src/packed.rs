@@ -6,7 +6,9 @@
 //! Floats are stored exactly, bit for bit: a block whose values are all
 //! decimals of at most [`MAX_DECIMALS`] digits after the point (most sensor
 //! readings and GPS fixes) holds them as integers scaled by a power of ten;
-//! any other block holds their IEEE-754 bits as integers.
+//! one whose values are all small multiples of one power of two (the low
+//! halves of double-double sums) as integers scaled by that power; any other
+//! block holds their IEEE-754 bits as integers.
 //!
 //! ```text
 //! section  Dir x blocks          one per block of BLOCK values
@@ -25,6 +27,12 @@ pub const MAX_DECIMALS: u8 = 15;
 /// `Dir::decimals` of a float block stored as raw bits.
 const RAW_BITS: u8 = u8::MAX;
 
+/// `Dir::decimals` of a float block scaled by `2^k` is `BINARY + k`.
+const BINARY: u8 = 128;
+
+/// The largest `k` of a block scaled by `2^k`.
+const MAX_BINARY: u8 = 126;
+
 /// Zero bytes after the data.
 const PAD: usize = 16;
 
@@ -40,8 +48,8 @@ pub struct Dir {
     pub offset: u32,
     /// Bits per value, 0 to 64.
     pub bits: u8,
-    /// For floats: the power of ten the values are scaled by, or
-    /// `RAW_BITS`; 0 for integer columns.
+    /// For floats: the power of ten the values are scaled by, `BINARY`
+    /// plus the power of two, or `RAW_BITS`; 0 for integer columns.
     pub decimals: u8,
     pub pad: u16,
     /// The block's smallest (scaled) value.
@@ -83,8 +91,11 @@ fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
 
 /// The scaled integer of `v` at `decimals`, if it reads back bit for bit.
 fn scaled(v: f64, decimals: u8) -> Option<i64> {
-    let p = POW10[decimals as usize];
-    let x = (v * p).round();
+    let x = if decimals >= BINARY {
+        v * pow2(i32::from(decimals - BINARY))
+    } else {
+        (v * POW10[decimals as usize]).round()
+    };
     // Integers of up to 2^53 are exact in an f64, so the division is the
     // correctly rounded quotient, and the check below is the whole proof.
     if !(x.abs() < 9_007_199_254_740_992.0) {
@@ -96,7 +107,39 @@ fn scaled(v: f64, decimals: u8) -> Option<i64> {
 
 #[inline]
 fn unscale(i: i64, decimals: u8) -> f64 {
-    i as f64 / POW10[decimals as usize]
+    if decimals >= BINARY {
+        i as f64 * pow2(-i32::from(decimals - BINARY))
+    } else {
+        i as f64 / POW10[decimals as usize]
+    }
+}
+
+/// `2^e` for `e` in -1022..=1023.
+#[inline]
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((1023 + e) as u64) << 52)
+}
+
+/// The smallest `k` such that every value times `2^k` is an integer, if
+/// one of at most [`MAX_BINARY`] makes them all integers of at most 53 bits.
+fn binary_scale(values: &[f64]) -> Option<u8> {
+    let mut k = 0i32;
+    for &v in values {
+        if v == 0.0 && v.is_sign_positive() {
+            continue;
+        }
+        let bits = v.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as i32;
+        if exp == 0 || exp == 0x7ff {
+            return None; // -0.0, subnormals, infinities and NaNs
+        }
+        let mantissa = (bits & ((1 << 52) - 1)) | (1 << 52);
+        // v = mantissa * 2^(exp - 1075); its lowest set bit is worth
+        // 2^(exp - 1075 + trailing zeros).
+        let lowest = exp - 1075 + mantissa.trailing_zeros() as i32;
+        k = k.max(-lowest);
+    }
+    (k <= i32::from(MAX_BINARY)).then(|| BINARY + k as u8)
 }
 
 /// Builds packed columns.
@@ -129,7 +172,15 @@ impl Packer {
                     None => false,
                 })
             });
-            let decimals = decimals.unwrap_or_else(|| {
+            let binary = || {
+                let scale = binary_scale(block)?;
+                ints.clear();
+                for &v in block {
+                    ints.push(scaled(v, scale)?);
+                }
+                Some(scale)
+            };
+            let decimals = decimals.or_else(binary).unwrap_or_else(|| {
                 ints.clear();
                 ints.extend(block.iter().map(|v| v.to_bits() as i64));
                 RAW_BITS
@@ -171,7 +222,9 @@ impl<'a> Packed<'a> {
             let n = BLOCK.min(len - b * BLOCK);
             let end = d.offset as usize + (n * usize::from(d.bits)).div_ceil(8);
             let decimals_ok = if floats {
-                d.decimals <= MAX_DECIMALS || d.decimals == RAW_BITS
+                d.decimals <= MAX_DECIMALS
+                    || (BINARY..=BINARY + MAX_BINARY).contains(&d.decimals)
+                    || d.decimals == RAW_BITS
             } else {
                 d.decimals == 0
             };
@@ -268,6 +321,10 @@ mod tests {
         assert!(Packer::floats(&readings).len() < readings.len() * 2);
         floats_round_trip(&[-0.0, 0.0, 1e300, -1e-300, f64::MIN_POSITIVE, 0.1, 48.856613]);
         floats_round_trip(&[f64::MAX, f64::MIN, 5e-324, 123456789.123456789]);
+        // The low halves of double-double sums: multiples of 2^-60 or so.
+        let lows: Vec<f64> = (0..300).map(|i| f64::from(i - 150) * pow2(-60)).collect();
+        floats_round_trip(&lows);
+        assert!(Packer::floats(&lows).len() < lows.len() * 2);
         floats_round_trip(&[]);
     }
 
@@ -303,8 +360,13 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for round in 0..300 {
             let n = rng.gen_range(0..400);
-            let values: Vec<f64> = if round % 2 == 0 {
+            let values: Vec<f64> = if round % 3 == 0 {
                 (0..n).map(|_| f64::from_bits(rng.gen())).collect()
+            } else if round % 3 == 1 {
+                let e = rng.gen_range(-1022..1023);
+                (0..n)
+                    .map(|_| rng.gen_range(-1_000_000.0..1_000_000.0f64).round() * pow2(e))
+                    .collect()
             } else {
                 let d = rng.gen_range(0..8);
                 (0..n)

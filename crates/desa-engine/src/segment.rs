@@ -43,6 +43,7 @@ use crate::packed;
 
 pub(crate) use build::build_segment;
 pub use build::write_segment;
+pub(crate) use kd::{f32_at_least, f32_at_most};
 pub use kd::{CompactNode, KdNode, KdPoint};
 pub use read::checksum_of;
 pub use read::Segment;

@@ -35,9 +35,10 @@
 //! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
 //! the sections in the order of the S_* constants below, and footer words:
 //! types, series, points, nodes, level, first_day, events, leaf_points.
-//! Version 1 has the same layout and a geo part for every type; it is still
-//! read. Version 2 may leave a type without points, which a reader of
-//! version 1 would take for "no events in the box", so the version went up.
+//! Version 2 packs the per-series and per-point columns (`crate::packed`)
+//! and rounds node boxes outwards to f32; it may leave a type without
+//! points. Version 1 (fixed-width columns, points for every type) is still
+//! read.
 
 mod build;
 mod read;
@@ -71,15 +72,22 @@ pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
 pub(crate) const S_DEV_BLOB: usize = 3;
 pub(crate) const S_SERIES_DEV_OFF: usize = 4; // u32 x (series + 1)
-pub(crate) const S_COUNT: usize = 5; // u64 x series
-pub(crate) const S_SUM_HI: usize = 6; // f64 x series
-pub(crate) const S_SUM_LO: usize = 7; // f64 x series
+pub(crate) const S_COUNT: usize = 5; // packed ints x series (v1: u64)
+pub(crate) const S_SUM_HI: usize = 6; // packed floats x series (v1: f64)
+pub(crate) const S_SUM_LO: usize = 7; // packed floats x series (v1: f64)
 pub(crate) const S_TOPK: usize = 8; // u32 x series
-pub(crate) const S_POINTS: usize = 9; // GeoPoint x points
+/// v2: the points' latitudes, packed floats x points; v1: GeoPoint x points.
+pub(crate) const S_POINTS: usize = 9;
 pub(crate) const S_TYPE_POINTS: usize = 10; // u32 x (types + 1)
-pub(crate) const S_NODES: usize = 11; // GeoNode x nodes
+/// v2: CompactGeoNode x nodes; v1: GeoNode x nodes.
+pub(crate) const S_NODES: usize = 11;
 pub(crate) const S_TYPE_NODES: usize = 12; // u32 x (types + 1)
-pub(crate) const SECTION_COUNT: usize = 13;
+/// v2: the points' longitudes, counts and sums, packed x points.
+pub(crate) const S_POINT_LON: usize = 13;
+pub(crate) const S_POINT_COUNT: usize = 14;
+pub(crate) const S_POINT_SUM_HI: usize = 15;
+pub(crate) const S_POINT_SUM_LO: usize = 16;
+pub(crate) const SECTION_COUNT: usize = 17;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
@@ -89,12 +97,13 @@ pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     words: 8,
 };
 
-/// Version 1: every type has its points. Read, never written.
+/// Version 1: fixed-width columns, and every type has its points. Read,
+/// never written.
 pub(crate) static FORMAT_V1: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
     footer: b"DESASUMF",
     version: 1,
-    sections: SECTION_COUNT,
+    sections: S_POINT_LON,
     words: 8,
 };
 
@@ -120,6 +129,48 @@ pub struct GeoNode {
     pub count: u64,
     pub sum_hi: f64,
     pub sum_lo: f64,
+}
+
+/// A node as version 2 stores it: the box rounded outwards to f32 (as
+/// `segment::CompactNode`), the count and the exact sum.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq)]
+pub struct CompactGeoNode {
+    pub min_lat: f32,
+    pub max_lat: f32,
+    pub min_lon: f32,
+    pub max_lon: f32,
+    pub count: u64,
+    pub sum_hi: f64,
+    pub sum_lo: f64,
+}
+
+impl CompactGeoNode {
+    pub fn of(n: &GeoNode) -> CompactGeoNode {
+        use crate::segment::{f32_at_least, f32_at_most};
+        CompactGeoNode {
+            min_lat: f32_at_most(n.min_lat),
+            max_lat: f32_at_least(n.max_lat),
+            min_lon: f32_at_most(n.min_lon),
+            max_lon: f32_at_least(n.max_lon),
+            count: n.count,
+            sum_hi: n.sum_hi,
+            sum_lo: n.sum_lo,
+        }
+    }
+
+    #[inline]
+    pub fn widen(&self) -> GeoNode {
+        GeoNode {
+            min_lat: f64::from(self.min_lat),
+            max_lat: f64::from(self.max_lat),
+            min_lon: f64::from(self.min_lon),
+            max_lon: f64::from(self.max_lon),
+            count: self.count,
+            sum_hi: self.sum_hi,
+            sum_lo: self.sum_lo,
+        }
+    }
 }
 
 /// What the manifest records about a summary.

@@ -430,14 +430,15 @@ fn larger_blocks_read_points_their_halves_left_out() {
     }
     engine.settle().unwrap();
     assert!(engine.stats().summaries >= 10);
-    // At least one summary holds the 150 locations (40 bytes a point).
+    // Summaries hold the 150 locations (packed, about ten bytes a point;
+    // without them only the per-type offsets, a few hundred bytes).
     let parts = desa_engine::breakdown::storage_breakdown(dir.path()).unwrap();
     let points = parts
         .bytes
         .get("summaries: k-d trees")
         .copied()
         .unwrap_or(0);
-    assert!(points > 150 * 40, "summaries hold {points} bytes of points");
+    assert!(points > 150 * 8, "summaries hold {points} bytes of points");
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
 }
 

@@ -61,7 +61,8 @@ pub struct CompactNode {
     pub sum_lo: f64,
 }
 
-fn f32_at_most(x: f64) -> f32 {
+/// The largest f32 at most `x`.
+pub(crate) fn f32_at_most(x: f64) -> f32 {
     let f = x as f32;
     if f64::from(f) > x {
         f.next_down()
@@ -70,7 +71,8 @@ fn f32_at_most(x: f64) -> f32 {
     }
 }
 
-fn f32_at_least(x: f64) -> f32 {
+/// The smallest f32 at least `x`.
+pub(crate) fn f32_at_least(x: f64) -> f32 {
     let f = x as f32;
     if f64::from(f) < x {
         f.next_up()

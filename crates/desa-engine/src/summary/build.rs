@@ -13,6 +13,7 @@ use desa_model::DoubleDouble;
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::packed::Packer;
 use crate::sections::SectionWriter;
 use crate::segment::{kd_depth, kd_nodes, Segment};
 
@@ -106,7 +107,7 @@ impl<'a> Input<'a> {
             }
             Input::Summary(s, covered) => {
                 if s.has_geo(name) {
-                    out.extend_from_slice(s.points(t));
+                    s.points_of(t, out);
                 } else {
                     let Some(covered) = covered else {
                         return false;
@@ -338,9 +339,10 @@ fn write_sections(
     w.section(b(&series.type_series))?;
     w.section(&series.dev_blob)?;
     w.section(b(&series.dev_off))?;
-    w.section(bytemuck::cast_slice(&series.count))?;
-    w.section(bytemuck::cast_slice(&series.sum_hi))?;
-    w.section(bytemuck::cast_slice(&series.sum_lo))?;
+    let counts: Vec<i64> = series.count.iter().map(|&c| c as i64).collect();
+    w.section(&Packer::ints(&counts))?;
+    w.section(&Packer::floats(&series.sum_hi))?;
+    w.section(&Packer::floats(&series.sum_lo))?;
     w.section(b(&topk))?;
     let series_count = series.count.len() as u64;
     let type_events: Vec<u64> = series
@@ -355,7 +357,9 @@ fn write_sections(
     let mut type_nodes = vec![0u32];
     let mut nodes: Vec<GeoNode> = Vec::new();
     let mut points: Vec<GeoPoint> = Vec::new();
-    w.begin()?;
+    // The kept points of every type, column by column.
+    let mut columns: [Vec<f64>; 4] = Default::default();
+    let mut point_counts: Vec<i64> = Vec::new();
     for (name, &events) in type_names.iter().zip(&type_events) {
         points.clear();
         let mut whole = true;
@@ -377,14 +381,25 @@ fn write_sections(
             let max = kd_depth(n, GEO_LEAF_POINTS);
             build_tree(&mut points, &mut nodes[base..], 0, 0, max);
         }
-        w.append(bytemuck::cast_slice(&points))?;
+        for p in &points {
+            for (column, x) in columns.iter_mut().zip([p.lat, p.lon, p.sum_hi, p.sum_lo]) {
+                column.push(x);
+            }
+            point_counts.push(p.count as i64);
+        }
         type_points.push(type_points[type_points.len() - 1] + n as u32);
         type_nodes.push(nodes.len() as u32);
     }
-    w.end();
+    let [lat, lon, sum_hi, sum_lo] = columns;
+    let nodes: Vec<CompactGeoNode> = nodes.iter().map(CompactGeoNode::of).collect();
+    w.section(&Packer::floats(&lat))?;
     w.section(b(&type_points))?;
     w.section(bytemuck::cast_slice(&nodes))?;
     w.section(b(&type_nodes))?;
+    w.section(&Packer::floats(&lon))?;
+    w.section(&Packer::ints(&point_counts))?;
+    w.section(&Packer::floats(&sum_hi))?;
+    w.section(&Packer::floats(&sum_lo))?;
     let bytes = w.finish(&[
         types as u64,
         series_count,

@@ -7,6 +7,7 @@ use desa_model::{DoubleDouble, GeoBox};
 use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
+use crate::packed::Packed;
 use crate::sections::SectionFile;
 use crate::segment::kd_depth;
 
@@ -16,6 +17,10 @@ pub struct Summary {
     file: SectionFile,
     fences: DeviceFences,
     types: usize,
+    series: usize,
+    points: usize,
+    /// The file's format version (1 or 2).
+    version: u32,
 }
 
 impl std::fmt::Debug for Summary {
@@ -50,6 +55,14 @@ impl Summary {
                 ),
             ));
         }
+        let version = if file.sections.len() == SECTION_COUNT {
+            2
+        } else {
+            1
+        };
+        let fixed = |width: usize, count: usize| (width, Some(count));
+        let packed = (1, None);
+        let v1 = version == 1;
         file.check_sizes(
             path,
             &[
@@ -58,16 +71,44 @@ impl Summary {
                 (4, Some(types + 1)),
                 (1, None),
                 (4, Some(series + 1)),
-                (8, Some(series)),
-                (8, Some(series)),
-                (8, Some(series)),
+                if v1 { fixed(8, series) } else { packed },
+                if v1 { fixed(8, series) } else { packed },
+                if v1 { fixed(8, series) } else { packed },
                 (4, Some(series)),
-                (std::mem::size_of::<GeoPoint>(), Some(points)),
+                if v1 {
+                    fixed(std::mem::size_of::<GeoPoint>(), points)
+                } else {
+                    packed
+                },
                 (4, Some(types + 1)),
-                (std::mem::size_of::<GeoNode>(), Some(nodes)),
+                if v1 {
+                    fixed(std::mem::size_of::<GeoNode>(), nodes)
+                } else {
+                    fixed(std::mem::size_of::<CompactGeoNode>(), nodes)
+                },
                 (4, Some(types + 1)),
             ],
         )?;
+        let columns = [
+            (S_COUNT, series, false),
+            (S_SUM_HI, series, true),
+            (S_SUM_LO, series, true),
+            (S_POINTS, points, true),
+            (S_POINT_LON, points, true),
+            (S_POINT_COUNT, points, false),
+            (S_POINT_SUM_HI, points, true),
+            (S_POINT_SUM_LO, points, true),
+        ];
+        for (s, len, floats) in columns.into_iter().filter(|_| !v1) {
+            if Packed::new(file.bytes(s), len, floats).is_none() {
+                let at = file.sections[s].0 as u64;
+                return Err(Error::corrupt(
+                    path,
+                    at,
+                    format!("packed column {s} is malformed"),
+                ));
+            }
+        }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
         file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
         let mut s = Summary {
@@ -75,6 +116,9 @@ impl Summary {
             file,
             fences: DeviceFences::build(&[], |_| ""),
             types,
+            series,
+            points,
+            version,
         };
         if let Some(reason) = s.inconsistency(series, points, nodes) {
             return Err(Error::corrupt(path, 0, reason));
@@ -116,6 +160,12 @@ impl Summary {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A packed column of `len` values of a version 2 file (checked by
+    /// `open`).
+    fn packed(&self, s: usize, len: usize) -> Packed<'_> {
+        Packed::unchecked(self.file.bytes(s), len)
     }
 
     fn u32s(&self, s: usize) -> &[u32] {
@@ -161,11 +211,20 @@ impl Summary {
 
     /// Events of series `s` in the block.
     pub fn series_count(&self, s: usize) -> u64 {
-        self.u64s(S_COUNT)[s]
+        match self.version {
+            1 => self.u64s(S_COUNT)[s],
+            _ => self.packed(S_COUNT, self.series).int(s) as u64,
+        }
     }
 
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
-        DoubleDouble::new(self.f64s(S_SUM_HI)[s], self.f64s(S_SUM_LO)[s])
+        match self.version {
+            1 => DoubleDouble::new(self.f64s(S_SUM_HI)[s], self.f64s(S_SUM_LO)[s]),
+            _ => DoubleDouble::new(
+                self.packed(S_SUM_HI, self.series).float(s),
+                self.packed(S_SUM_LO, self.series).float(s),
+            ),
+        }
     }
 
     /// Count and sum of one device and type in the block.
@@ -184,17 +243,44 @@ impl Summary {
         &self.u32s(S_TOPK)[self.type_series(t)]
     }
 
-    /// The points of type `t` in k-d order.
-    pub fn points(&self, t: usize) -> &[GeoPoint] {
+    /// The points of type `t`: positions in the point columns.
+    fn point_range(&self, t: usize) -> std::ops::Range<usize> {
         let off = self.u32s(S_TYPE_POINTS);
-        &bytemuck::cast_slice(self.file.bytes(S_POINTS))[off[t] as usize..off[t + 1] as usize]
+        off[t] as usize..off[t + 1] as usize
+    }
+
+    /// Point `i` (of all types, in k-d order per type).
+    fn point(&self, i: usize) -> GeoPoint {
+        if self.version < 2 {
+            return bytemuck::cast_slice::<u8, GeoPoint>(self.file.bytes(S_POINTS))[i];
+        }
+        GeoPoint {
+            lat: self.packed(S_POINTS, self.points).float(i),
+            lon: self.packed(S_POINT_LON, self.points).float(i),
+            count: self.packed(S_POINT_COUNT, self.points).int(i) as u64,
+            sum_hi: self.packed(S_POINT_SUM_HI, self.points).float(i),
+            sum_lo: self.packed(S_POINT_SUM_LO, self.points).float(i),
+        }
+    }
+
+    /// Appends the points of type `t`, in k-d order, to `out`.
+    pub fn points_of(&self, t: usize, out: &mut Vec<GeoPoint>) {
+        out.extend(self.point_range(t).map(|i| self.point(i)));
+    }
+
+    /// Node `i` (of all types, each type's in heap layout).
+    fn node(&self, i: usize) -> GeoNode {
+        match self.version {
+            1 => bytemuck::cast_slice::<u8, GeoNode>(self.file.bytes(S_NODES))[i],
+            _ => bytemuck::cast_slice::<u8, CompactGeoNode>(self.file.bytes(S_NODES))[i].widen(),
+        }
     }
 
     /// Whether the summary answers geo queries for the type: false when it
     /// holds events of the type but no points (see [`GEO_FOLD_MIN`]).
     pub fn has_geo(&self, event_type: &str) -> bool {
         self.find_type(event_type)
-            .is_none_or(|t| !self.points(t).is_empty())
+            .is_none_or(|t| !self.point_range(t).is_empty())
     }
 
     /// Count and sum of one type inside the box, over the whole block; only
@@ -204,17 +290,20 @@ impl Summary {
         let Some(t) = self.find_type(event_type) else {
             return acc;
         };
-        let points = self.points(t);
-        let off = self.u32s(S_TYPE_NODES);
-        let nodes: &[GeoNode] =
-            &bytemuck::cast_slice(self.file.bytes(S_NODES))[off[t] as usize..off[t + 1] as usize];
+        let points = self.point_range(t);
         if points.is_empty() {
             return acc;
         }
+        let first_node = self.u32s(S_TYPE_NODES)[t] as usize;
         let depth_max = kd_depth(points.len(), GEO_LEAF_POINTS);
         for (min_lon, max_lon) in bbox.lon_ranges() {
-            let q = [bbox.min_lat, bbox.max_lat, min_lon, max_lon];
-            visit(nodes, points, &q, 0, 0, depth_max, &mut acc);
+            let visit = Visit {
+                sum: self,
+                q: [bbox.min_lat, bbox.max_lat, min_lon, max_lon],
+                first_node,
+                depth_max,
+            };
+            visit.node(0, points.clone(), 0, &mut acc);
         }
         acc
     }
@@ -233,39 +322,49 @@ impl Summary {
     }
 }
 
-/// Adds the points under node `i` (heap layout over `points`) that lie in
-/// the box `q = [min_lat, max_lat, min_lon, max_lon]` (inclusive).
-fn visit(
-    nodes: &[GeoNode],
-    points: &[GeoPoint],
-    q: &[f64; 4],
-    i: usize,
-    depth: u32,
+/// One walk of a type's k-d tree for one box
+/// `q = [min_lat, max_lat, min_lon, max_lon]` (inclusive).
+struct Visit<'s> {
+    sum: &'s Summary,
+    q: [f64; 4],
+    first_node: usize,
     depth_max: u32,
-    acc: &mut (u64, DoubleDouble),
-) {
-    if points.is_empty() {
-        return;
-    }
-    let n = &nodes[i];
-    if n.max_lat < q[0] || n.min_lat > q[1] || n.max_lon < q[2] || n.min_lon > q[3] {
-        return;
-    }
-    if n.min_lat >= q[0] && n.max_lat <= q[1] && n.min_lon >= q[2] && n.max_lon <= q[3] {
-        acc.0 += n.count;
-        acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
-        return;
-    }
-    if depth == depth_max {
-        for p in points {
-            if p.lat >= q[0] && p.lat <= q[1] && p.lon >= q[2] && p.lon <= q[3] {
-                acc.0 += p.count;
-                acc.1 = acc.1 + DoubleDouble::new(p.sum_hi, p.sum_lo);
-            }
+}
+
+impl Visit<'_> {
+    /// Adds the points under node `i` (heap layout over the positions
+    /// `points`) that lie in the box.
+    fn node(
+        &self,
+        i: usize,
+        points: std::ops::Range<usize>,
+        depth: u32,
+        acc: &mut (u64, DoubleDouble),
+    ) {
+        if points.is_empty() {
+            return;
         }
-        return;
+        let q = &self.q;
+        let n = self.sum.node(self.first_node + i);
+        if n.max_lat < q[0] || n.min_lat > q[1] || n.max_lon < q[2] || n.min_lon > q[3] {
+            return;
+        }
+        if n.min_lat >= q[0] && n.max_lat <= q[1] && n.min_lon >= q[2] && n.max_lon <= q[3] {
+            acc.0 += n.count;
+            acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
+            return;
+        }
+        if depth == self.depth_max {
+            for p in points.map(|i| self.sum.point(i)) {
+                if p.lat >= q[0] && p.lat <= q[1] && p.lon >= q[2] && p.lon <= q[3] {
+                    acc.0 += p.count;
+                    acc.1 = acc.1 + DoubleDouble::new(p.sum_hi, p.sum_lo);
+                }
+            }
+            return;
+        }
+        let mid = points.start + points.len() / 2;
+        self.node(2 * i + 1, points.start..mid, depth + 1, acc);
+        self.node(2 * i + 2, mid..points.end, depth + 1, acc);
     }
-    let (left, right) = points.split_at(points.len() / 2);
-    visit(nodes, left, q, 2 * i + 1, depth + 1, depth_max, acc);
-    visit(nodes, right, q, 2 * i + 2, depth + 1, depth_max, acc);
 }
