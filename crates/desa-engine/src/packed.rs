@@ -51,31 +51,36 @@ pub struct Dir {
     /// For floats: the power of ten the values are scaled by, `BINARY`
     /// plus the power of two, or `RAW_BITS`; 0 for integer columns.
     pub decimals: u8,
-    pub pad: u16,
+    /// Dictionary entries (0: none): the block stores this many distinct
+    /// offsets, then each value as an index into them.
+    pub entries: u16,
     /// The block's smallest (scaled) value.
     pub min: i64,
 }
 
+impl Dir {
+    /// Bits per index into the dictionary.
+    #[inline]
+    fn index_bits(&self) -> u8 {
+        match self.entries {
+            0 => 0,
+            n => width(u64::from(n) - 1),
+        }
+    }
+}
+
 /// Encodes one block of integers, appending its values to `data`.
-fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
-    let min = values.iter().copied().min().unwrap_or(0);
-    let span = values
-        .iter()
-        .map(|&v| v.wrapping_sub(min) as u64)
-        .max()
-        .unwrap_or(0);
-    let bits = (64 - span.leading_zeros()) as u8;
-    let dir = Dir {
-        offset: data.len() as u32,
-        bits,
-        decimals,
-        pad: 0,
-        min,
-    };
+/// Bits that hold every number up to `x`.
+fn width(x: u64) -> u8 {
+    (64 - x.leading_zeros()) as u8
+}
+
+/// Appends `values`, `bits` each, least significant bit first.
+fn push_bits(values: impl Iterator<Item = u64>, bits: u8, data: &mut Vec<u8>) {
     let mut acc: u128 = 0;
     let mut filled = 0u32;
-    for &v in values {
-        acc |= u128::from(v.wrapping_sub(min) as u64) << filled;
+    for v in values {
+        acc |= u128::from(v) << filled;
         filled += u32::from(bits);
         while filled >= 8 {
             data.push(acc as u8);
@@ -85,6 +90,59 @@ fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
     }
     if filled > 0 {
         data.push(acc as u8);
+    }
+}
+
+/// Encodes one block of integers, appending its values to `data`: offsets
+/// from the block's smallest value, or, when the block repeats a few values
+/// (the coordinates of fixed sensors in a k-d leaf), those values once and
+/// an index into them per value.
+fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
+    let min = values.iter().copied().min().unwrap_or(0);
+    let offsets = || values.iter().map(move |&v| v.wrapping_sub(min) as u64);
+    let bits = width(offsets().max().unwrap_or(0));
+    let mut dir = Dir {
+        offset: data.len() as u32,
+        bits,
+        decimals,
+        entries: 0,
+        min,
+    };
+    let mut distinct: Vec<u64> = offsets().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let index_bits = width(distinct.len() as u64 - 1);
+    let n = values.len();
+    if distinct.len() * usize::from(bits) + n * usize::from(index_bits) < n * usize::from(bits) {
+        dir.entries = distinct.len() as u16;
+        let mut all = distinct.clone();
+        all.extend(offsets().map(|o| distinct.binary_search(&o).unwrap_or(0) as u64));
+        // Entries `bits` wide, then indices `index_bits` wide: two runs.
+        let mut bytes = Vec::new();
+        push_bits(all[..distinct.len()].iter().copied(), bits, &mut bytes);
+        let entry_bits = distinct.len() * usize::from(bits);
+        // Indices start at the bit after the entries, so pack them after
+        // shifting into place bit by bit.
+        let mut acc: u128 = 0;
+        let mut filled = (entry_bits % 8) as u32;
+        if filled > 0 {
+            acc = u128::from(bytes.pop().unwrap_or(0));
+        }
+        for &i in &all[distinct.len()..] {
+            acc |= u128::from(i) << filled;
+            filled += u32::from(index_bits);
+            while filled >= 8 {
+                bytes.push(acc as u8);
+                acc >>= 8;
+                filled -= 8;
+            }
+        }
+        if filled > 0 {
+            bytes.push(acc as u8);
+        }
+        data.extend_from_slice(&bytes);
+    } else {
+        push_bits(offsets(), bits, data);
     }
     dir
 }
@@ -220,7 +278,9 @@ impl<'a> Packed<'a> {
         let usable = data.len() - PAD;
         for (b, d) in dirs.iter().enumerate() {
             let n = BLOCK.min(len - b * BLOCK);
-            let end = d.offset as usize + (n * usize::from(d.bits)).div_ceil(8);
+            let entries = usize::from(d.entries);
+            let stored = entries * usize::from(d.bits) + n * usize::from(d.index_bits());
+            let end = d.offset as usize + stored.div_ceil(8);
             let decimals_ok = if floats {
                 d.decimals <= MAX_DECIMALS
                     || (BINARY..=BINARY + MAX_BINARY).contains(&d.decimals)
@@ -228,7 +288,7 @@ impl<'a> Packed<'a> {
             } else {
                 d.decimals == 0
             };
-            if d.bits > 64 || end > usable || !decimals_ok {
+            if d.bits > 64 || entries > n || end > usable || !decimals_ok {
                 return None;
             }
         }
@@ -247,18 +307,33 @@ impl<'a> Packed<'a> {
         }
     }
 
+    /// The `bits`-wide number at bit `bit` of the block at byte `offset`.
+    #[inline]
+    fn bits_at(&self, offset: u32, bit: usize, bits: u8) -> u64 {
+        let at = offset as usize + bit / 8;
+        let word = u128::from_le_bytes(self.data[at..at + 16].try_into().unwrap());
+        let mask = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        ((word >> (bit % 8)) as u64) & mask
+    }
+
     #[inline]
     fn raw(&self, i: usize) -> (i64, u8) {
         let d = &self.dirs[i / BLOCK];
-        let bit = (i % BLOCK) * usize::from(d.bits);
-        let at = d.offset as usize + bit / 8;
-        let word = u128::from_le_bytes(self.data[at..at + 16].try_into().unwrap());
-        let mask = if d.bits == 64 {
-            u64::MAX
+        let k = i % BLOCK;
+        let off = if d.entries == 0 {
+            self.bits_at(d.offset, k * usize::from(d.bits), d.bits)
         } else {
-            (1u64 << d.bits) - 1
+            let entries = usize::from(d.entries);
+            let index_at = entries * usize::from(d.bits) + k * usize::from(d.index_bits());
+            // A corrupt index reads another entry, never past the block.
+            let index =
+                (self.bits_at(d.offset, index_at, d.index_bits()) as usize).min(entries - 1);
+            self.bits_at(d.offset, index * usize::from(d.bits), d.bits)
         };
-        let off = ((word >> (bit % 8)) as u64) & mask;
         (d.min.wrapping_add(off as i64), d.decimals)
     }
 
@@ -329,6 +404,26 @@ mod tests {
     }
 
     #[test]
+    fn repeated_values_are_stored_once_per_block() {
+        // Fixed sensors' coordinates: full-precision doubles, a few a block.
+        let homes = [
+            48.856613123456789,
+            48.8612345678,
+            -33.868819999,
+            2.3522219876,
+        ];
+        let values: Vec<f64> = (0..1000).map(|i| homes[(i * 7 + i / 13) % 4]).collect();
+        floats_round_trip(&values);
+        assert!(Packer::floats(&values).len() < values.len());
+        let ints: Vec<i64> = (0..1000).map(|i| [5, 1 << 40, -7][i % 3]).collect();
+        let bytes = Packer::ints(&ints);
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
+        let p = Packed::new(&bytemuck::cast_slice(&aligned)[..bytes.len()], 1000, false).unwrap();
+        assert!((0..1000).all(|i| p.int(i) == ints[i]));
+    }
+
+    #[test]
     fn ints_of_any_range() {
         let values = [i64::MIN, i64::MAX, 0, -1, 1, 86_400];
         let bytes = Packer::ints(&values);
@@ -360,7 +455,12 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for round in 0..300 {
             let n = rng.gen_range(0..400);
-            let values: Vec<f64> = if round % 3 == 0 {
+            let values: Vec<f64> = if round % 4 == 3 {
+                let few: Vec<f64> = (0..rng.gen_range(1..20))
+                    .map(|_| f64::from_bits(rng.gen()))
+                    .collect();
+                (0..n).map(|_| few[rng.gen_range(0..few.len())]).collect()
+            } else if round % 3 == 0 {
                 (0..n).map(|_| f64::from_bits(rng.gen())).collect()
             } else if round % 3 == 1 {
                 let e = rng.gen_range(-1022..1023);
