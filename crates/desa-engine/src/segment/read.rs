@@ -507,13 +507,14 @@ impl Segment {
             }
             return;
         }
-        let (lat, lon, row) = (
-            self.packed(S_KD_LAT),
-            self.packed(S_KD_LON),
-            self.packed(S_KD_ROW),
-        );
-        for i in rows {
-            if q.contains_location(lat.float(i), lon.float(i)) {
+        // A leaf's coordinates decoded together, then compared.
+        let (mut lat, mut lon) = ([0.0; KD_LEAF_ROWS], [0.0; KD_LEAF_ROWS]);
+        let n = rows.len().min(KD_LEAF_ROWS);
+        self.packed(S_KD_LAT).floats_into(rows.start, &mut lat[..n]);
+        self.packed(S_KD_LON).floats_into(rows.start, &mut lon[..n]);
+        let row = self.packed(S_KD_ROW);
+        for (j, i) in rows.take(n).enumerate() {
+            if q.contains_location(lat[j], lon[j]) {
                 let r = row.int(i) as usize;
                 let ts = self.ts(r);
                 if ts >= q.start && ts < q.end {
