@@ -7,27 +7,35 @@
 //! # Layout
 //! Rows are sorted by (type, device, timestamp). Per segment:
 //! - **avg**: the series table (one entry per (type, device), with its first
-//!   row) and double-double prefix sums of `value` in row order. A window of
-//!   one series is two binary searches on its timestamps and one subtraction.
+//!   row), the timestamps and values, and double-double prefix sums of
+//!   `value` at every [`packed::BLOCK`]th row. A window of one series is two
+//!   binary searches on its timestamps and the difference of two sums, each
+//!   a stored prefix plus fewer than a block of values.
 //! - **top-K**: per type, the series ordered by event count descending, the
 //!   sorted access of the threshold algorithm (see `query::topk`); and per
 //!   type its rows' timestamps in time order with the series of each, so that
 //!   a window cutting the segment finds its rows by two binary searches and
 //!   counts them per series exactly.
-//! - **geo**: per type, a copy of (lat, lon, ts, value) in the order of an
-//!   implicit k-d tree (leaf size [`KD_LEAF_ROWS`], split on lat, lon, ts in
-//!   turn), stored point by point so that a leaf is one contiguous kilobyte,
-//!   and per node its bounding box and double-double sum of values. A node
+//! - **geo**: per type, the rows' locations in the order of an implicit k-d
+//!   tree (leaf size [`KD_LEAF_ROWS`]; see `kd` for the split order), with
+//!   the row of each point for its timestamp and value, and per node its
+//!   bounding box (rounded outwards) and double-double sum of values. A node
 //!   wholly inside the query box and window contributes `hi - lo` events and
 //!   its sum without its rows being read; only nodes cut by an edge descend.
 //!
-//! # File format (version 2, little-endian)
+//! Every per-row column is packed (`crate::packed`): O(1) access to any
+//! value, in a few bits per value; metadata, read only by compaction, goes
+//! through zstd.
+//!
+//! # File format (version 3, little-endian)
 //! The container of `crate::sections` with magic "DESASEG1" / "DESASEGF",
-//! the SECTION_COUNT sections in the order of the S_* constants below (arrays
-//! of u32/u64/i64/f64/KdPoint/KdNode) and eight footer words: rows, series,
-//! types, nodes, min_ts, max_ts, partition, leaf_rows. Version 1 is version
-//! 2 without the two time-order sections; it is still read, and its top-K
-//! falls back to all-time counts for a window that cuts it.
+//! the SECTION_COUNT sections in the order of the S_* constants below (each
+//! says what it holds in each version) and eight footer words: rows,
+//! series, types, nodes, min_ts, max_ts, partition, leaf_rows. Version 2
+//! held fixed-width columns, a k-d copy of whole points and 64-byte nodes
+//! over 32-row leaves; version 1 is version 2 without the two time-order
+//! sections, and its top-K falls back to all-time counts for a window that
+//! cuts it. Both are still read; merges write version 3.
 //! A segment is written whole, fsynced, and only then named in the manifest;
 //! a file the manifest does not name (a crash's leftover, or a file copied
 //! in) is moved to `orphans/` on open, never deleted. A checksum mismatch, or
