@@ -54,4 +54,5 @@ pub use engine::{
     resident_bytes, Engine, EngineConfig, EngineObserver, EngineStats, WriteOutcome, WriteRequest,
 };
 pub use error::{Error, Result};
+pub use packed::IdList;
 pub use wal::SourceOffset;

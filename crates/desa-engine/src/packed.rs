@@ -400,6 +400,58 @@ impl<'a> Packed<'a> {
     }
 }
 
+/// A run of ids (series numbers): a slice of u32 in older formats, a range
+/// of a packed column in current ones.
+#[derive(Clone, Copy)]
+pub enum IdList<'a> {
+    Fixed(&'a [u32]),
+    Packed {
+        column: Packed<'a>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl IdList<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            IdList::Fixed(ids) => ids.len(),
+            IdList::Packed { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Id `pos`, if `pos < len`.
+    #[inline]
+    pub fn get(&self, pos: usize) -> Option<u32> {
+        match self {
+            IdList::Fixed(ids) => ids.get(pos).copied(),
+            IdList::Packed { column, start, len } => {
+                (pos < *len).then(|| column.int(start + pos) as u32)
+            }
+        }
+    }
+
+    /// Id `pos`, which must be below `len`.
+    #[inline]
+    pub fn at(&self, pos: usize) -> u32 {
+        match self {
+            IdList::Fixed(ids) => ids[pos],
+            IdList::Packed { column, start, len } => {
+                debug_assert!(pos < *len);
+                column.int(start + pos) as u32
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len()).filter_map(|pos| self.get(pos))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
 use crate::head::{ByCount, Head};
+use crate::packed::IdList;
 use crate::segment::Segment;
 use crate::summary::{self, LiveSummary, Summary};
 
@@ -159,13 +160,13 @@ enum List<'a> {
     Summary {
         sum: &'a Summary,
         t: usize,
-        order: &'a [u32],
+        order: IdList<'a>,
     },
     /// A segment's series of one type, by all-time count descending.
     Segment {
         seg: &'a Segment,
         t: usize,
-        order: &'a [u32],
+        order: IdList<'a>,
         within: bool,
         w: TimeWindow,
     },
@@ -230,10 +231,10 @@ impl<'a> List<'a> {
             List::Exact { sorted, .. } => sorted.get(pos).map_or(0, |e| e.1),
             List::Head { order, .. } => order.counts.get(pos).map_or(0, |&c| u64::from(c)),
             List::Summary { sum, order, .. } => {
-                order.get(pos).map_or(0, |&s| sum.series_count(s as usize))
+                order.get(pos).map_or(0, |s| sum.series_count(s as usize))
             }
             List::Segment { seg, order, .. } => {
-                order.get(pos).map_or(0, |&s| seg.series_len(s as usize))
+                order.get(pos).map_or(0, |s| seg.series_len(s as usize))
             }
             List::Counted { counts, order, .. } => {
                 order.get(pos).map_or(0, |&i| u64::from(counts[i as usize]))
@@ -245,8 +246,8 @@ impl<'a> List<'a> {
         match self {
             List::Exact { sorted, .. } => sorted[pos].0,
             List::Head { head, order, .. } => head.rows.devices.name(order.devices[pos]),
-            List::Summary { sum, order, .. } => sum.series_device(order[pos] as usize),
-            List::Segment { seg, order, .. } => seg.series_device(order[pos] as usize),
+            List::Summary { sum, order, .. } => sum.series_device(order.at(pos) as usize),
+            List::Segment { seg, order, .. } => seg.series_device(order.at(pos) as usize),
             List::Counted {
                 seg, first, order, ..
             } => seg.series_device(first + order[pos] as usize),
@@ -258,7 +259,7 @@ impl<'a> List<'a> {
         match self {
             List::Exact { sorted, .. } => sorted[pos].1,
             List::Head { order, .. } => u64::from(order.counts[pos]),
-            List::Summary { sum, order, .. } => sum.series_count(order[pos] as usize),
+            List::Summary { sum, order, .. } => sum.series_count(order.at(pos) as usize),
             List::Segment {
                 seg,
                 order,
@@ -266,7 +267,7 @@ impl<'a> List<'a> {
                 w,
                 ..
             } => {
-                let s = order[pos] as usize;
+                let s = order.at(pos) as usize;
                 if *within {
                     seg.series_len(s)
                 } else {

@@ -152,7 +152,7 @@ fn damaged_segments_are_refused_or_answer_without_panicking() {
                             let _ = seg.geo(ty, b, w);
                         }
                         if let Some(t) = seg.find_type(ty) {
-                            for &s in seg.topk_order(t).iter().take(16) {
+                            for s in seg.topk_order(t).iter().take(16) {
                                 let _ = seg.series_count(s as usize, w);
                                 let _ = seg.series_device(s as usize);
                             }
@@ -191,7 +191,7 @@ fn damaged_summaries_are_refused_or_answer_without_panicking() {
                         let _ = sum.avg("d3", ty);
                         let _ = sum.geo(ty, &all);
                         if let Some(t) = sum.find_type(ty) {
-                            for &s in sum.topk_order(t).iter().take(16) {
+                            for s in sum.topk_order(t).iter().take(16) {
                                 let _ = sum.series_count(s as usize);
                                 let _ = sum.series_device(s as usize);
                             }

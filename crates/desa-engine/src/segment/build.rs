@@ -158,11 +158,11 @@ pub(crate) fn build_segment(
 
     // Top-K sorted access: per type, series by count descending; the sort is
     // stable, so ties stay in device order.
-    let mut topk: Vec<u32> = Vec::with_capacity(series_count);
+    let mut topk: Vec<i64> = Vec::with_capacity(series_count);
     for t in 0..type_count {
         let mut s: Vec<u32> = (type_series[t]..type_series[t + 1]).collect();
         s.sort_by_key(|&s| std::cmp::Reverse(series_row[s as usize + 1] - series_row[s as usize]));
-        topk.extend(s);
+        topk.extend(s.into_iter().map(i64::from));
     }
 
     let min_ts = ts.iter().copied().min().unwrap_or(0);
@@ -230,7 +230,7 @@ pub(crate) fn build_segment(
         w.section(&[])?;
         w.section(&meta_lens)?;
         w.section(&meta_blob)?;
-        w.section(b(&topk))?;
+        w.section(&Packer::ints(&topk))?;
         w.section(&Packer::floats(&kd_lat))?;
         w.section(bytemuck::cast_slice(&nodes))?;
         w.section(b(&type_nodes))?;

@@ -9,7 +9,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
-use crate::packed::{self, Packed};
+use crate::packed::{self, IdList, Packed};
 use crate::sections::SectionFile;
 
 /// The most metadata one segment's section may expand to: a segment holds
@@ -92,7 +92,7 @@ impl Segment {
             per_row(8, rows).unwrap_or((1, Some(0))),
             per_row(8, rows + 1).unwrap_or(packed),
             (1, None),
-            (4, Some(series)),
+            per_row(4, series).unwrap_or(packed),
             per_row(std::mem::size_of::<KdPoint>(), rows).unwrap_or(packed),
             per_row(std::mem::size_of::<KdNode>(), nodes)
                 .unwrap_or((std::mem::size_of::<CompactNode>(), Some(nodes))),
@@ -113,7 +113,9 @@ impl Segment {
                 (S_KD_LON, true),
                 (S_KD_ROW, false),
             ] {
-                if Packed::new(file.bytes(s), rows, floats).is_none() {
+                if Packed::new(file.bytes(s), rows, floats).is_none()
+                    || Packed::new(file.bytes(S_TOPK), series, false).is_none()
+                {
                     let at = file.sections[s].0 as u64;
                     return Err(bad(at, &format!("packed column {s} is malformed")));
                 }
@@ -290,8 +292,7 @@ impl Segment {
                 return Some("a type's k-d tree does not match its rows");
             }
             let range = type_series[t]..type_series[t + 1];
-            let topk = &self.u32s(S_TOPK)[range.start as usize..range.end as usize];
-            if topk.iter().any(|s| !range.contains(s)) {
+            if self.topk_order(t).iter().any(|s| !range.contains(&s)) {
                 return Some("a top-K order names a series of another type");
             }
         }
@@ -448,9 +449,16 @@ impl Segment {
     }
 
     /// The series of type `t`, by event count descending.
-    pub fn topk_order(&self, t: usize) -> &[u32] {
-        let ts = self.u32s(S_TYPE_SERIES);
-        &self.u32s(S_TOPK)[ts[t] as usize..ts[t + 1] as usize]
+    pub fn topk_order(&self, t: usize) -> IdList<'_> {
+        let series = self.type_series(t);
+        match self.version {
+            3 => IdList::Packed {
+                column: Packed::unchecked(self.bytes(S_TOPK), self.file.words[1] as usize),
+                start: series.start,
+                len: series.len(),
+            },
+            _ => IdList::Fixed(&self.u32s(S_TOPK)[series]),
+        }
     }
 
     /// Count and sum of one type inside the box and window.
@@ -738,7 +746,10 @@ impl Segment {
         w.section(bytemuck::cast_slice(&lon)).unwrap();
         w.section(bytemuck::cast_slice(&meta_off)).unwrap();
         w.section(&blob).unwrap();
-        w.section(self.bytes(S_TOPK)).unwrap();
+        let topk: Vec<u32> = (0..self.types)
+            .flat_map(|t| self.topk_order(t).iter().collect::<Vec<_>>())
+            .collect();
+        w.section(bytemuck::cast_slice(&topk)).unwrap();
         w.section(bytemuck::cast_slice(&points)).unwrap();
         w.section(bytemuck::cast_slice(&nodes)).unwrap();
         w.section(bytemuck::cast_slice(&type_nodes)).unwrap();

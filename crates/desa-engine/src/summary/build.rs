@@ -318,11 +318,11 @@ fn write_sections(
     let events: u64 = series.count.iter().sum();
     // Top-K sorted access: per type, series by count descending (stable, so
     // ties stay in device order).
-    let mut topk: Vec<u32> = Vec::with_capacity(series.count.len());
+    let mut topk: Vec<i64> = Vec::with_capacity(series.count.len());
     for r in series.type_series.windows(2) {
         let mut s: Vec<u32> = (r[0]..r[1]).collect();
         s.sort_by_key(|&s| Reverse(series.count[s as usize]));
-        topk.extend(s);
+        topk.extend(s.into_iter().map(i64::from));
     }
     let type_names: Vec<String> = (0..types)
         .map(|t| {
@@ -343,7 +343,7 @@ fn write_sections(
     w.section(&Packer::ints(&counts))?;
     w.section(&Packer::floats(&series.sum_hi))?;
     w.section(&Packer::floats(&series.sum_lo))?;
-    w.section(b(&topk))?;
+    w.section(&Packer::ints(&topk))?;
     let series_count = series.count.len() as u64;
     let type_events: Vec<u64> = series
         .type_series

@@ -7,7 +7,7 @@ use desa_model::{DoubleDouble, GeoBox};
 use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
-use crate::packed::Packed;
+use crate::packed::{IdList, Packed};
 use crate::sections::SectionFile;
 use crate::segment::kd_depth;
 
@@ -74,7 +74,7 @@ impl Summary {
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
-                (4, Some(series)),
+                if v1 { fixed(4, series) } else { packed },
                 if v1 {
                     fixed(std::mem::size_of::<GeoPoint>(), points)
                 } else {
@@ -93,6 +93,7 @@ impl Summary {
             (S_COUNT, series, false),
             (S_SUM_HI, series, true),
             (S_SUM_LO, series, true),
+            (S_TOPK, series, false),
             (S_POINTS, points, true),
             (S_POINT_LON, points, true),
             (S_POINT_COUNT, points, false),
@@ -150,8 +151,7 @@ impl Summary {
                 return Some("a type's k-d tree does not match its points");
             }
             let range = type_series[t]..type_series[t + 1];
-            let topk = &self.u32s(S_TOPK)[range.start as usize..range.end as usize];
-            if topk.iter().any(|s| !range.contains(s)) {
+            if self.topk_order(t).iter().any(|s| !range.contains(&s)) {
                 return Some("a top-K order names a series of another type");
             }
         }
@@ -239,8 +239,16 @@ impl Summary {
     }
 
     /// The series of type `t`, by count descending.
-    pub fn topk_order(&self, t: usize) -> &[u32] {
-        &self.u32s(S_TOPK)[self.type_series(t)]
+    pub fn topk_order(&self, t: usize) -> IdList<'_> {
+        let series = self.type_series(t);
+        match self.version {
+            1 => IdList::Fixed(&self.u32s(S_TOPK)[series]),
+            _ => IdList::Packed {
+                column: self.packed(S_TOPK, self.series),
+                start: series.start,
+                len: series.len(),
+            },
+        }
     }
 
     /// The points of type `t`: positions in the point columns.
