@@ -33,9 +33,11 @@ impl Breakdown {
     }
 }
 
-/// The part of a segment each section belongs to.
-fn segment_part(section: usize) -> &'static str {
+/// The part of a segment each section belongs to (format version 3 keeps
+/// the locations in the k-d order's columns).
+fn segment_part(section: usize, version: u32) -> &'static str {
     match section {
+        seg::S_KD_LAT | seg::S_KD_LON if version >= 3 => "locations",
         seg::S_TYPES_BLOB | seg::S_TYPES_OFF | seg::S_TYPE_SERIES | seg::S_TYPE_ROWS => "types",
         seg::S_DEV_BLOB | seg::S_SERIES_DEV_OFF | seg::S_SERIES_ROW => "devices",
         seg::S_TS => "timestamps",
@@ -82,7 +84,10 @@ pub fn storage_breakdown(dir: &Path) -> Result<Breakdown> {
             Err(e) => return Err(e),
         };
         out.events += s.meta.rows;
-        add_file(&mut out, s.mapped(), s.meta.bytes, segment_part);
+        let version = s.version();
+        add_file(&mut out, s.mapped(), s.meta.bytes, |i| {
+            segment_part(i, version)
+        });
     }
     for m in &manifest.summaries {
         let path = seg_dir.join(SummaryMeta::file_name(m.id));
@@ -107,7 +112,7 @@ fn add_file(
     out: &mut Breakdown,
     file: &crate::sections::SectionFile,
     file_bytes: u64,
-    part: fn(usize) -> &'static str,
+    part: impl Fn(usize) -> &'static str,
 ) {
     let mut in_sections = 0;
     for (i, &(_, len)) in file.sections.iter().enumerate() {

@@ -157,6 +157,11 @@ impl Segment {
         Ok(seg)
     }
 
+    /// The file's format version.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
