@@ -271,6 +271,37 @@ impl Summary {
         }
     }
 
+    /// Adds up the points at positions `points` (one k-d leaf) inside the
+    /// box `q`: their coordinates decoded together, counts and sums only
+    /// for those inside.
+    fn leaf(&self, q: &[f64; 4], points: std::ops::Range<usize>, acc: &mut (u64, DoubleDouble)) {
+        let inside = |lat: f64, lon: f64| lat >= q[0] && lat <= q[1] && lon >= q[2] && lon <= q[3];
+        if self.version < 2 || points.len() > GEO_LEAF_POINTS {
+            for p in points.map(|i| self.point(i)) {
+                if inside(p.lat, p.lon) {
+                    acc.0 += p.count;
+                    acc.1 = acc.1 + DoubleDouble::new(p.sum_hi, p.sum_lo);
+                }
+            }
+            return;
+        }
+        let (mut lat, mut lon) = ([0.0; GEO_LEAF_POINTS], [0.0; GEO_LEAF_POINTS]);
+        let n = points.len();
+        self.packed(S_POINTS, self.points)
+            .floats_into(points.start, &mut lat[..n]);
+        self.packed(S_POINT_LON, self.points)
+            .floats_into(points.start, &mut lon[..n]);
+        for (j, i) in points.enumerate() {
+            if inside(lat[j], lon[j]) {
+                let count = self.packed(S_POINT_COUNT, self.points).int(i) as u64;
+                let hi = self.packed(S_POINT_SUM_HI, self.points).float(i);
+                let lo = self.packed(S_POINT_SUM_LO, self.points).float(i);
+                acc.0 += count;
+                acc.1 = acc.1 + DoubleDouble::new(hi, lo);
+            }
+        }
+    }
+
     /// Appends the points of type `t`, in k-d order, to `out`.
     pub fn points_of(&self, t: usize, out: &mut Vec<GeoPoint>) {
         out.extend(self.point_range(t).map(|i| self.point(i)));
@@ -363,12 +394,7 @@ impl Visit<'_> {
             return;
         }
         if depth == self.depth_max {
-            for p in points.map(|i| self.sum.point(i)) {
-                if p.lat >= q[0] && p.lat <= q[1] && p.lon >= q[2] && p.lon <= q[3] {
-                    acc.0 += p.count;
-                    acc.1 = acc.1 + DoubleDouble::new(p.sum_hi, p.sum_lo);
-                }
-            }
+            self.sum.leaf(q, points, acc);
             return;
         }
         let mid = points.start + points.len() / 2;
