@@ -509,7 +509,15 @@ impl Segment {
     }
 
     /// Adds up the points of k-d leaf positions `lo..hi` inside the query.
-    fn kd_leaf(&self, q: &KdQuery, rows: std::ops::Range<usize>, acc: &mut (u64, DoubleDouble)) {
+    /// `in_window`: the leaf's times all lie in the query's window (as in
+    /// every segment a long window holds whole), so no point's time is read.
+    fn kd_leaf(
+        &self,
+        q: &KdQuery,
+        rows: std::ops::Range<usize>,
+        in_window: bool,
+        acc: &mut (u64, DoubleDouble),
+    ) {
         if self.version < 3 {
             let points: &[KdPoint] = bytemuck::cast_slice(self.bytes(S_KD_POINTS));
             for p in &points[rows] {
@@ -525,14 +533,17 @@ impl Segment {
         let n = rows.len().min(KD_LEAF_ROWS);
         self.packed(S_KD_LAT).floats_into(rows.start, &mut lat[..n]);
         self.packed(S_KD_LON).floats_into(rows.start, &mut lon[..n]);
-        let row = self.packed(S_KD_ROW);
+        let (row, ts, value) = (
+            self.packed(S_KD_ROW),
+            self.packed(S_TS),
+            self.packed(S_VALUE),
+        );
         for (j, i) in rows.take(n).enumerate() {
             if q.contains_location(lat[j], lon[j]) {
                 let r = row.int(i) as usize;
-                let ts = self.ts(r);
-                if ts >= q.start && ts < q.end {
+                if in_window || (q.start..q.end).contains(&ts.int(r)) {
                     acc.0 += 1;
-                    acc.1 = acc.1.add_f64(self.value(r));
+                    acc.1 = acc.1.add_f64(value.float(r));
                 }
             }
         }
@@ -677,7 +688,8 @@ impl KdVisit<'_> {
             return;
         }
         if depth == self.depth_max {
-            self.seg.kd_leaf(&self.q, rows, acc);
+            let in_window = self.q.start <= n.min_ts && n.max_ts < self.q.end;
+            self.seg.kd_leaf(&self.q, rows, in_window, acc);
             return;
         }
         let mid = rows.start + rows.len() / 2;
