@@ -75,21 +75,37 @@ fn width(x: u64) -> u8 {
     (64 - x.leading_zeros()) as u8
 }
 
-/// Appends `values`, `bits` each, least significant bit first.
-fn push_bits(values: impl Iterator<Item = u64>, bits: u8, data: &mut Vec<u8>) {
-    let mut acc: u128 = 0;
-    let mut filled = 0u32;
-    for v in values {
-        acc |= u128::from(v) << filled;
-        filled += u32::from(bits);
-        while filled >= 8 {
-            data.push(acc as u8);
-            acc >>= 8;
-            filled -= 8;
+/// Appends numbers of a given width to bytes, least significant bit first.
+struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
+    acc: u128,
+    filled: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        BitWriter {
+            out,
+            acc: 0,
+            filled: 0,
         }
     }
-    if filled > 0 {
-        data.push(acc as u8);
+
+    fn push(&mut self, v: u64, bits: u8) {
+        self.acc |= u128::from(v) << self.filled;
+        self.filled += u32::from(bits);
+        while self.filled >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.filled -= 8;
+        }
+    }
+
+    /// Writes the last, partly filled byte.
+    fn finish(self) {
+        if self.filled > 0 {
+            self.out.push(self.acc as u8);
+        }
     }
 }
 
@@ -113,37 +129,22 @@ fn pack_block(values: &[i64], decimals: u8, data: &mut Vec<u8>) -> Dir {
     distinct.dedup();
     let index_bits = width(distinct.len() as u64 - 1);
     let n = values.len();
+    let mut w = BitWriter::new(data);
     if distinct.len() * usize::from(bits) + n * usize::from(index_bits) < n * usize::from(bits) {
+        // The entries `bits` wide, then the indices `index_bits` wide.
         dir.entries = distinct.len() as u16;
-        let mut all = distinct.clone();
-        all.extend(offsets().map(|o| distinct.binary_search(&o).unwrap_or(0) as u64));
-        // Entries `bits` wide, then indices `index_bits` wide: two runs.
-        let mut bytes = Vec::new();
-        push_bits(all[..distinct.len()].iter().copied(), bits, &mut bytes);
-        let entry_bits = distinct.len() * usize::from(bits);
-        // Indices start at the bit after the entries, so pack them after
-        // shifting into place bit by bit.
-        let mut acc: u128 = 0;
-        let mut filled = (entry_bits % 8) as u32;
-        if filled > 0 {
-            acc = u128::from(bytes.pop().unwrap_or(0));
+        for &e in &distinct {
+            w.push(e, bits);
         }
-        for &i in &all[distinct.len()..] {
-            acc |= u128::from(i) << filled;
-            filled += u32::from(index_bits);
-            while filled >= 8 {
-                bytes.push(acc as u8);
-                acc >>= 8;
-                filled -= 8;
-            }
+        for o in offsets() {
+            w.push(distinct.binary_search(&o).unwrap_or(0) as u64, index_bits);
         }
-        if filled > 0 {
-            bytes.push(acc as u8);
-        }
-        data.extend_from_slice(&bytes);
     } else {
-        push_bits(offsets(), bits, data);
+        for o in offsets() {
+            w.push(o, bits);
+        }
     }
+    w.finish();
     dir
 }
 

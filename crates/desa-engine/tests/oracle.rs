@@ -253,6 +253,32 @@ fn long_window(rng: &mut StdRng, _: &Oracle) -> TimeWindow {
     TimeWindow::new(a.min(b), a.max(b).max(a.min(b) + 1)).unwrap()
 }
 
+/// An engine that summarizes small blocks soon: 3,000-row heads, merges of
+/// three segments, a summary refreshed once two late segments lie beside it.
+fn summarizing(dir: &std::path::Path) -> EngineConfig {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.head_max_rows = 3_000;
+    cfg.compaction_fanin = 3;
+    cfg.summary_max_extras = 2;
+    cfg
+}
+
+/// 40,000 events of 200 devices over 40 days (5% late), seeded, with
+/// `tweak` applied to the generator's settings.
+fn forty_days(seed: u64, tweak: impl FnOnce(&mut GenConfig)) -> Generator {
+    let mut g = GenConfig {
+        seed,
+        devices: 200,
+        count: 40_000,
+        start_ts: T0,
+        span_secs: 40 * DAY,
+        late_fraction: 0.05,
+        ..GenConfig::default()
+    };
+    tweak(&mut g);
+    Generator::new(g)
+}
+
 /// Whole-day blocks of 2 to 32 days are summarized once event time has
 /// moved on; windows over them are answered from the summaries plus the
 /// segments they do not hold — late events added afterwards, before and
@@ -261,21 +287,9 @@ fn long_window(rng: &mut StdRng, _: &Oracle) -> TimeWindow {
 #[test]
 fn summaries_answer_long_windows_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = EngineConfig::new(dir.path());
-    cfg.head_max_rows = 3_000;
-    cfg.compaction_fanin = 3;
-    cfg.summary_max_extras = 2;
+    let cfg = summarizing(dir.path());
     let mut rng = StdRng::seed_from_u64(11);
-    let gen = Generator::new(GenConfig {
-        seed: 11,
-        devices: 200,
-        count: 40_000,
-        start_ts: T0,
-        span_secs: 40 * DAY,
-        duplicate_fraction: 0.02,
-        late_fraction: 0.05,
-        ..GenConfig::default()
-    });
+    let gen = forty_days(11, |g| g.duplicate_fraction = 0.02);
     let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
     let (mut oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
     engine.settle().unwrap();
@@ -318,10 +332,7 @@ fn summaries_answer_long_windows_exactly() {
 #[test]
 fn topk_under_flat_activity_adds_up_every_list() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = EngineConfig::new(dir.path());
-    cfg.head_max_rows = 3_000;
-    cfg.compaction_fanin = 3;
-    cfg.summary_max_extras = 2;
+    let cfg = summarizing(dir.path());
     let mut rng = StdRng::seed_from_u64(12);
     let gen = Generator::new(GenConfig {
         seed: 12,
@@ -353,21 +364,9 @@ fn topk_under_flat_activity_adds_up_every_list() {
 #[test]
 fn moving_devices_leave_summaries_without_points() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = EngineConfig::new(dir.path());
-    cfg.head_max_rows = 3_000;
-    cfg.compaction_fanin = 3;
-    cfg.summary_max_extras = 2;
+    let cfg = summarizing(dir.path());
     let mut rng = StdRng::seed_from_u64(13);
-    let gen = Generator::new(GenConfig {
-        seed: 13,
-        devices: 200,
-        count: 40_000,
-        start_ts: T0,
-        span_secs: 40 * DAY,
-        move_metres: 50.0,
-        late_fraction: 0.05,
-        ..GenConfig::default()
-    });
+    let gen = forty_days(13, |g| g.move_metres = 50.0);
     let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
     let (oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
     engine.settle().unwrap();
