@@ -279,6 +279,16 @@ fn forty_days(seed: u64, tweak: impl FnOnce(&mut GenConfig)) -> Generator {
     Generator::new(g)
 }
 
+/// Bytes the summaries of the data dir at `dir` spend on points and trees.
+fn summary_point_bytes(dir: &std::path::Path) -> u64 {
+    let parts = desa_engine::breakdown::storage_breakdown(dir).unwrap();
+    parts
+        .bytes
+        .get("summaries: k-d trees")
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Whole-day blocks of 2 to 32 days are summarized once event time has
 /// moved on; windows over them are answered from the summaries plus the
 /// segments they do not hold — late events added afterwards, before and
@@ -371,12 +381,7 @@ fn moving_devices_leave_summaries_without_points() {
     let (oracle, devices) = write_stream(&engine, gen, &mut rng, 500..501);
     engine.settle().unwrap();
     assert!(engine.stats().summaries >= 15);
-    let parts = desa_engine::breakdown::storage_breakdown(dir.path()).unwrap();
-    let points = parts
-        .bytes
-        .get("summaries: k-d trees")
-        .copied()
-        .unwrap_or(0);
+    let points = summary_point_bytes(dir.path());
     let segments = engine.stats().segment_bytes;
     assert!(
         points * 100 <= segments,
@@ -431,12 +436,7 @@ fn larger_blocks_read_points_their_halves_left_out() {
     assert!(engine.stats().summaries >= 10);
     // Summaries hold the 150 locations (packed, about ten bytes a point;
     // without them only the per-type offsets, a few hundred bytes).
-    let parts = desa_engine::breakdown::storage_breakdown(dir.path()).unwrap();
-    let points = parts
-        .bytes
-        .get("summaries: k-d trees")
-        .copied()
-        .unwrap_or(0);
+    let points = summary_point_bytes(dir.path());
     assert!(points > 150 * 8, "summaries hold {points} bytes of points");
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
 }
