@@ -176,3 +176,53 @@ pub(crate) fn kd_nodes(n: usize, leaf: usize) -> usize {
         (1usize << (kd_depth(n, leaf) + 1)) - 1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{NewRow, Rows};
+    use desa_model::{GeoBox, TimeWindow};
+
+    /// A file whose checksum holds but whose k-d order names rows that do
+    /// not exist (a crafted file) opens, answers geo queries without
+    /// panicking, and is refused as corrupt when compaction reads it.
+    #[test]
+    fn k_d_rows_past_the_end_are_bounded_and_refused_by_compaction() {
+        let mut rows = Rows::default();
+        for i in 0..300 {
+            rows.push(NewRow {
+                event_type: "t",
+                device: ["a", "b", "c"][i % 3],
+                ts: 86_400 * 20_000 + i as i64,
+                value: i as f64,
+                lat: (i % 90) as f64,
+                lon: (i % 180) as f64,
+                meta: None,
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.seg");
+        let all: Vec<u32> = (0..300).collect();
+        write_segment(&rows, &all, 20_000, 1, &path).unwrap();
+        let at = crate::sections::SectionFile::open(&[&FORMAT], &path)
+            .unwrap()
+            .sections[S_KD_ROW]
+            .0;
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The first block's smallest row, far past the last.
+        bytes[at + 8..at + 16].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let crc_at = bytes.len() - 16;
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+
+        let seg = Segment::open(&path, 1).unwrap();
+        let world = GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap();
+        let part = GeoBox::new(10.0, 20.0, 10.0, 20.0).unwrap();
+        for b in [&world, &part] {
+            let _ = seg.geo("t", b, TimeWindow::new(0, i64::MAX).unwrap());
+        }
+        let err = seg.append_to(&mut Rows::default()).unwrap_err();
+        assert!(matches!(err, crate::Error::Corrupt { .. }), "{err}");
+    }
+}

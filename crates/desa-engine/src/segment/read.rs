@@ -219,11 +219,11 @@ impl Segment {
 
     /// The location of every row, in row order (version 3 keeps them in
     /// k-d order only: this inverts it).
-    fn locations(&self) -> Vec<(f64, f64)> {
+    fn locations(&self) -> Result<Vec<(f64, f64)>> {
         let rows = self.meta.rows as usize;
         if self.version < 3 {
             let (lat, lon) = (self.f64s(S_LAT), self.f64s(S_LON));
-            return lat.iter().copied().zip(lon.iter().copied()).collect();
+            return Ok(lat.iter().copied().zip(lon.iter().copied()).collect());
         }
         let (lat, lon, row) = (
             self.packed(S_KD_LAT),
@@ -231,10 +231,27 @@ impl Segment {
             self.packed(S_KD_ROW),
         );
         let mut out = vec![(0.0, 0.0); rows];
+        let mut seen = vec![false; rows];
         for i in 0..rows {
-            out[row.int(i) as usize] = (lat.float(i), lon.float(i));
+            let r = row.int(i) as u64 as usize;
+            match seen.get_mut(r) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    let at = self.file.sections[S_KD_ROW].0 as u64;
+                    let reason = "the k-d order is not a permutation of the rows".to_owned();
+                    return Err(Error::corrupt(&self.path, at, reason));
+                }
+            }
+            out[r] = (lat.float(i), lon.float(i));
         }
-        out
+        Ok(out)
+    }
+
+    /// The row of point `i` of the k-d order, bounded by the rows (an index
+    /// past them, which only a corrupt file holds, reads the last row).
+    #[inline]
+    fn kd_row(&self, row: &Packed<'_>, i: usize) -> usize {
+        (row.int(i) as u64).min(self.meta.rows.saturating_sub(1)) as usize
     }
 
     /// Sum of the values of rows `0..i`: a stored prefix sum, plus in
@@ -311,14 +328,16 @@ impl Segment {
                 return Some("metadata offsets out of order or out of bounds");
             }
         }
-        if self.time_order && (0..rows).any(|i| self.time_entry(i).1 as usize >= series) {
+        // Version 3's per-row indexes are not checked here, which would cost
+        // a decode per row at every start: a series from the time order is
+        // looked up with a bounds check, a row from the k-d order is bounded
+        // where it is read (`kd_row`), and compaction, which reads them all,
+        // checks that the k-d order is a permutation (`locations`).
+        if self.version == 2
+            && self.time_order
+            && (0..rows).any(|i| self.time_entry(i).1 as usize >= series)
+        {
             return Some("the time order names a series that does not exist");
-        }
-        if self.version >= 3 {
-            let row = self.packed(S_KD_ROW);
-            if (0..rows).any(|i| row.int(i) as u64 >= rows as u64) {
-                return Some("the k-d order names a row that does not exist");
-            }
         }
         None
     }
@@ -379,7 +398,7 @@ impl Segment {
             self.packed(S_KD_ROW),
         );
         Box::new(rows.map(move |i| {
-            let r = row.int(i) as usize;
+            let r = self.kd_row(&row, i);
             (lat.float(i), lon.float(i), self.value(r))
         }))
     }
@@ -540,7 +559,7 @@ impl Segment {
         );
         for (j, i) in rows.take(n).enumerate() {
             if q.contains_location(lat[j], lon[j]) {
-                let r = row.int(i) as usize;
+                let r = self.kd_row(&row, i);
                 if in_window || (q.start..q.end).contains(&ts.int(r)) {
                     acc.0 += 1;
                     acc.1 = acc.1.add_f64(value.float(r));
@@ -612,7 +631,7 @@ impl Segment {
     /// Appends every event of the segment to `rows` (for compaction).
     pub fn append_to(&self, rows: &mut Rows) -> Result<()> {
         let meta = self.metadata()?;
-        let locations = self.locations();
+        let locations = self.locations()?;
         let type_series = self.u32s(S_TYPE_SERIES);
         let series_row = self.u32s(S_SERIES_ROW);
         for t in 0..self.types {
@@ -718,7 +737,7 @@ impl Segment {
             hi.push(acc.hi);
             lo.push(acc.lo);
         }
-        let (lat, lon): (Vec<f64>, Vec<f64>) = self.locations().into_iter().unzip();
+        let (lat, lon): (Vec<f64>, Vec<f64>) = self.locations().unwrap().into_iter().unzip();
         let mut meta_off = vec![0u64];
         let mut blob = Vec::new();
         for m in self.metadata().unwrap() {
