@@ -67,6 +67,10 @@ struct Shared {
     queries: Mutex<Vec<Client>>,
     watermark: Mutex<Option<i64>>,
     down: Mutex<Option<String>>,
+    /// When the probe in flight started, if one is: a probe that has not
+    /// returned for [`PROBE_DEADLINE`] means a database that accepts bytes
+    /// but answers nothing (stopped, frozen), which no socket timeout sees.
+    probing: Mutex<Option<Instant>>,
     storage_bytes: AtomicU64,
     writes: AtomicU64,
     write_failures: AtomicU64,
@@ -128,6 +132,7 @@ impl PgStore {
             queries: Mutex::new(Vec::new()),
             watermark: Mutex::new(None),
             down: Mutex::new(None),
+            probing: Mutex::new(None),
             storage_bytes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
@@ -184,6 +189,14 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T>,
     ) -> desa_store::Result<T> {
+        // A database that has not answered the probe for seconds would hold
+        // this query's thread as well: refuse at once instead.
+        if let Some(waited) = frozen_for(&self.shared) {
+            return Err(StoreError::Unavailable(format!(
+                "no answer from PostgreSQL for {} s",
+                waited.as_secs()
+            )));
+        }
         let pooled = self.shared.queries.lock().pop();
         let mut client = match pooled {
             Some(c) if !c.is_closed() => c,
@@ -200,6 +213,25 @@ impl PgStore {
             Err(e) => Err(unavailable(&self.shared, &e)),
         }
     }
+}
+
+/// How long a probe may wait for an answer before the database counts as
+/// unavailable.
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the database is unavailable, if it is: the last failure seen, or a
+/// probe waiting past [`PROBE_DEADLINE`].
+fn down_reason(shared: &Shared) -> Option<String> {
+    shared.down.lock().clone().or_else(|| {
+        frozen_for(shared)
+            .map(|waited| format!("no answer from PostgreSQL for {} s", waited.as_secs()))
+    })
+}
+
+/// How long the probe in flight has waited, once past [`PROBE_DEADLINE`].
+fn frozen_for(shared: &Shared) -> Option<Duration> {
+    let started = (*shared.probing.lock())?;
+    Some(started.elapsed()).filter(|&w| w >= PROBE_DEADLINE)
 }
 
 fn unavailable(shared: &Shared, e: &Error) -> StoreError {
@@ -248,6 +280,7 @@ fn probe_loop(shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         round += 1;
         let full = round % 5 == 1;
+        *shared.probing.lock() = Some(Instant::now());
         let result = match client.as_mut() {
             Some(c) if !c.is_closed() => refresh(shared, c, full),
             _ => connect(&shared.pg, false).and_then(|mut c| {
@@ -256,6 +289,7 @@ fn probe_loop(shared: &Shared) {
                 r
             }),
         };
+        *shared.probing.lock() = None;
         match result {
             Ok(()) => {
                 if shared.down.lock().take().is_some() {
@@ -510,7 +544,7 @@ impl Store for PgStore {
             maintenance_pending: self.shared.merges_pending.load(Ordering::Relaxed),
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
             watermark_secs: *self.shared.watermark.lock(),
-            unavailable: self.shared.down.lock().clone(),
+            unavailable: down_reason(&self.shared),
             refused: None,
         }
     }
@@ -518,7 +552,7 @@ impl Store for PgStore {
     fn metrics(&self) -> String {
         let s = &self.shared;
         let mut out = String::new();
-        let up = s.down.lock().is_none() as u8;
+        let up = down_reason(s).is_none() as u8;
         let _ = writeln!(
             out,
             "# HELP desa_postgres_up 1 when the database answers.\n# TYPE desa_postgres_up gauge\ndesa_postgres_up {up}"

@@ -210,6 +210,23 @@ impl Postgres {
             .status();
     }
 
+    /// Sends `signal` (`"STOP"`, `"CONT"`) to every server process: a
+    /// stopped server keeps its sockets open, and its kernel accepts what
+    /// clients send, but it answers nothing (a frozen VM, a stuck host).
+    pub fn signal_all(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        // Children first, so that none is forked after the parent stops.
+        let _ = Command::new("pkill")
+            .args([&format!("-{signal}"), "-P", &pid])
+            .status();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// The directory of the server's Unix socket (`-k`).
     pub fn socket_dir(&self) -> String {
         self.dir.path().display().to_string()
