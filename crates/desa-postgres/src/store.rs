@@ -192,10 +192,7 @@ impl PgStore {
         // A database that has not answered the probe for seconds would hold
         // this query's thread as well: refuse at once instead.
         if let Some(waited) = frozen_for(&self.shared) {
-            return Err(StoreError::Unavailable(format!(
-                "no answer from PostgreSQL for {} s",
-                waited.as_secs()
-            )));
+            return Err(StoreError::Unavailable(no_answer(waited)));
         }
         let pooled = self.shared.queries.lock().pop();
         let mut client = match pooled {
@@ -222,10 +219,15 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(5);
 /// Why the database is unavailable, if it is: the last failure seen, or a
 /// probe waiting past [`PROBE_DEADLINE`].
 fn down_reason(shared: &Shared) -> Option<String> {
-    shared.down.lock().clone().or_else(|| {
-        frozen_for(shared)
-            .map(|waited| format!("no answer from PostgreSQL for {} s", waited.as_secs()))
-    })
+    shared
+        .down
+        .lock()
+        .clone()
+        .or_else(|| frozen_for(shared).map(no_answer))
+}
+
+fn no_answer(waited: Duration) -> String {
+    format!("no answer from PostgreSQL for {} s", waited.as_secs())
 }
 
 /// How long the probe in flight has waited, once past [`PROBE_DEADLINE`].
@@ -456,6 +458,10 @@ fn commit_one(
 
 impl Store for PgStore {
     fn write_with(&self, req: WriteRequest, reply: Reply) {
+        // As for queries: a write would only join the wait.
+        if let Some(waited) = frozen_for(&self.shared) {
+            return reply(Err(StoreError::Unavailable(no_answer(waited))));
+        }
         match self.tx.lock().as_ref() {
             Some(tx) => {
                 if let Err(mpsc::SendError(job)) = tx.send(Job { req, reply }) {

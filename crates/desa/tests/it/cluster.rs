@@ -794,6 +794,15 @@ fn a_frozen_database_is_reported_and_queries_end() {
         "{:?}",
         asked.elapsed()
     );
+    // A write is refused too, not left waiting.
+    let asked = Instant::now();
+    let again = body.replace("\"value\":1.0", "\"value\":2.0");
+    assert_eq!(a.post_ndjson(&again).status, 503);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 
     drop(frozen);
     let deadline = Instant::now() + Duration::from_secs(60);
