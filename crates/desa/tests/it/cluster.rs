@@ -301,19 +301,7 @@ fn a_database_crash_restart_mid_stream_loses_and_repeats_nothing() {
     let producer = produce_in_background(&addr, "ev", lines, 2_000, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(800));
     pg.stop_immediate();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let h = a.get("/healthz", &[]).body;
-        if h["status"] == "degraded" {
-            assert!(
-                h["storage"].as_str().unwrap_or("").contains("unavailable"),
-                "{h}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "outage not reported: {h}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_store_unavailable(&a, Duration::from_secs(20));
     assert!(a.get_text("/metrics").contains("desa_postgres_up 0"));
     // Queries fail cleanly while the database is down.
     let mut p = window(0, 4_000_000_000);
@@ -326,6 +314,21 @@ fn a_database_crash_restart_mid_stream_loses_and_repeats_nothing() {
     wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
     assert_eq!(all_counts(&a, "co2"), oracle_counts(&oracle, "co2"));
     assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
+}
+
+/// Waits until `/healthz` says degraded with the store unavailable.
+fn wait_store_unavailable(s: &TestServer, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let h = s.get("/healthz", &[]).body;
+        if h["status"] == "degraded" {
+            let storage = h["storage"].as_str().unwrap_or("");
+            assert!(storage.contains("unavailable"), "{h}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "outage not reported: {h}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Fencing at the store itself, step by step: a request written twice (a
@@ -767,22 +770,7 @@ fn a_frozen_database_is_reported_and_queries_end() {
     pg.signal_all("STOP");
     let frozen = Frozen(&pg);
     let stopped = Instant::now();
-    let deadline = stopped + Duration::from_secs(30);
-    loop {
-        let h = a.get("/healthz", &[]).body;
-        if h["status"] == "degraded" {
-            assert!(
-                h["storage"].as_str().unwrap_or("").contains("unavailable"),
-                "{h}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a frozen database not reported: {h}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_store_unavailable(&a, Duration::from_secs(30));
     eprintln!("reported after {:?}", stopped.elapsed());
     let asked = Instant::now();
     let mut p = window(0, 4_000_000_000);
