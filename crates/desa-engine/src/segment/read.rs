@@ -2,15 +2,19 @@
 
 use std::path::{Path, PathBuf};
 
-use desa_model::{DoubleDouble, GeoBox, TimeWindow};
+use desa_model::{DoubleDouble, TimeWindow};
 
-use super::kd::{CompactNode, KdNode, KdPoint, KdQuery};
+use super::kd::{KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
 use crate::packed::{self, IdList, Packed};
 use crate::sections::SectionFile;
+
+mod geo;
+#[cfg(test)]
+mod v1;
 
 /// The most metadata one segment's section may expand to: a segment holds
 /// at most a few million rows of at most 64 KiB of metadata each, and the
@@ -485,89 +489,6 @@ impl Segment {
         }
     }
 
-    /// Count and sum of one type inside the box and window.
-    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> (u64, DoubleDouble) {
-        let mut acc = (0, DoubleDouble::ZERO);
-        let Some(t) = self.find_type(event_type) else {
-            return acc;
-        };
-        let rows = self.type_rows(t);
-        if rows.is_empty() {
-            return acc;
-        }
-        let first_node = self.u32s(S_TYPE_NODES)[t] as usize;
-        let depth_max = kd_depth(rows.len(), self.leaf);
-        for (min_lon, max_lon) in bbox.lon_ranges() {
-            let q = KdQuery {
-                min_lat: bbox.min_lat,
-                max_lat: bbox.max_lat,
-                min_lon,
-                max_lon,
-                start: w.start,
-                end: w.end,
-            };
-            let visit = KdVisit {
-                seg: self,
-                q,
-                first_node,
-                depth_max,
-            };
-            visit.node(0, rows.clone(), 0, &mut acc);
-        }
-        acc
-    }
-
-    /// Node `i` of the k-d nodes, as stored or widened from its compact form.
-    #[inline]
-    fn kd_node(&self, i: usize) -> KdNode {
-        match self.version {
-            3 => bytemuck::cast_slice::<u8, CompactNode>(self.bytes(S_KD_NODES))[i]
-                .widen(self.meta.min_ts),
-            _ => bytemuck::cast_slice::<u8, KdNode>(self.bytes(S_KD_NODES))[i],
-        }
-    }
-
-    /// Adds up the points of k-d leaf positions `lo..hi` inside the query.
-    /// `in_window`: the leaf's times all lie in the query's window (as in
-    /// every segment a long window holds whole), so no point's time is read.
-    fn kd_leaf(
-        &self,
-        q: &KdQuery,
-        rows: std::ops::Range<usize>,
-        in_window: bool,
-        acc: &mut (u64, DoubleDouble),
-    ) {
-        if self.version < 3 {
-            let points: &[KdPoint] = bytemuck::cast_slice(self.bytes(S_KD_POINTS));
-            for p in &points[rows] {
-                if q.contains(p.lat, p.lon, p.ts) {
-                    acc.0 += 1;
-                    acc.1 = acc.1.add_f64(p.value);
-                }
-            }
-            return;
-        }
-        // A leaf's coordinates decoded together, then compared.
-        let (mut lat, mut lon) = ([0.0; KD_LEAF_ROWS], [0.0; KD_LEAF_ROWS]);
-        let n = rows.len().min(KD_LEAF_ROWS);
-        self.packed(S_KD_LAT).floats_into(rows.start, &mut lat[..n]);
-        self.packed(S_KD_LON).floats_into(rows.start, &mut lon[..n]);
-        let (row, ts, value) = (
-            self.packed(S_KD_ROW),
-            self.packed(S_TS),
-            self.packed(S_VALUE),
-        );
-        for (j, i) in rows.take(n).enumerate() {
-            if q.contains_location(lat[j], lon[j]) {
-                let r = self.kd_row(&row, i);
-                if in_window || (q.start..q.end).contains(&ts.int(r)) {
-                    acc.0 += 1;
-                    acc.1 = acc.1.add_f64(value.float(r));
-                }
-            }
-        }
-    }
-
     /// The metadata of every row, in row order.
     fn metadata(&self) -> Result<Vec<Option<Box<str>>>> {
         let rows = self.meta.rows as usize;
@@ -672,126 +593,5 @@ impl Segment {
 
     pub fn release_memory(&self) {
         self.file.release_memory()
-    }
-}
-
-/// One walk of a type's k-d tree for one query box.
-struct KdVisit<'s> {
-    seg: &'s Segment,
-    q: KdQuery,
-    /// The type's first node among the segment's nodes.
-    first_node: usize,
-    depth_max: u32,
-}
-
-impl KdVisit<'_> {
-    /// Adds up the points under node `i` (heap layout), which holds the k-d
-    /// positions `rows`, that lie inside the query.
-    fn node(
-        &self,
-        i: usize,
-        rows: std::ops::Range<usize>,
-        depth: u32,
-        acc: &mut (u64, DoubleDouble),
-    ) {
-        if rows.is_empty() {
-            return;
-        }
-        let n = self.seg.kd_node(self.first_node + i);
-        if self.q.disjoint(&n) {
-            return;
-        }
-        if self.q.covers(&n) {
-            acc.0 += rows.len() as u64;
-            acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
-            return;
-        }
-        if depth == self.depth_max {
-            let in_window = self.q.start <= n.min_ts && n.max_ts < self.q.end;
-            self.seg.kd_leaf(&self.q, rows, in_window, acc);
-            return;
-        }
-        let mid = rows.start + rows.len() / 2;
-        self.node(2 * i + 1, rows.start..mid, depth + 1, acc);
-        self.node(2 * i + 2, mid..rows.end, depth + 1, acc);
-    }
-}
-
-#[cfg(test)]
-impl Segment {
-    /// Writes this segment in format version 1 (fixed-width columns, no
-    /// time order) at `path`, for tests of how older files are read.
-    pub(crate) fn write_as_v1(&self, path: &Path) {
-        use crate::sections::SectionWriter;
-        let rows = self.meta.rows as usize;
-        let mut w = SectionWriter::create(&FORMAT_V1, path).unwrap();
-        for s in 0..S_TS {
-            w.section(self.bytes(s)).unwrap();
-        }
-        let ts: Vec<i64> = (0..rows).map(|i| self.ts(i)).collect();
-        let value: Vec<f64> = (0..rows).map(|i| self.value(i)).collect();
-        let mut acc = DoubleDouble::ZERO;
-        let (mut hi, mut lo) = (vec![0.0], vec![0.0]);
-        for &v in &value {
-            acc = acc.add_f64(v);
-            hi.push(acc.hi);
-            lo.push(acc.lo);
-        }
-        let (lat, lon): (Vec<f64>, Vec<f64>) = self.locations().unwrap().into_iter().unzip();
-        let mut meta_off = vec![0u64];
-        let mut blob = Vec::new();
-        for m in self.metadata().unwrap() {
-            blob.extend_from_slice(m.as_deref().unwrap_or("").as_bytes());
-            meta_off.push(blob.len() as u64);
-        }
-        // The k-d trees again, with the older leaf size.
-        let mut entries: Vec<super::kd::Entry> = (0..rows)
-            .map(|r| super::kd::Entry {
-                point: KdPoint {
-                    lat: lat[r],
-                    lon: lon[r],
-                    ts: ts[r],
-                    value: value[r],
-                },
-                row: r as u32,
-            })
-            .collect();
-        let mut nodes: Vec<KdNode> = Vec::new();
-        let mut type_nodes = vec![0u32];
-        for t in 0..self.types {
-            let range = self.type_rows(t);
-            let base = nodes.len();
-            let n = range.len();
-            nodes.resize(
-                base + kd_nodes(n, KD_LEAF_ROWS_V2),
-                bytemuck::Zeroable::zeroed(),
-            );
-            super::kd::build(
-                &mut entries[range],
-                &mut nodes[base..],
-                kd_depth(n, KD_LEAF_ROWS_V2),
-            );
-            type_nodes.push(nodes.len() as u32);
-        }
-        let points: Vec<KdPoint> = entries.iter().map(|e| e.point).collect();
-        w.section(bytemuck::cast_slice(&ts)).unwrap();
-        w.section(bytemuck::cast_slice(&value)).unwrap();
-        w.section(bytemuck::cast_slice(&hi)).unwrap();
-        w.section(bytemuck::cast_slice(&lo)).unwrap();
-        w.section(bytemuck::cast_slice(&lat)).unwrap();
-        w.section(bytemuck::cast_slice(&lon)).unwrap();
-        w.section(bytemuck::cast_slice(&meta_off)).unwrap();
-        w.section(&blob).unwrap();
-        let topk: Vec<u32> = (0..self.types)
-            .flat_map(|t| self.topk_order(t).iter().collect::<Vec<_>>())
-            .collect();
-        w.section(bytemuck::cast_slice(&topk)).unwrap();
-        w.section(bytemuck::cast_slice(&points)).unwrap();
-        w.section(bytemuck::cast_slice(&nodes)).unwrap();
-        w.section(bytemuck::cast_slice(&type_nodes)).unwrap();
-        let mut words = self.file.words.clone();
-        words[3] = nodes.len() as u64;
-        words[7] = KD_LEAF_ROWS_V2 as u64;
-        w.finish(&words).unwrap();
     }
 }
