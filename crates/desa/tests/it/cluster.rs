@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use crate::kafka::{
     check_queries, kafka_args, produce, produce_in_background, seeded, wait_stored, Broker,
 };
+use crate::outage::wait_store_unavailable;
 use crate::pg::Postgres;
 use crate::support::{all_counts, wait_answered, window, TestServer};
 
@@ -314,21 +315,6 @@ fn a_database_crash_restart_mid_stream_loses_and_repeats_nothing() {
     wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
     assert_eq!(all_counts(&a, "co2"), oracle_counts(&oracle, "co2"));
     assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
-}
-
-/// Waits until `/healthz` says degraded with the store unavailable.
-fn wait_store_unavailable(s: &TestServer, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let h = s.get("/healthz", &[]).body;
-        if h["status"] == "degraded" {
-            let storage = h["storage"].as_str().unwrap_or("");
-            assert!(storage.contains("unavailable"), "{h}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "outage not reported: {h}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Fencing at the store itself, step by step: a request written twice (a
@@ -736,72 +722,4 @@ fn sparse_old_days_share_blocks_and_partitions() {
         )
         .unwrap();
     assert_eq!(top.devices[0].count, 10);
-}
-
-/// A database that stops answering without closing anything (its
-/// processes stopped: the kernel still accepts what the worker sends) is
-/// reported: `/healthz` says degraded with the store unavailable within
-/// seconds, queries end with `503` within the query timeout, and once the
-/// database answers again the worker is healthy and has lost nothing.
-#[test]
-fn a_frozen_database_is_reported_and_queries_end() {
-    let pg = Postgres::start();
-    let url = pg.url();
-    let a = TestServer::start(&["--store", url.as_str(), "--query-timeout", "2s"]);
-    let body: String = (0..200)
-        .map(|i| {
-            format!(
-                "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
-                i % 5,
-                1_767_225_600 + i
-            )
-        })
-        .collect();
-    assert_eq!(a.post_ndjson(&body).status, 200);
-    assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
-
-    /// Lets the database run again however the test ends.
-    struct Frozen<'a>(&'a Postgres);
-    impl Drop for Frozen<'_> {
-        fn drop(&mut self) {
-            self.0.signal_all("CONT");
-        }
-    }
-    pg.signal_all("STOP");
-    let frozen = Frozen(&pg);
-    let stopped = Instant::now();
-    wait_store_unavailable(&a, Duration::from_secs(30));
-    eprintln!("reported after {:?}", stopped.elapsed());
-    let asked = Instant::now();
-    let mut p = window(0, 4_000_000_000);
-    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-    // A write is refused too, not left waiting.
-    let asked = Instant::now();
-    let again = body.replace("\"value\":1.0", "\"value\":2.0");
-    assert_eq!(a.post_ndjson(&again).status, 503);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-
-    drop(frozen);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.get("/healthz", &[]).body["status"] != "ok" {
-        assert!(
-            Instant::now() < deadline,
-            "not healthy after the database came back"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["count"], 40, "{}", r.body);
 }

@@ -9,6 +9,7 @@ mod faults;
 mod hardening;
 mod kafka;
 mod oracle;
+mod outage;
 mod pg;
 mod policies;
 mod support;
