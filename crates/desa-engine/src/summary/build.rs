@@ -362,14 +362,27 @@ fn write_sections(
     let mut point_counts: Vec<i64> = Vec::new();
     for (name, &events) in type_names.iter().zip(&type_events) {
         points.clear();
-        let mut whole = true;
+        // Kept only if at most this many points remain once folded. Folding
+        // never lowers the count as inputs are added, so gathering stops as
+        // soon as the points folded so far are too many: devices that move
+        // never hold a whole block's points in memory.
+        let most = events / GEO_FOLD_MIN;
+        let mut keep = true;
         for input in inputs {
-            whole &= input.points(name, &mut points);
+            keep &= input.points(name, &mut points);
             input.release_memory();
+            if points.len() as u64 > most {
+                fold_points(&mut points);
+                keep &= points.len() as u64 <= most;
+            }
+            if !keep {
+                break;
+            }
         }
         fold_points(&mut points);
-        if !whole || (points.len() as u64).saturating_mul(GEO_FOLD_MIN) > events {
+        if !keep || points.len() as u64 > most {
             points.clear();
+            points.shrink_to_fit();
         }
         let base = nodes.len();
         let n = points.len();
