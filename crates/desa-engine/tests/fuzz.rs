@@ -105,6 +105,28 @@ fn fix_checksum(bytes: &mut [u8]) {
     }
 }
 
+/// The bytes of every file in `dir` ending in `ext` (at least one).
+fn contents(dir: &Path, ext: &str) -> Vec<Vec<u8>> {
+    let files: Vec<Vec<u8>> = files_ending(dir, ext)
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+    assert!(!files.is_empty(), "no .{ext} file was written");
+    files
+}
+
+/// Round `round`'s damaged copy of one of `originals`: mutated, and every
+/// other round with its checksum fixed, so that the reader's own checks
+/// meet the damage.
+fn damaged(rng: &mut StdRng, originals: &[Vec<u8>], round: usize) -> Vec<u8> {
+    let mut bytes = originals[round % originals.len()].clone();
+    mutate(rng, &mut bytes);
+    if round % 2 == 1 {
+        fix_checksum(&mut bytes);
+    }
+    bytes
+}
+
 fn typed(e: &Error) {
     assert!(
         matches!(e, Error::Corrupt { .. } | Error::Io { .. }),
@@ -124,11 +146,7 @@ fn windows() -> Vec<TimeWindow> {
 fn damaged_segments_are_refused_or_answer_without_panicking() {
     let dir = stored_dir();
     let seg_dir = dir.path().join("segments");
-    let originals: Vec<Vec<u8>> = files_ending(&seg_dir, "seg")
-        .iter()
-        .map(|p| fs::read(p).unwrap())
-        .collect();
-    assert!(!originals.is_empty());
+    let originals = contents(&seg_dir, "seg");
     let target = dir.path().join("fuzzed.seg");
     let boxes = [
         GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap(),
@@ -136,12 +154,7 @@ fn damaged_segments_are_refused_or_answer_without_panicking() {
     ];
     let mut rng = StdRng::seed_from_u64(1);
     for round in 0..rounds() {
-        let mut bytes = originals[round % originals.len()].clone();
-        mutate(&mut rng, &mut bytes);
-        if round % 2 == 1 {
-            fix_checksum(&mut bytes);
-        }
-        fs::write(&target, &bytes).unwrap();
+        fs::write(&target, damaged(&mut rng, &originals, round)).unwrap();
         match Segment::open(&target, 1) {
             Err(e) => typed(&e),
             Ok(seg) => {
@@ -168,21 +181,12 @@ fn damaged_segments_are_refused_or_answer_without_panicking() {
 fn damaged_summaries_are_refused_or_answer_without_panicking() {
     let dir = stored_dir();
     let seg_dir = dir.path().join("segments");
-    let originals: Vec<Vec<u8>> = files_ending(&seg_dir, "sum")
-        .iter()
-        .map(|p| fs::read(p).unwrap())
-        .collect();
-    assert!(!originals.is_empty(), "no summary was built");
+    let originals = contents(&seg_dir, "sum");
     let target = dir.path().join("fuzzed.sum");
     let all = GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap();
     let mut rng = StdRng::seed_from_u64(2);
     for round in 0..rounds() {
-        let mut bytes = originals[round % originals.len()].clone();
-        mutate(&mut rng, &mut bytes);
-        if round % 2 == 1 {
-            fix_checksum(&mut bytes);
-        }
-        fs::write(&target, &bytes).unwrap();
+        fs::write(&target, damaged(&mut rng, &originals, round)).unwrap();
         for (level, first_day) in [(1, 0), (2, T0 / DAY), (1, T0 / DAY)] {
             match Summary::open(&target, level, first_day) {
                 Err(e) => typed(&e),

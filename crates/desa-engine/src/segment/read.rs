@@ -78,8 +78,18 @@ impl Segment {
                 &format!("k-d leaf size {leaf} is not {expected_leaf}"),
             ));
         }
-        let per_row = |width: usize, count: usize| (version < 3).then_some((width, Some(count)));
+        // Each section's (element width, count): version 3's packed columns
+        // are checked by `Packed::new` below; version 2's are fixed arrays.
+        let v2 = version < 3;
+        let either = |fixed: (usize, Option<usize>), v3: (usize, Option<usize>)| {
+            if v2 {
+                fixed
+            } else {
+                v3
+            }
+        };
         let packed = (1, None);
+        let blocks = rows.div_ceil(packed::BLOCK);
         let sizes = [
             (1, None),
             (4, Some(types + 1)),
@@ -88,41 +98,41 @@ impl Segment {
             (1, None),
             (4, Some(series + 1)),
             (4, Some(series + 1)),
-            per_row(8, rows).unwrap_or(packed),
-            per_row(8, rows).unwrap_or(packed),
-            per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
-            per_row(8, rows + 1).unwrap_or((8, Some(rows.div_ceil(packed::BLOCK) + 1))),
-            per_row(8, rows).unwrap_or((1, Some(0))),
-            per_row(8, rows).unwrap_or((1, Some(0))),
-            per_row(8, rows + 1).unwrap_or(packed),
+            either((8, Some(rows)), packed),
+            either((8, Some(rows)), packed),
+            either((8, Some(rows + 1)), (8, Some(blocks + 1))),
+            either((8, Some(rows + 1)), (8, Some(blocks + 1))),
+            either((8, Some(rows)), (1, Some(0))),
+            either((8, Some(rows)), (1, Some(0))),
+            either((8, Some(rows + 1)), packed),
             (1, None),
-            per_row(4, series).unwrap_or(packed),
-            per_row(std::mem::size_of::<KdPoint>(), rows).unwrap_or(packed),
-            per_row(std::mem::size_of::<KdNode>(), nodes)
-                .unwrap_or((std::mem::size_of::<CompactNode>(), Some(nodes))),
+            either((4, Some(series)), packed),
+            either((std::mem::size_of::<KdPoint>(), Some(rows)), packed),
+            either(
+                (std::mem::size_of::<KdNode>(), Some(nodes)),
+                (std::mem::size_of::<CompactNode>(), Some(nodes)),
+            ),
             (4, Some(types + 1)),
-            per_row(4, 0).map_or(packed, |_| (4, None)),
-            per_row(4, 0).map_or(packed, |_| (4, None)),
+            either((4, None), packed),
+            either((4, None), packed),
             packed,
             packed,
         ];
         file.check_sizes(path, &sizes)?;
-        if version >= 3 {
-            for (s, floats) in [
-                (S_TS, false),
-                (S_VALUE, true),
-                (S_KD_LAT, true),
-                (S_TIME_TS, false),
-                (S_TIME_SERIES, false),
-                (S_KD_LON, true),
-                (S_KD_ROW, false),
-            ] {
-                if Packed::new(file.bytes(s), rows, floats).is_none()
-                    || Packed::new(file.bytes(S_TOPK), series, false).is_none()
-                {
-                    let at = file.sections[s].0 as u64;
-                    return Err(bad(at, &format!("packed column {s} is malformed")));
-                }
+        let columns = [
+            (S_TS, rows, false),
+            (S_VALUE, rows, true),
+            (S_TOPK, series, false),
+            (S_KD_LAT, rows, true),
+            (S_TIME_TS, rows, false),
+            (S_TIME_SERIES, rows, false),
+            (S_KD_LON, rows, true),
+            (S_KD_ROW, rows, false),
+        ];
+        for (s, len, floats) in columns.into_iter().filter(|_| !v2) {
+            if Packed::new(file.bytes(s), len, floats).is_none() {
+                let at = file.sections[s].0 as u64;
+                return Err(bad(at, &format!("packed column {s} is malformed")));
             }
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
