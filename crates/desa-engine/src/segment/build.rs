@@ -58,8 +58,9 @@ fn metadata_sections(rows: &Rows, order: &[u32]) -> std::io::Result<(Vec<u8>, Ve
     ))
 }
 
-/// zstd's default level: metadata is JSON text with repeated keys, which
-/// it shrinks several times over at a few hundred MB/s.
+/// zstd's default level. Metadata is JSON text with repeated keys; with the
+/// lengths, it takes 0.5 bytes per event at 10M events of which 10% carry
+/// about 60 bytes (`docs/BENCHMARKS.md`, "Storage: segment format 3").
 const METADATA_ZSTD_LEVEL: i32 = 3;
 
 /// Ranks of dictionary ids in string order.
