@@ -65,7 +65,8 @@ pub const GEO_LEAF_POINTS: usize = 32;
 /// Events a type's points must hold on average for the summary to keep
 /// them. Devices that move give a point per event, which kept at every
 /// level cost 186 bytes per event in format 1 (`docs/BENCHMARKS.md`,
-/// "Storage: segment format 3"); fixed sensors fold several events a point.
+/// "Storage: segment format 3"); the fixed sensors there fold enough to keep
+/// theirs.
 pub const GEO_FOLD_MIN: u64 = 2;
 
 pub(crate) const S_TYPES_BLOB: usize = 0;
