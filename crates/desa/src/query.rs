@@ -23,34 +23,47 @@ pub struct QueryArgs {
     pub kind: QueryKind,
 }
 
+/// What every query names: a type and a window.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TypeAndWindow {
+    #[arg(long = "type")]
+    event_type: String,
+    #[arg(long)]
+    start: i64,
+    #[arg(long)]
+    end: i64,
+}
+
+impl TypeAndWindow {
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("type", self.event_type.clone()),
+            ("start", self.start.to_string()),
+            ("end", self.end.to_string()),
+        ]
+    }
+}
+
 #[derive(Subcommand, Clone, Debug)]
 pub enum QueryKind {
     /// Average value of one device and type in [start, end).
     Avg {
         #[arg(long)]
         device_id: String,
-        #[arg(long = "type")]
-        event_type: String,
-        #[arg(long)]
-        start: i64,
-        #[arg(long)]
-        end: i64,
+        #[command(flatten)]
+        on: TypeAndWindow,
     },
     /// The K devices with the most events of a type in [start, end).
     Topk {
-        #[arg(long = "type")]
-        event_type: String,
-        #[arg(long)]
-        start: i64,
-        #[arg(long)]
-        end: i64,
+        #[command(flatten)]
+        on: TypeAndWindow,
         #[arg(long, default_value_t = 10)]
         k: u32,
     },
     /// Average value of a type inside a lat/lon box in [start, end).
     Geo {
-        #[arg(long = "type")]
-        event_type: String,
+        #[command(flatten)]
+        on: TypeAndWindow,
         #[arg(long, allow_hyphen_values = true)]
         min_lat: f64,
         #[arg(long, allow_hyphen_values = true)]
@@ -59,65 +72,36 @@ pub enum QueryKind {
         min_lon: f64,
         #[arg(long, allow_hyphen_values = true)]
         max_lon: f64,
-        #[arg(long)]
-        start: i64,
-        #[arg(long)]
-        end: i64,
     },
 }
 
 pub fn run(args: QueryArgs) -> Result<()> {
     let client = Client::new(&args.url);
-    let (path, params): (&str, Vec<(&str, String)>) = match &args.kind {
-        QueryKind::Avg {
-            device_id,
-            event_type,
-            start,
-            end,
-        } => (
+    let (path, mut params, more): (&str, _, Vec<(&str, String)>) = match &args.kind {
+        QueryKind::Avg { device_id, on } => (
             "/v1/query/avg",
-            vec![
-                ("device_id", device_id.clone()),
-                ("type", event_type.clone()),
-                ("start", start.to_string()),
-                ("end", end.to_string()),
-            ],
+            on.params(),
+            vec![("device_id", device_id.clone())],
         ),
-        QueryKind::Topk {
-            event_type,
-            start,
-            end,
-            k,
-        } => (
-            "/v1/query/topk",
-            vec![
-                ("type", event_type.clone()),
-                ("start", start.to_string()),
-                ("end", end.to_string()),
-                ("k", k.to_string()),
-            ],
-        ),
+        QueryKind::Topk { on, k } => ("/v1/query/topk", on.params(), vec![("k", k.to_string())]),
         QueryKind::Geo {
-            event_type,
+            on,
             min_lat,
             max_lat,
             min_lon,
             max_lon,
-            start,
-            end,
         } => (
             "/v1/query/geo",
+            on.params(),
             vec![
-                ("type", event_type.clone()),
                 ("min_lat", min_lat.to_string()),
                 ("max_lat", max_lat.to_string()),
                 ("min_lon", min_lon.to_string()),
                 ("max_lon", max_lon.to_string()),
-                ("start", start.to_string()),
-                ("end", end.to_string()),
             ],
         ),
     };
+    params.extend(more);
     let answer = client.get_json(path, &params)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
