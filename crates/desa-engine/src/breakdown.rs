@@ -39,7 +39,9 @@ fn segment_part(section: usize, version: u32) -> &'static str {
     match section {
         seg::S_KD_LAT | seg::S_KD_LON if version >= 3 => "locations",
         seg::S_TYPES_BLOB | seg::S_TYPES_OFF | seg::S_TYPE_SERIES | seg::S_TYPE_ROWS => "types",
-        seg::S_DEV_BLOB | seg::S_SERIES_DEV_OFF | seg::S_SERIES_ROW => "devices",
+        seg::S_DEV_BLOB | seg::S_SERIES_DEV_OFF | seg::S_SERIES_ROW | seg::S_SERIES_DEV => {
+            "devices"
+        }
         seg::S_TS => "timestamps",
         seg::S_VALUE => "values",
         seg::S_PREFIX_HI | seg::S_PREFIX_LO => "value prefix sums",

@@ -39,6 +39,7 @@ pub mod fsck;
 mod head;
 pub mod idempotency;
 mod manifest;
+mod names;
 mod packed;
 mod query;
 mod sections;

@@ -27,15 +27,17 @@
 //! value, in a few bits per value; metadata, read only by compaction, goes
 //! through zstd.
 //!
-//! # File format (version 3, little-endian)
+//! # File format (version 4, little-endian)
 //! The container of `crate::sections` with magic "DESASEG1" / "DESASEGF",
 //! the SECTION_COUNT sections in the order of the S_* constants below (each
-//! says what it holds in each version) and eight footer words: rows,
-//! series, types, nodes, min_ts, max_ts, partition, leaf_rows. Version 2
+//! says what it holds in each version) and nine footer words: rows,
+//! series, types, nodes, min_ts, max_ts, partition, leaf_rows, devices.
+//! Version 3 kept a copy of each series' device name (one per type the
+//! device reports) instead of the dictionary, and eight words. Version 2
 //! held fixed-width columns, a k-d copy of whole points and 64-byte nodes
 //! over 32-row leaves; version 1 is version 2 without the two time-order
 //! sections, and its top-K falls back to all-time counts for a window that
-//! cuts it. Both are still read; merges write version 3.
+//! cuts it. All are still read; merges write version 4.
 //! A segment is written whole, fsynced, and only then named in the manifest;
 //! a file the manifest does not name (a crash's leftover, or a file copied
 //! in) is moved to `orphans/` on open, never deleted. A checksum mismatch, or
@@ -66,9 +68,14 @@ pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
 pub(crate) const S_TYPE_ROWS: usize = 3; // u32 x (types + 1)
+/// v4: the file's distinct devices, sorted (`crate::names`); before: each
+/// series' device, in series order.
 pub(crate) const S_DEV_BLOB: usize = 4;
-pub(crate) const S_SERIES_DEV_OFF: usize = 5; // u32 x (series + 1)
-pub(crate) const S_SERIES_ROW: usize = 6; // u32 x (series + 1)
+/// Offsets into [`S_DEV_BLOB`]: v4 u32 x (devices + 1), before u32 x
+/// (series + 1).
+pub(crate) const S_SERIES_DEV_OFF: usize = 5;
+/// Each series' first row: v4 packed ints x (series + 1), before u32.
+pub(crate) const S_SERIES_ROW: usize = 6;
 pub(crate) const S_TS: usize = 7; // packed ints x rows (v2: i64 x rows)
 pub(crate) const S_VALUE: usize = 8; // packed floats x rows (v2: f64 x rows)
 /// Double-double prefix sums of `value`: v3 at every [`packed::BLOCK`]th row
@@ -102,13 +109,26 @@ pub(crate) const S_KD_LON: usize = 21;
 /// v3: the row of each point of the k-d order (packed ints x rows), whose
 /// timestamp and value the row-order columns hold.
 pub(crate) const S_KD_ROW: usize = 22;
-pub(crate) const SECTION_COUNT: usize = 23;
+/// v4: each series' device, as its index in [`S_DEV_BLOB`] (packed ints x
+/// series; ascending within a type).
+pub(crate) const S_SERIES_DEV: usize = 23;
+pub(crate) const SECTION_COUNT: usize = 24;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASEG1",
     footer: b"DESASEGF",
-    version: 3,
+    version: 4,
     sections: SECTION_COUNT,
+    words: 9,
+};
+
+/// Version 4 less the device dictionary: each series holds its device's
+/// name, and its first row as a u32. Read, never written.
+pub(crate) static FORMAT_V3: crate::sections::Format = crate::sections::Format {
+    header: b"DESASEG1",
+    footer: b"DESASEGF",
+    version: 3,
+    sections: S_SERIES_DEV,
     words: 8,
 };
 

@@ -31,14 +31,15 @@
 //! so a summary is never invalidated; a summary with more than
 //! `EngineConfig::summary_max_extras` uncovered segments is refreshed.
 //!
-//! # File format (version 2, little-endian)
+//! # File format (version 3, little-endian)
 //! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
 //! the sections in the order of the S_* constants below, and footer words:
-//! types, series, points, nodes, level, first_day, events, leaf_points.
-//! Version 2 packs the per-series and per-point columns (`crate::packed`)
-//! and rounds node boxes outwards to f32; it may leave a type without
-//! points. Version 1 (fixed-width columns, points for every type) is still
-//! read.
+//! types, series, points, nodes, level, first_day, events, leaf_points,
+//! devices. Version 3 stores each device's name once (`crate::names`);
+//! version 2 kept one per series, and eight words. Versions 2 and 3 pack
+//! the per-series and per-point columns (`crate::packed`) and round node
+//! boxes outwards to f32; they may leave a type without points. Version 1
+//! (fixed-width columns, points for every type) is still read.
 
 mod build;
 mod read;
@@ -72,8 +73,12 @@ pub const GEO_FOLD_MIN: u64 = 2;
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
+/// v3: the file's distinct devices, sorted (`crate::names`); before: each
+/// series' device, in series order.
 pub(crate) const S_DEV_BLOB: usize = 3;
-pub(crate) const S_SERIES_DEV_OFF: usize = 4; // u32 x (series + 1)
+/// Offsets into [`S_DEV_BLOB`]: v3 u32 x (devices + 1), before u32 x
+/// (series + 1).
+pub(crate) const S_SERIES_DEV_OFF: usize = 4;
 pub(crate) const S_COUNT: usize = 5; // packed ints x series (v1: u64)
 pub(crate) const S_SUM_HI: usize = 6; // packed floats x series (v1: f64)
 pub(crate) const S_SUM_LO: usize = 7; // packed floats x series (v1: f64)
@@ -89,13 +94,26 @@ pub(crate) const S_POINT_LON: usize = 13;
 pub(crate) const S_POINT_COUNT: usize = 14;
 pub(crate) const S_POINT_SUM_HI: usize = 15;
 pub(crate) const S_POINT_SUM_LO: usize = 16;
-pub(crate) const SECTION_COUNT: usize = 17;
+/// v3: each series' device, as its index in [`S_DEV_BLOB`] (packed ints x
+/// series; ascending within a type).
+pub(crate) const S_SERIES_DEV: usize = 17;
+pub(crate) const SECTION_COUNT: usize = 18;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
     footer: b"DESASUMF",
-    version: 2,
+    version: 3,
     sections: SECTION_COUNT,
+    words: 9,
+};
+
+/// Version 3 less the device dictionary: each series holds its device's
+/// name. Read, never written.
+pub(crate) static FORMAT_V2: crate::sections::Format = crate::sections::Format {
+    header: b"DESASUM1",
+    footer: b"DESASUMF",
+    version: 2,
+    sections: S_SERIES_DEV,
     words: 8,
 };
 

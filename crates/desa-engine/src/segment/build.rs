@@ -8,6 +8,7 @@ use super::kd::{self, CompactNode, KdNode, KdPoint};
 use super::*;
 use crate::error::{Error, Result};
 use crate::head::Rows;
+use crate::names::Dictionary;
 use crate::packed::{self, Packer};
 use crate::sections::SectionWriter;
 
@@ -116,9 +117,8 @@ pub(crate) fn build_segment(
     let mut types_off = vec![0u32];
     let mut type_series = vec![0u32];
     let mut type_rows = vec![0u32];
-    let mut dev_blob = Vec::new();
-    let mut series_dev_off = vec![0u32];
-    let mut series_row = vec![0u32];
+    let mut series_names: Vec<&str> = Vec::new();
+    let mut series_row = vec![0i64];
     let mut row_series: Vec<u32> = Vec::with_capacity(n);
     for (i, &r) in order.iter().enumerate() {
         let (t, d) = (rows.type_id[r as usize], rows.device_id[r as usize]);
@@ -133,21 +133,22 @@ pub(crate) fn build_segment(
             types_off.push(types_blob.len() as u32);
         }
         if new_series && i > 0 {
-            series_row.push(i as u32);
+            series_row.push(i as i64);
         }
         if new_series {
-            dev_blob.extend_from_slice(rows.devices.name(d).as_bytes());
-            series_dev_off.push(dev_blob.len() as u32);
+            series_names.push(rows.devices.name(d));
         }
-        row_series.push((series_dev_off.len() - 2) as u32);
+        row_series.push((series_names.len() - 1) as u32);
     }
     if n > 0 {
         type_series.push(series_row.len() as u32);
         type_rows.push(n as u32);
-        series_row.push(n as u32);
+        series_row.push(n as i64);
     }
     let type_count = types_off.len() - 1;
-    let series_count = series_dev_off.len() - 1;
+    let series_count = series_names.len();
+    let devices = Dictionary::of(&series_names);
+    drop(series_names);
 
     let ts: Vec<i64> = order.iter().map(|&r| rows.ts[r as usize]).collect();
     let value: Vec<f64> = order.iter().map(|&r| rows.value[r as usize]).collect();
@@ -220,9 +221,9 @@ pub(crate) fn build_segment(
         w.section(b(&types_off))?;
         w.section(b(&type_series))?;
         w.section(b(&type_rows))?;
-        w.section(&dev_blob)?;
-        w.section(b(&series_dev_off))?;
-        w.section(b(&series_row))?;
+        w.section(&devices.blob)?;
+        w.section(b(&devices.ends))?;
+        w.section(&Packer::ints(&series_row))?;
         w.section(&Packer::ints(&ts))?;
         w.section(&Packer::floats(&value))?;
         w.section(bytemuck::cast_slice(&prefix_hi))?;
@@ -239,6 +240,7 @@ pub(crate) fn build_segment(
         w.section(&Packer::ints(&time_series))?;
         w.section(&Packer::floats(&kd_lon))?;
         w.section(&Packer::ints(&kd_row))?;
+        w.section(&Packer::ints(&devices.index))?;
         let words = [
             n as u64,
             series_count as u64,
@@ -248,6 +250,7 @@ pub(crate) fn build_segment(
             max_ts as u64,
             partition as u64,
             KD_LEAF_ROWS as u64,
+            devices.len() as u64,
         ];
         if sync {
             w.finish(&words)

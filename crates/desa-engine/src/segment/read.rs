@@ -9,6 +9,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
+use crate::names;
 use crate::packed::{self, IdList, Packed};
 use crate::sections::SectionFile;
 
@@ -29,7 +30,9 @@ pub struct Segment {
     fences: DeviceFences,
 
     types: usize,
-    /// The file's format version (1, 2 or 3).
+    /// Entries of the device dictionary (version 4 on; 0 before).
+    devices: usize,
+    /// The file's format version (1 to 4).
     version: u32,
     /// Rows per k-d leaf.
     leaf: usize,
@@ -54,8 +57,10 @@ pub fn checksum_of(file: &[u8]) -> Option<u32> {
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
-        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V2, &FORMAT_V1], path)?;
+        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1], path)?;
         let version = if file.sections.len() == SECTION_COUNT {
+            4
+        } else if file.sections.len() == FORMAT_V3.sections {
             3
         } else if file.sections.len() == FORMAT_V2.sections {
             2
@@ -67,6 +72,8 @@ impl Segment {
         let (rows, series, types, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
         let (min_ts, max_ts, partition, leaf) = (w[4] as i64, w[5] as i64, w[6] as i64, w[7]);
+        let devices = w.get(8).map_or(0, |&d| d as usize);
+        let v4 = version >= 4;
         let expected_leaf = if version >= 3 {
             KD_LEAF_ROWS
         } else {
@@ -96,8 +103,8 @@ impl Segment {
             (4, Some(types + 1)),
             (4, Some(types + 1)),
             (1, None),
-            (4, Some(series + 1)),
-            (4, Some(series + 1)),
+            (4, Some(if v4 { devices + 1 } else { series + 1 })),
+            if v4 { packed } else { (4, Some(series + 1)) },
             either((8, Some(rows)), packed),
             either((8, Some(rows)), packed),
             either((8, Some(rows + 1)), (8, Some(blocks + 1))),
@@ -117,6 +124,7 @@ impl Segment {
             either((4, None), packed),
             packed,
             packed,
+            packed,
         ];
         file.check_sizes(path, &sizes)?;
         let columns = [
@@ -129,7 +137,12 @@ impl Segment {
             (S_KD_LON, rows, true),
             (S_KD_ROW, rows, false),
         ];
-        for (s, len, floats) in columns.into_iter().filter(|_| !v2) {
+        let v4_columns = [
+            (S_SERIES_ROW, series + 1, false),
+            (S_SERIES_DEV, series, false),
+        ];
+        let columns = columns.into_iter().filter(|_| !v2);
+        for (s, len, floats) in columns.chain(v4_columns.into_iter().filter(|_| v4)) {
             if Packed::new(file.bytes(s), len, floats).is_none() {
                 let at = file.sections[s].0 as u64;
                 return Err(bad(at, &format!("packed column {s} is malformed")));
@@ -156,6 +169,7 @@ impl Segment {
             fences: DeviceFences::build(&[], |_| ""),
 
             types,
+            devices,
             version,
             leaf: expected_leaf,
             time_order,
@@ -164,7 +178,11 @@ impl Segment {
             return Err(bad(0, reason));
         }
         let mut seg = seg;
-        seg.fences = DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s));
+        seg.fences = if v4 {
+            names::fences(devices, |d| seg.device_name(d))
+        } else {
+            DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s))
+        };
         // Building the fences read every device name: drop those pages, or
         // opening a node's files would make them all resident at once.
         seg.file.release_memory();
@@ -203,15 +221,34 @@ impl Segment {
     fn blob_str(&self, blob: usize, offsets: usize, i: usize) -> &str {
         self.file.str_at(blob, offsets, i)
     }
-    /// A packed column of a version 3 file (checked by `open`).
+    /// A packed per-row column of a version 3 or 4 file (checked by `open`).
     fn packed(&self, s: usize) -> Packed<'_> {
         Packed::unchecked(self.bytes(s), self.meta.rows as usize)
+    }
+
+    /// A packed per-series column of a version 4 file (checked by `open`),
+    /// of `series + extra` values.
+    fn packed_series(&self, s: usize, extra: usize) -> Packed<'_> {
+        Packed::unchecked(self.bytes(s), self.file.words[1] as usize + extra)
+    }
+
+    /// The first row of series `s` (`s` = series: the row count).
+    fn series_row(&self, s: usize) -> usize {
+        match self.version {
+            4 => self.packed_series(S_SERIES_ROW, 1).int(s) as usize,
+            _ => self.u32s(S_SERIES_ROW)[s] as usize,
+        }
+    }
+
+    /// Entry `d` of the device dictionary (version 4).
+    fn device_name(&self, d: usize) -> &str {
+        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, d)
     }
 
     /// Timestamp of row `i` (rows in (type, device, time) order).
     fn ts(&self, i: usize) -> i64 {
         match self.version {
-            3 => self.packed(S_TS).int(i),
+            3.. => self.packed(S_TS).int(i),
             _ => self.i64s(S_TS)[i],
         }
     }
@@ -219,14 +256,14 @@ impl Segment {
     /// The first row in `lo..hi` (one series) at or after `t`.
     fn ts_lower_bound(&self, lo: usize, hi: usize, t: i64) -> usize {
         match self.version {
-            3 => self.packed(S_TS).lower_bound(lo, hi, t),
+            3.. => self.packed(S_TS).lower_bound(lo, hi, t),
             _ => lo + self.i64s(S_TS)[lo..hi].partition_point(|&x| x < t),
         }
     }
 
     fn value(&self, i: usize) -> f64 {
         match self.version {
-            3 => self.packed(S_VALUE).float(i),
+            3.. => self.packed(S_VALUE).float(i),
             _ => self.f64s(S_VALUE)[i],
         }
     }
@@ -288,7 +325,7 @@ impl Segment {
     /// Entry `i` of the time order: (timestamp, series).
     fn time_entry(&self, i: usize) -> (i64, u32) {
         match self.version {
-            3 => (
+            3.. => (
                 self.packed(S_TIME_TS).int(i),
                 self.packed(S_TIME_SERIES).int(i) as u32,
             ),
@@ -297,6 +334,18 @@ impl Segment {
                 self.u32s(S_TIME_SERIES)[i],
             ),
         }
+    }
+
+    /// Whether the series' first rows start at 0, never decrease and end
+    /// at `rows`.
+    fn series_rows_ascend_to(&self, series: usize, rows: usize) -> bool {
+        if self.version < 4 {
+            return crate::sections::ascending_to(self.u32s(S_SERIES_ROW), rows);
+        }
+        let first = self.packed_series(S_SERIES_ROW, 1);
+        first.int(0) == 0
+            && (0..series).all(|s| first.int(s) <= first.int(s + 1))
+            && first.int(series) == rows as i64
     }
 
     /// True when every row lies inside the window.
@@ -317,7 +366,7 @@ impl Segment {
         use crate::sections::ascending_to;
         if !ascending_to(type_series, series)
             || !ascending_to(type_rows, rows)
-            || !ascending_to(self.u32s(S_SERIES_ROW), rows)
+            || !self.series_rows_ascend_to(series, rows)
             || !ascending_to(type_nodes, nodes)
         {
             return Some("offsets out of order or not ending at their section's count");
@@ -330,6 +379,12 @@ impl Segment {
             let range = type_series[t]..type_series[t + 1];
             if self.topk_order(t).iter().any(|s| !range.contains(&s)) {
                 return Some("a top-K order names a series of another type");
+            }
+        }
+        if self.version >= 4 {
+            let index = self.packed_series(S_SERIES_DEV, 0);
+            if !names::index_is_valid(&index, type_series, self.devices) {
+                return Some("a series names a device out of order or out of the dictionary");
             }
         }
         if self.version < 3 {
@@ -368,13 +423,20 @@ impl Segment {
 
     /// The series of `device` within type `t`.
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
-        self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
-            self.series_device(s)
-        })
+        if self.version < 4 {
+            return self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
+                self.series_device(s)
+            });
+        }
+        let d = names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?;
+        names::series_of(&self.packed_series(S_SERIES_DEV, 0), self.type_series(t), d)
     }
 
     pub fn series_device(&self, s: usize) -> &str {
-        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
+        match self.version {
+            4 => self.device_name(self.packed_series(S_SERIES_DEV, 0).int(s) as usize),
+            _ => self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s),
+        }
     }
 
     pub fn type_count(&self) -> usize {
@@ -419,20 +481,17 @@ impl Segment {
 
     /// Sum of the values of series `s`, all time.
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
-        let r = self.u32s(S_SERIES_ROW);
-        self.prefix(r[s + 1] as usize) - self.prefix(r[s] as usize)
+        self.prefix(self.series_row(s + 1)) - self.prefix(self.series_row(s))
     }
 
     /// Events in series `s`, all time.
     pub fn series_len(&self, s: usize) -> u64 {
-        let r = self.u32s(S_SERIES_ROW);
-        (r[s + 1] - r[s]) as u64
+        (self.series_row(s + 1) - self.series_row(s)) as u64
     }
 
     /// Rows of series `s` inside the window: two binary searches.
     fn series_rows_in(&self, s: usize, w: TimeWindow) -> (usize, usize) {
-        let r = self.u32s(S_SERIES_ROW);
-        let (lo, hi) = (r[s] as usize, r[s + 1] as usize);
+        let (lo, hi) = (self.series_row(s), self.series_row(s + 1));
         (
             self.ts_lower_bound(lo, hi, w.start),
             self.ts_lower_bound(lo, hi, w.end),
@@ -490,7 +549,7 @@ impl Segment {
     pub fn topk_order(&self, t: usize) -> IdList<'_> {
         let series = self.type_series(t);
         match self.version {
-            3 => IdList::Packed {
+            3.. => IdList::Packed {
                 column: Packed::unchecked(self.bytes(S_TOPK), self.file.words[1] as usize),
                 start: series.start,
                 len: series.len(),
@@ -564,14 +623,13 @@ impl Segment {
         let meta = self.metadata()?;
         let locations = self.locations()?;
         let type_series = self.u32s(S_TYPE_SERIES);
-        let series_row = self.u32s(S_SERIES_ROW);
         for t in 0..self.types {
             let ty = self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, t);
             let type_id = rows.types.intern(ty);
             for s in type_series[t] as usize..type_series[t + 1] as usize {
                 let dev = self.series_device(s);
                 let device_id = rows.devices.intern(dev);
-                for r in series_row[s] as usize..series_row[s + 1] as usize {
+                for r in self.series_row(s)..self.series_row(s + 1) {
                     let (lat, lon) = locations[r];
                     rows.push_interned(
                         type_id,

@@ -13,6 +13,7 @@ use desa_model::DoubleDouble;
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::names::Dictionary;
 use crate::packed::Packer;
 use crate::sections::SectionWriter;
 use crate::segment::{kd_depth, kd_nodes, Segment};
@@ -143,22 +144,20 @@ impl Cursor {
 
 /// The (type, device) totals of a block, in (type, device) order.
 #[derive(Default)]
-struct Series {
+struct Series<'a> {
     types_blob: Vec<u8>,
     types_off: Vec<u32>,
     type_series: Vec<u32>,
-    dev_blob: Vec<u8>,
-    dev_off: Vec<u32>,
+    devices: Vec<&'a str>,
     count: Vec<u64>,
     sum_hi: Vec<f64>,
     sum_lo: Vec<f64>,
 }
 
-fn merge_series(inputs: &[Input]) -> Series {
+fn merge_series<'a>(inputs: &[Input<'a>]) -> Series<'a> {
     let mut out = Series {
         types_off: vec![0],
         type_series: vec![0],
-        dev_off: vec![0],
         ..Series::default()
     };
     let mut cursors: Vec<Cursor> = inputs.iter().map(|_| Cursor { t: 0, s: 0 }).collect();
@@ -206,8 +205,7 @@ fn merge_series(inputs: &[Input]) -> Series {
             out.types_off.push(out.types_blob.len() as u32);
             last_type = Some(ty);
         }
-        out.dev_blob.extend_from_slice(dev.as_bytes());
-        out.dev_off.push(out.dev_blob.len() as u32);
+        out.devices.push(dev);
         out.count.push(count);
         out.sum_hi.push(sum.hi);
         out.sum_lo.push(sum.lo);
@@ -337,8 +335,9 @@ fn write_sections(
     w.section(&series.types_blob)?;
     w.section(b(&series.types_off))?;
     w.section(b(&series.type_series))?;
-    w.section(&series.dev_blob)?;
-    w.section(b(&series.dev_off))?;
+    let devices = Dictionary::of(&series.devices);
+    w.section(&devices.blob)?;
+    w.section(b(&devices.ends))?;
     let counts: Vec<i64> = series.count.iter().map(|&c| c as i64).collect();
     w.section(&Packer::ints(&counts))?;
     w.section(&Packer::floats(&series.sum_hi))?;
@@ -413,6 +412,7 @@ fn write_sections(
     w.section(&Packer::ints(&point_counts))?;
     w.section(&Packer::floats(&sum_hi))?;
     w.section(&Packer::floats(&sum_lo))?;
+    w.section(&Packer::ints(&devices.index))?;
     let bytes = w.finish(&[
         types as u64,
         series_count,
@@ -422,6 +422,7 @@ fn write_sections(
         first_day as u64,
         events,
         GEO_LEAF_POINTS as u64,
+        devices.len() as u64,
     ])?;
     Ok((events, bytes))
 }

@@ -7,6 +7,7 @@ use desa_model::{DoubleDouble, GeoBox};
 use super::*;
 use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
+use crate::names;
 use crate::packed::{IdList, Packed};
 use crate::sections::SectionFile;
 use crate::segment::kd_depth;
@@ -19,7 +20,9 @@ pub struct Summary {
     types: usize,
     series: usize,
     points: usize,
-    /// The file's format version (1 or 2).
+    /// Entries of the device dictionary (version 3 on; 0 before).
+    devices: usize,
+    /// The file's format version (1 to 3).
     version: u32,
 }
 
@@ -33,11 +36,12 @@ impl Summary {
     /// Maps the file and verifies its checksum, its structure, and that it
     /// is the summary of the block (`level`, `first_day`) the caller expects.
     pub fn open(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
-        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V1], path)?;
+        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V2, &FORMAT_V1], path)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
         let (file_level, file_day, leaf) = (w[4] as u32, w[5] as i64, w[7]);
+        let devices = w.get(8).map_or(0, |&d| d as usize);
         if leaf as usize != GEO_LEAF_POINTS {
             return Err(Error::corrupt(
                 path,
@@ -56,6 +60,8 @@ impl Summary {
             ));
         }
         let version = if file.sections.len() == SECTION_COUNT {
+            3
+        } else if file.sections.len() == FORMAT_V2.sections {
             2
         } else {
             1
@@ -63,6 +69,7 @@ impl Summary {
         let fixed = |width: usize, count: usize| (width, Some(count));
         let packed = (1, None);
         let v1 = version == 1;
+        let v3 = version >= 3;
         file.check_sizes(
             path,
             &[
@@ -70,7 +77,7 @@ impl Summary {
                 (4, Some(types + 1)),
                 (4, Some(types + 1)),
                 (1, None),
-                (4, Some(series + 1)),
+                (4, Some(if v3 { devices + 1 } else { series + 1 })),
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
@@ -87,6 +94,11 @@ impl Summary {
                     fixed(std::mem::size_of::<CompactGeoNode>(), nodes)
                 },
                 (4, Some(types + 1)),
+                packed,
+                packed,
+                packed,
+                packed,
+                packed,
             ],
         )?;
         let columns = [
@@ -100,7 +112,9 @@ impl Summary {
             (S_POINT_SUM_HI, points, true),
             (S_POINT_SUM_LO, points, true),
         ];
-        for (s, len, floats) in columns.into_iter().filter(|_| !v1) {
+        let v3_columns = [(S_SERIES_DEV, series, false)];
+        let columns = columns.into_iter().filter(|_| !v1);
+        for (s, len, floats) in columns.chain(v3_columns.into_iter().filter(|_| v3)) {
             if Packed::new(file.bytes(s), len, floats).is_none() {
                 let at = file.sections[s].0 as u64;
                 return Err(Error::corrupt(
@@ -119,12 +133,17 @@ impl Summary {
             types,
             series,
             points,
+            devices,
             version,
         };
         if let Some(reason) = s.inconsistency(series, points, nodes) {
             return Err(Error::corrupt(path, 0, reason));
         }
-        s.fences = DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i));
+        s.fences = if v3 {
+            names::fences(devices, |d| s.device_name(d))
+        } else {
+            DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i))
+        };
         // As for segments: the fences read every device name; drop them.
         s.file.release_memory();
         Ok(s)
@@ -153,6 +172,12 @@ impl Summary {
             let range = type_series[t]..type_series[t + 1];
             if self.topk_order(t).iter().any(|s| !range.contains(&s)) {
                 return Some("a top-K order names a series of another type");
+            }
+        }
+        if self.version >= 3 {
+            let index = self.packed(S_SERIES_DEV, self.series);
+            if !names::index_is_valid(&index, type_series, self.devices) {
+                return Some("a series names a device out of order or out of the dictionary");
             }
         }
         None
@@ -194,9 +219,22 @@ impl Summary {
     }
 
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
-        self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
-            self.series_device(s)
-        })
+        if self.version < 3 {
+            return self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
+                self.series_device(s)
+            });
+        }
+        let d = names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?;
+        names::series_of(
+            &self.packed(S_SERIES_DEV, self.series),
+            self.type_series(t),
+            d,
+        )
+    }
+
+    /// Entry `d` of the device dictionary (version 3).
+    fn device_name(&self, d: usize) -> &str {
+        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, d)
     }
 
     /// The series of type `t`: `first..end`.
@@ -206,6 +244,10 @@ impl Summary {
     }
 
     pub fn series_device(&self, s: usize) -> &str {
+        if self.version >= 3 {
+            let d = self.packed(S_SERIES_DEV, self.series).int(s) as usize;
+            return self.device_name(d);
+        }
         self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
     }
 

@@ -45,7 +45,7 @@ impl Segment {
     #[inline]
     fn kd_node(&self, i: usize) -> KdNode {
         match self.version {
-            3 => bytemuck::cast_slice::<u8, CompactNode>(self.bytes(S_KD_NODES))[i]
+            3.. => bytemuck::cast_slice::<u8, CompactNode>(self.bytes(S_KD_NODES))[i]
                 .widen(self.meta.min_ts),
             _ => bytemuck::cast_slice::<u8, KdNode>(self.bytes(S_KD_NODES))[i],
         }

@@ -16,9 +16,20 @@ impl Segment {
         use crate::sections::SectionWriter;
         let rows = self.meta.rows as usize;
         let mut w = SectionWriter::create(&FORMAT_V1, path).unwrap();
-        for s in 0..S_TS {
+        for s in 0..S_DEV_BLOB {
             w.section(self.bytes(s)).unwrap();
         }
+        // Each series with its own copy of its device's name.
+        let series = self.file.words[1] as usize;
+        let (mut dev_blob, mut dev_off) = (Vec::new(), vec![0u32]);
+        for s in 0..series {
+            dev_blob.extend_from_slice(self.series_device(s).as_bytes());
+            dev_off.push(dev_blob.len() as u32);
+        }
+        let series_row: Vec<u32> = (0..=series).map(|s| self.series_row(s) as u32).collect();
+        w.section(&dev_blob).unwrap();
+        w.section(bytemuck::cast_slice(&dev_off)).unwrap();
+        w.section(bytemuck::cast_slice(&series_row)).unwrap();
         let ts: Vec<i64> = (0..rows).map(|i| self.ts(i)).collect();
         let value: Vec<f64> = (0..rows).map(|i| self.value(i)).collect();
         let mut acc = DoubleDouble::ZERO;
@@ -80,7 +91,7 @@ impl Segment {
         w.section(bytemuck::cast_slice(&points)).unwrap();
         w.section(bytemuck::cast_slice(&nodes)).unwrap();
         w.section(bytemuck::cast_slice(&type_nodes)).unwrap();
-        let mut words = self.file.words.clone();
+        let mut words = self.file.words[..FORMAT_V1.words].to_vec();
         words[3] = nodes.len() as u64;
         words[7] = KD_LEAF_ROWS_V2 as u64;
         w.finish(&words).unwrap();
