@@ -30,6 +30,15 @@ const RAW_BITS: u8 = u8::MAX;
 /// `Dir::decimals` of a float block scaled by `2^k` is `BINARY + k`.
 const BINARY: u8 = 128;
 
+/// `Dir::decimals` of a float block stored as decimals of `d` digits, each
+/// with the few units in the last place it lies from the decimal, is
+/// `NEAR + d`: sums of decimals (a series' total in a summary), which the
+/// roundings of the addition leave an ulp or two away from the decimal.
+const NEAR: u8 = 64;
+
+/// Bits of the distance in ulps kept with each value of a `NEAR` block.
+const NEAR_BITS: u32 = 3;
+
 /// The largest `k` of a block scaled by `2^k`.
 const MAX_BINARY: u8 = 126;
 
@@ -173,6 +182,45 @@ fn unscale(i: i64, decimals: u8) -> f64 {
     }
 }
 
+/// The integer a `NEAR + decimals` block stores for `v`: its nearest
+/// decimal scaled, shifted left by [`NEAR_BITS`], plus its distance in ulps
+/// from that decimal, if it reads back bit for bit.
+fn near_scaled(v: f64, decimals: u8) -> Option<i64> {
+    let x = (v * POW10[decimals as usize]).round();
+    if x.is_nan() || x.abs() >= 9_007_199_254_740_992.0 {
+        return None;
+    }
+    let base = unscale(x as i64, decimals);
+    let ulps = (v.to_bits() as i64).wrapping_sub(base.to_bits() as i64);
+    let half = 1i64 << (NEAR_BITS - 1);
+    if !(-half..half).contains(&ulps) {
+        return None;
+    }
+    let i = (x as i64)
+        .checked_mul(1 << NEAR_BITS)?
+        .checked_add(ulps + half)?;
+    (unscale_near(i, decimals).to_bits() == v.to_bits()).then_some(i)
+}
+
+/// The value of `i` in a `NEAR + decimals` block (see [`near_scaled`]).
+#[inline]
+fn unscale_near(i: i64, decimals: u8) -> f64 {
+    let half = 1i64 << (NEAR_BITS - 1);
+    let ulps = (i & ((1 << NEAR_BITS) - 1)) - half;
+    let base = unscale(i >> NEAR_BITS, decimals);
+    f64::from_bits((base.to_bits() as i64).wrapping_add(ulps) as u64)
+}
+
+/// A float of a block stored with `decimals`.
+#[inline]
+fn float_of(x: i64, decimals: u8) -> f64 {
+    match decimals {
+        RAW_BITS => f64::from_bits(x as u64),
+        d if (NEAR..=NEAR + MAX_DECIMALS).contains(&d) => unscale_near(x, d - NEAR),
+        d => unscale(x, d),
+    }
+}
+
 /// `2^e` for `e` in -1022..=1023.
 #[inline]
 fn pow2(e: i32) -> f64 {
@@ -201,6 +249,27 @@ fn binary_scale(values: &[f64]) -> Option<u8> {
     (k <= i32::from(MAX_BINARY)).then(|| BINARY + k as u8)
 }
 
+/// How a block of floats is stored, the first of: decimals, multiples of a
+/// power of two, decimals a few ulps off, raw bits. Leaves the integers
+/// stored in `ints`.
+fn float_mode(block: &[f64], ints: &mut Vec<i64>) -> u8 {
+    let mut all = |f: &dyn Fn(f64) -> Option<i64>| {
+        ints.clear();
+        block.iter().all(|&v| f(v).map(|i| ints.push(i)).is_some())
+    };
+    if let Some(d) = (0..=MAX_DECIMALS).find(|&d| all(&|v| scaled(v, d))) {
+        return d;
+    }
+    if let Some(scale) = binary_scale(block).filter(|&k| all(&|v| scaled(v, k))) {
+        return scale;
+    }
+    if let Some(d) = (0..=MAX_DECIMALS).find(|&d| all(&|v| near_scaled(v, d))) {
+        return NEAR + d;
+    }
+    all(&|v| Some(v.to_bits() as i64));
+    RAW_BITS
+}
+
 /// Builds packed columns.
 pub struct Packer;
 
@@ -221,29 +290,7 @@ impl Packer {
         let mut data = Vec::new();
         let mut ints = Vec::with_capacity(BLOCK);
         for block in values.chunks(BLOCK) {
-            let decimals = (0..=MAX_DECIMALS).find(|&d| {
-                ints.clear();
-                block.iter().all(|&v| match scaled(v, d) {
-                    Some(i) => {
-                        ints.push(i);
-                        true
-                    }
-                    None => false,
-                })
-            });
-            let binary = || {
-                let scale = binary_scale(block)?;
-                ints.clear();
-                for &v in block {
-                    ints.push(scaled(v, scale)?);
-                }
-                Some(scale)
-            };
-            let decimals = decimals.or_else(binary).unwrap_or_else(|| {
-                ints.clear();
-                ints.extend(block.iter().map(|v| v.to_bits() as i64));
-                RAW_BITS
-            });
+            let decimals = float_mode(block, &mut ints);
             dirs.push(pack_block(&ints, decimals, &mut data));
         }
         join(&dirs, data)
@@ -284,6 +331,7 @@ impl<'a> Packed<'a> {
             let end = d.offset as usize + stored.div_ceil(8);
             let decimals_ok = if floats {
                 d.decimals <= MAX_DECIMALS
+                    || (NEAR..=NEAR + MAX_DECIMALS).contains(&d.decimals)
                     || (BINARY..=BINARY + MAX_BINARY).contains(&d.decimals)
                     || d.decimals == RAW_BITS
             } else {
@@ -349,10 +397,8 @@ impl<'a> Packed<'a> {
     /// Value `i` of a float column.
     #[inline]
     pub fn float(&self, i: usize) -> f64 {
-        match self.raw(i) {
-            (bits, RAW_BITS) => f64::from_bits(bits as u64),
-            (x, decimals) => unscale(x, decimals),
-        }
+        let (x, decimals) = self.raw(i);
+        float_of(x, decimals)
     }
 
     /// Values `start..start + out.len()` of a float column, into `out`:
@@ -373,11 +419,7 @@ impl<'a> Packed<'a> {
                 let first = (i % BLOCK) * usize::from(d.bits);
                 for (j, x) in run.iter_mut().enumerate() {
                     let off = self.bits_at(d.offset, first + j * usize::from(d.bits), d.bits);
-                    let v = d.min.wrapping_add(off as i64);
-                    *x = match d.decimals {
-                        RAW_BITS => f64::from_bits(v as u64),
-                        decimals => unscale(v, decimals),
-                    };
+                    *x = float_of(d.min.wrapping_add(off as i64), d.decimals);
                 }
             }
             i += n;
@@ -555,6 +597,35 @@ mod tests {
         assert!(Packed::new(&b[..bytes.len()], 400, false).is_none());
         b[4] = 65; // bits
         assert!(Packed::new(&b[..bytes.len()], 4, false).is_none());
+    }
+
+    #[test]
+    fn sums_of_decimals_pack_near_their_decimals() {
+        use desa_model::DoubleDouble;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Per series, the double-double total of readings of 3 decimals:
+        // the high halves miss the decimal total by an ulp or so.
+        let sums: Vec<f64> = (0..2_000)
+            .map(|_| {
+                let mut acc = DoubleDouble::ZERO;
+                for _ in 0..rng.gen_range(1..5_000) {
+                    acc = acc.add_f64(unscale(rng.gen_range(-40_000..60_000), 3));
+                }
+                acc.hi
+            })
+            .collect();
+        floats_round_trip(&sums);
+        let packed = Packer::floats(&sums);
+        assert!(packed.len() < sums.len() * 6, "{} bytes", packed.len());
+        // Values an ulp or more either side of decimals, and of zero.
+        let step = |v: f64, ulps: i64| f64::from_bits((v.to_bits() as i64 + ulps) as u64);
+        let mut odd: Vec<f64> = Vec::new();
+        for ulps in -6..6 {
+            odd.extend([step(0.1, ulps), step(-12.345, ulps), step(1e15, ulps)]);
+            odd.push(step(0.0, ulps.abs()));
+        }
+        floats_round_trip(&odd);
     }
 
     /// Seeded random columns: arbitrary bit patterns (NaNs, infinities,
