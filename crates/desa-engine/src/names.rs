@@ -15,8 +15,8 @@ use crate::packed::Packed;
 pub(crate) struct Dictionary {
     /// The distinct names, sorted, one after the other.
     pub blob: Vec<u8>,
-    /// `devices + 1` offsets into `blob`.
-    pub ends: Vec<u32>,
+    /// `devices + 1` offsets into `blob` (a packed column).
+    pub ends: Vec<i64>,
     /// Per series, the index of its device.
     pub index: Vec<i64>,
 }
@@ -29,10 +29,10 @@ impl Dictionary {
         sorted.dedup();
         let mut blob = Vec::new();
         let mut ends = Vec::with_capacity(sorted.len() + 1);
-        ends.push(0u32);
+        ends.push(0);
         for n in &sorted {
             blob.extend_from_slice(n.as_bytes());
-            ends.push(blob.len() as u32);
+            ends.push(blob.len() as i64);
         }
         let index = names
             .iter()

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::packed::Packed;
 
 const HEADER_BYTES: u64 = 16;
 
@@ -153,6 +154,9 @@ pub(crate) struct SectionFile {
     /// The (blob, offsets) string tables [`check_strings`](Self::check_strings)
     /// has verified.
     strings: Vec<(usize, usize)>,
+    /// The (blob, offsets, count) tables
+    /// [`check_packed_strings`](Self::check_packed_strings) has verified.
+    packed_strings: Vec<(usize, usize, usize)>,
 }
 
 impl SectionFile {
@@ -221,6 +225,7 @@ impl SectionFile {
             words,
             last_used: AtomicU64::new(0),
             strings: Vec::new(),
+            packed_strings: Vec::new(),
         })
     }
 
@@ -256,6 +261,46 @@ impl SectionFile {
         // SAFETY: `check_strings` found the whole blob UTF-8 and every offset
         // on a character boundary, and a mapped file never changes, so the
         // bytes between two offsets are UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    /// [`check_strings`](Self::check_strings) for a table of `count` strings
+    /// whose offsets are a packed column (`count + 1` values).
+    pub fn check_packed_strings(
+        &mut self,
+        path: &Path,
+        blob: usize,
+        offsets: usize,
+        count: usize,
+    ) -> Result<()> {
+        let at = self.sections[blob].0 as u64;
+        let bad = |reason: &str| Error::corrupt(path, at, reason.to_owned());
+        let text = std::str::from_utf8(self.bytes(blob)).map_err(|_| bad("a name is not UTF-8"))?;
+        let ends = Packed::new(self.bytes(offsets), count + 1, false)
+            .ok_or_else(|| bad("name offsets are malformed"))?;
+        let mut last = 0;
+        for i in 0..=count {
+            let end = usize::try_from(ends.int(i)).unwrap_or(usize::MAX);
+            if end < last || !text.is_char_boundary(end) {
+                return Err(bad("name offsets out of order or out of bounds"));
+            }
+            last = end;
+        }
+        self.packed_strings.push((blob, offsets, count));
+        Ok(())
+    }
+
+    /// String `i` of a table verified by
+    /// [`check_packed_strings`](Self::check_packed_strings).
+    pub fn packed_str_at(&self, blob: usize, offsets: usize, count: usize, i: usize) -> &str {
+        assert!(
+            self.packed_strings.contains(&(blob, offsets, count)),
+            "string table ({blob}, {offsets}) read before it was checked"
+        );
+        let ends = Packed::unchecked(self.bytes(offsets), count + 1);
+        let bytes = &self.bytes(blob)[ends.int(i) as usize..ends.int(i + 1) as usize];
+        // SAFETY: as for `str_at`: `check_packed_strings` found the blob
+        // UTF-8 and every offset ascending and on a character boundary.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 

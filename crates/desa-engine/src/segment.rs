@@ -71,8 +71,8 @@ pub(crate) const S_TYPE_ROWS: usize = 3; // u32 x (types + 1)
 /// v4: the file's distinct devices, sorted (`crate::names`); before: each
 /// series' device, in series order.
 pub(crate) const S_DEV_BLOB: usize = 4;
-/// Offsets into [`S_DEV_BLOB`]: v4 u32 x (devices + 1), before u32 x
-/// (series + 1).
+/// Offsets into [`S_DEV_BLOB`]: v4 packed ints x (devices + 1), before
+/// u32 x (series + 1).
 pub(crate) const S_SERIES_DEV_OFF: usize = 5;
 /// Each series' first row: v4 packed ints x (series + 1), before u32.
 pub(crate) const S_SERIES_ROW: usize = 6;

@@ -76,8 +76,8 @@ pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
 /// v3: the file's distinct devices, sorted (`crate::names`); before: each
 /// series' device, in series order.
 pub(crate) const S_DEV_BLOB: usize = 3;
-/// Offsets into [`S_DEV_BLOB`]: v3 u32 x (devices + 1), before u32 x
-/// (series + 1).
+/// Offsets into [`S_DEV_BLOB`]: v3 packed ints x (devices + 1), before
+/// u32 x (series + 1).
 pub(crate) const S_SERIES_DEV_OFF: usize = 4;
 pub(crate) const S_COUNT: usize = 5; // packed ints x series (v1: u64)
 pub(crate) const S_SUM_HI: usize = 6; // packed floats x series (v1: f64)

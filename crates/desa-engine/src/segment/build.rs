@@ -222,7 +222,7 @@ pub(crate) fn build_segment(
         w.section(b(&type_series))?;
         w.section(b(&type_rows))?;
         w.section(&devices.blob)?;
-        w.section(b(&devices.ends))?;
+        w.section(&Packer::ints(&devices.ends))?;
         w.section(&Packer::ints(&series_row))?;
         w.section(&Packer::ints(&ts))?;
         w.section(&Packer::floats(&value))?;

@@ -103,7 +103,7 @@ impl Segment {
             (4, Some(types + 1)),
             (4, Some(types + 1)),
             (1, None),
-            (4, Some(if v4 { devices + 1 } else { series + 1 })),
+            if v4 { packed } else { (4, Some(series + 1)) },
             if v4 { packed } else { (4, Some(series + 1)) },
             either((8, Some(rows)), packed),
             either((8, Some(rows)), packed),
@@ -149,7 +149,11 @@ impl Segment {
             }
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
-        file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
+        if v4 {
+            file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
+        } else {
+            file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
+        }
         let time_order = version >= 3
             || (version == 2
                 && file.sections[S_TIME_TS].1 == rows * 4
@@ -242,7 +246,8 @@ impl Segment {
 
     /// Entry `d` of the device dictionary (version 4).
     fn device_name(&self, d: usize) -> &str {
-        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, d)
+        self.file
+            .packed_str_at(S_DEV_BLOB, S_SERIES_DEV_OFF, self.devices, d)
     }
 
     /// Timestamp of row `i` (rows in (type, device, time) order).

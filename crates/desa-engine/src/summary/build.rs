@@ -337,7 +337,7 @@ fn write_sections(
     w.section(b(&series.type_series))?;
     let devices = Dictionary::of(&series.devices);
     w.section(&devices.blob)?;
-    w.section(b(&devices.ends))?;
+    w.section(&Packer::ints(&devices.ends))?;
     let counts: Vec<i64> = series.count.iter().map(|&c| c as i64).collect();
     w.section(&Packer::ints(&counts))?;
     w.section(&Packer::floats(&series.sum_hi))?;

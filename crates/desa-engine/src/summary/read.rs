@@ -77,7 +77,7 @@ impl Summary {
                 (4, Some(types + 1)),
                 (4, Some(types + 1)),
                 (1, None),
-                (4, Some(if v3 { devices + 1 } else { series + 1 })),
+                if v3 { packed } else { (4, Some(series + 1)) },
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
                 if v1 { fixed(8, series) } else { packed },
@@ -125,7 +125,11 @@ impl Summary {
             }
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
-        file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
+        if v3 {
+            file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
+        } else {
+            file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
+        }
         let mut s = Summary {
             path: path.to_owned(),
             file,
@@ -234,7 +238,8 @@ impl Summary {
 
     /// Entry `d` of the device dictionary (version 3).
     fn device_name(&self, d: usize) -> &str {
-        self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, d)
+        self.file
+            .packed_str_at(S_DEV_BLOB, S_SERIES_DEV_OFF, self.devices, d)
     }
 
     /// The series of type `t`: `first..end`.
