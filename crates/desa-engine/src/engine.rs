@@ -56,7 +56,8 @@ pub struct EngineConfig {
     pub memory_budget_bytes: u64,
     /// Segments of one size tier in one day that trigger a merge.
     pub compaction_fanin: usize,
-    /// Segments are not merged past this many rows.
+    /// No merge writes a segment of more than this many rows: a merge
+    /// holds its rows in memory, so this bounds its memory.
     pub max_segment_rows: u64,
     /// Segments a summary may leave to queries (late events that arrived
     /// after it was built) before it is refreshed.

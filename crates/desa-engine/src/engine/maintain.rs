@@ -128,13 +128,26 @@ fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>,
                 .push(s.clone());
         }
     }
-    let ((_, _, covered_by), mut g) = groups
+    groups
         .into_iter()
         .filter(|g| g.1.len() >= fanin)
-        .min_by_key(|g| g.1[0].meta.id)?;
-    g.sort_by_key(|s| s.meta.id);
-    g.truncate(fanin);
-    Some((g, covered_by))
+        .filter_map(|((_, _, covered_by), mut g)| {
+            g.sort_by_key(|s| s.meta.id);
+            // A merge holds all its rows in memory (about 250 bytes each
+            // while the segment is built): the oldest that fit the cap.
+            let mut total = 0;
+            let fit = g
+                .iter()
+                .take(fanin)
+                .take_while(|s| {
+                    total += s.meta.rows;
+                    total <= cfg.max_segment_rows
+                })
+                .count();
+            g.truncate(fit);
+            (fit >= 2).then_some((g, covered_by))
+        })
+        .min_by_key(|g| g.0[0].meta.id)
 }
 
 /// True while a flush, merge or summary is due: the node has not caught up
