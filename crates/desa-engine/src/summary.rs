@@ -42,6 +42,7 @@
 //! (fixed-width columns, points for every type) is still read.
 
 mod build;
+mod points;
 mod read;
 
 use std::collections::BTreeSet;

@@ -122,6 +122,10 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long, env = "DESA_BENCH_OUT")]
     pub out: Option<PathBuf>,
+    /// The node's `--memory-budget`: the peak resident memory is reported
+    /// against it, and marked when over.
+    #[arg(long, env = "DESA_BENCH_MEMORY_BUDGET", default_value = "1GiB", value_parser = crate::units::parse_size)]
+    pub memory_budget: u64,
 }
 
 /// Draws the parameters of one timed query.
@@ -351,11 +355,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let data_dir = work.join("data");
     let reuse = args.reuse_data && (args.store.is_some() || data_dir.join("MANIFEST").exists());
-    let store_args: Vec<String> = args
+    let mut store_args: Vec<String> = args
         .store
         .iter()
         .flat_map(|url| ["--store".to_owned(), url.clone()])
         .collect();
+    store_args.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
     let input = match &args.input {
         Some(p) => p.clone(),
         None if reuse => PathBuf::new(),
@@ -575,10 +580,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|m| m.len())
             .sum::<u64>(),
     };
+    let over_budget = matches!(target, Target::Node { .. }) && hwm > args.memory_budget;
     eprintln!(
-        "memory: resident {:.0} MiB now, peak {:.0} MiB; segments {:.1} bytes/event; input {:.1} bytes/event",
+        "memory: resident {:.0} MiB now, peak {}; segments {:.1} bytes/event; input {:.1} bytes/event",
         rss as f64 / 1048576.0,
-        hwm as f64 / 1048576.0,
+        peak_against_budget(hwm, args.memory_budget, over_budget),
         storage as f64 / accepted.max(1) as f64,
         input_bytes as f64 / args.events.max(1) as f64
     );
@@ -618,6 +624,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "cold": args.cold,
         "resident_bytes": rss,
         "peak_resident_bytes": hwm,
+        "memory_budget_bytes": args.memory_budget,
+        "peak_over_budget": over_budget,
         "segment_bytes_per_event": storage as f64 / accepted.max(1) as f64,
         "bytes_per_event_by_part": per_event,
         "mixed": mixed_report,
@@ -629,6 +637,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("results written to {}", out.display());
     }
     Ok(())
+}
+
+/// "N MiB", with the budget and in red (on a terminal) when it is over.
+fn peak_against_budget(peak: u64, budget: u64, over: bool) -> String {
+    use std::io::IsTerminal;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    if !over {
+        return format!("{:.0} MiB (budget {:.0} MiB)", mib(peak), mib(budget));
+    }
+    let text = format!(
+        "{:.0} MiB, OVER the {:.0} MiB budget",
+        mib(peak),
+        mib(budget)
+    );
+    if std::io::stderr().is_terminal() {
+        format!("\x1b[1;31m{text}\x1b[0m")
+    } else {
+        text
+    }
 }
 
 /// Opens the stored engine in this process: (target, events stored, no load time).

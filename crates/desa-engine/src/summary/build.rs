@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use desa_model::DoubleDouble;
 
+use super::points;
 use super::*;
 use crate::error::{Error, Result};
 use crate::names::Dictionary;
@@ -41,12 +42,6 @@ impl<'a> Input<'a> {
             Input::Summary(s, _) => s.type_name(t),
         }
     }
-    fn find_type(&self, name: &str) -> Option<usize> {
-        match self {
-            Input::Segment(s) => s.find_type(name),
-            Input::Summary(s, _) => s.find_type(name),
-        }
-    }
     fn type_series(&self, t: usize) -> std::ops::Range<usize> {
         match self {
             Input::Segment(s) => s.type_series(t),
@@ -72,54 +67,6 @@ impl<'a> Input<'a> {
             Input::Segment(s) => s.release_memory(),
             Input::Summary(s, _) => s.release_memory(),
         }
-    }
-
-    /// Appends the points of the type named `name` to `out`; false when
-    /// they are not all at hand.
-    fn points(&self, name: &str, out: &mut Vec<GeoPoint>) -> bool {
-        let Some(t) = self.find_type(name) else {
-            return true;
-        };
-        match self {
-            Input::Segment(s) => {
-                // Rows are in (device, time) order and a sensor seldom moves:
-                // folding runs of one location here leaves about one point
-                // per device for the sort in `fold_points`.
-                let mut rows = s.located_values(t).peekable();
-                while let Some((at_lat, at_lon, v)) = rows.next() {
-                    let mut count = 1;
-                    let mut sum = DoubleDouble::ZERO.add_f64(v);
-                    while let Some(&(_, _, v)) = rows
-                        .peek()
-                        .filter(|&&(lat, lon, _)| lat == at_lat && lon == at_lon)
-                    {
-                        count += 1;
-                        sum = sum.add_f64(v);
-                        rows.next();
-                    }
-                    out.push(GeoPoint {
-                        lat: at_lat,
-                        lon: at_lon,
-                        count,
-                        sum_hi: sum.hi,
-                        sum_lo: sum.lo,
-                    });
-                }
-            }
-            Input::Summary(s, covered) => {
-                if s.has_geo(name) {
-                    s.points_of(t, out);
-                } else {
-                    let Some(covered) = covered else {
-                        return false;
-                    };
-                    for seg in covered.iter() {
-                        Input::Segment(seg).points(name, out);
-                    }
-                }
-            }
-        }
-        true
     }
 }
 
@@ -214,26 +161,6 @@ fn merge_series<'a>(inputs: &[Input<'a>]) -> Series<'a> {
         out.type_series.push(out.count.len() as u32);
     }
     out
-}
-
-/// Folds equal locations into one point (sorting by the coordinates' bits
-/// groups them; the k-d build orders them afterwards).
-fn fold_points(points: &mut Vec<GeoPoint>) {
-    points.sort_unstable_by_key(|p| (p.lat.to_bits(), p.lon.to_bits()));
-    let mut w = 0;
-    for r in 0..points.len() {
-        let p = points[r];
-        if w > 0 && points[w - 1].lat == p.lat && points[w - 1].lon == p.lon {
-            let q = &mut points[w - 1];
-            let sum = DoubleDouble::new(q.sum_hi, q.sum_lo) + DoubleDouble::new(p.sum_hi, p.sum_lo);
-            q.count += p.count;
-            (q.sum_hi, q.sum_lo) = (sum.hi, sum.lo);
-        } else {
-            points[w] = p;
-            w += 1;
-        }
-    }
-    points.truncate(w);
 }
 
 const EMPTY_NODE: GeoNode = GeoNode {
@@ -344,45 +271,17 @@ fn write_sections(
     w.section(&Packer::floats(&series.sum_lo))?;
     w.section(&Packer::ints(&topk))?;
     let series_count = series.count.len() as u64;
-    let type_events: Vec<u64> = series
-        .type_series
-        .windows(2)
-        .map(|r| series.count[r[0] as usize..r[1] as usize].iter().sum())
-        .collect();
     drop(series);
     drop(topk);
 
     let mut type_points = vec![0u32];
     let mut type_nodes = vec![0u32];
     let mut nodes: Vec<GeoNode> = Vec::new();
-    let mut points: Vec<GeoPoint> = Vec::new();
     // The kept points of every type, column by column.
     let mut columns: [Vec<f64>; 4] = Default::default();
     let mut point_counts: Vec<i64> = Vec::new();
-    for (name, &events) in type_names.iter().zip(&type_events) {
-        points.clear();
-        // Kept only if at most this many points remain once folded. Folding
-        // never lowers the count as inputs are added, so gathering stops as
-        // soon as the points folded so far are too many: devices that move
-        // never hold a whole block's points in memory.
-        let most = events / GEO_FOLD_MIN;
-        let mut keep = true;
-        for input in inputs {
-            keep &= input.points(name, &mut points);
-            input.release_memory();
-            if points.len() as u64 > most {
-                fold_points(&mut points);
-                keep &= points.len() as u64 <= most;
-            }
-            if !keep {
-                break;
-            }
-        }
-        fold_points(&mut points);
-        if !keep || points.len() as u64 > most {
-            points.clear();
-            points.shrink_to_fit();
-        }
+    for name in &type_names {
+        let mut points = points::gather(inputs, name, points::FOLD_BATCH).points;
         let base = nodes.len();
         let n = points.len();
         nodes.resize(

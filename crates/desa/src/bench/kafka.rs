@@ -57,6 +57,7 @@ pub(super) fn bench_kafka(
     if let Some(url) = &args.store {
         extra.extend(["--store".to_owned(), url.clone()]);
     }
+    extra.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
     let started = Instant::now();
     let node = start_node(data_dir, &extra)?;
     let client = Client::new(&node.base);
