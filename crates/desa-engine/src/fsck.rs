@@ -59,7 +59,10 @@ pub fn check(dir: &Path) -> Result<Report> {
     if let Some(m) = &manifest {
         for s in &m.segments {
             let name = SegmentMeta::file_name(s.id);
-            match Segment::open(&seg_dir.join(&name), s.id) {
+            match Segment::open(&seg_dir.join(&name), s.id).and_then(|seg| {
+                seg.verify_indexes()?;
+                Ok(seg)
+            }) {
                 Ok(seg) if seg.meta.rows == s.rows => {
                     r.segments += 1;
                     r.segment_events += s.rows;
@@ -74,8 +77,10 @@ pub fn check(dir: &Path) -> Result<Report> {
         }
         for s in &m.summaries {
             let name = SummaryMeta::file_name(s.id);
-            match Summary::open(&seg_dir.join(&name), s.level, s.first_day) {
-                Ok(_) => r.summaries += 1,
+            match Summary::open(&seg_dir.join(&name), s.level, s.first_day)
+                .and_then(|x| x.verify_indexes())
+            {
+                Ok(()) => r.summaries += 1,
                 Err(e) => r.problems.push(e.to_string()),
             }
             named.insert(name);

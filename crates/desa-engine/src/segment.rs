@@ -203,11 +203,8 @@ mod tests {
     use crate::head::{NewRow, Rows};
     use desa_model::{GeoBox, TimeWindow};
 
-    /// A file whose checksum holds but whose k-d order names rows that do
-    /// not exist (a crafted file) opens, answers geo queries without
-    /// panicking, and is refused as corrupt when compaction reads it.
-    #[test]
-    fn k_d_rows_past_the_end_are_bounded_and_refused_by_compaction() {
+    /// A segment of 300 rows of type "t" from three devices, at `path`.
+    fn small_segment(path: &std::path::Path) {
         let mut rows = Rows::default();
         for i in 0..300 {
             rows.push(NewRow {
@@ -220,29 +217,73 @@ mod tests {
                 meta: None,
             });
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("1.seg");
         let all: Vec<u32> = (0..300).collect();
-        write_segment(&rows, &all, 20_000, 1, &path).unwrap();
-        let at = crate::sections::SectionFile::open(&[&FORMAT], &path)
+        write_segment(&rows, &all, 20_000, 1, path).unwrap();
+    }
+
+    /// Sets the smallest value of the first block of the packed section
+    /// `section` to `value`, and the checksum to match: a crafted file.
+    fn craft(path: &std::path::Path, section: usize, value: i64) {
+        let at = crate::sections::SectionFile::open(&[&FORMAT], path)
             .unwrap()
-            .sections[S_KD_ROW]
+            .sections[section]
             .0;
-        let mut bytes = std::fs::read(&path).unwrap();
-        // The first block's smallest row, far past the last.
-        bytes[at + 8..at + 16].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at + 8..at + 16].copy_from_slice(&value.to_le_bytes());
         let crc_at = bytes.len() - 16;
         let crc = crc32c::crc32c(&bytes[..crc_at]);
         bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+    }
 
-        let seg = Segment::open(&path, 1).unwrap();
+    /// Every query kind over the crafted segment: none may panic.
+    fn ask_everything(seg: &Segment) {
+        let all_time = TimeWindow::new(0, i64::MAX).unwrap();
         let world = GeoBox::new(-90.0, 90.0, -180.0, 180.0).unwrap();
         let part = GeoBox::new(10.0, 20.0, 10.0, 20.0).unwrap();
         for b in [&world, &part] {
-            let _ = seg.geo("t", b, TimeWindow::new(0, i64::MAX).unwrap());
+            let _ = seg.geo("t", b, all_time);
         }
+        for d in ["a", "b", "c", "z"] {
+            let _ = seg.avg(d, "t", all_time);
+        }
+        for s in 0..3 {
+            let _ = (seg.series_device(s), seg.series_len(s), seg.series_sum(s));
+        }
+    }
+
+    /// A file whose checksum holds but whose k-d order names rows that do
+    /// not exist (a crafted file) opens, answers geo queries without
+    /// panicking, and is refused as corrupt when compaction reads it.
+    #[test]
+    fn k_d_rows_past_the_end_are_bounded_and_refused_by_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.seg");
+        small_segment(&path);
+        // The first block's smallest row, far past the last.
+        craft(&path, S_KD_ROW, 1 << 40);
+        let seg = Segment::open(&path, 1).unwrap();
+        ask_everything(&seg);
         let err = seg.append_to(&mut Rows::default()).unwrap_err();
         assert!(matches!(err, crate::Error::Corrupt { .. }), "{err}");
+    }
+
+    /// The same for a series' first row and a series' device past the end
+    /// (format 4 does not read every series when it opens a file): bounded
+    /// where read, refused by compaction and by `verify_indexes` (fsck).
+    #[test]
+    fn series_indexes_past_the_end_are_bounded_and_refused_by_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, section) in [S_SERIES_ROW, S_SERIES_DEV].into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.seg"));
+            small_segment(&path);
+            craft(&path, section, 1 << 40);
+            let seg = Segment::open(&path, 1).unwrap();
+            ask_everything(&seg);
+            let err = seg.verify_indexes().unwrap_err();
+            assert!(matches!(err, crate::Error::Corrupt { .. }), "{err}");
+            let err = seg.append_to(&mut Rows::default()).unwrap_err();
+            assert!(matches!(err, crate::Error::Corrupt { .. }), "{err}");
+        }
     }
 }

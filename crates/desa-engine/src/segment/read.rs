@@ -236,12 +236,20 @@ impl Segment {
         Packed::unchecked(self.bytes(s), self.file.words[1] as usize + extra)
     }
 
-    /// The first row of series `s` (`s` = series: the row count).
+    /// The first row of series `s` (`s` = series: the row count). In
+    /// version 4 bounded by the rows where it is read, as the k-d order's
+    /// rows are (`open` does not read every series; `verify_indexes` does).
     fn series_row(&self, s: usize) -> usize {
         match self.version {
-            4 => self.packed_series(S_SERIES_ROW, 1).int(s) as usize,
+            4 => (self.packed_series(S_SERIES_ROW, 1).int(s) as u64).min(self.meta.rows) as usize,
             _ => self.u32s(S_SERIES_ROW)[s] as usize,
         }
+    }
+
+    /// The rows of series `s`: never a reversed range.
+    fn series_rows(&self, s: usize) -> (usize, usize) {
+        let lo = self.series_row(s);
+        (lo, self.series_row(s + 1).max(lo))
     }
 
     /// Entry `d` of the device dictionary (version 4).
@@ -341,16 +349,31 @@ impl Segment {
         }
     }
 
-    /// Whether the series' first rows start at 0, never decrease and end
-    /// at `rows`.
-    fn series_rows_ascend_to(&self, series: usize, rows: usize) -> bool {
-        if self.version < 4 {
-            return crate::sections::ascending_to(self.u32s(S_SERIES_ROW), rows);
+    /// Checks the per-series and per-row indexes that `open` leaves to
+    /// the reads that bound them (each series' first row and device, the
+    /// k-d order's rows): compaction and `desa fsck`, which read every one,
+    /// refuse a file whose indexes disagree as corrupt.
+    pub fn verify_indexes(&self) -> Result<()> {
+        let (rows, series) = (self.meta.rows as usize, self.file.words[1] as usize);
+        if self.version >= 4 {
+            let first = self.packed_series(S_SERIES_ROW, 1);
+            let index = self.packed_series(S_SERIES_DEV, 0);
+            let ascending = first.int(0) == 0
+                && (0..series).all(|s| first.int(s) <= first.int(s + 1))
+                && first.int(series) == rows as i64;
+            let reason = if !ascending {
+                Some("series' first rows out of order")
+            } else if !names::index_is_valid(&index, self.u32s(S_TYPE_SERIES), self.devices) {
+                Some("a series names a device out of order or out of the dictionary")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                let at = self.file.sections[S_SERIES_ROW].0 as u64;
+                return Err(Error::corrupt(&self.path, at, reason.to_owned()));
+            }
         }
-        let first = self.packed_series(S_SERIES_ROW, 1);
-        first.int(0) == 0
-            && (0..series).all(|s| first.int(s) <= first.int(s + 1))
-            && first.int(series) == rows as i64
+        self.locations().map(|_| ())
     }
 
     /// True when every row lies inside the window.
@@ -371,7 +394,7 @@ impl Segment {
         use crate::sections::ascending_to;
         if !ascending_to(type_series, series)
             || !ascending_to(type_rows, rows)
-            || !self.series_rows_ascend_to(series, rows)
+            || (self.version < 4 && !ascending_to(self.u32s(S_SERIES_ROW), rows))
             || !ascending_to(type_nodes, nodes)
         {
             return Some("offsets out of order or not ending at their section's count");
@@ -386,12 +409,6 @@ impl Segment {
                 return Some("a top-K order names a series of another type");
             }
         }
-        if self.version >= 4 {
-            let index = self.packed_series(S_SERIES_DEV, 0);
-            if !names::index_is_valid(&index, type_series, self.devices) {
-                return Some("a series names a device out of order or out of the dictionary");
-            }
-        }
         if self.version < 3 {
             let meta_off = self.u64s(S_META_OFF);
             if meta_off.windows(2).any(|w| w[0] > w[1])
@@ -402,11 +419,13 @@ impl Segment {
                 return Some("metadata offsets out of order or out of bounds");
             }
         }
-        // Version 3's per-row indexes are not checked here, which would cost
-        // a decode per row at every start: a series from the time order is
-        // looked up with a bounds check, a row from the k-d order is bounded
-        // where it is read (`kd_row`), and compaction, which reads them all,
-        // checks that the k-d order is a permutation (`locations`).
+        // Version 3's per-row indexes and version 4's per-series ones are
+        // not checked here, which would cost a decode per row or series at
+        // every start: a series from the time order is looked up with a
+        // bounds check, a row from the k-d order, a series' first row and
+        // its device are bounded where they are read (`kd_row`,
+        // `series_row`, `series_device`), and compaction and `desa fsck`,
+        // which read them all, check them (`verify_indexes`).
         if self.version == 2
             && self.time_order
             && (0..rows).any(|i| self.time_entry(i).1 as usize >= series)
@@ -439,7 +458,10 @@ impl Segment {
 
     pub fn series_device(&self, s: usize) -> &str {
         match self.version {
-            4 => self.device_name(self.packed_series(S_SERIES_DEV, 0).int(s) as usize),
+            4 => {
+                let d = self.packed_series(S_SERIES_DEV, 0).int(s) as u64;
+                self.device_name(d.min(self.devices.saturating_sub(1) as u64) as usize)
+            }
             _ => self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s),
         }
     }
@@ -486,17 +508,19 @@ impl Segment {
 
     /// Sum of the values of series `s`, all time.
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
-        self.prefix(self.series_row(s + 1)) - self.prefix(self.series_row(s))
+        let (lo, hi) = self.series_rows(s);
+        self.prefix(hi) - self.prefix(lo)
     }
 
     /// Events in series `s`, all time.
     pub fn series_len(&self, s: usize) -> u64 {
-        (self.series_row(s + 1) - self.series_row(s)) as u64
+        let (lo, hi) = self.series_rows(s);
+        (hi - lo) as u64
     }
 
     /// Rows of series `s` inside the window: two binary searches.
     fn series_rows_in(&self, s: usize, w: TimeWindow) -> (usize, usize) {
-        let (lo, hi) = (self.series_row(s), self.series_row(s + 1));
+        let (lo, hi) = self.series_rows(s);
         (
             self.ts_lower_bound(lo, hi, w.start),
             self.ts_lower_bound(lo, hi, w.end),
@@ -625,6 +649,7 @@ impl Segment {
 
     /// Appends every event of the segment to `rows` (for compaction).
     pub fn append_to(&self, rows: &mut Rows) -> Result<()> {
+        self.verify_indexes()?;
         let meta = self.metadata()?;
         let locations = self.locations()?;
         let type_series = self.u32s(S_TYPE_SERIES);
@@ -634,7 +659,8 @@ impl Segment {
             for s in type_series[t] as usize..type_series[t + 1] as usize {
                 let dev = self.series_device(s);
                 let device_id = rows.devices.intern(dev);
-                for r in self.series_row(s)..self.series_row(s + 1) {
+                let (lo, hi) = self.series_rows(s);
+                for r in lo..hi {
                     let (lat, lon) = locations[r];
                     rows.push_interned(
                         type_id,

@@ -178,13 +178,21 @@ impl Summary {
                 return Some("a top-K order names a series of another type");
             }
         }
+        None
+    }
+
+    /// Checks the series' device indexes, which `open` leaves to the reads
+    /// that bound them: `desa fsck` refuses a file whose indexes disagree.
+    pub fn verify_indexes(&self) -> Result<()> {
         if self.version >= 3 {
             let index = self.packed(S_SERIES_DEV, self.series);
-            if !names::index_is_valid(&index, type_series, self.devices) {
-                return Some("a series names a device out of order or out of the dictionary");
+            if !names::index_is_valid(&index, self.u32s(S_TYPE_SERIES), self.devices) {
+                let at = self.file.sections[S_SERIES_DEV].0 as u64;
+                let reason = "a series names a device out of order or out of the dictionary";
+                return Err(Error::corrupt(&self.path, at, reason.to_owned()));
             }
         }
-        None
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -250,8 +258,9 @@ impl Summary {
 
     pub fn series_device(&self, s: usize) -> &str {
         if self.version >= 3 {
-            let d = self.packed(S_SERIES_DEV, self.series).int(s) as usize;
-            return self.device_name(d);
+            // Bounded here; `verify_indexes` checks them all.
+            let d = self.packed(S_SERIES_DEV, self.series).int(s) as u64;
+            return self.device_name(d.min(self.devices.saturating_sub(1) as u64) as usize);
         }
         self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
     }
