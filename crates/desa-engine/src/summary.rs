@@ -21,7 +21,9 @@
 //!   covers instead (see `query::plan`). A larger block built from a
 //!   summary without a type's points reads them from the segments that
 //!   summary covers, so a type whose locations fold over weeks but not over
-//!   two days still has them where they pay.
+//!   two days still has them where they pay. A build gathers a type's
+//!   points a batch at a time and stops at the first batch that does not
+//!   fold (`points::gather`), so it never holds a block's events as points.
 //!
 //! A window `[start, end)` is answered from the summaries of a greedy
 //! dyadic cover of its whole days (at most two blocks per level), plus every
