@@ -14,6 +14,7 @@ mod flush;
 mod maintain;
 mod memory;
 mod recover;
+mod scrub;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
@@ -287,10 +288,17 @@ impl Engine {
                 .spawn(move || supervise(&inner, "desa-summary", || summary_loop(&inner)))
                 .map_err(Error::io("spawn", "desa-summary"))?
         };
+        let scrubber = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("desa-scrub".into())
+                .spawn(move || supervise(&inner, "desa-scrub", || scrub::scrub_loop(&inner)))
+                .map_err(Error::io("spawn", "desa-scrub"))?
+        };
         Ok(Engine {
             inner,
             commit_tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![committer, flusher, governor, summarizer]),
+            threads: Mutex::new(vec![committer, flusher, governor, summarizer, scrubber]),
             _lock: lock,
         })
     }
@@ -353,24 +361,34 @@ impl Engine {
         self.inner.state.read().watermark
     }
 
-    pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> AvgAnswer {
+    /// The average of one device and type over the window. Like `geo` and
+    /// `topk`, an error only when a file the answer needs fails its
+    /// checksum (`Error::Corrupt`, naming it): never an answer without it.
+    pub fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> Result<AvgAnswer> {
         let (count, sum) = self.count_and_sum(
             w,
             &query::all,
             |h| h.avg(device, event_type, w),
             |plan| query::avg(plan, device, event_type, w),
-        );
-        AvgAnswer::new(device, event_type, w, count, sum.value())
+        )?;
+        Ok(AvgAnswer::new(device, event_type, w, count, sum.value()))
     }
 
-    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> GeoAnswer {
+    pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> Result<GeoAnswer> {
         let (count, sum) = self.count_and_sum(
             w,
             &|s| s.has_geo(event_type),
             |h| h.geo(event_type, bbox, w),
             |plan| query::geo(plan, event_type, bbox, w),
-        );
-        GeoAnswer::new(event_type, w, bbox, count, sum.value())
+        )?;
+        Ok(GeoAnswer::new(event_type, w, bbox, count, sum.value()))
+    }
+
+    /// Verifies the checksum of each file `plan` reads (each file once
+    /// while it is open); a damaged one is reported on `/healthz` too.
+    fn verify(&self, plan: &query::Plan) -> Result<()> {
+        plan.verify()
+            .inspect_err(|e| scrub::report_damaged(&self.inner, e))
     }
 
     /// Adds up a count and sum over the active head (read under the state
@@ -382,7 +400,7 @@ impl Engine {
         answers: query::Answers,
         in_head: impl Fn(&Head) -> (u64, DoubleDouble),
         in_files: impl Fn(&query::Plan) -> (u64, DoubleDouble),
-    ) -> (u64, DoubleDouble) {
+    ) -> Result<(u64, DoubleDouble)> {
         let ((mut count, mut sum), frozen, segs) = {
             let st = self.inner.state.read();
             let frozen: Vec<Arc<Head>> = st.frozen.iter().map(|f| f.head.clone()).collect();
@@ -393,10 +411,12 @@ impl Engine {
             count += c;
             sum = sum + s;
         }
-        let (c, s) = in_files(&query::plan(&segs.0, &segs.1, w, answers));
+        let plan = query::plan(&segs.0, &segs.1, w, answers);
+        self.verify(&plan)?;
+        let (c, s) = in_files(&plan);
         count += c;
         sum = sum + s;
-        (count, sum)
+        Ok((count, sum))
     }
 
     /// The active head is counted row by row into exact counts under the
@@ -405,7 +425,7 @@ impl Engine {
     /// a long top-K never holds up a write. A frozen head the window holds
     /// whole is one more count-ordered list of the threshold algorithm; one
     /// the window cuts is counted into the exact counts.
-    pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> TopkAnswer {
+    pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Result<TopkAnswer> {
         let mut counts: HashMap<String, u64> = HashMap::new();
         let (frozen, segs) = {
             let st = self.inner.state.read();
@@ -426,6 +446,7 @@ impl Engine {
             }
         }
         let plan = query::plan(&segs.0, &segs.1, w, &query::all);
+        self.verify(&plan)?;
         let (devices, how) = query::topk(&whole, &counts, &plan, event_type, w, k);
         if how.path == query::TopkPath::Merged {
             self.inner.observer.topk_merged();
@@ -433,13 +454,13 @@ impl Engine {
         if how.counted_segments > 0 {
             self.inner.observer.topk_counted(how.counted_segments);
         }
-        TopkAnswer {
+        Ok(TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
             end: w.end,
             k,
             devices,
-        }
+        })
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -23,7 +23,7 @@
 //! let e = Event { device_id: "d1".into(), ts_secs: 100, event_type: "temperature".into(),
 //!     value: 20.0, latitude: 1.0, longitude: 2.0, metadata: None };
 //! engine.write(WriteRequest::events(vec![e])).unwrap();
-//! let answer = engine.avg("d1", "temperature", TimeWindow::new(0, 200).unwrap());
+//! let answer = engine.avg("d1", "temperature", TimeWindow::new(0, 200).unwrap()).unwrap();
 //! assert_eq!(answer.count, 1);
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]

@@ -45,6 +45,14 @@ pub(crate) struct Plan<'a> {
     pub segments: Vec<&'a Segment>,
 }
 
+impl Plan<'_> {
+    /// Verifies the checksum of every file the plan reads (once per file).
+    pub fn verify(&self) -> crate::error::Result<()> {
+        self.summaries.iter().try_for_each(|s| s.verify())?;
+        self.segments.iter().try_for_each(|s| s.verify())
+    }
+}
+
 /// Whether a summary can answer the query at hand (a geo query cannot be
 /// answered by a summary without the type's points).
 pub(crate) type Answers<'f> = &'f dyn Fn(&Summary) -> bool;

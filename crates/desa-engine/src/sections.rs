@@ -9,7 +9,11 @@
 //!          crc32c u32 of every byte before it, version u32, FOOTER MAGIC (8)
 //! ```
 //! A file is written whole and fsynced before anything names it; a reader
-//! verifies the checksum and each section's bounds before serving a byte.
+//! checks each section's bounds when it opens the file, and verifies the
+//! checksum before serving a byte: at once ([`Verify::Now`]), or, for the
+//! files a node opens when it starts, before the first query or merge that
+//! reads the file and by a background scrub ([`Verify::Later`]), so that a
+//! restart does not read every byte of the data.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -141,6 +145,20 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// When [`SectionFile::open`] verifies the file's checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Before `open` returns.
+    Now,
+    /// On the first [`SectionFile::verify`].
+    Later,
+}
+
+/// [`SectionFile::checksum`]'s states.
+const UNCHECKED: u8 = 0;
+const GOOD: u8 = 1;
+const BAD: u8 = 2;
+
 /// A logical clock for [`SectionFile::touch`]: only the order of uses matters.
 static USE_CLOCK: AtomicU64 = AtomicU64::new(1);
 
@@ -157,13 +175,16 @@ pub(crate) struct SectionFile {
     /// The (blob, offsets, count) tables
     /// [`check_packed_strings`](Self::check_packed_strings) has verified.
     packed_strings: Vec<(usize, usize, usize)>,
+    /// Whether the checksum has been verified: `UNCHECKED`, `GOOD`, `BAD`.
+    checksum: std::sync::atomic::AtomicU8,
 }
 
 impl SectionFile {
-    /// Maps the file and verifies magic numbers, version and checksum.
-    /// `formats` are the versions of one kind of file this build reads
-    /// (same magic numbers); the file's version word picks its shape.
-    pub fn open(formats: &[&Format], path: &Path) -> Result<SectionFile> {
+    /// Maps the file and verifies magic numbers, version and, with
+    /// [`Verify::Now`], the checksum. `formats` are the versions of one kind
+    /// of file this build reads (same magic numbers); the file's version
+    /// word picks its shape.
+    pub fn open(formats: &[&Format], path: &Path, verify: Verify) -> Result<SectionFile> {
         let file = File::open(path).map_err(Error::io("open", path))?;
         // SAFETY: these files are never modified after they are written; they
         // are only deleted, which keeps an existing mapping valid.
@@ -189,24 +210,6 @@ impl SectionFile {
         }
         let footer_at = (len - format.footer_bytes()) as usize;
         let f = &map[footer_at..];
-        let u32_at = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        // Verified a window at a time, each dropped from this process once
-        // read, so that opening a large file does not swell resident memory.
-        const WINDOW: usize = 16 << 20;
-        let covered = map.len() - 16;
-        let mut crc = 0;
-        for start in (0..covered).step_by(WINDOW) {
-            let len = WINDOW.min(covered - start);
-            crc = crc32c::crc32c_append(crc, &map[start..start + len]);
-            // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
-            // clean pages, which are read again on access.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
-            };
-        }
-        if crc != u32_at(f.len() - 16) {
-            return Err(bad(0, "checksum mismatch"));
-        }
         let sections: Vec<(usize, usize)> = (0..format.sections)
             .map(|i| (le_u64(f, i * 16) as usize, le_u64(f, i * 16 + 8) as usize))
             .collect();
@@ -219,14 +222,65 @@ impl SectionFile {
         }
         let base = format.sections * 16;
         let words = (0..format.words).map(|i| le_u64(f, base + i * 8)).collect();
-        Ok(SectionFile {
+        let file = SectionFile {
             map,
             sections,
             words,
             last_used: AtomicU64::new(0),
             strings: Vec::new(),
             packed_strings: Vec::new(),
-        })
+            checksum: std::sync::atomic::AtomicU8::new(UNCHECKED),
+        };
+        if verify == Verify::Now {
+            file.verify(path)?;
+        }
+        Ok(file)
+    }
+
+    /// Verifies the checksum over every byte of the file, once: later calls
+    /// return the first one's answer without reading the file again.
+    pub fn verify(&self, path: &Path) -> Result<()> {
+        let mismatch = || Error::corrupt(path, 0, "checksum mismatch".to_owned());
+        match self.checksum.load(Ordering::Acquire) {
+            GOOD => return Ok(()),
+            BAD => return Err(mismatch()),
+            _ => {}
+        }
+        // Verified a window at a time, each dropped from this process once
+        // read, so that verifying a large file does not swell resident
+        // memory.
+        const WINDOW: usize = 16 << 20;
+        let map = &self.map;
+        let covered = map.len() - 16;
+        let mut crc = 0;
+        for start in (0..covered).step_by(WINDOW) {
+            let len = WINDOW.min(covered - start);
+            crc = crc32c::crc32c_append(crc, &map[start..start + len]);
+            // SAFETY: read-only shared file mapping: MADV_DONTNEED only drops
+            // clean pages, which are read again on access.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        let stored = u32::from_le_bytes([
+            map[covered],
+            map[covered + 1],
+            map[covered + 2],
+            map[covered + 3],
+        ]);
+        let good = crc == stored;
+        self.checksum
+            .store(if good { GOOD } else { BAD }, Ordering::Release);
+        if good {
+            Ok(())
+        } else {
+            Err(mismatch())
+        }
+    }
+
+    /// Whether [`verify`](Self::verify) has run (whatever it found).
+    pub fn verified(&self) -> bool {
+        self.checksum.load(Ordering::Acquire) != UNCHECKED
     }
 
     /// Verifies once that the offsets section `offsets` (u32, ascending) cuts

@@ -201,6 +201,7 @@ pub(crate) fn kd_nodes(n: usize, leaf: usize) -> usize {
 mod tests {
     use super::*;
     use crate::head::{NewRow, Rows};
+    use crate::sections::Verify;
     use desa_model::{GeoBox, TimeWindow};
 
     /// A segment of 300 rows of type "t" from three devices, at `path`.
@@ -224,7 +225,7 @@ mod tests {
     /// Sets the smallest value of the first block of the packed section
     /// `section` to `value`, and the checksum to match: a crafted file.
     fn craft(path: &std::path::Path, section: usize, value: i64) {
-        let at = crate::sections::SectionFile::open(&[&FORMAT], path)
+        let at = crate::sections::SectionFile::open(&[&FORMAT], path, Verify::Now)
             .unwrap()
             .sections[section]
             .0;

@@ -40,15 +40,15 @@ impl Store for Engine {
     }
 
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
-        Ok(Engine::avg(self, device, event_type, w))
+        Ok(Engine::avg(self, device, event_type, w)?)
     }
 
     fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> desa_store::Result<TopkAnswer> {
-        Ok(Engine::topk(self, event_type, w, k))
+        Ok(Engine::topk(self, event_type, w, k)?)
     }
 
     fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> desa_store::Result<GeoAnswer> {
-        Ok(Engine::geo(self, event_type, bbox, w))
+        Ok(Engine::geo(self, event_type, bbox, w)?)
     }
 
     fn stats(&self) -> StoreStats {

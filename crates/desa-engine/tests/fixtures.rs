@@ -88,7 +88,8 @@ fn data_dirs_of_every_committed_format_open_and_answer_exactly() {
                 for ty in ["temperature", "humidity"] {
                     for d in 0..5 {
                         let dev = format!("dev-{d}");
-                        let (got, want) = (engine.avg(&dev, ty, w), oracle.avg(&dev, ty, w));
+                        let (got, want) =
+                            (engine.avg(&dev, ty, w).unwrap(), oracle.avg(&dev, ty, w));
                         assert_eq!(
                             got.count,
                             want.count,
@@ -99,9 +100,15 @@ fn data_dirs_of_every_committed_format_open_and_answer_exactly() {
                             assert!(close(a, b, 1e-12), "{}: avg {a} vs {b}", fixture.display());
                         }
                     }
-                    assert_eq!(engine.topk(ty, w, 3).devices, oracle.topk(ty, w, 3).devices);
+                    assert_eq!(
+                        engine.topk(ty, w, 3).unwrap().devices,
+                        oracle.topk(ty, w, 3).devices
+                    );
                     for b in &boxes {
-                        assert_eq!(engine.geo(ty, b, w).count, oracle.geo(ty, b, w).count);
+                        assert_eq!(
+                            engine.geo(ty, b, w).unwrap().count,
+                            oracle.geo(ty, b, w).count
+                        );
                     }
                 }
             }

@@ -126,17 +126,17 @@ fn check_windows(
         let w = window(rng, oracle);
         let ty = ["temperature", "humidity", "pressure", "co2"][rng.gen_range(0..4)];
         let dev = &devices[rng.gen_range(0..devices.len())];
-        let (got, want) = (engine.avg(dev, ty, w), oracle.avg(dev, ty, w));
+        let (got, want) = (engine.avg(dev, ty, w).unwrap(), oracle.avg(dev, ty, w));
         assert_eq!(got.count, want.count, "avg count {dev} {ty} {w:?}");
         match (got.avg, want.avg) {
             (Some(a), Some(b)) => assert!(close(a, b, 1e-9), "avg {a} vs {b} for {dev} {ty} {w:?}"),
             (a, b) => assert_eq!(a, b),
         }
         let k = [1, 3, 10, 50][rng.gen_range(0..4)];
-        let (got, want) = (engine.topk(ty, w, k), oracle.topk(ty, w, k));
+        let (got, want) = (engine.topk(ty, w, k).unwrap(), oracle.topk(ty, w, k));
         assert_eq!(got.devices, want.devices, "topk {ty} {w:?} k={k}");
         let b = random_box(rng, oracle);
-        let (got, want) = (engine.geo(ty, &b, w), oracle.geo(ty, &b, w));
+        let (got, want) = (engine.geo(ty, &b, w).unwrap(), oracle.geo(ty, &b, w));
         assert_eq!(got.count, want.count, "geo count {ty} {b:?} {w:?}");
         match (got.avg, want.avg) {
             (Some(x), Some(y)) => assert!(close(x, y, 1e-9), "geo avg {x} vs {y}"),

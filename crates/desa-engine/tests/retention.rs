@@ -28,18 +28,18 @@ fn check(engine: &Engine, oracle: &Oracle, devices: &[String], rng: &mut StdRng)
         let w = TimeWindow::new(start, end).unwrap();
         let ty = TYPES[rng.gen_range(0..4)];
         let dev = &devices[rng.gen_range(0..devices.len())];
-        let (got, want) = (engine.avg(dev, ty, w), oracle.avg(dev, ty, w));
+        let (got, want) = (engine.avg(dev, ty, w).unwrap(), oracle.avg(dev, ty, w));
         assert_eq!(got.count, want.count, "avg {dev} {ty} {w:?}");
         if let (Some(a), Some(b)) = (got.avg, want.avg) {
             assert!(close(a, b, 1e-9), "avg {a} vs {b}");
         }
         let k = [1, 5, 40][rng.gen_range(0..3)];
         assert_eq!(
-            engine.topk(ty, w, k).devices,
+            engine.topk(ty, w, k).unwrap().devices,
             oracle.topk(ty, w, k).devices,
             "topk {ty} {w:?}"
         );
-        let (got, want) = (engine.geo(ty, &all, w), oracle.geo(ty, &all, w));
+        let (got, want) = (engine.geo(ty, &all, w).unwrap(), oracle.geo(ty, &all, w));
         assert_eq!(got.count, want.count, "geo {ty} {w:?}");
     }
 }

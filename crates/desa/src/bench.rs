@@ -206,8 +206,8 @@ fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<
     let w = TimeWindow::new(get("start")?.parse()?, get("end")?.parse()?)?;
     let ty = get("type")?;
     Ok(match path {
-        "/v1/query/avg" => serde_json::to_value(engine.avg(get("device_id")?, ty, w))?,
-        "/v1/query/topk" => serde_json::to_value(engine.topk(ty, w, get("k")?.parse()?))?,
+        "/v1/query/avg" => serde_json::to_value(engine.avg(get("device_id")?, ty, w)?)?,
+        "/v1/query/topk" => serde_json::to_value(engine.topk(ty, w, get("k")?.parse()?)?)?,
         "/v1/query/geo" => {
             let bbox = GeoBox::new(
                 num("min_lat")?,
@@ -216,7 +216,7 @@ fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<
                 num("max_lon")?,
             )
             .map_err(|e| anyhow!("{path}: {e}"))?;
-            serde_json::to_value(engine.geo(ty, &bbox, w))?
+            serde_json::to_value(engine.geo(ty, &bbox, w)?)?
         }
         other => bail!("no in-process query for {other}"),
     })

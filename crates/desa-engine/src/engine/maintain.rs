@@ -418,7 +418,7 @@ fn lower_priority(nice: i32) {
 
 /// Puts the calling thread under `SCHED_IDLE` (nice 19 where that is
 /// refused): it then gets only CPU time nothing else wants.
-fn idle_priority() {
+pub(super) fn idle_priority() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };

@@ -44,11 +44,13 @@ pub(super) fn open_dir(cfg: &EngineConfig, clock: &dyn Clock) -> Result<Recovere
         None => first_manifest(&dir)?,
     };
 
-    // Segments: the manifest's, verified; any other file is a leftover.
+    // Segments: the manifest's, their structure checked; each checksum is
+    // verified before the first query or merge reads the file, and by the
+    // scrub (`engine::scrub`). Any other file is a leftover.
     let seg_dir = segments_dir(&dir);
     let mut segments = Vec::new();
     for m in &manifest.segments {
-        segments.push(Arc::new(Segment::open(
+        segments.push(Arc::new(Segment::open_unverified(
             &seg_dir.join(SegmentMeta::file_name(m.id)),
             m.id,
         )?));
@@ -56,7 +58,7 @@ pub(super) fn open_dir(cfg: &EngineConfig, clock: &dyn Clock) -> Result<Recovere
     let mut summaries = Vec::new();
     for m in &manifest.summaries {
         let path = seg_dir.join(SummaryMeta::file_name(m.id));
-        let file = Summary::open(&path, m.level, m.first_day)?;
+        let file = Summary::open_unverified(&path, m.level, m.first_day)?;
         summaries.push(Arc::new(LiveSummary {
             meta: m.clone(),
             file: Arc::new(file),

@@ -11,7 +11,7 @@ use crate::fences::{find_name, DeviceFences};
 use crate::head::{NewRow, Rows};
 use crate::names;
 use crate::packed::{self, IdList, Packed};
-use crate::sections::SectionFile;
+use crate::sections::{SectionFile, Verify};
 
 mod geo;
 #[cfg(test)]
@@ -57,7 +57,30 @@ pub fn checksum_of(file: &[u8]) -> Option<u32> {
 impl Segment {
     /// Maps the file and verifies its checksum and structure.
     pub fn open(path: &Path, id: u64) -> Result<Self> {
-        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1], path)?;
+        Self::open_with(path, id, Verify::Now)
+    }
+
+    /// Maps the file and verifies its structure, leaving the checksum to
+    /// [`verify`](Self::verify): what a node does with its files when it
+    /// starts, so that a restart does not read every byte of the data.
+    pub fn open_unverified(path: &Path, id: u64) -> Result<Self> {
+        Self::open_with(path, id, Verify::Later)
+    }
+
+    /// Verifies the file's checksum, once; a query or merge calls it before
+    /// it reads the file, and the scrub for every file.
+    pub fn verify(&self) -> Result<()> {
+        self.file.verify(&self.path)
+    }
+
+    /// Whether [`verify`](Self::verify) has run.
+    pub fn verified(&self) -> bool {
+        self.file.verified()
+    }
+
+    fn open_with(path: &Path, id: u64, verify: Verify) -> Result<Self> {
+        let formats = [&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
+        let mut file = SectionFile::open(&formats, path, verify)?;
         let version = if file.sections.len() == SECTION_COUNT {
             4
         } else if file.sections.len() == FORMAT_V3.sections {
@@ -649,6 +672,7 @@ impl Segment {
 
     /// Appends every event of the segment to `rows` (for compaction).
     pub fn append_to(&self, rows: &mut Rows) -> Result<()> {
+        self.verify()?;
         self.verify_indexes()?;
         let meta = self.metadata()?;
         let locations = self.locations()?;

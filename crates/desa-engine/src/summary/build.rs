@@ -60,6 +60,20 @@ impl<'a> Input<'a> {
             Input::Summary(x, _) => (x.series_count(s), x.series_sum(s)),
         }
     }
+    /// Verifies the checksum of the input's file, and of the segments a
+    /// summary covers, whose points the build may read.
+    fn verify(&self) -> Result<()> {
+        match self {
+            Input::Segment(s) => s.verify(),
+            Input::Summary(s, covered) => {
+                s.verify()?;
+                covered
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .try_for_each(|c| c.verify())
+            }
+        }
+    }
     /// Drops the input's mapped pages from this process (see
     /// `Segment::release_memory`): a build reads each input once.
     fn release_memory(&self) {
@@ -226,6 +240,7 @@ pub fn write_summary(
     first_day: i64,
     path: &Path,
 ) -> Result<(u64, u64)> {
+    inputs.iter().try_for_each(Input::verify)?;
     let series = merge_series(inputs);
     inputs.iter().for_each(Input::release_memory);
     let w = SectionWriter::create(&FORMAT, path)?;

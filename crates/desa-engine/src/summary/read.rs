@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::fences::{find_name, DeviceFences};
 use crate::names;
 use crate::packed::{IdList, Packed};
-use crate::sections::SectionFile;
+use crate::sections::{SectionFile, Verify};
 use crate::segment::kd_depth;
 
 /// An open, checksum-verified summary.
@@ -36,7 +36,28 @@ impl Summary {
     /// Maps the file and verifies its checksum, its structure, and that it
     /// is the summary of the block (`level`, `first_day`) the caller expects.
     pub fn open(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
-        let mut file = SectionFile::open(&[&FORMAT, &FORMAT_V2, &FORMAT_V1], path)?;
+        Self::open_with(path, level, first_day, Verify::Now)
+    }
+
+    /// [`open`](Self::open), leaving the checksum to
+    /// [`verify`](Self::verify) (see `Segment::open_unverified`).
+    pub fn open_unverified(path: &Path, level: u32, first_day: i64) -> Result<Summary> {
+        Self::open_with(path, level, first_day, Verify::Later)
+    }
+
+    /// Verifies the file's checksum, once.
+    pub fn verify(&self) -> Result<()> {
+        self.file.verify(&self.path)
+    }
+
+    /// Whether [`verify`](Self::verify) has run.
+    pub fn verified(&self) -> bool {
+        self.file.verified()
+    }
+
+    fn open_with(path: &Path, level: u32, first_day: i64, verify: Verify) -> Result<Summary> {
+        let formats = [&FORMAT, &FORMAT_V2, &FORMAT_V1];
+        let mut file = SectionFile::open(&formats, path, verify)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 
-use crate::support::{all_counts, TestServer};
+use crate::support::{all_counts, window, TestServer};
 
 fn event(device: &str, ts: i64) -> String {
     format!(
@@ -175,8 +175,12 @@ fn torn_log_tail_is_truncated_and_mid_log_corruption_stops_the_node() {
     assert!(log.contains("corrupt") && log.contains(".wal"), "{log}");
 }
 
+/// A segment damaged while the node was down: the node starts without
+/// reading every byte of its data, never serves the damaged file (every
+/// query that needs it answers 503 naming it), names it on `/healthz` once
+/// the scrub or a query has read it, and answers every other window.
 #[test]
-fn corrupt_segment_stops_the_node_with_its_name() {
+fn a_corrupt_segment_is_never_served_and_is_named() {
     let mut s = TestServer::start(&["--head-max-events", "2"]);
     s.post_ndjson(
         &(event("a", 1_767_225_600) + &event("a", 1_767_225_601) + &event("a", 1_767_225_602)),
@@ -194,10 +198,37 @@ fn corrupt_segment_stops_the_node_with_its_name() {
     let mut bytes = fs::read(&seg).unwrap();
     bytes[100] ^= 0x01;
     fs::write(&seg, &bytes).unwrap();
-    let log = s
-        .try_restart()
-        .expect_err("a corrupt segment must not be served");
-    assert!(log.contains("checksum") && log.contains(".seg"), "{log}");
+    s.restart();
+    // A later day, in the log and the head: a window over it alone answers.
+    let later = 1_767_225_600 + 10 * 86_400;
+    assert_eq!(s.post_ndjson(&event("b", later)).status, 200);
+    let mut p = window(later, later + 1);
+    p.extend([("type", "t".to_owned()), ("k", "5".to_owned())]);
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut p = window(0, 4_000_000_000);
+    p.extend([("type", "t".to_owned()), ("k", "5".to_owned())]);
+    let r = s.get("/v1/query/topk", &p);
+    assert_eq!(r.status, 503, "a damaged segment was served: {}", r.body);
+    assert!(
+        r.error().contains("checksum") && r.error().contains(".seg"),
+        "{}",
+        r.body
+    );
+    let health = s.get("/healthz", &[]);
+    let text = health.body.to_string();
+    assert!(text.contains("checksum") && text.contains(".seg"), "{text}");
+    // The scrub finds it without a query too.
+    s.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = s.get("/healthz", &[]).body.to_string();
+        if text.contains("checksum") && text.contains(".seg") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reported: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A full disk: 503 with Retry-After, nothing of the refused request stored,

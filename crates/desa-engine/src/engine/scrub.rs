@@ -1,0 +1,56 @@
+//! The scrub: a node opens its files without reading them whole when it
+//! starts (`Segment::open_unverified`), so that a restart costs the same
+//! whatever the data; queries and merges verify a file's checksum before
+//! they first read it, and this thread verifies every file not verified
+//! yet, at idle priority, so that a damaged file is reported on `/healthz`
+//! without waiting for a query to need it. A file that fails is never
+//! served: every query that needs it answers an error naming it.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::maintain::idle_priority;
+use super::{snapshot, Inner};
+use crate::error::Error;
+
+/// How often the scrub looks for files not verified yet.
+const SCRUB_EVERY: Duration = Duration::from_secs(1);
+
+/// Name under which a damaged file is reported in the engine's failing
+/// tasks (and so on `/healthz`).
+const CHECKSUM: &str = "checksum";
+
+/// Records a file that failed its checksum, for `/healthz`; it stays
+/// reported until the node restarts without it.
+pub(super) fn report_damaged(inner: &Inner, e: &Error) {
+    let mut failing = inner.failing.lock();
+    if !failing.contains_key(CHECKSUM) {
+        tracing::error!(error = %e, "a stored file failed its checksum");
+        failing.insert(CHECKSUM, e.to_string());
+    }
+}
+
+pub(super) fn scrub_loop(inner: &Inner) {
+    idle_priority();
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        let (segs, sums) = snapshot(&inner.state.read());
+        let checks = segs
+            .iter()
+            .filter(|s| !s.verified())
+            .map(|s| s.verify())
+            .chain(
+                sums.iter()
+                    .filter(|s| !s.file.verified())
+                    .map(|s| s.file.verify()),
+            );
+        for result in checks {
+            if inner.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = result {
+                report_damaged(inner, &e);
+            }
+        }
+        std::thread::sleep(SCRUB_EVERY);
+    }
+}
