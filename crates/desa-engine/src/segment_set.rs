@@ -38,6 +38,26 @@ pub fn merge_unsynced(parts: &[Arc<Segment>], path: &Path) -> Result<SegmentMeta
     build_segment(&rows, &subset, day, 0, path, false)
 }
 
+/// Writes the events of `seg` at or after `first_kept` as a new segment at
+/// `path`, filed under the same day (not fsynced, as [`merge_unsynced`]):
+/// retention's rewrite of a block of several days that straddles the first
+/// kept second. Returns the new segment's meta and the events left out.
+pub fn keep_from_unsynced(
+    seg: &Segment,
+    first_kept: i64,
+    path: &Path,
+) -> Result<(SegmentMeta, u64)> {
+    let mut rows = Rows::default();
+    seg.append_to(&mut rows)?;
+    seg.release_memory();
+    let subset: Vec<u32> = (0..rows.len() as u32)
+        .filter(|&r| rows.ts[r as usize] >= first_kept)
+        .collect();
+    let dropped = (rows.len() - subset.len()) as u64;
+    let meta = build_segment(&rows, &subset, seg.meta.partition, 0, path, false)?;
+    Ok((meta, dropped))
+}
+
 /// A snapshot of segments to query.
 #[derive(Debug, Default, Clone)]
 pub struct SegmentSet {

@@ -2,7 +2,10 @@
 //!
 //! Every block is immutable, named by an id that is never reused, and
 //! removed only by a merge, which adds a block of the same day in the same
-//! transaction. So a local copy is kept current by reading the catalog rows
+//! transaction, or by retention (`expire`), which raises the catalog's
+//! retention horizon (`desa_meta` key `first_kept`) in the same
+//! transaction: every block wholly before the horizon is gone, and a look
+//! drops them from the view. So a local copy is kept current by reading the catalog rows
 //! that committed since the last look: those of transactions at or after
 //! the oldest transaction that was still running then (`pg_snapshot_xmin`);
 //! anything older had ended and was seen. For each day with a new block,
@@ -294,7 +297,8 @@ impl Blocks {
             // One statement, one snapshot: the catalog rows since the last
             // look, and the snapshot's bounds.
             let rows = c.query(
-                "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, b.id
+                "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, b.id,
+                        (SELECT value FROM desa_meta WHERE key = 'first_kept')
                    FROM pg_current_snapshot() AS s
                    LEFT JOIN desa_blocks b ON b.xid >= $1::text::xid8",
                 &[&from.to_string()],
@@ -303,6 +307,8 @@ impl Blocks {
                 return Err(Error::Schema("the catalog look returned no row".into()));
             };
             let (xmin, xmax) = (parse_xid(first.get(0))?, parse_xid(first.get(1))?);
+            let horizon: Option<String> = first.get(3);
+            self.drop_expired(horizon.and_then(|h| h.parse().ok()));
             if xmax < from {
                 // Transaction ids went back (the database was restored or
                 // failed over to a replica that was behind): list it all.
@@ -422,6 +428,24 @@ impl Blocks {
             .map(|(id, _)| *id)
             .collect();
         self.replace_view(added, &gone);
+    }
+
+    /// Drops from the view the blocks wholly before the retention horizon
+    /// `first_kept` (unix seconds), which retention deleted.
+    fn drop_expired(&self, first_kept: Option<i64>) {
+        let Some(first_kept) = first_kept else {
+            return;
+        };
+        let gone: HashSet<i64> = self
+            .view()
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.meta.rows > 0 && s.meta.max_ts < first_kept)
+            .map(|(id, _)| *id)
+            .collect();
+        if !gone.is_empty() {
+            self.replace_view(Vec::new(), &gone);
+        }
     }
 
     /// Deletes files the view does not hold (an earlier run's, a block

@@ -25,6 +25,7 @@
 //!     url: "postgres://desa@127.0.0.1:5432/desa".into(),
 //!     worker: "worker-1".into(),
 //!     blocks_dir: "./desa-data/blocks".into(),
+//!     retention_secs: None,
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);
 //! ```
@@ -34,6 +35,7 @@
 mod blocks;
 mod compact;
 mod error;
+mod expire;
 pub mod schema;
 mod store;
 pub mod tls;

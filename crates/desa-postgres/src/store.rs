@@ -53,6 +53,9 @@ pub struct PgConfig {
     /// Where the worker keeps its copy of the blocks (a cache: it is
     /// fetched again from the database when missing).
     pub blocks_dir: PathBuf,
+    /// `--retention`: blocks of whole UTC days further behind the clock
+    /// are deleted (`expire`); `None` keeps everything.
+    pub retention_secs: Option<i64>,
 }
 
 struct Shared {
@@ -77,6 +80,8 @@ struct Shared {
     fenced: AtomicU64,
     write_nanos: AtomicU64,
     merges: AtomicU64,
+    /// Events this worker's retention deleted.
+    expired: AtomicU64,
     merge_panics: AtomicU64,
     /// Merges are due, or past days wait to be left alone to be merged.
     merges_pending: AtomicBool,
@@ -139,6 +144,7 @@ impl PgStore {
             fenced: AtomicU64::new(0),
             write_nanos: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             merge_panics: AtomicU64::new(0),
             merges_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -314,7 +320,20 @@ fn probe_loop(shared: &Shared) {
     }
 }
 
-/// Merges blocks while merges are due, then looks again every half second.
+/// Drops the blocks retention has expired, if it is on; true if it dropped
+/// some.
+fn expire(shared: &Shared, c: &mut Client) -> Result<bool> {
+    let Some(keep) = shared.cfg.retention_secs else {
+        return Ok(false);
+    };
+    let first_kept = desa_model::first_kept_secs(now_secs(), keep);
+    let dropped = crate::expire::expire_once(&shared.blocks, c, first_kept)?;
+    shared.expired.fetch_add(dropped, Ordering::Relaxed);
+    Ok(dropped > 0)
+}
+
+/// Merges blocks while merges are due, then drops what retention has
+/// expired, then looks again every half second.
 /// Failures (the database down, another worker's merge first) are retried
 /// on a new connection, which also drops any advisory lock the failed one
 /// held; a panic is reported and the loop goes on.
@@ -328,7 +347,9 @@ fn merge_loop(shared: &Shared) {
         let merged = match client.as_mut() {
             Some(c) => {
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::compact::merge_once(&shared.blocks, c, &mut quiet)
+                    let (merged, pending) =
+                        crate::compact::merge_once(&shared.blocks, c, &mut quiet)?;
+                    Ok::<_, Error>((merged || expire(shared, c)?, pending))
                 }));
                 match run {
                     Ok(Ok((merged, pending))) => {
@@ -583,6 +604,11 @@ impl Store for PgStore {
                 "desa_postgres_block_merges_total",
                 "Merges of blocks this worker committed.",
                 s.merges.load(Ordering::Relaxed),
+            ),
+            (
+                "desa_postgres_retention_dropped_events_total",
+                "Events this worker's --retention deleted (whole expired days).",
+                s.expired.load(Ordering::Relaxed),
             ),
             (
                 "desa_postgres_block_merge_panics_total",

@@ -233,6 +233,7 @@ impl Node {
                     url: url.clone(),
                     worker: args.worker_name.clone().unwrap_or_else(default_worker_name),
                     blocks_dir: args.data_dir.join("blocks"),
+                    retention_secs: args.retention,
                 };
                 let store = tokio::task::spawn_blocking(move || desa_postgres::PgStore::open(cfg))
                     .await?
