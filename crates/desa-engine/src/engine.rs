@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// When set, whole UTC days further behind the clock than this are
     /// dropped (see `engine::expire`).
     pub retention_secs: Option<i64>,
+    /// How often the scrub reads every file again to verify its checksum
+    /// (damage since it was first read; see `engine::scrub`).
+    pub scrub_every: Duration,
 }
 
 impl EngineConfig {
@@ -80,6 +83,7 @@ impl EngineConfig {
             max_segment_rows: 1 << 20,
             summary_max_extras: 4,
             retention_secs: None,
+            scrub_every: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -240,12 +240,21 @@ impl SectionFile {
     /// Verifies the checksum over every byte of the file, once: later calls
     /// return the first one's answer without reading the file again.
     pub fn verify(&self, path: &Path) -> Result<()> {
-        let mismatch = || Error::corrupt(path, 0, "checksum mismatch".to_owned());
         match self.checksum.load(Ordering::Acquire) {
-            GOOD => return Ok(()),
-            BAD => return Err(mismatch()),
-            _ => {}
+            GOOD => Ok(()),
+            BAD => Err(Self::mismatch(path)),
+            _ => self.reverify(path),
         }
+    }
+
+    fn mismatch(path: &Path) -> Error {
+        Error::corrupt(path, 0, "checksum mismatch".to_owned())
+    }
+
+    /// Reads every byte of the file again and verifies the checksum (the
+    /// scrub's later passes, for damage since the file was first read); a
+    /// file found damaged stays so.
+    pub fn reverify(&self, path: &Path) -> Result<()> {
         // Verified a window at a time, each dropped from this process once
         // read, so that verifying a large file does not swell resident
         // memory.
@@ -268,13 +277,21 @@ impl SectionFile {
             map[covered + 2],
             map[covered + 3],
         ]);
-        let good = crc == stored;
-        self.checksum
-            .store(if good { GOOD } else { BAD }, Ordering::Release);
-        if good {
-            Ok(())
+        if crc == stored {
+            // A file found damaged stays damaged.
+            let _ = self.checksum.compare_exchange(
+                UNCHECKED,
+                GOOD,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            match self.checksum.load(Ordering::Acquire) {
+                BAD => Err(Self::mismatch(path)),
+                _ => Ok(()),
+            }
         } else {
-            Err(mismatch())
+            self.checksum.store(BAD, Ordering::Release);
+            Err(Self::mismatch(path))
         }
     }
 

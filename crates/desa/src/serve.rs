@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Resident memory the node stays under.
     #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
     pub memory_budget: u64,
+    /// How often every stored file is read again to verify its checksum
+    /// (damage since it was first read).
+    #[arg(long, env = "DESA_SCRUB_INTERVAL", default_value = "24h", value_parser = crate::units::parse_duration)]
+    pub scrub_interval: std::time::Duration,
     /// Keep this much event time: whole UTC days further behind the clock
     /// are dropped, segments and summaries together (off by default).
     #[arg(long, env = "DESA_RETENTION", value_parser = parse_secs)]
@@ -245,6 +249,7 @@ impl Node {
                 cfg.head_max_rows = args.head_max_events.max(1);
                 cfg.memory_budget_bytes = args.memory_budget;
                 cfg.retention_secs = args.retention;
+                cfg.scrub_every = args.scrub_interval;
                 let clock = clock.clone();
                 let metrics = metrics.clone();
                 let engine = tokio::task::spawn_blocking(move || {

@@ -3,18 +3,20 @@
 //! whatever the data; queries and merges verify a file's checksum before
 //! they first read it, and this thread verifies every file not verified
 //! yet, at idle priority, so that a damaged file is reported on `/healthz`
-//! without waiting for a query to need it. A file that fails is never
-//! served: every query that needs it answers an error naming it.
+//! without waiting for a query to need it. Every
+//! `EngineConfig::scrub_every` it reads every file again, for damage since
+//! (bit rot, a stray write). A file that fails is never served from then on:
+//! every query that needs it answers an error naming it.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::maintain::idle_priority;
 use super::{snapshot, Inner};
 use crate::error::Error;
 
 /// How often the scrub looks for files not verified yet.
-const SCRUB_EVERY: Duration = Duration::from_secs(1);
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Name under which a damaged file is reported in the engine's failing
 /// tasks (and so on `/healthz`).
@@ -32,16 +34,27 @@ pub(super) fn report_damaged(inner: &Inner, e: &Error) {
 
 pub(super) fn scrub_loop(inner: &Inner) {
     idle_priority();
+    let mut last_pass = Instant::now();
     while !inner.shutdown.load(Ordering::SeqCst) {
         let (segs, sums) = snapshot(&inner.state.read());
+        let again = last_pass.elapsed() >= inner.cfg.scrub_every;
+        if again {
+            last_pass = Instant::now();
+        }
         let checks = segs
             .iter()
-            .filter(|s| !s.verified())
-            .map(|s| s.verify())
+            .filter(|s| again || !s.verified())
+            .map(|s| if again { s.reverify() } else { s.verify() })
             .chain(
                 sums.iter()
-                    .filter(|s| !s.file.verified())
-                    .map(|s| s.file.verify()),
+                    .filter(|s| again || !s.file.verified())
+                    .map(|s| {
+                        if again {
+                            s.file.reverify()
+                        } else {
+                            s.file.verify()
+                        }
+                    }),
             );
         for result in checks {
             if inner.shutdown.load(Ordering::SeqCst) {
@@ -51,6 +64,6 @@ pub(super) fn scrub_loop(inner: &Inner) {
                 report_damaged(inner, &e);
             }
         }
-        std::thread::sleep(SCRUB_EVERY);
+        std::thread::sleep(LOOK_EVERY.min(inner.cfg.scrub_every));
     }
 }

@@ -78,6 +78,11 @@ impl Segment {
         self.file.verified()
     }
 
+    /// Reads the whole file again and verifies its checksum (the scrub).
+    pub fn reverify(&self) -> Result<()> {
+        self.file.reverify(&self.path)
+    }
+
     fn open_with(path: &Path, id: u64, verify: Verify) -> Result<Self> {
         let formats = [&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
         let mut file = SectionFile::open(&formats, path, verify)?;

@@ -55,6 +55,11 @@ impl Summary {
         self.file.verified()
     }
 
+    /// Reads the whole file again and verifies its checksum (the scrub).
+    pub fn reverify(&self) -> Result<()> {
+        self.file.reverify(&self.path)
+    }
+
     fn open_with(path: &Path, level: u32, first_day: i64, verify: Verify) -> Result<Summary> {
         let formats = [&FORMAT, &FORMAT_V2, &FORMAT_V1];
         let mut file = SectionFile::open(&formats, path, verify)?;
