@@ -12,12 +12,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/desa-target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
 need_cmd() { command -v "$1" >/dev/null 2>&1; }
-# A C toolchain for the bundled librdkafka (rdkafka-sys), and mount for the
-# disk-full test's small tmpfs.
-if ! need_cmd cc || ! need_cmd make || ! need_cmd perl || ! need_cmd mount; then
+# A C toolchain for the bundled librdkafka (rdkafka-sys), mount for the
+# disk-full test's small tmpfs, and iptables for the network-partition test
+# (packets to a throwaway PostgreSQL's loopback port dropped).
+if ! need_cmd cc || ! need_cmd make || ! need_cmd perl || ! need_cmd mount \
+  || { [ "$(id -u)" = 0 ] && ! need_cmd iptables; }; then
   if need_cmd apt-get; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq build-essential perl mount >/dev/null
+    apt-get update -qq && apt-get install -y -qq build-essential perl mount iptables >/dev/null
   fi
 fi
 

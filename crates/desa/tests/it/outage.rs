@@ -88,3 +88,104 @@ fn a_frozen_database_is_reported_and_queries_end() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["count"], 40, "{}", r.body);
 }
+
+/// A network partition between a worker and its database: every packet to
+/// and from the server's loopback port is dropped (iptables; root only,
+/// elsewhere the test says so). Nothing answers and nothing is refused, so
+/// only the worker's own deadlines can tell: the store is reported within
+/// seconds, queries and writes answer 503 instead of waiting, and once the
+/// network is back the worker is healthy and has lost nothing.
+#[test]
+fn a_database_behind_a_lost_network_is_reported_and_queries_end() {
+    let pg = Postgres::start();
+    let port = pg.port.to_string();
+    let rule = |op: &str, dir: &str| {
+        std::process::Command::new("iptables")
+            .args([
+                op,
+                "INPUT",
+                "-i",
+                "lo",
+                "-p",
+                "tcp",
+                dir,
+                port.as_str(),
+                "-j",
+                "DROP",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let usable = std::process::Command::new("iptables")
+        .args(["-L", "INPUT", "-n"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!(
+            "SKIPPED: iptables is not usable here (not root?); the partition is not exercised"
+        );
+        return;
+    }
+    let url = pg.url();
+    let a = TestServer::start(&["--store", url.as_str(), "--query-timeout", "2s"]);
+    let body: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
+                i % 5,
+                1_767_225_600 + i
+            )
+        })
+        .collect();
+    assert_eq!(a.post_ndjson(&body).status, 200);
+    assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
+
+    /// Lets the packets through again however the test ends.
+    struct Partition<'a>(&'a dyn Fn(&str, &str) -> bool);
+    impl Drop for Partition<'_> {
+        fn drop(&mut self) {
+            (self.0)("-D", "--dport");
+            (self.0)("-D", "--sport");
+        }
+    }
+    assert!(
+        rule("-I", "--dport") && rule("-I", "--sport"),
+        "iptables -I failed"
+    );
+    let partition = Partition(&rule);
+    let cut = Instant::now();
+    wait_store_unavailable(&a, Duration::from_secs(30));
+    eprintln!("reported after {:?}", cut.elapsed());
+    let mut p = window(0, 4_000_000_000);
+    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
+    let asked = Instant::now();
+    let r = a.get("/v1/query/avg", &p);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let asked = Instant::now();
+    let again = body.replace("\"value\":1.0", "\"value\":2.0");
+    assert_eq!(a.post_ndjson(&again).status, 503);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    drop(partition);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.get("/healthz", &[]).body["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "not healthy after the network came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = a.get("/v1/query/avg", &p);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], 40, "{}", r.body);
+}
