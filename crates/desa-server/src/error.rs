@@ -20,7 +20,8 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMedia(String),
     /// 503 with `Retry-After`: the node cannot persist now; nothing of the
-    /// request was acknowledged.
+    /// request was acknowledged (when the store did not confirm a write in
+    /// time, the message says that it may still be stored).
     #[error("{message}")]
     Unavailable {
         message: String,

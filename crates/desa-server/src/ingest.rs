@@ -207,12 +207,16 @@ pub async fn post_events(
             Some(k.to_owned())
         }
     };
-    // A store may block (PostgreSQL answers over the network): off the runtime.
+    // A store may block (PostgreSQL answers over the network): off the
+    // runtime, and no longer than the write may take.
+    let write_deadline = tokio::time::Instant::now() + app.cfg.write_timeout;
     let stored = match key.clone() {
         Some(k) => {
             let store = app.store.clone();
-            tokio::task::spawn_blocking(move || store.idempotent_response(&k))
+            let lookup = tokio::task::spawn_blocking(move || store.idempotent_response(&k));
+            tokio::time::timeout_at(write_deadline, lookup)
                 .await
+                .map_err(|_| unconfirmed(&app))?
                 .unwrap_or(None)
         }
         None => None,
@@ -282,7 +286,10 @@ pub async fn post_events(
                 let _ = tx.send(r);
             }),
         );
-        let outcome = rx.await.unwrap_or(Err(StoreError::Closed))?;
+        let outcome = tokio::time::timeout_at(write_deadline, rx)
+            .await
+            .map_err(|_| unconfirmed(&app))?
+            .unwrap_or(Err(StoreError::Closed))?;
         if let WriteOutcome::Replayed(stored) = outcome {
             app.metrics.requests_replayed.inc();
             return Ok(json_response(stored));
@@ -299,6 +306,21 @@ pub async fn post_events(
         .ingest_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(json_response(response))
+}
+
+/// The answer to a write the store did not confirm within
+/// `--write-timeout` (a database that stopped answering): the store may
+/// still apply it, so a retry should carry the same Idempotency-Key.
+fn unconfirmed(app: &AppState) -> ApiError {
+    ApiError::Unavailable {
+        message: format!(
+            "the store did not confirm the write within {} s (--write-timeout): \
+             the events may still be stored; retry with the same Idempotency-Key \
+             to apply them once",
+            app.cfg.write_timeout.as_secs_f64()
+        ),
+        retry_after_secs: 1,
+    }
 }
 
 fn json_response(body: String) -> Response {

@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub max_concurrent_queries: usize,
     /// Longest a client waits for a query's answer (slot included); 503 past it.
     pub query_timeout: std::time::Duration,
+    /// Longest a write waits for the store to confirm it (an idempotency
+    /// lookup included); past it the answer is 503, saying that the events
+    /// may still be stored.
+    pub write_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             body_timeout: std::time::Duration::from_secs(30),
             max_concurrent_queries: 8,
             query_timeout: std::time::Duration::from_secs(10),
+            write_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

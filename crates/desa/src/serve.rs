@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Longest a client waits for a query's answer, slot included (503 past it).
     #[arg(long, env = "DESA_QUERY_TIMEOUT", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub query_timeout: std::time::Duration,
+    /// Longest a write waits for the store to confirm it; past it the
+    /// answer is 503, saying that the events may still be stored (retry
+    /// with the same Idempotency-Key).
+    #[arg(long, env = "DESA_WRITE_TIMEOUT", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub write_timeout: std::time::Duration,
     /// On SIGTERM, how long requests in flight may take to finish before
     /// their connections are closed unanswered.
     #[arg(long, env = "DESA_SHUTDOWN_GRACE", default_value = "10s", value_parser = crate::units::parse_duration)]
@@ -274,6 +279,7 @@ impl Node {
             body_timeout: args.body_timeout,
             max_concurrent_queries: args.max_concurrent_queries.max(1),
             query_timeout: args.query_timeout,
+            write_timeout: args.write_timeout,
         };
         let state = AppState {
             store,

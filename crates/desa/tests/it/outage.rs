@@ -189,3 +189,68 @@ fn a_database_behind_a_lost_network_is_reported_and_queries_end() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["count"], 40, "{}", r.body);
 }
+
+/// A write already on its way when the database freezes (before the probe
+/// can tell): it is answered 503 within `--write-timeout`, saying that it
+/// may still be stored, instead of waiting for the database; once the
+/// database is back, the same request retried with its Idempotency-Key is
+/// applied exactly once.
+#[test]
+fn a_write_caught_by_a_freeze_is_answered_within_the_write_timeout() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let a = TestServer::start(&["--store", url.as_str(), "--write-timeout", "3s"]);
+    let body = |t0: i64| -> String {
+        (0..200)
+            .map(|i| {
+                format!(
+                    "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
+                    i % 5,
+                    t0 + i
+                )
+            })
+            .collect()
+    };
+    assert_eq!(a.post_ndjson(&body(1_767_225_600)).status, 200);
+
+    struct Frozen<'a>(&'a Postgres);
+    impl Drop for Frozen<'_> {
+        fn drop(&mut self) {
+            self.0.signal_all("CONT");
+        }
+    }
+    pg.signal_all("STOP");
+    let frozen = Frozen(&pg);
+    let second = body(1_767_225_600 + 1_000);
+    let key = [("Idempotency-Key", "caught-by-the-freeze")];
+    let asked = Instant::now();
+    let r = a
+        .post(second.as_bytes(), "application/x-ndjson", &key)
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(r.error().contains("--write-timeout"), "{}", r.body);
+
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.get("/healthz", &[]).body["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "not healthy after the database came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = a
+        .post(second.as_bytes(), "application/x-ndjson", &key)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut p = window(0, 4_000_000_000);
+    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
+    let r = a.get("/v1/query/avg", &p);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], 80, "{}", r.body);
+}
