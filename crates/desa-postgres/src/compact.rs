@@ -24,7 +24,8 @@ use postgres::Client;
 
 use crate::blocks::Blocks;
 use crate::error::Result;
-use crate::write::{discard, insert_blocks};
+use crate::replace::replace_blocks;
+use crate::write::build_block;
 
 /// Blocks of one tier merged at once.
 pub const FAN_IN: usize = 4;
@@ -191,44 +192,16 @@ fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i6
     {
         return Ok(false);
     }
-    let file = blocks.temp_path();
-    let meta = desa_engine::segment_set::merge_unsynced(parts, &file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&file);
+    let merged = build_block(blocks, |file| {
+        desa_engine::segment_set::merge_unsynced(parts, file)
     })?;
-    let built = vec![blocks.built(&meta, file)?];
-    let ids: Vec<i64> = parts.iter().map(|p| p.meta.id as i64).collect();
-    let committed = (|| -> Result<Option<Vec<i64>>> {
-        let mut tx = c.transaction()?;
-        let deleted = tx.execute("DELETE FROM desa_blocks WHERE id = ANY($1)", &[&ids])?;
-        if deleted as usize != ids.len() {
-            tx.rollback()?;
-            return Ok(None);
-        }
-        tx.execute(
-            "DELETE FROM desa_block_bodies WHERE day = $1 AND id = ANY($2)",
-            &[&(day as i32), &ids],
-        )?;
-        let new_ids = insert_blocks(&mut tx, &built)?;
-        tx.commit()?;
-        Ok(Some(new_ids))
-    })();
-    match committed {
-        Ok(Some(new_ids)) => {
-            let events: u64 = built.iter().map(|b| b.events).sum();
-            tracing::debug!(day, blocks = ids.len(), events, "merged blocks");
-            blocks.keep(built, &new_ids)?;
-            blocks.sync(c)?;
-            Ok(true)
-        }
-        Ok(None) => {
-            discard(built);
-            Ok(false)
-        }
-        Err(e) => {
-            discard(built);
-            Err(e)
-        }
+    let events = merged.events;
+    let gone: Vec<&Arc<Segment>> = parts.iter().collect();
+    let committed = replace_blocks(blocks, c, &gone, vec![merged], |_| Ok(()))?;
+    if committed {
+        tracing::debug!(day, blocks = parts.len(), events, "merged blocks");
     }
+    Ok(committed)
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use postgres::Client;
 
 use crate::blocks::Blocks;
 use crate::error::Result;
-use crate::write::{discard, insert_blocks};
+use crate::replace::replace_blocks;
+use crate::write::{build_block, discard};
 
 /// Drops what has expired before `first_kept` (unix seconds), if anything
 /// has; returns the events dropped.
@@ -37,72 +38,43 @@ pub(crate) fn expire_once(blocks: &Blocks, c: &mut Client, first_kept: i64) -> R
     if old.is_empty() {
         return Ok(0);
     }
-    let mut dropped = 0;
+    let mut dropped: u64 = old
+        .iter()
+        .filter(|s| s.meta.max_ts < first_kept)
+        .map(|s| s.meta.rows)
+        .sum();
     let mut built = Vec::new();
     for s in old.iter().filter(|s| s.meta.max_ts >= first_kept) {
-        let file = blocks.temp_path();
-        let made = desa_engine::segment_set::keep_from_unsynced(s, first_kept, &file)
-            .map_err(crate::error::Error::from)
-            .and_then(|(meta, out)| {
-                dropped += out;
-                blocks.built(&meta, file.clone())
-            });
+        let made = build_block(blocks, |file| {
+            let (meta, out) = desa_engine::segment_set::keep_from_unsynced(s, first_kept, file)?;
+            dropped += out;
+            Ok(meta)
+        });
         match made {
             Ok(b) => built.push(b),
             Err(e) => {
-                let _ = std::fs::remove_file(&file);
                 discard(built);
                 return Err(e);
             }
         }
     }
-    dropped += old
-        .iter()
-        .filter(|s| s.meta.max_ts < first_kept)
-        .map(|s| s.meta.rows)
-        .sum::<u64>();
-    let ids: Vec<i64> = old.iter().map(|s| s.meta.id as i64).collect();
-    let days: Vec<i32> = old.iter().map(|s| s.meta.partition as i32).collect();
-    let committed = (|| -> Result<Option<Vec<i64>>> {
-        let mut tx = c.transaction()?;
-        let deleted = tx.execute("DELETE FROM desa_blocks WHERE id = ANY($1)", &[&ids])?;
-        if deleted as usize != ids.len() {
-            tx.rollback()?;
-            return Ok(None);
-        }
-        tx.execute(
-            "DELETE FROM desa_block_bodies WHERE day = ANY($1) AND id = ANY($2)",
-            &[&days, &ids],
-        )?;
-        // Workers drop the blocks wholly before it at their next look.
+    // Workers drop the blocks wholly before the horizon at their next look.
+    let horizon = |tx: &mut postgres::Transaction<'_>| {
         tx.execute(
             "INSERT INTO desa_meta (key, value) VALUES ('first_kept', $1)
              ON CONFLICT (key) DO UPDATE
              SET value = GREATEST(desa_meta.value::bigint, EXCLUDED.value::bigint)::text",
             &[&first_kept.to_string()],
-        )?;
-        let new_ids = insert_blocks(&mut tx, &built)?;
-        tx.commit()?;
-        Ok(Some(new_ids))
-    })();
-    match committed {
-        Ok(Some(new_ids)) => {
-            tracing::info!(
-                blocks = ids.len(),
-                events = dropped,
-                "retention dropped expired events"
-            );
-            blocks.keep(built, &new_ids)?;
-            blocks.sync(c)?;
-            Ok(dropped)
-        }
-        Ok(None) => {
-            discard(built);
-            Ok(0)
-        }
-        Err(e) => {
-            discard(built);
-            Err(e)
-        }
+        )
+        .map(|_| ())
+    };
+    if !replace_blocks(blocks, c, &old, built, horizon)? {
+        return Ok(0);
     }
+    tracing::info!(
+        blocks = old.len(),
+        events = dropped,
+        "retention dropped expired events"
+    );
+    Ok(dropped)
 }

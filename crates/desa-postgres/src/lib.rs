@@ -36,6 +36,7 @@ mod blocks;
 mod compact;
 mod error;
 mod expire;
+mod replace;
 pub mod schema;
 mod store;
 pub mod tls;

@@ -59,20 +59,32 @@ pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewB
     let grouped = blocks_of(events);
     let mut built = Vec::with_capacity(grouped.len());
     for (day, evs) in grouped {
-        let file = blocks.temp_path();
-        let made = desa_engine::segment_set::write_events_unsynced(&evs, day, &file)
-            .map_err(Error::from)
-            .and_then(|meta| blocks.built(&meta, file.clone()));
-        match made {
+        match build_block(blocks, |file| {
+            desa_engine::segment_set::write_events_unsynced(&evs, day, file)
+        }) {
             Ok(b) => built.push(b),
             Err(e) => {
-                let _ = std::fs::remove_file(&file);
                 discard(built);
                 return Err(e);
             }
         }
     }
     Ok(built)
+}
+
+/// One block, written by `make` at a new temporary path of the worker's
+/// block directory; the file is removed if it fails.
+pub(crate) fn build_block(
+    blocks: &Blocks,
+    make: impl FnOnce(&std::path::Path) -> desa_engine::Result<desa_engine::segment::SegmentMeta>,
+) -> Result<NewBlock, Error> {
+    let file = blocks.temp_path();
+    make(&file)
+        .map_err(Error::from)
+        .and_then(|meta| blocks.built(&meta, file.clone()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&file);
+        })
 }
 
 /// Deletes the files of blocks that were not committed.

@@ -21,6 +21,72 @@ pub fn wait_store_unavailable(s: &TestServer, within: Duration) {
     }
 }
 
+/// 200 events of five devices (40 each), one a second from `t0`.
+fn forty_each(t0: i64) -> String {
+    (0..200)
+        .map(|i| {
+            format!(
+                "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
+                i % 5,
+                t0 + i
+            )
+        })
+        .collect()
+}
+
+const T0: i64 = 1_767_225_600;
+
+/// The avg query of device d1 over all time.
+fn d1_all_time() -> Vec<(&'static str, String)> {
+    let mut p = window(0, 4_000_000_000);
+    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
+    p
+}
+
+/// Asserts that a query and a write, asked once the store is reported,
+/// are refused with 503 at once instead of waiting for the database.
+fn refused_at_once(a: &TestServer) {
+    let asked = Instant::now();
+    let r = a.get("/v1/query/avg", &d1_all_time());
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let asked = Instant::now();
+    assert_eq!(a.post_ndjson(&forty_each(T0 + 10_000)).status, 503);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+/// Waits until the worker is healthy again, then asserts that d1 has
+/// `count` events.
+fn healthy_again_with(a: &TestServer, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.get("/healthz", &[]).body["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "not healthy after the database came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = a.get("/v1/query/avg", &d1_all_time());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], count, "{}", r.body);
+}
+
+/// Lets a stopped database run again however the test ends.
+struct Frozen<'a>(&'a Postgres);
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all("CONT");
+    }
+}
+
 /// A database that stops answering without closing anything (its
 /// processes stopped: the kernel still accepts what the worker sends) is
 /// reported: `/healthz` says degraded with the store unavailable within
@@ -31,62 +97,17 @@ fn a_frozen_database_is_reported_and_queries_end() {
     let pg = Postgres::start();
     let url = pg.url();
     let a = TestServer::start(&["--store", url.as_str(), "--query-timeout", "2s"]);
-    let body: String = (0..200)
-        .map(|i| {
-            format!(
-                "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
-                i % 5,
-                1_767_225_600 + i
-            )
-        })
-        .collect();
-    assert_eq!(a.post_ndjson(&body).status, 200);
+    assert_eq!(a.post_ndjson(&forty_each(T0)).status, 200);
     assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
 
-    /// Lets the database run again however the test ends.
-    struct Frozen<'a>(&'a Postgres);
-    impl Drop for Frozen<'_> {
-        fn drop(&mut self) {
-            self.0.signal_all("CONT");
-        }
-    }
     pg.signal_all("STOP");
     let frozen = Frozen(&pg);
     let stopped = Instant::now();
     wait_store_unavailable(&a, Duration::from_secs(30));
     eprintln!("reported after {:?}", stopped.elapsed());
-    let asked = Instant::now();
-    let mut p = window(0, 4_000_000_000);
-    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-    // A write is refused too, not left waiting.
-    let asked = Instant::now();
-    let again = body.replace("\"value\":1.0", "\"value\":2.0");
-    assert_eq!(a.post_ndjson(&again).status, 503);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-
+    refused_at_once(&a);
     drop(frozen);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.get("/healthz", &[]).body["status"] != "ok" {
-        assert!(
-            Instant::now() < deadline,
-            "not healthy after the database came back"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["count"], 40, "{}", r.body);
+    healthy_again_with(&a, 40);
 }
 
 /// A network partition between a worker and its database: every packet to
@@ -129,16 +150,7 @@ fn a_database_behind_a_lost_network_is_reported_and_queries_end() {
     }
     let url = pg.url();
     let a = TestServer::start(&["--store", url.as_str(), "--query-timeout", "2s"]);
-    let body: String = (0..200)
-        .map(|i| {
-            format!(
-                "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
-                i % 5,
-                1_767_225_600 + i
-            )
-        })
-        .collect();
-    assert_eq!(a.post_ndjson(&body).status, 200);
+    assert_eq!(a.post_ndjson(&forty_each(T0)).status, 200);
     assert_eq!(a.get("/healthz", &[]).body["status"], "ok");
 
     /// Lets the packets through again however the test ends.
@@ -157,37 +169,9 @@ fn a_database_behind_a_lost_network_is_reported_and_queries_end() {
     let cut = Instant::now();
     wait_store_unavailable(&a, Duration::from_secs(30));
     eprintln!("reported after {:?}", cut.elapsed());
-    let mut p = window(0, 4_000_000_000);
-    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
-    let asked = Instant::now();
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-    let asked = Instant::now();
-    let again = body.replace("\"value\":1.0", "\"value\":2.0");
-    assert_eq!(a.post_ndjson(&again).status, 503);
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-
+    refused_at_once(&a);
     drop(partition);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while a.get("/healthz", &[]).body["status"] != "ok" {
-        assert!(
-            Instant::now() < deadline,
-            "not healthy after the network came back"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["count"], 40, "{}", r.body);
+    healthy_again_with(&a, 40);
 }
 
 /// A write already on its way when the database freezes (before the probe
@@ -200,28 +184,11 @@ fn a_write_caught_by_a_freeze_is_answered_within_the_write_timeout() {
     let pg = Postgres::start();
     let url = pg.url();
     let a = TestServer::start(&["--store", url.as_str(), "--write-timeout", "3s"]);
-    let body = |t0: i64| -> String {
-        (0..200)
-            .map(|i| {
-                format!(
-                    "{{\"device_id\":\"d{}\",\"timestamp\":{},\"type\":\"t\",\"value\":1.0,\"location\":{{\"latitude\":1.0,\"longitude\":2.0}}}}\n",
-                    i % 5,
-                    t0 + i
-                )
-            })
-            .collect()
-    };
-    assert_eq!(a.post_ndjson(&body(1_767_225_600)).status, 200);
+    assert_eq!(a.post_ndjson(&forty_each(T0)).status, 200);
 
-    struct Frozen<'a>(&'a Postgres);
-    impl Drop for Frozen<'_> {
-        fn drop(&mut self) {
-            self.0.signal_all("CONT");
-        }
-    }
     pg.signal_all("STOP");
     let frozen = Frozen(&pg);
-    let second = body(1_767_225_600 + 1_000);
+    let second = forty_each(T0 + 1_000);
     let key = [("Idempotency-Key", "caught-by-the-freeze")];
     let asked = Instant::now();
     let r = a
@@ -236,21 +203,10 @@ fn a_write_caught_by_a_freeze_is_answered_within_the_write_timeout() {
     assert!(r.error().contains("--write-timeout"), "{}", r.body);
 
     drop(frozen);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.get("/healthz", &[]).body["status"] != "ok" {
-        assert!(
-            Instant::now() < deadline,
-            "not healthy after the database came back"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    healthy_again_with(&a, 40);
     let r = a
         .post(second.as_bytes(), "application/x-ndjson", &key)
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let mut p = window(0, 4_000_000_000);
-    p.extend([("device_id", "d1".to_string()), ("type", "t".into())]);
-    let r = a.get("/v1/query/avg", &p);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["count"], 80, "{}", r.body);
+    healthy_again_with(&a, 80);
 }
