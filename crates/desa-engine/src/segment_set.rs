@@ -47,15 +47,22 @@ pub fn keep_from_unsynced(
     first_kept: i64,
     path: &Path,
 ) -> Result<(SegmentMeta, u64)> {
-    let mut rows = Rows::default();
-    seg.append_to(&mut rows)?;
-    seg.release_memory();
-    let subset: Vec<u32> = (0..rows.len() as u32)
-        .filter(|&r| rows.ts[r as usize] >= first_kept)
-        .collect();
+    let (rows, subset) = kept_rows(seg, first_kept)?;
     let dropped = (rows.len() - subset.len()) as u64;
     let meta = build_segment(&rows, &subset, seg.meta.partition, 0, path, false)?;
     Ok((meta, dropped))
+}
+
+/// The rows of `seg`, and the positions of those at or after `first_kept`:
+/// what retention keeps of a segment that straddles it.
+pub(crate) fn kept_rows(seg: &Segment, first_kept: i64) -> Result<(Rows, Vec<u32>)> {
+    let mut rows = Rows::default();
+    seg.append_to(&mut rows)?;
+    seg.release_memory();
+    let subset = (0..rows.len() as u32)
+        .filter(|&r| rows.ts[r as usize] >= first_kept)
+        .collect();
+    Ok((rows, subset))
 }
 
 /// A snapshot of segments to query.

@@ -18,8 +18,8 @@ use super::flush::refuse_if_poisoned;
 use super::{segments_dir, Inner};
 use crate::durable::sync_dir;
 use crate::error::Result;
-use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
+use crate::segment_set::kept_rows;
 
 const DAY: i64 = 86_400;
 
@@ -63,12 +63,7 @@ pub(super) fn expire_once(inner: &Inner) -> Result<bool> {
     let kept = change_manifest(&mut manifest, &inner.cfg.dir, |next, written| {
         let mut kept = Vec::new();
         for s in &straddling {
-            let mut rows = Rows::default();
-            s.append_to(&mut rows)?;
-            s.release_memory();
-            let subset: Vec<u32> = (0..rows.len() as u32)
-                .filter(|&r| rows.ts[r as usize] >= cutoff)
-                .collect();
+            let (rows, subset) = kept_rows(s, cutoff)?;
             dropped_events += rows.len() as u64 - subset.len() as u64;
             let id = next.next_segment_id;
             next.next_segment_id += 1;
