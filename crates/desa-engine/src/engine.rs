@@ -18,7 +18,7 @@ mod scrub;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -190,12 +190,7 @@ pub struct Engine {
     _lock: fs::File,
 }
 
-pub(crate) fn segments_dir(dir: &Path) -> PathBuf {
-    dir.join("segments")
-}
-pub(crate) fn wal_dir(dir: &Path) -> PathBuf {
-    dir.join("wal")
-}
+pub(crate) use crate::manifest::{segments_dir, wal_dir};
 
 impl Engine {
     /// Opens (or creates) the data directory, recovering from the manifest and

@@ -94,7 +94,7 @@ pub fn check(dir: &Path) -> Result<Report> {
     }
     r.unnamed = names_in(&seg_dir)?
         .into_iter()
-        .filter(|n| !named.contains(n))
+        .filter(|n| !named.contains(n) && n != manifest::COPY)
         .collect();
     r.orphans = names_in(&dir.join(ORPHANS_DIR))?;
     let wal_start = manifest.as_ref().map_or(1, |m| m.wal_start);
@@ -121,9 +121,15 @@ pub fn check(dir: &Path) -> Result<Report> {
     Ok(r)
 }
 
+/// The manifest's copy, in the segments directory (see `rebuild_manifest`).
+pub const MANIFEST_COPY: &str = manifest::COPY;
+
 /// What `rebuild_manifest` did.
 #[derive(Debug, Default, Serialize)]
 pub struct Rebuilt {
+    /// Restored from the manifest's copy (`manifest::COPY`), exactly; else
+    /// rebuilt from the files.
+    pub from_copy: bool,
     pub segments: usize,
     pub segment_events: u64,
     pub wal_start: u64,
@@ -132,16 +138,20 @@ pub struct Rebuilt {
     pub summaries_set_aside: Vec<String>,
 }
 
-/// Writes a MANIFEST for a data dir that lost its own: every segment file
-/// (each is verified and describes itself), the log from its first file,
-/// and no summaries (rebuilt by the node). Refuses if a MANIFEST exists or
-/// a segment file fails its checks; changes nothing then.
+/// Writes a MANIFEST for a data dir that lost its own. From the manifest's
+/// copy when it is whole (every file it names is there and verifies, and so
+/// is every log file from its first): exact, summaries and Kafka positions
+/// included. Else from the files: every segment file (each is verified and
+/// describes itself), the log from its first file, and no summaries
+/// (rebuilt by the node). Refuses if a MANIFEST exists or a segment file
+/// fails its checks; changes nothing then.
 ///
-/// Exact when the node that last used the dir opened it after its last
-/// crash (opening removes what a crash left of a merge or a flush); after a
-/// crash with no restart since, events of a merge or flush it interrupted
-/// can be counted twice. Kafka positions stored in the lost manifest are
-/// not recovered: the consumer resumes from the group's committed offsets.
+/// From the files, it is exact when the node that last used the dir opened
+/// it after its last crash (opening removes what a crash left of a merge or
+/// a flush); after a crash with no restart since, events of a merge or
+/// flush it interrupted can be counted twice, and Kafka positions stored in
+/// the lost manifest are not recovered (the consumer resumes from the
+/// group's committed offsets).
 pub fn rebuild_manifest(dir: &Path) -> Result<Rebuilt> {
     let _lock = lock_dir(dir)?;
     if Manifest::load(dir)?.is_some() {
@@ -150,6 +160,16 @@ pub fn rebuild_manifest(dir: &Path) -> Result<Rebuilt> {
             dir.display(),
             manifest::FILE
         )));
+    }
+    if let Some(copy) = whole_copy(dir)? {
+        copy.store_durable(dir)?;
+        return Ok(Rebuilt {
+            from_copy: true,
+            segments: copy.segments.len(),
+            segment_events: copy.segments.iter().map(|s| s.rows).sum(),
+            wal_start: copy.wal_start,
+            summaries_set_aside: Vec::new(),
+        });
     }
     let seg_dir = segments_dir(dir);
     let mut out = Rebuilt::default();
@@ -206,6 +226,36 @@ pub fn rebuild_manifest(dir: &Path) -> Result<Rebuilt> {
     }
     .store_durable(dir)?;
     Ok(out)
+}
+
+/// The manifest's copy, if there is one and the dir holds every file it
+/// names, each verified, and every log file from its first.
+fn whole_copy(dir: &Path) -> Result<Option<Manifest>> {
+    let Ok(Some(copy)) = Manifest::load_copy(dir) else {
+        return Ok(None);
+    };
+    let seg_dir = segments_dir(dir);
+    let segments_ok = copy.segments.iter().all(|s| {
+        Segment::open(&seg_dir.join(SegmentMeta::file_name(s.id)), s.id)
+            .is_ok_and(|seg| seg.meta.rows == s.rows)
+    });
+    let summaries_ok = copy.summaries.iter().all(|s| {
+        Summary::open(
+            &seg_dir.join(SummaryMeta::file_name(s.id)),
+            s.level,
+            s.first_day,
+        )
+        .is_ok()
+    });
+    let logs = wal::list_files(&wal_dir(dir))?;
+    // The log must run unbroken from the copy's first file: the events
+    // after the copy's segments are all there.
+    let logs_ok = logs.is_empty()
+        || logs
+            .iter()
+            .position(|&n| n == copy.wal_start)
+            .is_some_and(|i| logs[i..].windows(2).all(|w| w[1] == w[0] + 1));
+    Ok((segments_ok && summaries_ok && logs_ok).then_some(copy))
 }
 
 /// File names in `dir`, sorted; none if it does not exist.

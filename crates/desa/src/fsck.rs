@@ -27,9 +27,18 @@ pub fn run(args: FsckArgs) -> Result<()> {
         let done = desa_engine::fsck::rebuild_manifest(dir)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&done)?);
+        } else if done.from_copy {
+            println!(
+                "MANIFEST restored in {} from its copy (segments/{}): {} segments ({} events), log from file {}, summaries and Kafka positions as they were",
+                dir.display(),
+                desa_engine::fsck::MANIFEST_COPY,
+                done.segments,
+                done.segment_events,
+                done.wal_start,
+            );
         } else {
             println!(
-                "MANIFEST rebuilt in {}: {} segments ({} events), log from file {}; {} summaries set aside in orphans/ (the node builds them again)",
+                "MANIFEST rebuilt in {} from the files (its copy is missing or names files that are not all there): {} segments ({} events), log from file {}; {} summaries set aside in orphans/ (the node builds them again)",
                 dir.display(),
                 done.segments,
                 done.segment_events,
@@ -37,6 +46,8 @@ pub fn run(args: FsckArgs) -> Result<()> {
                 done.summaries_set_aside.len()
             );
             println!("Kafka positions of the lost manifest are not recovered: a consumer resumes from its group's committed offsets.");
+        }
+        if !args.json {
             println!(
                 "Check the result with `desa fsck --data-dir {}`.",
                 dir.display()

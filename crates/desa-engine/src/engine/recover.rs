@@ -12,7 +12,7 @@ use crate::durable::lock_dir;
 use crate::error::{Error, Result};
 use crate::head::Head;
 use crate::idempotency::IdempotencyKeys;
-use crate::manifest::Manifest;
+use crate::manifest::{self, Manifest};
 use crate::segment::{Segment, SegmentMeta};
 use crate::summary::{LiveSummary, Summary, SummaryMeta};
 use crate::wal::{self, WalWriter};
@@ -74,6 +74,7 @@ pub(super) fn open_dir(cfg: &EngineConfig, clock: &dyn Clock) -> Result<Recovere
                 .iter()
                 .map(|m| SummaryMeta::file_name(m.id)),
         )
+        .chain([manifest::COPY.to_owned()])
         .collect();
     quarantine_unnamed(&dir, &live)?;
 
