@@ -15,6 +15,8 @@ use crate::sections::{SectionFile, Verify};
 
 mod geo;
 #[cfg(test)]
+mod measure;
+#[cfg(test)]
 mod v1;
 
 /// The most metadata one segment's section may expand to: a segment holds
