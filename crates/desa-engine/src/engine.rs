@@ -122,6 +122,9 @@ pub struct EngineStats {
     pub segment_bytes: u64,
     pub summaries: u64,
     pub summary_bytes: u64,
+    /// Files whose checksum has not been verified yet since the engine
+    /// opened (the scrub's progress; see `engine::scrub`).
+    pub unverified_files: u64,
     /// A flush, merge or summary is due (the node has not caught up yet).
     pub maintenance_pending: bool,
     /// Largest event timestamp stored (event-time progress).
@@ -473,6 +476,8 @@ impl Engine {
             segment_bytes: st.segments.iter().map(|s| s.meta.bytes).sum(),
             summaries: st.summaries.len() as u64,
             summary_bytes: st.summaries.iter().map(|s| s.meta.bytes).sum(),
+            unverified_files: st.segments.iter().filter(|s| !s.verified()).count() as u64
+                + st.summaries.iter().filter(|s| !s.file.verified()).count() as u64,
             maintenance_pending: pending,
             watermark_secs: st.watermark,
             poisoned: self.inner.poisoned.lock().clone(),

@@ -61,6 +61,7 @@ impl Store for Engine {
             summaries: s.summaries,
             maintenance_pending: s.maintenance_pending,
             storage_bytes: s.segment_bytes + s.summary_bytes,
+            unverified_files: s.unverified_files,
             watermark_secs: s.watermark_secs,
             unavailable: s.failing,
             refused: s.poisoned.map(|p| format!("poisoned: {p}")),

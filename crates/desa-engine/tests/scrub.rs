@@ -15,7 +15,7 @@ fn damage_found_by_a_later_scrub_pass_is_never_served() {
     let mut cfg = EngineConfig::new(dir.path());
     cfg.head_max_rows = 100;
     cfg.scrub_every = Duration::from_millis(200);
-    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
     let t0 = 1_767_225_600;
     let events: Vec<Event> = (0..300)
         .map(|i| Event {
@@ -33,6 +33,17 @@ fn damage_found_by_a_later_scrub_pass_is_never_served() {
     engine.settle().unwrap();
     let all = TimeWindow::new(0, i64::MAX).unwrap();
     assert_eq!(engine.avg("d1", "t", all).unwrap().count, 43);
+    // Reopened, the engine verifies its files in the background.
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while engine.stats().unverified_files > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the scrub never verified every file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // One byte of a segment the node serves, changed in place.
     let seg = std::fs::read_dir(dir.path().join("segments"))

@@ -570,6 +570,8 @@ impl Store for PgStore {
             summaries: 0,
             maintenance_pending: self.shared.merges_pending.load(Ordering::Relaxed),
             storage_bytes: self.shared.storage_bytes.load(Ordering::Relaxed),
+            // Block copies are verified when they are opened.
+            unverified_files: 0,
             watermark_secs: *self.shared.watermark.lock(),
             unavailable: down_reason(&self.shared),
             refused: None,

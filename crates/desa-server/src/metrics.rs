@@ -32,6 +32,7 @@ pub struct Metrics {
     segments: IntGauge,
     summaries: IntGauge,
     storage_bytes: IntGauge,
+    unverified_files: IntGauge,
     resident_bytes: IntGauge,
     watermark: Gauge,
     poisoned: IntGauge,
@@ -150,6 +151,7 @@ impl Metrics {
             segments: gauge("desa_segments", "Live segment files."),
             summaries: gauge("desa_summaries", "Live summary files (whole-day blocks)."),
             storage_bytes: gauge("desa_storage_bytes", "Bytes of live segment and summary files (cluster mode: of the database's desa tables)."),
+            unverified_files: gauge("desa_files_unverified", "Stored files whose checksum has not been verified since the node started (the scrub's progress; 0 once it has read every file)."),
             resident_bytes: gauge("desa_resident_memory_bytes", "Resident memory of the process."),
             watermark: Gauge::new("desa_event_time_watermark_seconds", "Largest event timestamp stored.")
                 .unwrap_or_else(|e| unreachable!("{e}")),
@@ -177,6 +179,7 @@ impl Metrics {
             Box::new(m.segments.clone()),
             Box::new(m.summaries.clone()),
             Box::new(m.storage_bytes.clone()),
+            Box::new(m.unverified_files.clone()),
             Box::new(m.resident_bytes.clone()),
             Box::new(m.watermark.clone()),
             Box::new(m.poisoned.clone()),
@@ -196,6 +199,7 @@ impl Metrics {
         self.segments.set(stats.segments as i64);
         self.summaries.set(stats.summaries as i64);
         self.storage_bytes.set(stats.storage_bytes as i64);
+        self.unverified_files.set(stats.unverified_files as i64);
         self.resident_bytes
             .set(desa_engine::resident_bytes() as i64);
         if let Some(w) = stats.watermark_secs {

@@ -102,6 +102,9 @@ pub struct StoreStats {
     /// will be.
     pub maintenance_pending: bool,
     pub storage_bytes: u64,
+    /// Stored files whose checksum has not been verified yet since the
+    /// node started (embedded only: the scrub's progress).
+    pub unverified_files: u64,
     /// Largest event timestamp stored (event-time progress).
     pub watermark_secs: Option<i64>,
     /// Why writes fail now, when they do: the store is "degraded".

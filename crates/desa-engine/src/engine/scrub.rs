@@ -64,6 +64,10 @@ pub(super) fn scrub_loop(inner: &Inner) {
                 report_damaged(inner, &e);
             }
         }
-        std::thread::sleep(LOOK_EVERY.min(inner.cfg.scrub_every));
+        // In short steps, so that a shutdown does not wait out the pause.
+        let until = Instant::now() + LOOK_EVERY.min(inner.cfg.scrub_every);
+        while Instant::now() < until && !inner.shutdown.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
