@@ -202,14 +202,16 @@ fn pack_linear(values: &[i64], flat_bits: u8) -> Option<Line> {
         return None;
     }
     let slope = u16::try_from(last.checked_sub(first)? / (values.len() as i64 - 1)).ok()?;
-    let residual = |k: usize, v: i64| v - first - k as i64 * i64::from(slope);
-    let low = values
-        .iter()
-        .enumerate()
-        .map(|(k, &v)| residual(k, v))
-        .min()?;
+    let residual = |k: usize, v: i64| {
+        v.checked_sub(first)?
+            .checked_sub((k as i64).checked_mul(i64::from(slope))?)
+    };
+    let mut low = 0;
+    for (k, &v) in values.iter().enumerate() {
+        low = low.min(residual(k, v)?);
+    }
     let mut line = Line {
-        min: first + low,
+        min: first.checked_add(low)?,
         slope,
         bits: 0,
     };
@@ -706,6 +708,9 @@ mod tests {
             read(&v);
         }
         read(&[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX]);
+        // A line whose lowest point would fall below i64::MIN.
+        let low = i64::MIN + 1;
+        read(&[low, low, low, low + 3 * 65_535]);
     }
 
     #[test]
