@@ -476,8 +476,9 @@ impl Engine {
             segment_bytes: st.segments.iter().map(|s| s.meta.bytes).sum(),
             summaries: st.summaries.len() as u64,
             summary_bytes: st.summaries.iter().map(|s| s.meta.bytes).sum(),
-            unverified_files: st.segments.iter().filter(|s| !s.verified()).count() as u64
-                + st.summaries.iter().filter(|s| !s.file.verified()).count() as u64,
+            unverified_files: mapped_files(&st.segments, &st.summaries)
+                .filter(|f| !f.verified())
+                .count() as u64,
             maintenance_pending: pending,
             watermark_secs: st.watermark,
             poisoned: self.inner.poisoned.lock().clone(),
@@ -592,6 +593,16 @@ type Snapshot = (Vec<Arc<Segment>>, Vec<Arc<LiveSummary>>);
 
 fn snapshot(st: &State) -> Snapshot {
     (st.segments.clone(), st.summaries.clone())
+}
+
+/// The mapped file of every segment and summary of a snapshot.
+fn mapped_files<'a>(
+    segs: &'a [Arc<Segment>],
+    sums: &'a [Arc<LiveSummary>],
+) -> impl Iterator<Item = &'a crate::sections::SectionFile> {
+    segs.iter()
+        .map(|s| s.mapped())
+        .chain(sums.iter().map(|s| s.file.mapped()))
 }
 
 fn failing_summary(failing: &BTreeMap<&'static str, String>) -> Option<String> {

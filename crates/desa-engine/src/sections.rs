@@ -177,6 +177,8 @@ pub(crate) struct SectionFile {
     packed_strings: Vec<(usize, usize, usize)>,
     /// Whether the checksum has been verified: `UNCHECKED`, `GOOD`, `BAD`.
     checksum: std::sync::atomic::AtomicU8,
+    /// The file, named in the errors of [`verify`](Self::verify).
+    path: std::path::PathBuf,
 }
 
 impl SectionFile {
@@ -230,31 +232,32 @@ impl SectionFile {
             strings: Vec::new(),
             packed_strings: Vec::new(),
             checksum: std::sync::atomic::AtomicU8::new(UNCHECKED),
+            path: path.to_owned(),
         };
         if verify == Verify::Now {
-            file.verify(path)?;
+            file.verify()?;
         }
         Ok(file)
     }
 
     /// Verifies the checksum over every byte of the file, once: later calls
     /// return the first one's answer without reading the file again.
-    pub fn verify(&self, path: &Path) -> Result<()> {
+    pub fn verify(&self) -> Result<()> {
         match self.checksum.load(Ordering::Acquire) {
             GOOD => Ok(()),
-            BAD => Err(Self::mismatch(path)),
-            _ => self.reverify(path),
+            BAD => Err(self.mismatch()),
+            _ => self.reverify(),
         }
     }
 
-    fn mismatch(path: &Path) -> Error {
-        Error::corrupt(path, 0, "checksum mismatch".to_owned())
+    fn mismatch(&self) -> Error {
+        Error::corrupt(&self.path, 0, "checksum mismatch".to_owned())
     }
 
     /// Reads every byte of the file again and verifies the checksum (the
     /// scrub's later passes, for damage since the file was first read); a
     /// file found damaged stays so.
-    pub fn reverify(&self, path: &Path) -> Result<()> {
+    pub fn reverify(&self) -> Result<()> {
         // Verified a window at a time, each dropped from this process once
         // read, so that verifying a large file does not swell resident
         // memory.
@@ -286,12 +289,12 @@ impl SectionFile {
                 Ordering::Acquire,
             );
             match self.checksum.load(Ordering::Acquire) {
-                BAD => Err(Self::mismatch(path)),
+                BAD => Err(self.mismatch()),
                 _ => Ok(()),
             }
         } else {
             self.checksum.store(BAD, Ordering::Release);
-            Err(Self::mismatch(path))
+            Err(self.mismatch())
         }
     }
 

@@ -355,12 +355,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let data_dir = work.join("data");
     let reuse = args.reuse_data && (args.store.is_some() || data_dir.join("MANIFEST").exists());
-    let mut store_args: Vec<String> = args
+    let mut node_args: Vec<String> = args
         .store
         .iter()
         .flat_map(|url| ["--store".to_owned(), url.clone()])
         .collect();
-    store_args.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
+    node_args.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
     let input = match &args.input {
         Some(p) => p.clone(),
         None if reuse => PathBuf::new(),
@@ -402,7 +402,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         open_in_process(&data_dir)?
     } else {
-        start_and_load(&args, reuse, &data_dir, &store_args, &input)?
+        start_and_load(&args, reuse, &data_dir, &node_args, &input)?
     };
 
     // Queries.
@@ -678,10 +678,10 @@ fn start_and_load(
     args: &BenchArgs,
     reuse: bool,
     data_dir: &Path,
-    store_args: &[String],
+    node_args: &[String],
     input: &Path,
 ) -> Result<(Target, u64, Duration)> {
-    let node = start_node(data_dir, store_args)?;
+    let node = start_node(data_dir, node_args)?;
     let client = Client::new(&node.base);
     client.wait_ready(Duration::from_secs(300))?;
     if !reuse && args.store.is_some() {

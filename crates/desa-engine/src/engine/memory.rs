@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{snapshot, Inner};
+use super::{mapped_files, snapshot, Inner};
 use crate::sections::SectionFile;
 
 /// How often resident memory is checked against the budget. Queries map
@@ -48,10 +48,7 @@ pub(super) fn enforce_memory_budget(inner: &Inner) {
     let (segs, sums) = snapshot(&inner.state.read());
     // Use times are read once: queries change them meanwhile, and a sort
     // whose keys move under it may panic.
-    let mut mapped: Vec<(u64, &SectionFile)> = segs
-        .iter()
-        .map(|s| s.mapped())
-        .chain(sums.iter().map(|s| s.file.mapped()))
+    let mut mapped: Vec<(u64, &SectionFile)> = mapped_files(&segs, &sums)
         .map(|m| (m.last_used(), m))
         .collect();
     mapped.sort_by_key(|m| m.0);

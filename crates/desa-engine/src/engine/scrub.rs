@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::maintain::idle_priority;
-use super::{snapshot, Inner};
+use super::{mapped_files, snapshot, Inner};
 use crate::error::Error;
 
 /// How often the scrub looks for files not verified yet.
@@ -41,21 +41,11 @@ pub(super) fn scrub_loop(inner: &Inner) {
         if again {
             last_pass = Instant::now();
         }
-        let checks = segs
-            .iter()
-            .filter(|s| again || !s.verified())
-            .map(|s| if again { s.reverify() } else { s.verify() })
-            .chain(
-                sums.iter()
-                    .filter(|s| again || !s.file.verified())
-                    .map(|s| {
-                        if again {
-                            s.file.reverify()
-                        } else {
-                            s.file.verify()
-                        }
-                    }),
-            );
+        // Files not verified yet; on a pass, every file again.
+        let checks = mapped_files(&segs, &sums).filter_map(|f| match again {
+            true => Some(f.reverify()),
+            false => (!f.verified()).then(|| f.verify()),
+        });
         for result in checks {
             if inner.shutdown.load(Ordering::SeqCst) {
                 return;

@@ -47,17 +47,7 @@ impl Summary {
 
     /// Verifies the file's checksum, once.
     pub fn verify(&self) -> Result<()> {
-        self.file.verify(&self.path)
-    }
-
-    /// Whether [`verify`](Self::verify) has run.
-    pub fn verified(&self) -> bool {
-        self.file.verified()
-    }
-
-    /// Reads the whole file again and verifies its checksum (the scrub).
-    pub fn reverify(&self) -> Result<()> {
-        self.file.reverify(&self.path)
+        self.file.verify()
     }
 
     fn open_with(path: &Path, level: u32, first_day: i64, verify: Verify) -> Result<Summary> {

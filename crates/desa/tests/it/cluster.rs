@@ -15,7 +15,7 @@ use crate::kafka::{
     check_queries, kafka_args, produce, produce_in_background, seeded, wait_stored, Broker,
 };
 use crate::outage::wait_store_unavailable;
-use crate::pg::Postgres;
+use crate::pg::{open_store, Postgres};
 use crate::support::{all_counts, wait_answered, window, TestServer};
 
 fn worker(broker: &str, topic: &str, group: &str, pg: &Postgres) -> TestServer {
@@ -541,25 +541,6 @@ fn sums_added_across_blocks_keep_every_digit() {
 }
 
 /// A worker's store over `pg`, named `name`, keeping its blocks under `dir`.
-fn open_store(pg: &Postgres, dir: &std::path::Path, name: &str) -> desa_postgres::PgStore {
-    open_store_keeping(pg, dir, name, None)
-}
-
-fn open_store_keeping(
-    pg: &Postgres,
-    dir: &std::path::Path,
-    name: &str,
-    retention_secs: Option<i64>,
-) -> desa_postgres::PgStore {
-    desa_postgres::PgStore::open(desa_postgres::PgConfig {
-        url: pg.url(),
-        worker: name.into(),
-        blocks_dir: dir.join(name),
-        retention_secs,
-    })
-    .unwrap()
-}
-
 /// `desa migrate --store URL` as a process: its success, and what it printed.
 fn migrate(url: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
@@ -732,84 +713,4 @@ fn sparse_old_days_share_blocks_and_partitions() {
         )
         .unwrap();
     assert_eq!(top.devices[0].count, 10);
-}
-
-/// `--retention` in cluster mode: a worker started with it deletes the
-/// blocks of expired days from the database (a block of sparse days that
-/// straddles the first kept second is rewritten with its kept events), every
-/// worker's copy follows, answers count exactly what remains, and the
-/// dropped events are counted in `/metrics`.
-#[test]
-fn retention_deletes_expired_blocks_for_every_worker() {
-    use desa_store::{Store, WriteRequest};
-    const DAY: i64 = 86_400;
-    let pg = Postgres::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let today = now.div_euclid(DAY) * DAY;
-    let event = |device: &str, ts: i64| desa_model::Event {
-        device_id: device.into(),
-        ts_secs: ts,
-        event_type: "t".into(),
-        value: 1.0,
-        latitude: 1.0,
-        longitude: 2.0,
-        metadata: None,
-    };
-    // Sparse old days (100 and 40 days back: one shared block that a
-    // 60-day retention cuts), a full day 80 days back, and today.
-    let mut events = Vec::new();
-    for i in 0..10 {
-        events.push(event("old", today - 100 * DAY + i));
-        events.push(event("kept", today - 40 * DAY + i));
-    }
-    for i in 0..100 {
-        events.push(event("old", today - 80 * DAY + i));
-        events.push(event("new", today + i % 60));
-    }
-    let writer = open_store(&pg, tmp.path(), "a");
-    writer.write(WriteRequest::events(events)).unwrap();
-    let all = TimeWindow::new(0, today + 2 * DAY).unwrap();
-    assert_eq!(writer.topk("t", all, 5).unwrap().devices.len(), 3);
-    drop(writer);
-
-    let keeping = open_store_keeping(&pg, tmp.path(), "a", Some(60 * DAY));
-    let follower = open_store(&pg, tmp.path(), "b");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let want: HashMap<String, u64> = [("kept".to_owned(), 10), ("new".to_owned(), 100)].into();
-    for s in [&keeping, &follower] {
-        loop {
-            let got: HashMap<String, u64> = s
-                .topk("t", all, 5)
-                .unwrap()
-                .devices
-                .into_iter()
-                .map(|d| (d.device_id, d.count))
-                .collect();
-            if got == want {
-                break;
-            }
-            assert!(Instant::now() < deadline, "still {got:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let old = TimeWindow::new(0, today - 60 * DAY).unwrap();
-    assert_eq!(follower.avg("old", "t", old).unwrap().count, 0);
-    let text = keeping.metrics();
-    assert!(
-        text.contains("desa_postgres_retention_dropped_events_total 110"),
-        "{text}"
-    );
-    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
-    let expired: i64 = client
-        .query_one(
-            "SELECT count(*) FROM desa_blocks WHERE min_ts < $1",
-            &[&(today - 60 * DAY)],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(expired, 0);
 }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench;
 mod cluster;
+mod cluster_retention;
 mod crash;
 mod faults;
 mod hardening;

@@ -242,3 +242,25 @@ impl Drop for Postgres {
         self.stop_immediate();
     }
 }
+
+/// A worker's store opened in this process over `pg`, its blocks in
+/// `dir/name`.
+pub fn open_store(pg: &Postgres, dir: &std::path::Path, name: &str) -> desa_postgres::PgStore {
+    open_store_keeping(pg, dir, name, None)
+}
+
+/// [`open_store`] with `--retention`.
+pub fn open_store_keeping(
+    pg: &Postgres,
+    dir: &std::path::Path,
+    name: &str,
+    retention_secs: Option<i64>,
+) -> desa_postgres::PgStore {
+    desa_postgres::PgStore::open(desa_postgres::PgConfig {
+        url: pg.url(),
+        worker: name.into(),
+        blocks_dir: dir.join(name),
+        retention_secs,
+    })
+    .unwrap()
+}
