@@ -346,14 +346,14 @@ impl Packer {
         let mut dirs = Vec::with_capacity(values.len().div_ceil(BLOCK));
         let mut data = Vec::new();
         for block in values.chunks(BLOCK) {
-            let at = data.len();
-            let flat = pack_block(block, 0, &mut data);
-            if let Some(line) = pack_linear(block, flat.bits) {
-                data.truncate(at);
-                dirs.push(line.write(block, &mut data));
-            } else {
-                dirs.push(flat);
-            }
+            let (min, max) = block
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let flat_bits = width(max.wrapping_sub(min) as u64);
+            dirs.push(match pack_linear(block, flat_bits) {
+                Some(line) => line.write(block, &mut data),
+                None => pack_block(block, 0, &mut data),
+            });
         }
         join(&dirs, data)
     }
