@@ -1,7 +1,8 @@
 //! Query execution over the head(s) and the segments that overlap a window.
 //!
 //! Costs, with `S` the segments overlapping the window (segments are per UTC
-//! day, and compaction keeps O(log n) of them per day):
+//! day; compaction keeps O(log n) of them per day, and one per day, up to
+//! `max_segment_rows`, once the watermark has left the day behind):
 //! - **avg**: per segment, a binary search for the series and two on its
 //!   timestamps, then a prefix-sum difference: `O(S log n)`, whatever the
 //!   number of events of that device in the window.

@@ -1,5 +1,6 @@
 //! Background maintenance of the stored files: size-tiered compaction of
-//! each day's segments (on the flusher thread), and the summaries of
+//! each day's segments, then one segment per day once the watermark has
+//! left the day behind (on the flusher thread), and the summaries of
 //! whole-day blocks (see `crate::summary`; on a thread of its own at a lower
 //! CPU priority, so that building them never delays a flush or an ingest).
 //!
@@ -128,10 +129,12 @@ fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>,
                 .push(s.clone());
         }
     }
-    groups
-        .into_iter()
+    let settled_before = st.watermark.map(|w| w.div_euclid(DAY));
+    let tiered = groups
+        .iter()
         .filter(|g| g.1.len() >= fanin)
-        .filter_map(|((_, _, covered_by), mut g)| {
+        .filter_map(|((_, _, covered_by), g)| {
+            let mut g = g.clone();
             g.sort_by_key(|s| s.meta.id);
             // A merge holds all its rows in memory (about 250 bytes each
             // while the segment is built): the oldest that fit the cap.
@@ -145,10 +148,44 @@ fn pick_compaction(st: &State, cfg: &EngineConfig) -> Option<(Vec<Arc<Segment>>,
                 })
                 .count();
             g.truncate(fit);
-            (fit >= 2).then_some((g, covered_by))
+            (fit >= 2).then(|| (g, covered_by.clone()))
+        })
+        .min_by_key(|g| g.0[0].meta.id);
+    tiered.or_else(|| settle_day(&groups, settled_before?, cfg))
+}
+
+/// A day the watermark has left behind, whose segments fit one: they merge
+/// into one once the smaller ones hold at least `1 / SETTLE_RATIO` of the
+/// largest's rows, so that a query over the day searches one file, and late
+/// events that trickle in rewrite the day at most once per that share.
+fn settle_day(
+    groups: &HashMap<MergeGroup, Vec<Arc<Segment>>>,
+    settled_before: i64,
+    cfg: &EngineConfig,
+) -> Option<(Vec<Arc<Segment>>, Vec<u64>)> {
+    let mut days: HashMap<(i64, &[u64]), Vec<Arc<Segment>>> = HashMap::new();
+    for ((day, _, covered_by), g) in groups {
+        if let Some(day) = day.filter(|&d| d < settled_before) {
+            days.entry((day, covered_by)).or_default().extend(g.iter().cloned());
+        }
+    }
+    days.into_iter()
+        .filter(|(_, g)| g.len() >= 2)
+        .filter(|(_, g)| {
+            let rows: u64 = g.iter().map(|s| s.meta.rows).sum();
+            let largest = g.iter().map(|s| s.meta.rows).max().unwrap_or(0);
+            rows <= cfg.max_segment_rows && (rows - largest) * SETTLE_RATIO >= largest
+        })
+        .map(|((_, covered_by), mut g)| {
+            g.sort_by_key(|s| s.meta.id);
+            (g, covered_by.to_vec())
         })
         .min_by_key(|g| g.0[0].meta.id)
 }
+
+/// A settled day's segments merge when the smaller ones hold at least this
+/// fraction (one in `SETTLE_RATIO`) of the largest's rows.
+const SETTLE_RATIO: u64 = 8;
 
 /// True while a flush, merge or summary is due: the node has not caught up
 /// with what it was sent.
