@@ -25,7 +25,7 @@ impl Store for Engine {
         Engine::idempotent_response(self, key)
     }
 
-    fn claim(&self, source: &str, partitions: &[i32]) -> desa_store::Result<Vec<Claim>> {
+    fn claim(&self, source: &str, partitions: &[i32], _of: i32) -> desa_store::Result<Vec<Claim>> {
         Ok(partitions
             .iter()
             .map(|&partition| Claim {

@@ -109,7 +109,17 @@ impl ConsumerContext for Context {
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let source = self.0.cfg.source_name();
-                let claims = claim(&self.0, &source, &parts);
+                // The topic's partition count: in cluster mode, which
+                // shards of devices the claimed partitions carry.
+                let of = consumer
+                    .fetch_metadata(Some(&self.0.cfg.topic), Duration::from_secs(5))
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "cannot read the topic's partition count"),
+                    )
+                    .ok()
+                    .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+                    .unwrap_or(0);
+                let claims = claim(&self.0, &source, &parts, of);
                 let committed = consumer
                     .committed_offsets(tpl.clone(), Duration::from_secs(5))
                     .map_err(|e| tracing::warn!(error = %e, "cannot read committed offsets"))
@@ -182,6 +192,7 @@ impl ConsumerContext for Context {
                     }
                 }
                 self.0.status.revoked(&parts);
+                self.0.store.release(&self.0.cfg.source_name(), &parts);
                 let unassigned = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -218,10 +229,10 @@ impl ConsumerContext for Context {
 /// Claims newly assigned partitions in the store, retrying while the store
 /// is unreachable: consuming a partition before it is claimed could commit
 /// over its new owner.
-fn claim(shared: &Shared, source: &str, parts: &[i32]) -> Vec<desa_store::Claim> {
+fn claim(shared: &Shared, source: &str, parts: &[i32], of: i32) -> Vec<desa_store::Claim> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match shared.store.claim(source, parts) {
+        match shared.store.claim(source, parts, of) {
             Ok(claims) => return claims,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim assigned partitions; retrying");

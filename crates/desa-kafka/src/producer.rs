@@ -91,7 +91,11 @@ pub fn produce_lines(
 ) -> Result<ProduceSummary> {
     let counts = Arc::new(Counts::default());
     let mut cfg = ClientConfig::new();
+    // Keys (device ids) go to the partition Java clients pick for them,
+    // which is also the device's shard in cluster mode
+    // (`desa_model::shard_of`).
     cfg.set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")

@@ -26,6 +26,7 @@ mod geo;
 pub mod oracle;
 mod parse;
 mod query;
+mod shard;
 mod sum;
 
 pub use admit::{admit, Admitted, Lateness};
@@ -40,4 +41,5 @@ pub use parse::{
 pub use query::{
     rank_devices, AvgAnswer, DeviceCount, GeoAnswer, QueryError, TimeWindow, TopkAnswer, MAX_TOPK_K,
 };
+pub use shard::{murmur2, shard_of};
 pub use sum::DoubleDouble;

@@ -49,15 +49,16 @@ const LIST_ATTEMPTS: usize = 20;
 /// The file naming the database a block directory belongs to.
 const CLUSTER_FILE: &str = "CLUSTER";
 
-/// Blocks opened for the view, by id.
-type Added = Vec<(i64, Arc<Segment>)>;
+/// Blocks opened for the view: id, shard and the block.
+type Added = Vec<(i64, u32, Arc<Segment>)>;
 
 /// Blocks known locally, as one consistent snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct View {
     pub by_id: BTreeMap<i64, Arc<Segment>>,
+    /// The shard of each block.
+    pub shard_of: HashMap<i64, u32>,
     pub set: SegmentSet,
-    pub events: u64,
     pub bytes: u64,
     pub max_ts: Option<i64>,
 }
@@ -65,11 +66,15 @@ pub(crate) struct View {
 impl View {
     fn with(&self, added: Added, gone: &HashSet<i64>) -> View {
         let mut by_id = self.by_id.clone();
+        let mut shard_of = self.shard_of.clone();
         by_id.retain(|id, _| !gone.contains(id));
-        by_id.extend(added.into_iter().filter(|(id, _)| !gone.contains(id)));
+        shard_of.retain(|id, _| !gone.contains(id));
+        for (id, shard, seg) in added.into_iter().filter(|(id, ..)| !gone.contains(id)) {
+            by_id.insert(id, seg);
+            shard_of.insert(id, shard);
+        }
         let segs: Vec<Arc<Segment>> = by_id.values().cloned().collect();
         View {
-            events: segs.iter().map(|s| s.meta.rows).sum(),
             bytes: segs.iter().map(|s| s.meta.bytes).sum(),
             max_ts: segs
                 .iter()
@@ -78,6 +83,7 @@ impl View {
                 .max(),
             set: SegmentSet::new(segs),
             by_id,
+            shard_of,
         }
     }
 }
@@ -96,11 +102,16 @@ struct Looks {
     finished: u64,
     /// How the last finished look failed, if it did.
     failed: Option<String>,
+    /// Changes of the shards held, counted: a look that started before one
+    /// may have skipped blocks of a shard now held, so the next lists all.
+    holds: u64,
 }
 
 pub(crate) struct Blocks {
     dir: PathBuf,
     view: RwLock<Arc<View>>,
+    /// The shards this worker keeps copies of; `None`: every shard.
+    held: RwLock<Option<Arc<HashSet<u32>>>>,
     /// Who is looking at the catalog and how far the view got; one look
     /// runs at a time (the view changes in the order the catalog was read),
     /// and no lock is held while it talks to the database.
@@ -112,6 +123,7 @@ pub(crate) struct Blocks {
 
 /// A block built locally and not yet committed.
 pub(crate) struct NewBlock {
+    pub shard: u32,
     pub day: i64,
     pub events: u64,
     pub min_ts: i64,
@@ -124,6 +136,7 @@ pub(crate) struct NewBlock {
 /// A catalog row.
 struct Listed {
     id: i64,
+    shard: i32,
     day: i32,
     events: i64,
     bytes: i64,
@@ -177,6 +190,7 @@ impl Blocks {
         Ok(Blocks {
             dir: dir.to_owned(),
             view: RwLock::new(Arc::new(View::default())),
+            held: RwLock::new(None),
             looks: Mutex::new(Looks::default()),
             looked: Condvar::new(),
             next_temp: AtomicU64::new(0),
@@ -186,6 +200,50 @@ impl Blocks {
 
     pub fn view(&self) -> Arc<View> {
         self.view.read().clone()
+    }
+
+    /// Whether this worker keeps copies of `shard`'s blocks.
+    fn holds(&self, shard: u32) -> bool {
+        self.held.read().as_ref().is_none_or(|h| h.contains(&shard))
+    }
+
+    /// Keeps copies of the blocks of `shards` only (`None`: of every
+    /// shard): the blocks of other shards leave the view and their files go
+    /// now, and the next look lists the whole catalog, so that the blocks of
+    /// a shard newly held are fetched.
+    pub fn hold(&self, shards: Option<HashSet<u32>>) {
+        let shards = shards.map(Arc::new);
+        *self.held.write() = shards.clone();
+        {
+            let mut looks = self.looks.lock();
+            looks.holds += 1;
+            looks.tail = None;
+        }
+        let view = self.view();
+        let gone: HashSet<i64> = view
+            .shard_of
+            .iter()
+            .filter(|(_, s)| shards.as_ref().is_some_and(|h| !h.contains(s)))
+            .map(|(id, _)| *id)
+            .collect();
+        if !gone.is_empty() {
+            self.replace_view(Vec::new(), &gone);
+        }
+    }
+
+    /// The shards this worker keeps copies of (`None`: all).
+    pub fn held(&self) -> Option<Arc<HashSet<u32>>> {
+        self.held.read().clone()
+    }
+
+    /// Keeps copies of `shards` too (whose owners did not answer), until
+    /// the next [`hold`](Self::hold).
+    pub fn borrow(&self, shards: &[u32]) {
+        if let Some(held) = self.held() {
+            let mut more = (*held).clone();
+            more.extend(shards);
+            self.hold(Some(more));
+        }
     }
 
     fn path(&self, id: i64) -> PathBuf {
@@ -198,9 +256,9 @@ impl Blocks {
         self.dir.join(format!("new-{}-{n}.tmp", std::process::id()))
     }
 
-    /// Reads the segment just written at `file` (described by `meta`) into
-    /// a [`NewBlock`].
-    pub fn built(&self, meta: &SegmentMeta, file: PathBuf) -> Result<NewBlock> {
+    /// Reads the segment of `shard` just written at `file` (described by
+    /// `meta`) into a [`NewBlock`].
+    pub fn built(&self, meta: &SegmentMeta, shard: u32, file: PathBuf) -> Result<NewBlock> {
         let body = std::fs::read(&file).map_err(io("read", &file))?;
         let Some(crc) = checksum_of(&body) else {
             return Err(Error::Schema(format!(
@@ -209,6 +267,7 @@ impl Blocks {
             )));
         };
         Ok(NewBlock {
+            shard,
             day: meta.partition,
             events: meta.rows,
             min_ts: meta.min_ts,
@@ -227,6 +286,11 @@ impl Blocks {
     pub fn keep(&self, built: Vec<NewBlock>, ids: &[i64]) -> Result<()> {
         let mut failed = None;
         for (b, &id) in built.into_iter().zip(ids) {
+            if !self.holds(b.shard) {
+                // Another worker's shard: it fetches the block.
+                let _ = std::fs::remove_file(&b.file);
+                continue;
+            }
             let path = self.path(id);
             if let Err(e) = std::fs::rename(&b.file, &path) {
                 let _ = std::fs::remove_file(&b.file);
@@ -264,7 +328,7 @@ impl Blocks {
                 looks.running = true;
                 looks.started += 1;
                 let number = looks.started;
-                let from = looks.tail;
+                let (from, holds) = (looks.tail, looks.holds);
                 drop(looks);
                 let result = self.look(c, from);
                 let mut looks = self.looks.lock();
@@ -272,7 +336,7 @@ impl Blocks {
                 looks.finished = number;
                 looks.failed = match &result {
                     Ok(tail) => {
-                        looks.tail = *tail;
+                        looks.tail = tail.filter(|_| looks.holds == holds);
                         None
                     }
                     Err(e) => Some(e.describe()),
@@ -298,7 +362,7 @@ impl Blocks {
             // look, and the snapshot's bounds.
             let rows = c.query(
                 "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, b.id,
-                        (SELECT value FROM desa_meta WHERE key = 'first_kept')
+                        (SELECT value FROM desa_meta WHERE key = 'first_kept'), b.shard
                    FROM pg_current_snapshot() AS s
                    LEFT JOIN desa_blocks b ON b.xid >= $1::text::xid8",
                 &[&from.to_string()],
@@ -321,8 +385,9 @@ impl Blocks {
             } else {
                 let view = self.view();
                 let all_known = rows.iter().all(|r| {
+                    let shard = r.get::<_, Option<i32>>(4).unwrap_or(0) as u32;
                     r.get::<_, Option<i64>>(2)
-                        .is_none_or(|id| view.by_id.contains_key(&id))
+                        .is_none_or(|id| view.by_id.contains_key(&id) || !self.holds(shard))
                 });
                 if all_known {
                     return Ok(Some(xmin));
@@ -352,10 +417,10 @@ impl Blocks {
         for r in listing
             .rows
             .iter()
-            .filter(|r| !view.by_id.contains_key(&r.id))
+            .filter(|r| !view.by_id.contains_key(&r.id) && self.holds(r.shard as u32))
         {
             match self.open_matching(r) {
-                Some(seg) => added.push((r.id, Arc::new(seg))),
+                Some(seg) => added.push((r.id, r.shard as u32, Arc::new(seg))),
                 None => want.push(r),
             }
         }
@@ -388,13 +453,16 @@ impl Blocks {
                 let path = self.path(id);
                 std::fs::rename(&temp, &path).map_err(io("rename", &path))?;
                 let seg = Segment::open(&path, id as u64)?;
-                let listed = batch.iter().find(|r| r.id == id);
-                if listed.is_none_or(|r| !matches(&seg, r)) {
+                let Some(listed) = batch
+                    .iter()
+                    .find(|r| r.id == id)
+                    .filter(|r| matches(&seg, r))
+                else {
                     return Err(Error::Schema(format!(
                         "block {id}'s body does not match its catalog row (length, events or checksum)"
                     )));
-                }
-                added.push((id, Arc::new(seg)));
+                };
+                added.push((id, listed.shard as u32, Arc::new(seg)));
             }
         }
         Ok(Some(added))
@@ -410,13 +478,16 @@ impl Blocks {
         let view = self.view();
         // Blocks held locally that the catalog no longer lists are gone:
         // all of them after a full listing, else those of the days with a
-        // new block (only a merge removes blocks, and it adds one).
+        // new block (only a merge removes blocks, and it adds one); and so
+        // are the blocks of shards no longer held.
         let listed: HashSet<i64> = listing.rows.iter().map(|r| r.id).collect();
         let gone: HashSet<i64> = view
             .by_id
             .iter()
             .filter(|(id, seg)| {
-                if full {
+                if view.shard_of.get(id).is_some_and(|s| !self.holds(*s)) {
+                    true
+                } else if full {
                     !listed.contains(id)
                 } else {
                     listing
@@ -505,16 +576,17 @@ fn list(c: &mut Client, from: Option<u64>) -> Result<Listing> {
     )?;
     let rows: Vec<Listed> = tx
         .query(
-            "SELECT id, day, events, bytes, crc FROM desa_blocks WHERE xid >= $1::text::xid8",
+            "SELECT id, shard, day, events, bytes, crc FROM desa_blocks WHERE xid >= $1::text::xid8",
             &[&from.unwrap_or(0).to_string()],
         )?
         .iter()
         .map(|r| Listed {
             id: r.get(0),
-            day: r.get(1),
-            events: i64::from(r.get::<_, i32>(2)),
-            bytes: i64::from(r.get::<_, i32>(3)),
-            crc: r.get(4),
+            shard: r.get(1),
+            day: r.get(2),
+            events: i64::from(r.get::<_, i32>(3)),
+            bytes: i64::from(r.get::<_, i32>(4)),
+            crc: r.get(5),
         })
         .collect();
     let mut days: HashMap<i32, HashSet<i64>> = HashMap::new();

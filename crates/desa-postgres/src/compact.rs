@@ -1,18 +1,18 @@
 //! Merging blocks, so that a day is a handful of blocks whatever the number
 //! of writes that made it.
 //!
-//! Every worker runs a merger. Within a UTC day, blocks are tiered by size
+//! Every worker runs a merger. Within a shard's UTC day, blocks are tiered by size
 //! (a factor of four per tier, blocks under [`SMALL_EVENTS`] events in the
 //! first); [`FAN_IN`] blocks of one tier are merged into one, so a day that
 //! is still written holds O(log n) blocks. A day that event time has left
-//! behind (two days before the newest event) is merged into one block once
+//! behind (two days before the newest event) is merged into one block per shard once
 //! its smaller blocks hold 1/[`PAST_DAY_SHARE`] of its largest one's events,
 //! or once no block has come to it for [`QUIET`]: a steady trickle of late
 //! events rewrites a past day at most once per that share of its size. No merge
 //! makes a block over [`MAX_MERGED_BYTES`] (PostgreSQL's values stop at
 //! 1 GB). A merge deletes its blocks and adds the merged one in one
-//! transaction; an advisory lock per day keeps two workers off the same
-//! day (a worker whose first choice is locked takes the next day), and the
+//! transaction; an advisory lock per shard and day keeps two workers off
+//! the same blocks (a worker whose first choice is locked takes the next), and the
 //! delete must find every block it merged, or nothing commits.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +40,7 @@ pub const MAX_MERGED_BYTES: u64 = 256 << 20;
 pub const PAST_DAY_SHARE: u64 = 32;
 /// ... or once its blocks have not changed for this long.
 pub const QUIET: Duration = Duration::from_secs(10);
-/// Advisory lock space of merges (the second key is the day).
+/// Advisory lock space of merges: this plus the shard, then the day.
 const MERGE_LOCK: i32 = 7_218_033;
 
 fn tier(events: u64) -> u32 {
@@ -68,16 +68,19 @@ fn capped(mut blocks: Vec<Arc<Segment>>, min: usize) -> Option<Vec<Arc<Segment>>
     (blocks.len() >= min.max(2)).then_some(blocks)
 }
 
-/// When each day's set of blocks last changed, as this worker saw it: a
-/// past day left alone for [`QUIET`] is merged whole.
+/// A shard's UTC day: the blocks one merge may take.
+type ShardDay = (i64, u32);
+
+/// When each shard's day's set of blocks last changed, as this worker saw
+/// it: a past day left alone for [`QUIET`] is merged whole.
 #[derive(Default)]
 pub(crate) struct Quiet {
-    days: HashMap<i64, (Vec<u64>, Instant)>,
+    days: HashMap<ShardDay, (Vec<u64>, Instant)>,
 }
 
 impl Quiet {
     /// Whether the day's blocks are `ids` and have been for [`QUIET`].
-    fn settled(&mut self, day: i64, ids: Vec<u64>, now: Instant) -> bool {
+    fn settled(&mut self, day: ShardDay, ids: Vec<u64>, now: Instant) -> bool {
         let e = self.days.entry(day).or_insert_with(|| (ids.clone(), now));
         if e.0 != ids {
             *e = (ids, now);
@@ -89,20 +92,28 @@ impl Quiet {
 /// What the merger found to do.
 #[derive(Default)]
 pub(crate) struct Due {
-    /// The merges due, at most one per day, most recent day first.
-    pub merges: Vec<Vec<Arc<Segment>>>,
+    /// The merges due, at most one per shard and day, most recent day
+    /// first, with their shard.
+    pub merges: Vec<(u32, Vec<Arc<Segment>>)>,
     /// Past days of several blocks that will be merged once left alone.
     pub waiting: usize,
 }
 
-/// The merges due now.
-pub(crate) fn due(segments: &[Arc<Segment>], quiet: &mut Quiet, now: Instant) -> Due {
-    let mut by_day: BTreeMap<i64, Vec<Arc<Segment>>> = BTreeMap::new();
-    for s in segments {
-        by_day.entry(s.meta.partition).or_default().push(s.clone());
+/// The merges due now among `blocks` (each with its shard).
+pub(crate) fn due<'a>(
+    blocks: impl Iterator<Item = (u32, &'a Arc<Segment>)> + Clone,
+    quiet: &mut Quiet,
+    now: Instant,
+) -> Due {
+    let mut by_day: BTreeMap<ShardDay, Vec<Arc<Segment>>> = BTreeMap::new();
+    for (shard, s) in blocks.clone() {
+        by_day
+            .entry((s.meta.partition, shard))
+            .or_default()
+            .push(s.clone());
     }
-    let Some(newest) = segments
-        .iter()
+    let Some(newest) = blocks
+        .map(|(_, s)| s)
         .filter(|s| s.meta.rows > 0)
         .map(|s| s.meta.max_ts.div_euclid(86_400))
         .max()
@@ -113,7 +124,7 @@ pub(crate) fn due(segments: &[Arc<Segment>], quiet: &mut Quiet, now: Instant) ->
         .days
         .retain(|d, _| by_day.get(d).is_some_and(|b| b.len() > 1));
     let mut out = Due::default();
-    for (&day, blocks) in by_day.iter().rev() {
+    for (&(day, shard), blocks) in by_day.iter().rev() {
         if blocks.len() < 2 {
             continue;
         }
@@ -122,10 +133,10 @@ pub(crate) fn due(segments: &[Arc<Segment>], quiet: &mut Quiet, now: Instant) ->
             let rest: u64 = blocks.iter().map(|s| s.meta.rows).sum::<u64>() - largest;
             let mut ids: Vec<u64> = blocks.iter().map(|s| s.meta.id).collect();
             ids.sort_unstable();
-            let settled = quiet.settled(day, ids, now);
+            let settled = quiet.settled((day, shard), ids, now);
             if rest * PAST_DAY_SHARE >= largest || settled {
                 if let Some(all) = capped(blocks.clone(), 2) {
-                    out.merges.push(all);
+                    out.merges.push((shard, all));
                     continue;
                 }
             } else {
@@ -141,13 +152,13 @@ pub(crate) fn due(segments: &[Arc<Segment>], quiet: &mut Quiet, now: Instant) ->
             .filter(|t| t.len() >= FAN_IN)
             .find_map(|t| capped(t, FAN_IN))
         {
-            out.merges.push(m);
+            out.merges.push((shard, m));
         }
     }
     out
 }
 
-/// Runs one merge if one is due on a day no other worker is merging.
+/// Runs one merge if one is due on a shard's day no other worker is merging.
 /// Returns whether it merged, and whether merges are due or waiting.
 pub(crate) fn merge_once(
     blocks: &Blocks,
@@ -156,32 +167,40 @@ pub(crate) fn merge_once(
 ) -> Result<(bool, bool)> {
     blocks.sync(c)?;
     let view = blocks.view();
-    let due = due(view.set.segments(), quiet, Instant::now());
+    let held = view
+        .by_id
+        .iter()
+        .filter_map(|(id, seg)| Some((*view.shard_of.get(id)?, seg)));
+    let due = due(held, quiet, Instant::now());
     let pending = !due.merges.is_empty() || due.waiting > 0;
-    for parts in due.merges {
+    for (shard, parts) in due.merges {
         let day = parts[0].meta.partition;
+        let lock = MERGE_LOCK.saturating_add(shard as i32);
         let got: bool = c
             .query_one(
                 "SELECT pg_try_advisory_lock($1, $2)",
-                &[&MERGE_LOCK, &(day as i32)],
+                &[&lock, &(day as i32)],
             )?
             .get(0);
         if !got {
             continue;
         }
-        let result = merge_locked(blocks, c, &parts, day);
+        let result = merge_locked(blocks, c, shard, &parts, day);
         // A session that fails to unlock is dropped by the caller, which
         // releases the lock with it.
-        c.execute(
-            "SELECT pg_advisory_unlock($1, $2)",
-            &[&MERGE_LOCK, &(day as i32)],
-        )?;
+        c.execute("SELECT pg_advisory_unlock($1, $2)", &[&lock, &(day as i32)])?;
         return Ok((result?, true));
     }
     Ok((false, pending))
 }
 
-fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i64) -> Result<bool> {
+fn merge_locked(
+    blocks: &Blocks,
+    c: &mut Client,
+    shard: u32,
+    parts: &[Arc<Segment>],
+    day: i64,
+) -> Result<bool> {
     // The day's blocks as committed now: another worker may have merged
     // some of these before this one took the lock.
     blocks.sync(c)?;
@@ -192,14 +211,14 @@ fn merge_locked(blocks: &Blocks, c: &mut Client, parts: &[Arc<Segment>], day: i6
     {
         return Ok(false);
     }
-    let merged = build_block(blocks, |file| {
+    let merged = build_block(blocks, shard, |file| {
         desa_engine::segment_set::merge_unsynced(parts, file)
     })?;
     let events = merged.events;
     let gone: Vec<&Arc<Segment>> = parts.iter().collect();
     let committed = replace_blocks(blocks, c, &gone, vec![merged], |_| Ok(()))?;
     if committed {
-        tracing::debug!(day, blocks = parts.len(), events, "merged blocks");
+        tracing::debug!(shard, day, blocks = parts.len(), events, "merged blocks");
     }
     Ok(committed)
 }

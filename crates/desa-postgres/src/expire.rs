@@ -3,7 +3,7 @@
 //! of the UTC day that holds `now - retention`) are deleted, catalog rows and
 //! bodies, in one transaction; a block of sparse days (see `write`) that
 //! straddles the first kept second is replaced in the same transaction by
-//! one of its kept events, filed under the same day. Workers follow the
+//! one of its kept events, filed under the same shard and day. Workers follow the
 //! catalog (`blocks`): the transaction raises the catalog's retention
 //! horizon, and each worker drops the blocks wholly before it from its copy
 //! at its next look (a worker that writes events from before the horizon,
@@ -45,7 +45,8 @@ pub(crate) fn expire_once(blocks: &Blocks, c: &mut Client, first_kept: i64) -> R
         .sum();
     let mut built = Vec::new();
     for s in old.iter().filter(|s| s.meta.max_ts >= first_kept) {
-        let made = build_block(blocks, |file| {
+        let shard = view.shard_of.get(&(s.meta.id as i64)).copied().unwrap_or(0);
+        let made = build_block(blocks, shard, |file| {
             let (meta, out) = desa_engine::segment_set::keep_from_unsynced(s, first_kept, file)?;
             dropped += out;
             Ok(meta)

@@ -3,8 +3,8 @@
 //! TimescaleDB; Citus by the distribution described in `schema`).
 //!
 //! - Every write is one transaction holding the events as blocks (one per
-//!   UTC day, each a segment of the embedded engine, built by the worker
-//!   before the transaction) and the source offsets.
+//!   shard of devices and UTC day, each a segment of the embedded engine,
+//!   built by the worker before the transaction) and the source offsets.
 //! - Offsets are fenced: claiming a partition bumps its epoch, and a write
 //!   whose epoch is no longer current fails with `Fenced` and commits nothing,
 //!   so a worker that lost its partitions cannot commit over the new owner.
@@ -26,6 +26,8 @@
 //!     worker: "worker-1".into(),
 //!     blocks_dir: "./desa-data/blocks".into(),
 //!     retention_secs: None,
+//!     shards: desa_postgres::schema::DEFAULT_SHARDS,
+//!     advertise_url: Some("http://10.0.0.7:8080".into()),
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);
 //! ```
@@ -36,6 +38,8 @@ mod blocks;
 mod compact;
 mod error;
 mod expire;
+mod fanout;
+mod own;
 mod replace;
 pub mod schema;
 mod store;
@@ -45,8 +49,11 @@ mod write;
 pub use error::{Error, Result};
 pub use store::{PgConfig, PgStore};
 
-/// Creates or checks the schema (what `desa migrate` runs).
-pub fn migrate(url: &str) -> Result<schema::Partitioning> {
+/// Creates or checks the schema (what `desa migrate` runs); `shards` is
+/// used only if it creates it. Returns how bodies are partitioned and the
+/// database's shards.
+pub fn migrate(url: &str, shards: u32) -> Result<(schema::Partitioning, u32)> {
     let mut client = tls::Target::parse(url)?.connect()?;
-    schema::migrate(&mut client)
+    let kind = schema::migrate(&mut client, shards)?;
+    Ok((kind, schema::shards(&mut client)?))
 }

@@ -3,15 +3,19 @@
 //!
 //! | table | one row per | serves |
 //! |---|---|---|
-//! | `desa_blocks` | block: the events of one write (or of a merge) in one UTC day | the catalog workers follow |
+//! | `desa_blocks` | block: the events of one write (or of a merge) in one shard and UTC day | the catalog workers follow |
 //! | `desa_block_bodies` | block (partitioned by UTC day; a hypertable under TimescaleDB) | the block itself: every event, and the indexes that answer the queries |
-//! | `desa_offsets` | (source, partition) | exactly-once resume point and owner epoch |
+//! | `desa_offsets` | (source, partition) | exactly-once resume point, owner epoch, and the owner's URL (who answers for the partition's shards) |
 //! | `desa_idempotency` | idempotency key | retried HTTP requests |
 //!
 //! A block's body is a segment of the embedded engine (`desa_engine::segment`):
 //! the events sorted by (type, device, time) with prefix sums, count-ordered
-//! device lists and a k-d tree. A write adds one block per UTC day its events
-//! fall in; a merge (`compact`) replaces several blocks of one day by one,
+//! device lists and a k-d tree. Devices are spread over a fixed number of
+//! shards (`desa_meta` key `shards`, set when the schema is created:
+//! `desa_model::shard_of`), so that a shard's data can be held by one
+//! worker and moved with it. A write adds one block per shard and UTC day
+//! its events fall in; a merge (`compact`) replaces several blocks of one
+//! shard and day by one,
 //! atomically: it is the only way a block goes. Each catalog row carries the transaction that committed it
 //! (`xid`): a worker follows the catalog by reading the rows of transactions
 //! at or after the oldest one that was still running when it last looked
@@ -28,7 +32,14 @@ use postgres::Client;
 use crate::error::{Error, Result};
 
 /// Schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
+
+/// Shards of a database whose schema is created without saying how many:
+/// a multiple of the partition counts topics commonly have (1, 2, 3, 4, 6,
+/// 12), so that each partition carries whole shards.
+pub const DEFAULT_SHARDS: u32 = 12;
+/// At most this many shards (each is at least a block per day).
+pub const MAX_SHARDS: u32 = 1024;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS desa_meta (
@@ -38,6 +49,7 @@ CREATE TABLE IF NOT EXISTS desa_meta (
 CREATE SEQUENCE IF NOT EXISTS desa_block_ids;
 CREATE TABLE IF NOT EXISTS desa_blocks (
     id bigint PRIMARY KEY,
+    shard integer NOT NULL,
     day integer NOT NULL,
     events integer NOT NULL,
     bytes integer NOT NULL,
@@ -54,6 +66,8 @@ CREATE TABLE IF NOT EXISTS desa_offsets (
     next_offset bigint,
     epoch bigint NOT NULL,
     owner text NOT NULL,
+    owner_url text,
+    of_partitions integer NOT NULL DEFAULT 0,
     PRIMARY KEY (source, partition)
 );
 CREATE TABLE IF NOT EXISTS desa_idempotency (
@@ -92,9 +106,16 @@ pub enum Partitioning {
     Hypertable,
 }
 
-/// Creates or checks the schema. Serialized across workers by an advisory
-/// lock, so concurrent starts do not race on `CREATE ... IF NOT EXISTS`.
-pub fn migrate(client: &mut Client) -> Result<Partitioning> {
+/// Creates or checks the schema, with `shards` shards if it creates it
+/// (an existing schema keeps its own). Serialized across workers by an
+/// advisory lock, so concurrent starts do not race on `CREATE ... IF NOT
+/// EXISTS`.
+pub fn migrate(client: &mut Client, shards: u32) -> Result<Partitioning> {
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err(Error::Config(format!(
+            "--shards must be 1 to {MAX_SHARDS}, got {shards}"
+        )));
+    }
     let mut tx = client.transaction()?;
     // "relation already exists, skipping" on every start is noise.
     tx.batch_execute("SET LOCAL client_min_messages = warning")?;
@@ -154,6 +175,10 @@ pub fn migrate(client: &mut Client) -> Result<Partitioning> {
         "INSERT INTO desa_meta (key, value) VALUES ('cluster_id', gen_random_uuid()::text)",
         &[],
     )?;
+    tx.execute(
+        "INSERT INTO desa_meta (key, value) VALUES ('shards', $1)",
+        &[&shards.to_string()],
+    )?;
     if !exists {
         if timescale {
             tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
@@ -172,6 +197,17 @@ pub fn cluster_id(client: &mut Client) -> Result<String> {
     Ok(client
         .query_one("SELECT value FROM desa_meta WHERE key = 'cluster_id'", &[])?
         .get(0))
+}
+
+/// The number of shards the schema was created with.
+pub fn shards(client: &mut Client) -> Result<u32> {
+    let text: String = client
+        .query_one("SELECT value FROM desa_meta WHERE key = 'shards'", &[])?
+        .get(0);
+    text.parse()
+        .ok()
+        .filter(|n| (1..=MAX_SHARDS).contains(n))
+        .ok_or_else(|| Error::Schema(format!("desa_meta holds {text:?} shards")))
 }
 
 /// How the existing `desa_block_bodies` is partitioned.

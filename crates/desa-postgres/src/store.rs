@@ -19,12 +19,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
-use desa_store::{Claim, Reply, Store, StoreError, StoreStats, WriteRequest};
+use desa_store::{Claim, PartQuery, Partial, Reply, Store, StoreError, StoreStats, WriteRequest};
 use parking_lot::Mutex;
 use postgres::Client;
 
 use crate::blocks::Blocks;
 use crate::error::{Error, Result};
+use crate::own::Claims;
 use crate::schema::{self, Partitioning};
 use crate::tls::Target;
 use crate::write::{build_blocks, days_of, discard, write_tx};
@@ -56,13 +57,28 @@ pub struct PgConfig {
     /// `--retention`: blocks of whole UTC days further behind the clock
     /// are deleted (`expire`); `None` keeps everything.
     pub retention_secs: Option<i64>,
+    /// Shards of devices, if this worker creates the schema (a database
+    /// keeps the number it was created with).
+    pub shards: u32,
+    /// Where other workers reach this one's HTTP API, to ask it for the
+    /// parts of queries over the shards it holds (`None`: nobody asks it,
+    /// and it keeps every shard).
+    pub advertise_url: Option<String>,
 }
 
-struct Shared {
-    cfg: PgConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: PgConfig,
     pg: Target,
     partitioning: Partitioning,
-    blocks: Blocks,
+    /// Shards of devices, as the database was created with.
+    pub(crate) shards: u32,
+    pub(crate) blocks: Blocks,
+    /// The partitions this worker consumes, which say the shards it holds.
+    claims: Mutex<Claims>,
+    /// Events in the catalog, every shard's, as of the last probe.
+    catalog_events: AtomicU64,
+    /// Shards this worker answered for because their owner did not.
+    pub(crate) borrowed: AtomicU64,
     /// This worker's claims: (source, partition) -> epoch.
     epochs: Mutex<HashMap<(String, i32), i64>>,
     /// Daily partitions known to exist.
@@ -95,7 +111,7 @@ struct Job {
 
 /// A worker's connection to the shared database.
 pub struct PgStore {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -121,7 +137,8 @@ impl PgStore {
     pub fn open(cfg: PgConfig) -> Result<PgStore> {
         let pg = Target::parse(&cfg.url)?;
         let mut client = connect(&pg, true)?;
-        let partitioning = schema::migrate(&mut client)?;
+        let partitioning = schema::migrate(&mut client, cfg.shards)?;
+        let shards = schema::shards(&mut client)?;
         let blocks = Blocks::open(&cfg.blocks_dir, &schema::cluster_id(&mut client)?)?;
         // The first look lists every block and may fetch many: on a query
         // connection, without the writers' idle-transaction timeout.
@@ -131,7 +148,11 @@ impl PgStore {
             cfg,
             pg,
             partitioning,
+            shards,
             blocks,
+            claims: Mutex::new(Claims::default()),
+            catalog_events: AtomicU64::new(0),
+            borrowed: AtomicU64::new(0),
             epochs: Mutex::new(HashMap::new()),
             days: Mutex::new(Default::default()),
             queries: Mutex::new(Vec::new()),
@@ -185,13 +206,13 @@ impl PgStore {
     }
 
     /// The blocks as committed when the call started, for a query.
-    fn current(&self) -> desa_store::Result<Arc<crate::blocks::View>> {
+    pub(crate) fn current(&self) -> desa_store::Result<Arc<crate::blocks::View>> {
         self.with_query_client(|c| self.shared.blocks.sync(c))?;
         Ok(self.shared.blocks.view())
     }
 
     /// Runs `f` on a pooled query connection; a failed connection is dropped.
-    fn with_query_client<T>(
+    pub(crate) fn with_query_client<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T>,
     ) -> desa_store::Result<T> {
@@ -258,6 +279,15 @@ fn unavailable(shared: &Shared, e: &Error) -> StoreError {
 /// storage size, expires idempotency keys and cleans the block directory.
 fn refresh(shared: &Shared, c: &mut Client, full: bool) -> Result<()> {
     shared.blocks.sync(c)?;
+    let events: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::int8 FROM desa_blocks",
+            &[],
+        )?
+        .get(0);
+    shared
+        .catalog_events
+        .store(events as u64, Ordering::Relaxed);
     let newest = shared.blocks.view().max_ts;
     {
         let mut w = shared.watermark.lock();
@@ -417,7 +447,7 @@ fn write_one(
     client: &mut Option<Client>,
     req: &WriteRequest,
 ) -> desa_store::Result<desa_store::WriteOutcome> {
-    let built = build_blocks(&shared.blocks, &req.events)
+    let built = build_blocks(&shared.blocks, &req.events, shared.shards)
         .map_err(|e| StoreError::Unavailable(e.describe()))?;
     let result = commit_one(shared, client, req, &built);
     match result {
@@ -453,7 +483,7 @@ fn commit_one(
         return Err(StoreError::Unavailable("no connection".into()));
     };
     if shared.partitioning == Partitioning::Declarative {
-        let days = days_of(&req.events);
+        let days = days_of(&req.events, shared.shards);
         if days.iter().any(|d| !shared.days.lock().contains(d)) {
             // Another worker may have created them: read the catalog first.
             let fail = |e: Error| unavailable(shared, &e);
@@ -508,17 +538,20 @@ impl Store for PgStore {
     /// Bumps each partition's epoch: from now on only this worker's writes
     /// for it commit. Waits for a transaction of the previous owner that
     /// holds the row (at most the server's idle/statement timeouts).
-    fn claim(&self, source: &str, partitions: &[i32]) -> desa_store::Result<Vec<Claim>> {
+    fn claim(&self, source: &str, partitions: &[i32], of: i32) -> desa_store::Result<Vec<Claim>> {
         let worker = self.shared.cfg.worker.clone();
+        let url = self.shared.cfg.advertise_url.clone();
         let mut parts = partitions.to_vec();
         parts.sort_unstable();
         let rows = self.with_query_client(|c| {
             Ok(c.query(
-                "INSERT INTO desa_offsets AS o (source, partition, next_offset, epoch, owner)
-                 SELECT $1, p, NULL, 1, $3 FROM unnest($2::int4[]) AS p
-                 ON CONFLICT (source, partition) DO UPDATE SET epoch = o.epoch + 1, owner = $3
+                "INSERT INTO desa_offsets AS o
+                        (source, partition, next_offset, epoch, owner, owner_url, of_partitions)
+                 SELECT $1, p, NULL, 1, $3, $4, $5 FROM unnest($2::int4[]) AS p
+                 ON CONFLICT (source, partition) DO UPDATE
+                 SET epoch = o.epoch + 1, owner = $3, owner_url = $4, of_partitions = $5
                  RETURNING partition, next_offset, epoch",
-                &[&source, &parts, &worker],
+                &[&source, &parts, &worker, &url, &of],
             )?)
         })?;
         let mut epochs = self.shared.epochs.lock();
@@ -531,8 +564,30 @@ impl Store for PgStore {
                 next_offset: r.get(1),
             });
         }
+        drop(epochs);
         tracing::info!(source, ?claims, worker = %worker, "claimed partitions");
+        if url.is_some() {
+            let mut held = self.shared.claims.lock();
+            held.claimed(source, partitions, of);
+            self.shared.blocks.hold(held.held(self.shared.shards));
+        }
         Ok(claims)
+    }
+
+    fn release(&self, source: &str, partitions: &[i32]) {
+        if self.shared.cfg.advertise_url.is_some() {
+            let mut held = self.shared.claims.lock();
+            held.released(source, partitions);
+            self.shared.blocks.hold(held.held(self.shared.shards));
+        }
+    }
+
+    fn partial(&self, req: &desa_store::PartRequest) -> desa_store::Result<Option<Partial>> {
+        let held = self.shared.blocks.held();
+        if held.is_some_and(|h| req.shards.iter().any(|s| !h.contains(s))) {
+            return Ok(None);
+        }
+        self.local_part(&req.query, &req.shards).map(Some)
     }
 
     fn watermark_secs(&self) -> Option<i64> {
@@ -540,13 +595,30 @@ impl Store for PgStore {
     }
 
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
-        let view = self.current()?;
-        let (n, sum) = view.set.avg(device, event_type, w);
-        Ok(AvgAnswer::new(device, event_type, w, n, sum.value()))
+        let part = self.fan_out(&PartQuery::Avg {
+            device_id: device.to_owned(),
+            event_type: event_type.to_owned(),
+            start: w.start,
+            end: w.end,
+        })?;
+        Ok(AvgAnswer::new(
+            device,
+            event_type,
+            w,
+            part.count,
+            part.sum().value(),
+        ))
     }
 
     fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> desa_store::Result<TopkAnswer> {
-        let devices = self.current()?.set.topk(event_type, w, k);
+        let devices = self
+            .fan_out(&PartQuery::Topk {
+                event_type: event_type.to_owned(),
+                start: w.start,
+                end: w.end,
+                k,
+            })?
+            .devices;
         Ok(TopkAnswer {
             event_type: event_type.to_owned(),
             start: w.start,
@@ -557,14 +629,28 @@ impl Store for PgStore {
     }
 
     fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> desa_store::Result<GeoAnswer> {
-        let (n, sum) = self.current()?.set.geo(event_type, bbox, w);
-        Ok(GeoAnswer::new(event_type, w, bbox, n, sum.value()))
+        let part = self.fan_out(&PartQuery::Geo {
+            event_type: event_type.to_owned(),
+            start: w.start,
+            end: w.end,
+            min_lat: bbox.min_lat,
+            max_lat: bbox.max_lat,
+            min_lon: bbox.min_lon,
+            max_lon: bbox.max_lon,
+        })?;
+        Ok(GeoAnswer::new(
+            event_type,
+            w,
+            bbox,
+            part.count,
+            part.sum().value(),
+        ))
     }
 
     fn stats(&self) -> StoreStats {
         StoreStats {
             backend: "postgres",
-            stored_events: self.shared.blocks.view().events,
+            stored_events: self.shared.catalog_events.load(Ordering::Relaxed),
             unflushed_events: 0,
             segments: self.shared.blocks.view().by_id.len() as u64,
             summaries: 0,
@@ -613,6 +699,11 @@ impl Store for PgStore {
                 s.expired.load(Ordering::Relaxed),
             ),
             (
+                "desa_postgres_shards_answered_for_owners_total",
+                "Shards whose part of a query this worker answered from the store because their owner did not (dead, partitioned, or no longer holding them); it keeps them until its claims next change.",
+                s.borrowed.load(Ordering::Relaxed),
+            ),
+            (
                 "desa_postgres_block_merge_panics_total",
                 "Merges that panicked (a bug; the merger goes on).",
                 s.merge_panics.load(Ordering::Relaxed),
@@ -628,6 +719,11 @@ impl Store for PgStore {
             out,
             "# HELP desa_postgres_blocks Blocks in this worker's copy.\n# TYPE desa_postgres_blocks gauge\ndesa_postgres_blocks {}",
             view.by_id.len()
+        );
+        let held = s.blocks.held().map_or(s.shards as usize, |h| h.len());
+        let _ = writeln!(
+            out,
+            "# HELP desa_postgres_shards_held Shards of devices this worker keeps copies of.\n# TYPE desa_postgres_shards_held gauge\ndesa_postgres_shards_held {held}"
         );
         let _ = writeln!(
             out,

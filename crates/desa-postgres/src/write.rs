@@ -1,6 +1,7 @@
 //! One write = one transaction: fence the source offsets, record the
-//! idempotency key, then add the events as blocks, one per UTC day they fall
-//! in (sparse old days sharing one, see `blocks_of`). The blocks are built before the transaction (as local files, which
+//! idempotency key, then add the events as blocks, one per shard of devices
+//! and UTC day they fall in (a shard's sparse old days sharing one, see
+//! `blocks_of`). The blocks are built before the transaction (as local files, which
 //! become the worker's copy once it commits), so the transaction itself is
 //! a few statements whatever the number of events.
 
@@ -22,44 +23,51 @@ const SPARSE_EVENTS: usize = 64;
 /// partition per bucket (about 2.8 years), not one each.
 const SPARSE_BUCKET_DAYS: i64 = 1024;
 
-/// The blocks `events` become, by the day each is filed under (its
+/// The blocks `events` become, by shard (`desa_model::shard_of` of the
+/// device among `shards`) and by the day each is filed under (its
 /// partition, in the catalog and in the segment's own footer, which must
-/// agree): one per UTC day, except the sparse old days (late events
-/// scattered over the past, a backfill of one event per day), which share
-/// one block filed under their bucket's first day. Queries read a block by
-/// its own time range, whatever day it is filed under.
-fn blocks_of(events: &[Event]) -> Vec<(i64, Vec<&Event>)> {
-    let mut by_day: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
+/// agree): one per shard and UTC day, except a shard's sparse old days
+/// (late events scattered over the past, a backfill of one event per day),
+/// which share one block filed under their bucket's first day. Queries read
+/// a block by its own time range, whatever day it is filed under.
+fn blocks_of(events: &[Event], shards: u32) -> Vec<(u32, i64, Vec<&Event>)> {
+    let mut by_day: BTreeMap<(u32, i64), Vec<&Event>> = BTreeMap::new();
     for e in events {
+        let shard = desa_model::shard_of(&e.device_id, shards);
         by_day
-            .entry(e.ts_secs.div_euclid(86_400))
+            .entry((shard, e.ts_secs.div_euclid(86_400)))
             .or_default()
             .push(e);
     }
-    let newest = by_day.keys().next_back().copied().unwrap_or(0);
+    let newest = by_day.keys().map(|k| k.1).max().unwrap_or(0);
     let mut blocks = Vec::with_capacity(by_day.len());
-    let mut sparse: Option<(i64, Vec<&Event>)> = None;
-    for (day, evs) in by_day {
+    let mut sparse: BTreeMap<u32, (i64, Vec<&Event>)> = BTreeMap::new();
+    for ((shard, day), evs) in by_day {
         if evs.len() < SPARSE_EVENTS && day + SPARSE_AFTER_DAYS <= newest {
             let bucket = day.div_euclid(SPARSE_BUCKET_DAYS) * SPARSE_BUCKET_DAYS;
             sparse
-                .get_or_insert_with(|| (bucket, Vec::new()))
+                .entry(shard)
+                .or_insert_with(|| (bucket, Vec::new()))
                 .1
                 .extend(evs);
         } else {
-            blocks.push((day, evs));
+            blocks.push((shard, day, evs));
         }
     }
-    blocks.extend(sparse);
+    blocks.extend(sparse.into_iter().map(|(s, (d, evs))| (s, d, evs)));
     blocks
 }
 
 /// Builds the blocks of `events` (see [`blocks_of`]).
-pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewBlock>, Error> {
-    let grouped = blocks_of(events);
+pub(crate) fn build_blocks(
+    blocks: &Blocks,
+    events: &[Event],
+    shards: u32,
+) -> Result<Vec<NewBlock>, Error> {
+    let grouped = blocks_of(events, shards);
     let mut built = Vec::with_capacity(grouped.len());
-    for (day, evs) in grouped {
-        match build_block(blocks, |file| {
+    for (shard, day, evs) in grouped {
+        match build_block(blocks, shard, |file| {
             desa_engine::segment_set::write_events_unsynced(&evs, day, file)
         }) {
             Ok(b) => built.push(b),
@@ -72,16 +80,17 @@ pub(crate) fn build_blocks(blocks: &Blocks, events: &[Event]) -> Result<Vec<NewB
     Ok(built)
 }
 
-/// One block, written by `make` at a new temporary path of the worker's
-/// block directory; the file is removed if it fails.
+/// One block of `shard`, written by `make` at a new temporary path of the
+/// worker's block directory; the file is removed if it fails.
 pub(crate) fn build_block(
     blocks: &Blocks,
+    shard: u32,
     make: impl FnOnce(&std::path::Path) -> desa_engine::Result<desa_engine::segment::SegmentMeta>,
 ) -> Result<NewBlock, Error> {
     let file = blocks.temp_path();
     make(&file)
         .map_err(Error::from)
-        .and_then(|meta| blocks.built(&meta, file.clone()))
+        .and_then(|meta| blocks.built(&meta, shard, file.clone()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&file);
         })
@@ -110,6 +119,7 @@ pub(crate) fn insert_blocks(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let shards: Vec<i32> = built.iter().map(|b| b.shard as i32).collect();
     let days: Vec<i32> = built.iter().map(|b| b.day as i32).collect();
     let events: Vec<i32> = built.iter().map(|b| b.events as i32).collect();
     let bytes: Vec<i32> = built.iter().map(|b| b.body.len() as i32).collect();
@@ -117,9 +127,9 @@ pub(crate) fn insert_blocks(
     let max_ts: Vec<i64> = built.iter().map(|b| b.max_ts).collect();
     let crc: Vec<i64> = built.iter().map(|b| i64::from(b.crc)).collect();
     tx.execute(
-        "INSERT INTO desa_blocks (id, day, events, bytes, min_ts, max_ts, crc)
-         SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int8[], $6::int8[], $7::int8[])",
-        &[&ids, &days, &events, &bytes, &min_ts, &max_ts, &crc],
+        "INSERT INTO desa_blocks (id, shard, day, events, bytes, min_ts, max_ts, crc)
+         SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int4[], $6::int8[], $7::int8[], $8::int8[])",
+        &[&ids, &shards, &days, &events, &bytes, &min_ts, &max_ts, &crc],
     )?;
     let bodies: Vec<&[u8]> = built.iter().map(|b| b.body.as_slice()).collect();
     tx.execute(
@@ -252,8 +262,11 @@ pub(crate) fn write_tx(
 }
 
 /// The days the blocks of `events` are filed under, for partition creation.
-pub(crate) fn days_of(events: &[Event]) -> Vec<i64> {
-    let mut days: Vec<i64> = blocks_of(events).into_iter().map(|(d, _)| d).collect();
+pub(crate) fn days_of(events: &[Event], shards: u32) -> Vec<i64> {
+    let mut days: Vec<i64> = blocks_of(events, shards)
+        .into_iter()
+        .map(|(_, d, _)| d)
+        .collect();
     days.sort_unstable();
     days.dedup();
     days

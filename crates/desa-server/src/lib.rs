@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query/avg", get(query::avg))
         .route("/v1/query/topk", get(query::topk))
         .route("/v1/query/geo", get(query::geo))
+        .route("/v1/internal/partial", post(query::partial))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -154,3 +154,43 @@ pub async fn geo(
         timed(&app, "geo", move || store.geo(&ty, &bbox, w)).await??,
     ))
 }
+
+/// `POST /v1/internal/partial`: this worker's part of a query for some
+/// shards (cluster mode; see `desa_store::part`), asked by another worker.
+/// `409` when this worker does not hold them all (a rebalance moved them):
+/// the asker answers for them itself. It takes no query slot: parts never
+/// ask further, and a slot held by the asker while it waits for this part
+/// must not wait on slots here held by askers waiting for its own parts.
+pub async fn partial(
+    State(app): State<AppState>,
+    Json(req): Json<desa_store::PartRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    req.query.window().map_err(ApiError::BadRequest)?;
+    req.query.bbox().map_err(ApiError::BadRequest)?;
+    let store = app.store.clone();
+    let started = Instant::now();
+    let work = tokio::task::spawn_blocking(move || store.partial(&req));
+    let part = tokio::time::timeout(app.cfg.query_timeout, work)
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            message: format!(
+                "the part did not finish within {} s (--query-timeout)",
+                app.cfg.query_timeout.as_secs_f64()
+            ),
+            retry_after_secs: 1,
+        })?
+        .map_err(|e| ApiError::BadRequest(format!("query failed: {e}")))??;
+    app.metrics
+        .query_duration
+        .with_label_values(&["partial"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(match part {
+        Some(p) => Json(p).into_response(),
+        None => (
+            axum::http::StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": "this worker does not hold those shards now"})),
+        )
+            .into_response(),
+    })
+}

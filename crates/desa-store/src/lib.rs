@@ -18,6 +18,9 @@
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod part;
+pub use part::{PartQuery, PartRequest, Partial};
+
 use desa_model::{AvgAnswer, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
 
 /// Events of one request, with what to answer a retry of it.
@@ -153,10 +156,22 @@ pub trait Store: Send + Sync + 'static {
     /// `write` checks again atomically).
     fn idempotent_response(&self, key: &str) -> Option<String>;
 
-    /// Makes this worker the owner of `partitions` of `source` and says where
-    /// each resumes. Writes carrying offsets of a partition that another
-    /// worker claimed later fail with [`StoreError::Fenced`].
-    fn claim(&self, source: &str, partitions: &[i32]) -> Result<Vec<Claim>>;
+    /// Makes this worker the owner of `partitions` of `source` (a topic of
+    /// `of` partitions; 0: not known) and says where each resumes. Writes
+    /// carrying offsets of a partition that another worker claimed later
+    /// fail with [`StoreError::Fenced`].
+    fn claim(&self, source: &str, partitions: &[i32], of: i32) -> Result<Vec<Claim>>;
+
+    /// This worker no longer consumes `partitions` of `source` (a rebalance
+    /// gave them to another member).
+    fn release(&self, _source: &str, _partitions: &[i32]) {}
+
+    /// The part of a query for `shards` (cluster mode), if this worker
+    /// holds them; `None` if it does not (the asker then reads them from
+    /// the store itself).
+    fn partial(&self, _req: &PartRequest) -> Result<Option<Partial>> {
+        Ok(None)
+    }
 
     /// Largest event timestamp stored so far.
     fn watermark_secs(&self) -> Option<i64>;

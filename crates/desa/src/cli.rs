@@ -43,6 +43,12 @@ pub struct MigrateArgs {
     /// (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`).
     #[arg(long, env = "DESA_STORE")]
     pub store: String,
+    /// Shards of devices a new schema spreads events over (an existing
+    /// schema keeps its own). Each worker holds whole shards; a Kafka topic
+    /// whose partition count divides this carries whole shards per
+    /// partition.
+    #[arg(long, env = "DESA_SHARDS", default_value_t = desa_postgres::schema::DEFAULT_SHARDS)]
+    pub shards: u32,
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -50,10 +56,10 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => crate::serve::run(a),
         Command::Migrate(a) => {
-            let kind =
-                desa_postgres::migrate(&a.store).map_err(|e| anyhow::anyhow!(e.describe()))?;
+            let (kind, shards) = desa_postgres::migrate(&a.store, a.shards)
+                .map_err(|e| anyhow::anyhow!(e.describe()))?;
             println!(
-                "desa schema {} ready ({kind:?} raw events)",
+                "desa schema {} ready ({kind:?} raw events, {shards} shards)",
                 desa_postgres::schema::SCHEMA_VERSION
             );
             Ok(())

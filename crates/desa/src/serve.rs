@@ -85,6 +85,15 @@ pub struct ServeArgs {
     /// This worker's name in the database's partition owners (default: host:pid).
     #[arg(long, env = "DESA_WORKER_NAME")]
     pub worker_name: Option<String>,
+    /// Cluster mode: shards of devices, used only by the worker that
+    /// creates the schema (as `desa migrate --shards`).
+    #[arg(long, env = "DESA_SHARDS", default_value_t = desa_postgres::schema::DEFAULT_SHARDS)]
+    pub shards: u32,
+    /// Cluster mode: the URL other workers reach this one's API at, to ask
+    /// it for its shards' part of a query (default: `http://` and the
+    /// listen address, the host's name in place of an unspecified address).
+    #[arg(long, env = "DESA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -236,6 +245,10 @@ impl Node {
     pub async fn start(args: &ServeArgs) -> Result<Node> {
         let metrics = Arc::new(Metrics::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
         let store: Arc<dyn Store> = match &args.store {
             Some(url) => {
                 let cfg = desa_postgres::PgConfig {
@@ -243,6 +256,12 @@ impl Node {
                     worker: args.worker_name.clone().unwrap_or_else(default_worker_name),
                     blocks_dir: args.data_dir.join("blocks"),
                     retention_secs: args.retention,
+                    shards: args.shards,
+                    advertise_url: Some(
+                        args.advertise_url
+                            .clone()
+                            .unwrap_or_else(|| default_url(addr)),
+                    ),
                 };
                 let store = tokio::task::spawn_blocking(move || desa_postgres::PgStore::open(cfg))
                     .await?
@@ -265,10 +284,6 @@ impl Node {
                 Arc::new(engine)
             }
         };
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        let addr = listener.local_addr()?;
         let (kafka, components) = start_kafka(args, &store, &clock, &metrics)?;
         let cfg = ServerConfig {
             max_body_bytes: args.max_body as usize,
@@ -317,11 +332,23 @@ impl Node {
     }
 }
 
-fn default_worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "desa".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|_| "desa".into())
+}
+
+fn default_worker_name() -> String {
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// Where other workers reach this one when `--advertise-url` is not given.
+fn default_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}", host_name(), addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 pub async fn shutdown_signal() {

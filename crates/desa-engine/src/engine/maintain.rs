@@ -166,7 +166,9 @@ fn settle_day(
     let mut days: HashMap<(i64, &[u64]), Vec<Arc<Segment>>> = HashMap::new();
     for ((day, _, covered_by), g) in groups {
         if let Some(day) = day.filter(|&d| d < settled_before) {
-            days.entry((day, covered_by)).or_default().extend(g.iter().cloned());
+            days.entry((day, covered_by))
+                .or_default()
+                .extend(g.iter().cloned());
         }
     }
     days.into_iter()

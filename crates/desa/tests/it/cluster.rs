@@ -18,7 +18,7 @@ use crate::outage::wait_store_unavailable;
 use crate::pg::{open_store, Postgres};
 use crate::support::{all_counts, wait_answered, window, TestServer};
 
-fn worker(broker: &str, topic: &str, group: &str, pg: &Postgres) -> TestServer {
+pub(crate) fn worker(broker: &str, topic: &str, group: &str, pg: &Postgres) -> TestServer {
     worker_with(broker, topic, group, pg, &[])
 }
 
@@ -40,7 +40,7 @@ fn worker_with(
 }
 
 /// Waits until the worker owns at least one partition.
-fn wait_assigned(s: &TestServer) {
+pub(crate) fn wait_assigned(s: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let h = s.get("/healthz", &[]).body;
@@ -56,7 +56,7 @@ fn wait_assigned(s: &TestServer) {
 }
 
 /// A counter of the worker's `/metrics` (0 when absent).
-fn metric(s: &TestServer, name: &str) -> f64 {
+pub(crate) fn metric(s: &TestServer, name: &str) -> f64 {
     s.get_text("/metrics")
         .lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -65,7 +65,7 @@ fn metric(s: &TestServer, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn oracle_counts(oracle: &Oracle, ty: &str) -> HashMap<String, u64> {
+pub(crate) fn oracle_counts(oracle: &Oracle, ty: &str) -> HashMap<String, u64> {
     let mut want: HashMap<String, u64> = HashMap::new();
     for e in oracle.events.iter().filter(|e| e.event_type == ty) {
         *want.entry(e.device_id.clone()).or_default() += 1;
@@ -209,7 +209,7 @@ fn assigned(s: &TestServer) -> Vec<u64> {
 }
 
 /// Waits until `workers` together own every one of `n` partitions.
-fn wait_covered(workers: &[&TestServer], n: u64) {
+pub(crate) fn wait_covered(workers: &[&TestServer], n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut all: Vec<u64> = workers.iter().flat_map(|w| assigned(w)).collect();
@@ -348,7 +348,7 @@ fn a_stale_claim_commits_nothing_and_the_new_owner_resumes_at_the_committed_offs
         }];
         req
     };
-    assert_eq!(a.claim("kafka:ev", &[0]).unwrap()[0].next_offset, None);
+    assert_eq!(a.claim("kafka:ev", &[0], 1).unwrap()[0].next_offset, None);
     a.write(batch("a-1", 10)).unwrap();
     // The same request again, as after a commit whose acknowledgement was
     // lost: answered as applied, stored once (the counts below).
@@ -357,7 +357,10 @@ fn a_stale_claim_commits_nothing_and_the_new_owner_resumes_at_the_committed_offs
         desa_store::WriteOutcome::Applied
     );
     // b takes the partition over: it resumes after a's committed batch.
-    assert_eq!(b.claim("kafka:ev", &[0]).unwrap()[0].next_offset, Some(10));
+    assert_eq!(
+        b.claim("kafka:ev", &[0], 1).unwrap()[0].next_offset,
+        Some(10)
+    );
     // a, now a zombie, is refused, and nothing of its batch is stored.
     match a.write(batch("a-2", 20)) {
         Err(StoreError::Fenced { partition: 0, .. }) => {}
@@ -373,7 +376,10 @@ fn a_stale_claim_commits_nothing_and_the_new_owner_resumes_at_the_committed_offs
         c.write(batch("c-1", 30)),
         Err(StoreError::Fenced { .. })
     ));
-    assert_eq!(a.claim("kafka:ev", &[0]).unwrap()[0].next_offset, Some(15));
+    assert_eq!(
+        a.claim("kafka:ev", &[0], 1).unwrap()[0].next_offset,
+        Some(15)
+    );
     // HTTP writes carry no offsets and are never fenced.
     c.write(WriteRequest::events(vec![event("c-2", 1_767_225_600)]))
         .unwrap();
@@ -455,9 +461,17 @@ fn workers_follow_merges_they_never_saw_and_answer_every_committed_write() {
 #[test]
 fn migrate_is_idempotent_and_names_the_schema_version() {
     let pg = Postgres::start();
-    for _ in 0..2 {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["migrate", "--store", &pg.url(), "--shards", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards must be 1 to 1024, got 0"), "{err}");
+    // The shards are the first run's: a schema keeps its own.
+    for shards in ["6", "8"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
-            .args(["migrate", "--store", &pg.url()])
+            .args(["migrate", "--store", &pg.url(), "--shards", shards])
             .output()
             .unwrap();
         assert!(
@@ -471,6 +485,7 @@ fn migrate_is_idempotent_and_names_the_schema_version() {
             desa_postgres::schema::SCHEMA_VERSION
         );
         assert!(text.contains(&ready), "{text}");
+        assert!(text.contains(", 6 shards)"), "{text}");
     }
     // A database written by another schema version is refused, by name.
     let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
@@ -673,9 +688,10 @@ fn a_worker_reaches_a_database_that_takes_tls_only_and_checks_its_certificate() 
     assert_eq!(got.body["avg"].as_f64(), want.avg, "{}", got.body);
 }
 
-/// One write of 20,000 events, one per day since 1970: sparse old days
-/// share a block, filed under their 1024-day bucket, so the database gets a
-/// handful of blocks and day partitions, not one per day; answers exact.
+/// One write of 20,000 events, one per day since 1970: a shard's sparse
+/// old days share a block, filed under their 1024-day bucket, so the
+/// database gets a handful of blocks per shard and of day partitions, not
+/// one per day; answers exact.
 #[test]
 fn sparse_old_days_share_blocks_and_partitions() {
     use desa_store::{Store, WriteRequest};
@@ -697,10 +713,12 @@ fn sparse_old_days_share_blocks_and_partitions() {
     let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
     let mut count = |sql: &str| -> i64 { client.query_one(sql, &[]).unwrap().get(0) };
     let blocks = count("SELECT count(*) FROM desa_blocks");
+    let shards = count("SELECT count(DISTINCT shard) FROM desa_blocks");
     let partitions =
         count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'desa_block_bodies'::regclass");
-    eprintln!("{blocks} blocks, {partitions} day partitions");
-    assert!(blocks <= 4, "{blocks} blocks");
+    eprintln!("{blocks} blocks in {shards} shards, {partitions} day partitions");
+    assert!(shards > 1, "the ten devices fell in {shards} shard");
+    assert!(blocks <= 4 * shards, "{blocks} blocks");
     assert!(partitions <= 40, "{partitions} day partitions");
     let all = TimeWindow::new(0, 20_000 * 86_400).unwrap();
     let a = store.avg("d3", "t", all).unwrap();

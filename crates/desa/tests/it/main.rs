@@ -13,4 +13,5 @@ mod oracle;
 mod outage;
 mod pg;
 mod policies;
+mod scale_out;
 mod support;

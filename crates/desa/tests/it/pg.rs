@@ -261,6 +261,8 @@ pub fn open_store_keeping(
         worker: name.into(),
         blocks_dir: dir.join(name),
         retention_secs,
+        shards: desa_postgres::schema::DEFAULT_SHARDS,
+        advertise_url: None,
     })
     .unwrap()
 }

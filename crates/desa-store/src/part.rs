@@ -1,0 +1,105 @@
+//! A query's part for some shards, in cluster mode: what a worker asks the
+//! owner of those shards (`POST /v1/internal/partial`) and what it adds up.
+//! Shards hold disjoint sets of devices, so parts add exactly: counts and
+//! double-double sums for avg and geo, and each part's own top-K for top-K
+//! (the global top-K is among the union of the parts' top-Ks).
+
+use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
+use serde::{Deserialize, Serialize};
+
+/// One of the three queries, as sent to an owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PartQuery {
+    Avg {
+        device_id: String,
+        #[serde(rename = "type")]
+        event_type: String,
+        start: i64,
+        end: i64,
+    },
+    Topk {
+        #[serde(rename = "type")]
+        event_type: String,
+        start: i64,
+        end: i64,
+        k: usize,
+    },
+    Geo {
+        #[serde(rename = "type")]
+        event_type: String,
+        start: i64,
+        end: i64,
+        min_lat: f64,
+        max_lat: f64,
+        min_lon: f64,
+        max_lon: f64,
+    },
+}
+
+impl PartQuery {
+    /// The window, checked again on the owner's side.
+    pub fn window(&self) -> Result<TimeWindow, String> {
+        let (start, end) = match self {
+            PartQuery::Avg { start, end, .. }
+            | PartQuery::Topk { start, end, .. }
+            | PartQuery::Geo { start, end, .. } => (*start, *end),
+        };
+        TimeWindow::new(start, end).map_err(|e| e.to_string())
+    }
+
+    /// The box of a geo query, checked again on the owner's side.
+    pub fn bbox(&self) -> Result<Option<GeoBox>, String> {
+        match self {
+            PartQuery::Geo {
+                min_lat,
+                max_lat,
+                min_lon,
+                max_lon,
+                ..
+            } => GeoBox::new(*min_lat, *max_lat, *min_lon, *max_lon).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The request an owner gets: the query and the shards to answer it for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartRequest {
+    pub query: PartQuery,
+    pub shards: Vec<u32>,
+}
+
+/// An owner's answer for its shards: count and exact sum (avg, geo), or
+/// its top-K (top-K).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    pub count: u64,
+    pub sum_hi: f64,
+    pub sum_lo: f64,
+    #[serde(default)]
+    pub devices: Vec<DeviceCount>,
+}
+
+impl Partial {
+    pub fn of_sum(count: u64, sum: DoubleDouble) -> Partial {
+        Partial {
+            count,
+            sum_hi: sum.hi,
+            sum_lo: sum.lo,
+            devices: Vec::new(),
+        }
+    }
+
+    pub fn sum(&self) -> DoubleDouble {
+        DoubleDouble::new(self.sum_hi, self.sum_lo)
+    }
+
+    /// Adds `other`'s count, sum and devices to this one's.
+    pub fn add(&mut self, other: Partial) {
+        self.count += other.count;
+        let sum = self.sum() + other.sum();
+        (self.sum_hi, self.sum_lo) = (sum.hi, sum.lo);
+        self.devices.extend(other.devices);
+    }
+}

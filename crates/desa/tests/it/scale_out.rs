@@ -1,0 +1,95 @@
+//! Cluster mode that scales out: three workers over a 6-partition topic and
+//! one PostgreSQL each keep copies of their partitions' shards only (the
+//! three shares add up to the catalog, none over 60% of it), and every
+//! worker answers every query exactly by asking the others for their
+//! shards' parts; after one is killed for good, the others answer for its
+//! shards at once (from the store) and exactly, then take them over.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{metric, oracle_counts, wait_assigned, wait_covered, worker};
+use crate::kafka::{check_queries, produce, seeded, wait_stored, Broker};
+use crate::pg::Postgres;
+use crate::support::{all_counts, TestServer};
+
+/// Bytes of every block in the catalog.
+fn catalog_bytes(pg: &Postgres) -> f64 {
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let b: i64 = c
+        .query_one("SELECT coalesce(sum(bytes), 0)::int8 FROM desa_blocks", &[])
+        .unwrap()
+        .get(0);
+    b as f64
+}
+
+/// Waits until the workers' copies are disjoint shares that add up to the
+/// catalog (merges and looks settled); returns each worker's bytes.
+fn wait_shares(workers: &[&TestServer], pg: &Postgres) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: Vec<f64> = workers
+            .iter()
+            .map(|w| metric(w, "desa_postgres_block_bytes"))
+            .collect();
+        let total = catalog_bytes(pg);
+        if total > 0.0 && held.iter().sum::<f64>() == total {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copies {held:?} never added up to the catalog's {total} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn check_all(s: &TestServer, oracle: &desa_model::oracle::Oracle, seed: u64) {
+    check_queries(s, oracle, seed);
+    for t in ["co2", "temperature", "humidity"] {
+        assert_eq!(all_counts(s, t), oracle_counts(oracle, t), "{t}");
+    }
+}
+
+#[test]
+fn three_workers_hold_shares_and_each_answers_for_all() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 6);
+    let pg = Postgres::start();
+    let addr = broker.addr();
+    let mut a = worker(&addr, "ev", "so", &pg);
+    let b = worker(&addr, "ev", "so", &pg);
+    let c = worker(&addr, "ev", "so", &pg);
+    for w in [&a, &b, &c] {
+        wait_assigned(w);
+    }
+    wait_covered(&[&a, &b, &c], 6);
+    let (lines, oracle) = seeded(41, 30_000, 0.0);
+    produce(&broker, "ev", lines);
+    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
+
+    let held = wait_shares(&[&a, &b, &c], &pg);
+    let total: f64 = held.iter().sum();
+    eprintln!("copies: {held:?} of {total} bytes");
+    for (w, h) in held.iter().enumerate() {
+        assert!(*h <= 0.6 * total, "worker {w} holds {h} of {total} bytes");
+    }
+    for (i, w) in [&a, &b, &c].into_iter().enumerate() {
+        check_all(w, &oracle, 50 + i as u64);
+    }
+
+    // a dies for good: until its session expires the group still names it,
+    // and b and c answer for its shards from the store.
+    a.kill9();
+    check_all(&b, &oracle, 60);
+    check_all(&c, &oracle, 61);
+    let answered_for = |w: &TestServer| metric(w, "desa_postgres_shards_answered_for_owners_total");
+    assert!(
+        answered_for(&b) > 0.0 && answered_for(&c) > 0.0,
+        "b and c answered for the dead owner's shards"
+    );
+    wait_covered(&[&b, &c], 6);
+    let held = wait_shares(&[&b, &c], &pg);
+    eprintln!("copies after the kill: {held:?}");
+    check_all(&b, &oracle, 62);
+    check_all(&c, &oracle, 63);
+}
