@@ -30,8 +30,11 @@ impl PgStore {
         let mut remote: HashMap<Owner, Vec<u32>> = HashMap::new();
         let mut here: Vec<u32> = Vec::new();
         if held.is_some() {
-            let owners = self.with_query_client(|c| owners(c, shards))?;
-            for (s, owner) in (0..shards).zip(owners) {
+            let owners = self
+                .shared
+                .owners
+                .get(|| self.with_query_client(|c| owners(c, shards)))?;
+            for (s, owner) in (0..shards).zip(owners.iter().cloned()) {
                 match owner {
                     Some(o) if &o.worker != me => remote.entry(o).or_default().push(s),
                     _ => here.push(s),

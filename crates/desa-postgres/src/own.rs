@@ -8,7 +8,10 @@
 //! (HTTP ingest only, or before its first assignment) keeps every shard.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use postgres::Client;
 
 use crate::error::Result;
@@ -59,6 +62,42 @@ impl Claims {
 pub(crate) struct Owner {
     pub worker: String,
     pub url: String,
+}
+
+/// The owner of each shard.
+pub(crate) type Owners = Arc<Vec<Option<Owner>>>;
+
+/// How long a worker uses the owner map it read before reading it again.
+/// A map that is out of date costs time, never exactness: an owner asked
+/// for shards it no longer holds says so, and the asker answers for them.
+const OWNERS_FOR: Duration = Duration::from_secs(1);
+
+/// The owner map as last read, for [`OWNERS_FOR`].
+#[derive(Default)]
+pub(crate) struct OwnerCache {
+    read: Mutex<Option<(Instant, Owners)>>,
+}
+
+impl OwnerCache {
+    /// The map, read with `read` if the one held is missing or too old.
+    pub fn get(
+        &self,
+        read: impl FnOnce() -> desa_store::Result<Vec<Option<Owner>>>,
+    ) -> desa_store::Result<Owners> {
+        if let Some((at, map)) = &*self.read.lock() {
+            if at.elapsed() < OWNERS_FOR {
+                return Ok(map.clone());
+            }
+        }
+        let map = Arc::new(read()?);
+        *self.read.lock() = Some((Instant::now(), map.clone()));
+        Ok(map)
+    }
+
+    /// Drops the map held (this worker's claims changed).
+    pub fn forget(&self) {
+        *self.read.lock() = None;
+    }
 }
 
 /// The owner of each of `shards` shards as the claims stand now (`None`:

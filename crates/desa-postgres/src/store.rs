@@ -25,7 +25,7 @@ use postgres::Client;
 
 use crate::blocks::Blocks;
 use crate::error::{Error, Result};
-use crate::own::Claims;
+use crate::own::{Claims, OwnerCache};
 use crate::schema::{self, Partitioning};
 use crate::tls::Target;
 use crate::write::{build_blocks, days_of, discard, write_tx};
@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) blocks: Blocks,
     /// The partitions this worker consumes, which say the shards it holds.
     claims: Mutex<Claims>,
+    /// Who holds the other shards, as last read.
+    pub(crate) owners: OwnerCache,
     /// Events in the catalog, every shard's, as of the last probe.
     catalog_events: AtomicU64,
     /// Shards this worker answered for because their owner did not.
@@ -151,6 +153,7 @@ impl PgStore {
             shards,
             blocks,
             claims: Mutex::new(Claims::default()),
+            owners: OwnerCache::default(),
             catalog_events: AtomicU64::new(0),
             borrowed: AtomicU64::new(0),
             epochs: Mutex::new(HashMap::new()),
@@ -570,6 +573,7 @@ impl Store for PgStore {
             let mut held = self.shared.claims.lock();
             held.claimed(source, partitions, of);
             self.shared.blocks.hold(held.held(self.shared.shards));
+            self.shared.owners.forget();
         }
         Ok(claims)
     }
@@ -579,6 +583,7 @@ impl Store for PgStore {
             let mut held = self.shared.claims.lock();
             held.released(source, partitions);
             self.shared.blocks.hold(held.held(self.shared.shards));
+            self.shared.owners.forget();
         }
     }
 

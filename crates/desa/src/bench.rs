@@ -27,6 +27,7 @@ use crate::client::Client;
 use crate::gen::progress_bar;
 use crate::units::parse_secs;
 
+mod cluster;
 mod kafka;
 mod mixed;
 
@@ -92,6 +93,12 @@ pub struct BenchArgs {
     /// Events per second of the live stream.
     #[arg(long, env = "DESA_BENCH_LIVE_RATE", default_value_t = 10_000)]
     pub live_rate: u64,
+    /// With --store: this many workers over the database (one consumer
+    /// group with --kafka-brokers, else HTTP posts spread over them), their
+    /// load rate in all and each, the share of the blocks each keeps, and
+    /// query latency on the first (its answers gather the others' parts).
+    #[arg(long, env = "DESA_BENCH_WORKERS", requires = "store", conflicts_with_all = ["reuse_data", "live"])]
+    pub workers: Option<usize>,
     /// Query the data a previous run left in the work dir (or the store)
     /// instead of loading.
     #[arg(long)]
@@ -249,7 +256,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// client shares the machine with the node, and copying the input through
 /// read buffers cost it about a tenth of the CPU of a load run.
 fn post_file(
-    client: &Client,
+    clients: &[Client],
     path: &std::path::Path,
     body_bytes: usize,
     concurrency: usize,
@@ -271,9 +278,9 @@ fn post_file(
     let rx = Arc::new(Mutex::new(rx));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
+        .map(|i| {
             let (client, rx, accepted, failure, bar, map) = (
-                client.clone(),
+                clients[i % clients.len()].clone(),
                 rx.clone(),
                 accepted.clone(),
                 failure.clone(),
@@ -389,6 +396,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let input_bytes = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
     if !reuse {
         let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    if let Some(workers) = args.workers {
+        let hottest = Generator::new(cfg).device_id(0);
+        return cluster::bench_workers(&args, workers.max(1), &input, &work, start_ts, &hottest);
     }
     if let Some(brokers) = &args.kafka_brokers {
         return kafka::bench_kafka(&args, brokers, &input, &data_dir, start_ts + args.span);
@@ -700,7 +711,7 @@ fn start_and_load(
         (stored, Duration::ZERO)
     } else {
         post_file(
-            &client,
+            std::slice::from_ref(&client),
             input,
             args.body_bytes,
             args.concurrency,

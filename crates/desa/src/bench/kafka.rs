@@ -23,37 +23,9 @@ pub(super) fn bench_kafka(
     data_dir: &std::path::Path,
     live_start_ts: i64,
 ) -> Result<()> {
-    use std::io::BufRead;
-    let file = std::io::BufReader::with_capacity(1 << 20, File::open(input)?);
-    let bar = progress_bar(args.events, "produce");
-    let lines = file.lines().map_while(|l| l.ok()).map(|l| {
-        let key = serde_json::from_str::<serde_json::Value>(&l)
-            .ok()
-            .and_then(|v| v["device_id"].as_str().map(str::to_owned));
-        (key, l)
-    });
-    let produced = desa_kafka::produce_lines(brokers, &args.kafka_topic, &[], lines, |n| {
-        bar.set_position(n)
-    })?;
-    bar.finish_and_clear();
-    eprintln!(
-        "produce: {} messages in {:.1}s = {:.0} msgs/s (idempotent, acks=all)",
-        produced.delivered,
-        produced.elapsed.as_secs_f64(),
-        produced.delivered as f64 / produced.elapsed.as_secs_f64().max(1e-9)
-    );
+    let produced = produce_input(args, brokers, input)?;
     let _ = std::fs::remove_dir_all(data_dir);
-    let mut extra: Vec<String> = [
-        "--kafka-brokers",
-        brokers,
-        "--kafka-topic",
-        &args.kafka_topic,
-        "--kafka-group",
-        "desa-bench",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut extra = consumer_args(args, brokers);
     if let Some(url) = &args.store {
         extra.extend(["--store".to_owned(), url.clone()]);
     }
@@ -103,6 +75,49 @@ pub(super) fn bench_kafka(
         eprintln!("results written to {}", out.display());
     }
     Ok(())
+}
+
+/// Produces the input file to the bench's topic, keyed by `device_id`.
+pub(super) fn produce_input(
+    args: &BenchArgs,
+    brokers: &str,
+    input: &std::path::Path,
+) -> Result<desa_kafka::ProduceSummary> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::with_capacity(1 << 20, File::open(input)?);
+    let bar = progress_bar(args.events, "produce");
+    let lines = file.lines().map_while(|l| l.ok()).map(|l| {
+        let key = serde_json::from_str::<serde_json::Value>(&l)
+            .ok()
+            .and_then(|v| v["device_id"].as_str().map(str::to_owned));
+        (key, l)
+    });
+    let produced = desa_kafka::produce_lines(brokers, &args.kafka_topic, &[], lines, |n| {
+        bar.set_position(n)
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "produce: {} messages in {:.1}s = {:.0} msgs/s (idempotent, acks=all)",
+        produced.delivered,
+        produced.elapsed.as_secs_f64(),
+        produced.delivered as f64 / produced.elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(produced)
+}
+
+/// A bench node's arguments to consume the bench's topic in its group.
+pub(super) fn consumer_args(args: &BenchArgs, brokers: &str) -> Vec<String> {
+    [
+        "--kafka-brokers",
+        brokers,
+        "--kafka-topic",
+        &args.kafka_topic,
+        "--kafka-group",
+        "desa-bench",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The probe events of the live phase: one device and a type of their own,

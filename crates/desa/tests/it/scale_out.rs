@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cluster::{metric, oracle_counts, wait_assigned, wait_covered, worker};
-use crate::kafka::{check_queries, produce, seeded, wait_stored, Broker};
+use crate::kafka::{check_queries, produce, produce_in_background, seeded, wait_stored, Broker};
 use crate::pg::Postgres;
 use crate::support::{all_counts, TestServer};
 
@@ -92,4 +92,47 @@ fn three_workers_hold_shares_and_each_answers_for_all() {
     eprintln!("copies after the kill: {held:?}");
     check_all(&b, &oracle, 62);
     check_all(&c, &oracle, 63);
+}
+
+/// Messages keyed at random (a device's events reach every partition) while
+/// the group changes and the database restarts: a third worker joins
+/// mid-stream, one is paused past its session timeout and resumed, and
+/// PostgreSQL is stopped and started again. Once everything is stored,
+/// every worker answers every query against the oracle, and their copies
+/// are again disjoint shares of the catalog.
+#[test]
+fn random_keys_a_join_a_pause_and_a_database_restart_keep_every_answer_exact() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 6);
+    let pg = Postgres::start();
+    let addr = broker.addr();
+    let a = worker(&addr, "ev", "churn", &pg);
+    let b = worker(&addr, "ev", "churn", &pg);
+    wait_assigned(&a);
+    wait_assigned(&b);
+    let (lines, oracle) = seeded(43, 40_000, 0.0);
+    let lines: Vec<(Option<String>, String)> = lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, line))| (Some(format!("k{}", i * 7919 % 1000)), line))
+        .collect();
+    let producer = produce_in_background(&addr, "ev", lines, 2_000, Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(800));
+    let c = worker(&addr, "ev", "churn", &pg);
+    wait_assigned(&c);
+    b.signal("-STOP");
+    // Past the 6 s session timeout a and c own every partition.
+    wait_covered(&[&a, &c], 6);
+    b.signal("-CONT");
+    pg.stop_immediate();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_server();
+    producer.join().unwrap();
+    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(180));
+    wait_covered(&[&a, &b, &c], 6);
+    for (i, w) in [&a, &b, &c].into_iter().enumerate() {
+        check_all(w, &oracle, 70 + i as u64);
+    }
+    let held = wait_shares(&[&a, &b, &c], &pg);
+    eprintln!("copies after the churn: {held:?}");
 }
