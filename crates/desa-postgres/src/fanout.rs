@@ -51,8 +51,9 @@ impl PgStore {
                         query: query.clone(),
                         shards,
                     };
+                    let token = self.shared.cfg.peer_token.as_deref();
                     scope.spawn(move || {
-                        let got = ask(&owner, &req);
+                        let got = ask(&owner, &req, token);
                         (req.shards, got)
                     })
                 })
@@ -132,10 +133,13 @@ impl PgStore {
 
 /// An owner's part, or `None` if it did not give one (unreachable, timed
 /// out, or no longer holding the shards).
-fn ask(owner: &Owner, req: &PartRequest) -> Option<Partial> {
+fn ask(owner: &Owner, req: &PartRequest, token: Option<&str>) -> Option<Partial> {
     let url = format!("{}/v1/internal/partial", owner.url.trim_end_matches('/'));
-    let answer = ureq::post(&url)
-        .timeout(PART_TIMEOUT)
+    let mut call = ureq::post(&url).timeout(PART_TIMEOUT);
+    if let Some(t) = token {
+        call = call.set("Authorization", &format!("Bearer {t}"));
+    }
+    let answer = call
         .send_json(req)
         .map_err(|e| tracing::warn!(owner = %owner.worker, %url, error = %e, "an owner did not answer its part"))
         .ok()?;

@@ -28,6 +28,7 @@
 //!     retention_secs: None,
 //!     shards: desa_postgres::schema::DEFAULT_SHARDS,
 //!     advertise_url: Some("http://10.0.0.7:8080".into()),
+//!     peer_token: None,
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);
 //! ```

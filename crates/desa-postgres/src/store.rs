@@ -64,6 +64,9 @@ pub struct PgConfig {
     /// parts of queries over the shards it holds (`None`: nobody asks it,
     /// and it keeps every shard).
     pub advertise_url: Option<String>,
+    /// The bearer token this worker shows the others when it asks them for
+    /// their parts (their `--auth-file`'s `query` scope).
+    pub peer_token: Option<String>,
 }
 
 pub(crate) struct Shared {

@@ -11,7 +11,9 @@
 //! after gzip decoding; `metadata` at most 8 KiB per event; an
 //! `Idempotency-Key` at most 256 bytes, remembered for 24 hours.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 mod error;
 mod ingest;
 mod listen;
@@ -101,6 +103,8 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Slots for queries running at once (`max_concurrent_queries`).
     pub query_permits: Arc<tokio::sync::Semaphore>,
+    /// The credentials in force (`--auth-file`), if any.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -122,6 +126,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub requests_replayed: IntCounter,
     pub query_duration: HistogramVec,
     pub queries_refused: IntCounterVec,
+    /// Requests refused by `--auth-file`, by reason (missing, unknown, scope).
+    pub auth_failures: IntCounterVec,
     pub body_timeouts: IntCounter,
     wal_sync_duration: Histogram,
     wal_sync_bytes: IntCounter,
@@ -86,6 +88,17 @@ impl Metrics {
             &["reason"],
         )
         .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "desa_http_auth_failures_total",
+                "Requests refused by --auth-file: no token (missing), a token no credential has (unknown), or one without the endpoint's scope (scope).",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric definition: {e}"));
+        for reason in ["missing", "unknown", "scope"] {
+            auth_failures.with_label_values(&[reason]);
+        }
         let counter =
             |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
         let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("{e}"));
@@ -109,6 +122,7 @@ impl Metrics {
             ),
             query_duration: q,
             queries_refused: refused,
+            auth_failures,
             body_timeouts: counter(
                 "desa_ingest_body_timeouts_total",
                 "POST /v1/events answered 408: the body did not arrive within --body-timeout.",
@@ -165,6 +179,7 @@ impl Metrics {
             Box::new(m.requests_replayed.clone()),
             Box::new(m.query_duration.clone()),
             Box::new(m.queries_refused.clone()),
+            Box::new(m.auth_failures.clone()),
             Box::new(m.body_timeouts.clone()),
             Box::new(m.wal_sync_duration.clone()),
             Box::new(m.wal_sync_bytes.clone()),

@@ -124,7 +124,7 @@ pub struct BenchArgs {
     pub record: Option<PathBuf>,
     /// Benchmark a cluster worker over this PostgreSQL database (which must
     /// hold no desa events unless --reuse-data) instead of the embedded engine.
-    #[arg(long, env = "DESA_BENCH_STORE")]
+    #[arg(long, env = "DESA_BENCH_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Write the results as JSON here.
     #[arg(long, env = "DESA_BENCH_OUT")]

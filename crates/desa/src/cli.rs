@@ -29,6 +29,8 @@ pub enum Command {
     Gen(crate::gen::GenArgs),
     /// Ask a node one of the three queries.
     Query(crate::query::QueryArgs),
+    /// Make bearer tokens for a node's --auth-file.
+    Token(crate::token::TokenArgs),
     /// Load a generated dataset into a fresh node and report ingest rate,
     /// query latencies and resident memory.
     Bench(crate::bench::BenchArgs),
@@ -41,7 +43,7 @@ pub enum Command {
 pub struct MigrateArgs {
     /// The PostgreSQL database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`
     /// (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`).
-    #[arg(long, env = "DESA_STORE")]
+    #[arg(long, env = "DESA_STORE", hide_env_values = true)]
     pub store: String,
     /// Shards of devices a new schema spreads events over (an existing
     /// schema keeps its own). Each worker holds whole shards; a Kafka topic
@@ -67,6 +69,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Demo(a) => crate::demo::run(a),
         Command::Gen(a) => crate::gen::run(a),
         Command::Query(a) => crate::query::run(a),
+        Command::Token(a) => crate::token::run(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Fsck(a) => crate::fsck::run(a),
     }

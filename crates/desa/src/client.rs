@@ -16,6 +16,8 @@ pub struct IngestReply {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Authorization: Bearer` on every request, for a node with --auth-file.
+    token: Option<String>,
 }
 
 impl Client {
@@ -28,6 +30,21 @@ impl Client {
         Client {
             agent,
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
+        }
+    }
+
+    /// Shows `token` (`--token`, `DESA_TOKEN`) on every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let req = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+            None => req,
         }
     }
 
@@ -38,8 +55,7 @@ impl Client {
     /// Posts an NDJSON body; an error carries the status and the server's message.
     pub fn post_ndjson(&self, body: &[u8], idempotency_key: Option<&str>) -> Result<IngestReply> {
         let mut req = self
-            .agent
-            .post(&format!("{}/v1/events", self.base))
+            .request("POST", "/v1/events")
             .set("Content-Type", "application/x-ndjson");
         if let Some(k) = idempotency_key {
             req = req.set("Idempotency-Key", k);
@@ -56,7 +72,7 @@ impl Client {
 
     /// GETs a path with query parameters and returns the JSON body.
     pub fn get_json(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
-        let mut req = self.agent.get(&format!("{}{path}", self.base));
+        let mut req = self.request("GET", path);
         for (k, v) in params {
             req = req.query(k, v);
         }
@@ -72,8 +88,7 @@ impl Client {
 
     /// GETs a path and returns the body as text (`/metrics`).
     pub fn get_text(&self, path: &str) -> Result<String> {
-        self.agent
-            .get(&format!("{}{path}", self.base))
+        self.request("GET", path)
             .call()
             .map_err(|e| anyhow!(e))?
             .into_string()

@@ -62,6 +62,9 @@ pub struct GenArgs {
     /// POST to this node instead (e.g. http://127.0.0.1:8080).
     #[arg(long, env = "DESA_GEN_POST")]
     pub post: Option<String>,
+    /// With --post: bearer token for a node with --auth-file.
+    #[arg(long, env = "DESA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Events per POST.
     #[arg(long, env = "DESA_GEN_BATCH", default_value_t = 5_000)]
     pub batch: usize,
@@ -233,7 +236,7 @@ pub fn run(args: GenArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(url) = &args.post {
-        let client = Client::new(url);
+        let client = Client::new(url).with_token(args.token.clone());
         let bar = progress_bar(total, "posting");
         let s = post_lines(
             &client,

@@ -8,6 +8,7 @@ mod fsck;
 mod gen;
 mod query;
 mod serve;
+mod token;
 mod units;
 
 /// mimalloc instead of glibc's malloc: ingest allocates each event's

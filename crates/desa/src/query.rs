@@ -19,6 +19,9 @@ pub struct QueryArgs {
     /// Print the JSON answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token for a node with --auth-file (`desa token new`).
+    #[arg(long, env = "DESA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub kind: QueryKind,
 }
@@ -76,7 +79,7 @@ pub enum QueryKind {
 }
 
 pub fn run(args: QueryArgs) -> Result<()> {
-    let client = Client::new(&args.url);
+    let client = Client::new(&args.url).with_token(args.token.clone());
     let (path, mut params, more): (&str, _, Vec<(&str, String)>) = match &args.kind {
         QueryKind::Avg { device_id, on } => (
             "/v1/query/avg",

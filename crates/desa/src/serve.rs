@@ -80,7 +80,7 @@ pub struct ServeArgs {
     /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, with libpq's `sslmode` and
     /// `sslrootcert` for TLS) instead of the embedded engine. Workers sharing
     /// it and a Kafka group split the partitions.
-    #[arg(long, env = "DESA_STORE")]
+    #[arg(long, env = "DESA_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// This worker's name in the database's partition owners (default: host:pid).
     #[arg(long, env = "DESA_WORKER_NAME")]
@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// listen address, the host's name in place of an unspecified address).
     #[arg(long, env = "DESA_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Credentials, one per line `NAME SCOPES SHA256HEX` (`desa token new`
+    /// makes them): every endpoint but /healthz then wants a bearer token
+    /// with its scope. Read again on SIGHUP.
+    #[arg(long, env = "DESA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Cluster mode with --auth-file: the token (with the `query` scope)
+    /// this worker shows the others when it asks them for their parts.
+    #[arg(long, env = "DESA_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -137,6 +146,7 @@ pub struct KafkaArgs {
     #[arg(
         long = "kafka-option",
         env = "DESA_KAFKA_OPTIONS",
+        hide_env_values = true,
         value_delimiter = ';'
     )]
     pub kafka_options: Vec<String>,
@@ -249,6 +259,21 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let auth = Arc::new(desa_server::auth::Auth::new(match &args.auth_file {
+            Some(path) => {
+                Some(desa_server::auth::AuthFile::load(path).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        }));
+        if args.auth_file.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "no --auth-file: anyone who reaches {addr} can write events and read every device's data"
+            );
+        }
+        if let Some(path) = args.auth_file.clone() {
+            reload_on_hangup(auth.clone(), path)?;
+        }
         let store: Arc<dyn Store> = match &args.store {
             Some(url) => {
                 let cfg = desa_postgres::PgConfig {
@@ -257,6 +282,7 @@ impl Node {
                     blocks_dir: args.data_dir.join("blocks"),
                     retention_secs: args.retention,
                     shards: args.shards,
+                    peer_token: args.peer_token.clone(),
                     advertise_url: Some(
                         args.advertise_url
                             .clone()
@@ -305,6 +331,7 @@ impl Node {
             body_budget: Arc::new(tokio::sync::Semaphore::new(AppState::body_budget_kib(&cfg))),
             query_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_queries)),
             cfg: Arc::new(cfg),
+            auth,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let door = desa_server::FrontDoor {
@@ -349,6 +376,27 @@ fn default_url(addr: std::net::SocketAddr) -> String {
     } else {
         format!("http://{addr}")
     }
+}
+
+/// Reads the auth file again on each SIGHUP; a file that does not parse
+/// leaves the credentials in force as they were, and says why.
+fn reload_on_hangup(auth: Arc<desa_server::auth::Auth>, path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match desa_server::auth::AuthFile::load(&path) {
+                Ok(file) => {
+                    tracing::info!(credentials = file.len(), path = %path.display(), "auth file read again");
+                    auth.replace(file);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "auth file not read again; the previous credentials stay in force")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 pub async fn shutdown_signal() {

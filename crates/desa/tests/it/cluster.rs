@@ -22,7 +22,7 @@ pub(crate) fn worker(broker: &str, topic: &str, group: &str, pg: &Postgres) -> T
     worker_with(broker, topic, group, pg, &[])
 }
 
-fn worker_with(
+pub(crate) fn worker_with(
     broker: &str,
     topic: &str,
     group: &str,

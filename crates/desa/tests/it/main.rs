@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `desa` binary on a free loopback
 //! port and talks HTTP to it, killing it with SIGKILL where the test says so.
 
+mod auth;
 mod bad_input;
 mod bench;
 mod cluster;

@@ -263,6 +263,7 @@ pub fn open_store_keeping(
         retention_secs,
         shards: desa_postgres::schema::DEFAULT_SHARDS,
         advertise_url: None,
+        peer_token: None,
     })
     .unwrap()
 }

@@ -136,3 +136,65 @@ fn random_keys_a_join_a_pause_and_a_database_restart_keep_every_answer_exact() {
     let held = wait_shares(&[&a, &b, &c], &pg);
     eprintln!("copies after the churn: {held:?}");
 }
+
+/// With `--auth-file`, workers ask each other for their parts with
+/// `--peer-token`: every part is answered by its owner (none from the
+/// store), and answers are exact.
+#[test]
+fn workers_with_an_auth_file_ask_each_other_with_the_peer_token() {
+    use desa_server::auth::token_hash_hex;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth");
+    std::fs::write(
+        &file,
+        format!(
+            "peer query {}\nadmin ingest,query,metrics {}\n",
+            token_hash_hex("peer-token-1"),
+            token_hash_hex("admin-token-1")
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start();
+    broker.create_topic("ev", 2);
+    let pg = Postgres::start();
+    let addr = broker.addr();
+    let extra = [
+        "--auth-file",
+        file.to_str().unwrap(),
+        "--peer-token",
+        "peer-token-1",
+    ];
+    let a = crate::cluster::worker_with(&addr, "ev", "auth", &pg, &extra);
+    let b = crate::cluster::worker_with(&addr, "ev", "auth", &pg, &extra);
+    wait_assigned(&a);
+    wait_assigned(&b);
+    wait_covered(&[&a, &b], 2);
+    let (lines, oracle) = seeded(44, 10_000, 0.0);
+    produce(&broker, "ev", lines);
+    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
+    let ask = |w: &TestServer, path: &str| -> String {
+        ureq::get(&format!("{}{path}", w.base))
+            .set("Authorization", "Bearer admin-token-1")
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    for w in [&a, &b] {
+        for t in ["co2", "temperature"] {
+            let body: serde_json::Value = serde_json::from_str(&ask(
+                w,
+                &format!("/v1/query/topk?type={t}&start=0&end=4000000000&k=10000"),
+            ))
+            .unwrap();
+            let got: std::collections::HashMap<String, u64> =
+                crate::support::devices_of(&body).into_iter().collect();
+            assert_eq!(got, oracle_counts(&oracle, t), "{t}");
+        }
+        let metrics = ask(w, "/metrics");
+        assert!(
+            metrics.contains("desa_postgres_shards_answered_for_owners_total 0"),
+            "a part was refused to the peer token:\n{metrics}"
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! `--auth-file` against the real process: tokens made by `desa token new`,
+//! every combination of scopes on every endpoint (200 or 403 naming the
+//! scope), 401 with `WWW-Authenticate: Bearer` without a known token,
+//! `/healthz` open, the failures counted, the file read again on SIGHUP
+//! (a malformed one leaving the credentials in force), a malformed file at
+//! start refused with its line number, and the clients' `--token`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::TestServer;
+
+const SCOPES: [&str; 3] = ["ingest", "query", "metrics"];
+
+/// `desa token new NAME --scopes SCOPES`: the token and the auth-file line.
+fn new_token(name: &str, scopes: &str) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args(["token", "new", name, "--scopes", scopes])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let token = lines.next().unwrap().to_owned();
+    let line = lines.next().unwrap().to_owned();
+    assert!(token.len() >= 32, "a token of at least 128 bits: {token}");
+    assert!(line.starts_with(&format!("{name} {scopes} ")), "{line}");
+    (token, line)
+}
+
+/// Status and body of a request with an optional bearer token.
+fn call(s: &TestServer, method: &str, path: &str, token: Option<&str>) -> (u16, ureq::Response) {
+    let mut req =
+        ureq::request(method, &format!("{}{path}", s.base)).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let body = r#"{"device_id":"d1","timestamp":1767225600,"type":"t","value":1.5,"location":{"latitude":1.0,"longitude":2.0}}"#;
+    let r = if method == "POST" {
+        req.set("Content-Type", "application/x-ndjson")
+            .send_string(body)
+    } else {
+        req.call()
+    };
+    match r {
+        Ok(resp) => (resp.status(), resp),
+        Err(ureq::Error::Status(code, resp)) => (code, resp),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+const ENDPOINTS: [(&str, &str, &str); 3] = [
+    ("POST", "/v1/events", "ingest"),
+    (
+        "GET",
+        "/v1/query/avg?device_id=d1&type=t&start=0&end=4000000000",
+        "query",
+    ),
+    ("GET", "/metrics", "metrics"),
+];
+
+fn write(path: &Path, lines: &[String]) {
+    std::fs::write(path, format!("# desa credentials\n{}\n", lines.join("\n"))).unwrap();
+}
+
+#[test]
+fn tokens_open_the_endpoints_their_scopes_name_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth");
+    // Every non-empty combination of the three scopes.
+    let mut tokens = Vec::new();
+    let mut lines = Vec::new();
+    for mask in 1..8u8 {
+        let scopes: Vec<&str> = (0..3)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| SCOPES[i])
+            .collect();
+        let (token, line) = new_token(&format!("c{mask}"), &scopes.join(","));
+        tokens.push((token, scopes));
+        lines.push(line);
+    }
+    write(&file, &lines);
+    let s = TestServer::start(&["--auth-file", file.to_str().unwrap()]);
+
+    for (token, scopes) in &tokens {
+        for (method, path, need) in ENDPOINTS {
+            let (status, resp) = call(&s, method, path, Some(token));
+            if scopes.contains(&need) {
+                assert_eq!(status, 200, "{scopes:?} on {path}");
+            } else {
+                assert_eq!(status, 403, "{scopes:?} on {path}");
+                let body: serde_json::Value = resp.into_json().unwrap();
+                let error = body["error"].as_str().unwrap();
+                assert!(error.contains(&format!("`{need}` scope")), "{error}");
+            }
+        }
+    }
+    for (method, path, _) in ENDPOINTS {
+        for token in [None, Some("not-a-token")] {
+            let (status, resp) = call(&s, method, path, token);
+            assert_eq!(status, 401, "{path} with {token:?}");
+            assert_eq!(resp.header("WWW-Authenticate"), Some("Bearer"));
+            let body: serde_json::Value = resp.into_json().unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
+    assert_eq!(call(&s, "GET", "/healthz", None).0, 200);
+    let metrics = call(&s, "GET", "/metrics", Some(&tokens[6].0))
+        .1
+        .into_string()
+        .unwrap();
+    // Per endpoint: the 3 combinations without its scope, no token, an
+    // unknown token.
+    for (reason, n) in [("missing", 3), ("unknown", 3), ("scope", 9)] {
+        let line = format!("desa_http_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    // The query client speaks it too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args([
+            "query",
+            "--url",
+            &s.base,
+            "--json",
+            "avg",
+            "--device-id",
+            "d1",
+            "--type",
+            "t",
+        ])
+        .args(["--start", "0", "--end", "4000000000"])
+        .env("DESA_TOKEN", &tokens[1].0) // query
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"count\""));
+}
+
+#[test]
+fn the_auth_file_is_read_again_on_sighup_and_a_malformed_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth");
+    let (old, old_line) = new_token("old", "query");
+    let (new, new_line) = new_token("new", "query");
+    write(&file, std::slice::from_ref(&old_line));
+    let s = TestServer::start(&["--auth-file", file.to_str().unwrap()]);
+    let q = ENDPOINTS[1].1;
+    assert_eq!(call(&s, "GET", q, Some(&old)).0, 200);
+    assert_eq!(call(&s, "GET", q, Some(&new)).0, 401);
+
+    // A malformed file on SIGHUP: the credentials in force stay.
+    std::fs::write(&file, format!("{new_line}\nbroken line\n")).unwrap();
+    s.signal("-HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(call(&s, "GET", q, Some(&old)).0, 200);
+    assert!(s.log_text().contains("line 2"), "{}", s.log_text());
+
+    write(&file, std::slice::from_ref(&new_line));
+    s.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&s, "GET", q, Some(&new)).0 != 200 {
+        assert!(Instant::now() < deadline, "the new token never worked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(call(&s, "GET", q, Some(&old)).0, 401);
+
+    // At start, a malformed file is refused with its line number.
+    std::fs::write(
+        &file,
+        format!("{new_line}\nx ingest,root {}\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let err = TestServer::start_in(
+        &dir.path().join("d2"),
+        &["--auth-file", file.to_str().unwrap()],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("line 2: unknown scope \"root\""), "{err}");
+}
+
+/// `--help` never prints the values of settings that may hold secrets.
+#[test]
+fn help_does_not_print_secret_settings() {
+    const SECRET: &str = "s3cretpw";
+    for args in [
+        &["serve", "--help"][..],
+        &["migrate", "--help"],
+        &["bench", "--help"],
+        &["query", "--help"],
+        &["gen", "--help"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+            .args(args)
+            .env("DESA_STORE", format!("postgres://desa:{SECRET}@db/desa"))
+            .env(
+                "DESA_BENCH_STORE",
+                format!("postgres://desa:{SECRET}@db/desa"),
+            )
+            .env("DESA_KAFKA_OPTIONS", format!("sasl.password={SECRET}"))
+            .env("DESA_PEER_TOKEN", SECRET)
+            .env("DESA_TOKEN", SECRET)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{args:?}: {text}");
+        assert!(!text.contains(SECRET), "{args:?} printed a secret:\n{text}");
+    }
+}
