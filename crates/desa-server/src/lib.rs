@@ -19,6 +19,7 @@ mod ingest;
 mod listen;
 pub mod metrics;
 mod query;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -26,12 +26,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-/// Connection limits of the listener.
-#[derive(Debug, Clone)]
+/// Connection limits of the listener, and its TLS if it speaks HTTPS.
+#[derive(Clone)]
 pub struct FrontDoor {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// HTTPS only, with the certificate read last (`--tls-cert`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for FrontDoor {
@@ -40,6 +42,37 @@ impl Default for FrontDoor {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+/// Serves one connection until it closes, or finishes its request in flight
+/// once `stop` changes.
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }
@@ -79,26 +112,21 @@ pub async fn serve(
         };
         while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(router.clone());
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let header_timeout = door.header_timeout;
+        let acceptor = door.tls.as_ref().map(|t| t.acceptor());
         connections.spawn(async move {
             let _slot = slot;
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(header_timeout));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match acceptor {
+                None => serve_connection(io, service, header_timeout, stop).await,
+                // The handshake has the headers' deadline; a client that
+                // does not speak TLS (plain HTTP) fails it and is closed.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, service, header_timeout, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
         });

@@ -22,16 +22,47 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout(Duration::from_secs(300))
-            .max_idle_connections_per_host(64)
-            .build();
+        let agent = Client::agent().build();
         Client {
             agent,
             base: base.trim_end_matches('/').to_owned(),
             token: None,
         }
+    }
+
+    fn agent() -> ureq::AgentBuilder {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .max_idle_connections_per_host(64)
+    }
+
+    /// Trusts the CAs of the PEM file `cacert` (`--cacert`) for an
+    /// `https://` node, instead of the well-known public ones.
+    pub fn with_cacert(mut self, cacert: Option<&std::path::Path>) -> Result<Self> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let Some(path) = cacert else {
+            return Ok(self);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading --cacert {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("reading --cacert {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("--cacert {}", path.display()))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS settings")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.agent = Client::agent()
+            .tls_config(std::sync::Arc::new(config))
+            .build();
+        Ok(self)
     }
 
     /// Shows `token` (`--token`, `DESA_TOKEN`) on every request.

@@ -65,6 +65,9 @@ pub struct GenArgs {
     /// With --post: bearer token for a node with --auth-file.
     #[arg(long, env = "DESA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --post: PEM file of the CAs to trust for an `https://` node.
+    #[arg(long, env = "DESA_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Events per POST.
     #[arg(long, env = "DESA_GEN_BATCH", default_value_t = 5_000)]
     pub batch: usize,
@@ -236,7 +239,9 @@ pub fn run(args: GenArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(url) = &args.post {
-        let client = Client::new(url).with_token(args.token.clone());
+        let client = Client::new(url)
+            .with_token(args.token.clone())
+            .with_cacert(args.cacert.as_deref())?;
         let bar = progress_bar(total, "posting");
         let s = post_lines(
             &client,

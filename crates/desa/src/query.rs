@@ -22,6 +22,10 @@ pub struct QueryArgs {
     /// Bearer token for a node with --auth-file (`desa token new`).
     #[arg(long, env = "DESA_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM file of the CAs to trust for an `https://` node (default: the
+    /// well-known public CAs).
+    #[arg(long, env = "DESA_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub kind: QueryKind,
 }
@@ -79,7 +83,9 @@ pub enum QueryKind {
 }
 
 pub fn run(args: QueryArgs) -> Result<()> {
-    let client = Client::new(&args.url).with_token(args.token.clone());
+    let client = Client::new(&args.url)
+        .with_token(args.token.clone())
+        .with_cacert(args.cacert.as_deref())?;
     let (path, mut params, more): (&str, _, Vec<(&str, String)>) = match &args.kind {
         QueryKind::Avg { device_id, on } => (
             "/v1/query/avg",

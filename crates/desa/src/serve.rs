@@ -99,6 +99,13 @@ pub struct ServeArgs {
     /// with its scope. Read again on SIGHUP.
     #[arg(long, env = "DESA_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// Speak HTTPS only, with this PEM certificate chain (and --tls-key);
+    /// read again on SIGHUP.
+    #[arg(long, env = "DESA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DESA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Cluster mode with --auth-file: the token (with the `query` scope)
     /// this worker shows the others when it asks them for their parts.
     #[arg(long, env = "DESA_PEER_TOKEN", hide_env_values = true)]
@@ -271,9 +278,16 @@ impl Node {
                 "no --auth-file: anyone who reaches {addr} can write events and read every device's data"
             );
         }
-        if let Some(path) = args.auth_file.clone() {
-            reload_on_hangup(auth.clone(), path)?;
-        }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                desa_server::tls::Tls::open(cert, key).map_err(anyhow::Error::msg)?,
+            )),
+            _ => None,
+        };
+        reload_on_hangup(
+            args.auth_file.clone().map(|p| (auth.clone(), p)),
+            tls.clone(),
+        )?;
         let store: Arc<dyn Store> = match &args.store {
             Some(url) => {
                 let cfg = desa_postgres::PgConfig {
@@ -286,7 +300,7 @@ impl Node {
                     advertise_url: Some(
                         args.advertise_url
                             .clone()
-                            .unwrap_or_else(|| default_url(addr)),
+                            .unwrap_or_else(|| default_url(addr, args.tls_cert.is_some())),
                     ),
                 };
                 let store = tokio::task::spawn_blocking(move || desa_postgres::PgStore::open(cfg))
@@ -338,6 +352,7 @@ impl Node {
             max_connections: args.max_connections.max(1),
             header_timeout: args.header_timeout,
             shutdown_grace: args.shutdown_grace,
+            tls,
         };
         let server = tokio::spawn(desa_server::serve(listener, state, door, async move {
             let _ = rx.await;
@@ -370,28 +385,42 @@ fn default_worker_name() -> String {
 }
 
 /// Where other workers reach this one when `--advertise-url` is not given.
-fn default_url(addr: std::net::SocketAddr) -> String {
+fn default_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if addr.ip().is_unspecified() {
-        format!("http://{}:{}", host_name(), addr.port())
+        format!("{scheme}://{}:{}", host_name(), addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
-/// Reads the auth file again on each SIGHUP; a file that does not parse
-/// leaves the credentials in force as they were, and says why.
-fn reload_on_hangup(auth: Arc<desa_server::auth::Auth>, path: PathBuf) -> Result<()> {
+/// Reads the auth file and the TLS certificate again on each SIGHUP; a
+/// file that does not parse leaves what is in force as it was, and says why.
+fn reload_on_hangup(
+    auth: Option<(Arc<desa_server::auth::Auth>, PathBuf)>,
+    tls: Option<Arc<desa_server::tls::Tls>>,
+) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match desa_server::auth::AuthFile::load(&path) {
-                Ok(file) => {
-                    tracing::info!(credentials = file.len(), path = %path.display(), "auth file read again");
-                    auth.replace(file);
+            if let Some((auth, path)) = &auth {
+                match desa_server::auth::AuthFile::load(path) {
+                    Ok(file) => {
+                        tracing::info!(credentials = file.len(), path = %path.display(), "auth file read again");
+                        auth.replace(file);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "auth file not read again; the previous credentials stay in force")
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "auth file not read again; the previous credentials stay in force")
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate read again; new connections get it"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate not read again; the previous one stays in force")
+                    }
                 }
             }
         }
@@ -428,7 +457,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let result = rt.block_on(async {
         let node = Node::start(&args).await?;
         // Tests and scripts read this line to learn the port.
-        println!("desa listening on http://{}", node.addr);
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("desa listening on {scheme}://{}", node.addr);
         tracing::info!(addr = %node.addr, data_dir = %args.data_dir.display(), "serving");
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -16,3 +16,4 @@ mod pg;
 mod policies;
 mod scale_out;
 mod support;
+mod tls;

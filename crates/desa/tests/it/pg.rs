@@ -66,7 +66,7 @@ fn give_to_server(path: &std::path::Path) {
 }
 
 /// A CA, and a certificate it signs for the DNS `names`.
-fn ca_and_server_cert(names: &[&str]) -> (String, String, String) {
+pub(crate) fn ca_and_server_cert(names: &[&str]) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
