@@ -29,6 +29,7 @@
 //!     shards: desa_postgres::schema::DEFAULT_SHARDS,
 //!     advertise_url: Some("http://10.0.0.7:8080".into()),
 //!     peer_token: None,
+//!     password_file: None,
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);
 //! ```
@@ -41,6 +42,7 @@ mod error;
 mod expire;
 mod fanout;
 mod own;
+mod password;
 mod replace;
 pub mod schema;
 mod store;
@@ -53,8 +55,12 @@ pub use store::{PgConfig, PgStore};
 /// Creates or checks the schema (what `desa migrate` runs); `shards` is
 /// used only if it creates it. Returns how bodies are partitioned and the
 /// database's shards.
-pub fn migrate(url: &str, shards: u32) -> Result<(schema::Partitioning, u32)> {
-    let mut client = tls::Target::parse(url)?.connect()?;
+pub fn migrate(
+    url: &str,
+    password_file: Option<&std::path::Path>,
+    shards: u32,
+) -> Result<(schema::Partitioning, u32)> {
+    let mut client = tls::Target::parse_with(url, password_file)?.connect()?;
     let kind = schema::migrate(&mut client, shards)?;
     Ok((kind, schema::shards(&mut client)?))
 }

@@ -67,6 +67,9 @@ pub struct PgConfig {
     /// The bearer token this worker shows the others when it asks them for
     /// their parts (their `--auth-file`'s `query` scope).
     pub peer_token: Option<String>,
+    /// `--store-password-file`: the password, when the URL holds none (see
+    /// `password`).
+    pub password_file: Option<PathBuf>,
 }
 
 pub(crate) struct Shared {
@@ -140,7 +143,7 @@ fn connect(pg: &Target, writer: bool) -> Result<Client> {
 impl PgStore {
     /// Connects, creates or checks the schema, and starts the writer.
     pub fn open(cfg: PgConfig) -> Result<PgStore> {
-        let pg = Target::parse(&cfg.url)?;
+        let pg = Target::parse_with(&cfg.url, cfg.password_file.as_deref())?;
         let mut client = connect(&pg, true)?;
         let partitioning = schema::migrate(&mut client, cfg.shards)?;
         let shards = schema::shards(&mut client)?;

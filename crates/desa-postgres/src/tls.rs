@@ -81,6 +81,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// Reads a `--store` URL or key=value connection string; a password it
+    /// does not hold comes from `password_file` or libpq's variables and
+    /// password file (`password`).
+    pub fn parse_with(conninfo: &str, password_file: Option<&std::path::Path>) -> Result<Target> {
+        let mut target = Target::parse(conninfo)?;
+        crate::password::fill(&mut target.config, password_file)?;
+        Ok(target)
+    }
+
     /// Reads a `--store` URL or key=value connection string.
     pub fn parse(conninfo: &str) -> Result<Target> {
         let TlsParams { rest, mode, root } = take_tls_params(conninfo)?;

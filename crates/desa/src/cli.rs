@@ -47,6 +47,10 @@ pub struct MigrateArgs {
     /// (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`).
     #[arg(long, env = "DESA_STORE", hide_env_values = true)]
     pub store: String,
+    /// The database password, when --store holds none (else PGPASSWORD,
+    /// PGPASSFILE or ~/.pgpass, as libpq reads them).
+    #[arg(long, env = "DESA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<std::path::PathBuf>,
     /// Shards of devices a new schema spreads events over (an existing
     /// schema keeps its own). Each worker holds whole shards; a Kafka topic
     /// whose partition count divides this carries whole shards per
@@ -60,8 +64,9 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => crate::serve::run(a),
         Command::Migrate(a) => {
-            let (kind, shards) = desa_postgres::migrate(&a.store, a.shards)
-                .map_err(|e| anyhow::anyhow!(e.describe()))?;
+            let (kind, shards) =
+                desa_postgres::migrate(&a.store, a.store_password_file.as_deref(), a.shards)
+                    .map_err(|e| anyhow::anyhow!(e.describe()))?;
             println!(
                 "desa schema {} ready ({kind:?} raw events, {shards} shards)",
                 desa_postgres::schema::SCHEMA_VERSION

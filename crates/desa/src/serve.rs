@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// it and a Kafka group split the partitions.
     #[arg(long, env = "DESA_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// Cluster mode: the database password, when --store holds none (else
+    /// PGPASSWORD, PGPASSFILE or ~/.pgpass, as libpq reads them).
+    #[arg(long, env = "DESA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
     /// This worker's name in the database's partition owners (default: host:pid).
     #[arg(long, env = "DESA_WORKER_NAME")]
     pub worker_name: Option<String>,
@@ -297,6 +301,7 @@ impl Node {
                     retention_secs: args.retention,
                     shards: args.shards,
                     peer_token: args.peer_token.clone(),
+                    password_file: args.store_password_file.clone(),
                     advertise_url: Some(
                         args.advertise_url
                             .clone()

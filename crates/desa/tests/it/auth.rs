@@ -215,3 +215,70 @@ fn help_does_not_print_secret_settings() {
         assert!(!text.contains(SECRET), "{args:?} printed a secret:\n{text}");
     }
 }
+
+/// The database password stays out of argv: `desa migrate` against a role
+/// that needs one fails without it, and succeeds with
+/// `--store-password-file`, with `PGPASSWORD`, and with a `PGPASSFILE` of
+/// mode 0600 (one its group may read is ignored, as libpq does); no error
+/// shows the password.
+#[test]
+fn the_database_password_comes_from_a_file_or_libpqs_variables() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = crate::pg::Postgres::start();
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    c.batch_execute(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE pw LOGIN SUPERUSER PASSWORD 'hunter2-secret'",
+    )
+    .unwrap();
+    let hba: String = c.query_one("SHOW hba_file", &[]).unwrap().get(0);
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    let url = pg.url().replace("desa@", "pw@");
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+            .args(["migrate", "--store", &url])
+            .args(extra)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env("HOME", dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("hunter2"),
+            "an error showed the password: {err}"
+        );
+        (out.status.success(), err)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, err) = migrate(&[], &[]);
+    assert!(!ok, "a role with a password was reached without one");
+    assert!(err.to_lowercase().contains("password"), "{err}");
+
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "hunter2-secret\n").unwrap();
+    let (ok, err) = migrate(&["--store-password-file", file.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    let (ok, err) = migrate(&[], &[("PGPASSWORD", "hunter2-secret")]);
+    assert!(ok, "{err}");
+
+    let passfile = dir.path().join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!("127.0.0.1:{}:postgres:pw:hunter2-secret\n", pg.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _) = migrate(&[], &[("PGPASSFILE", passfile.to_str().unwrap())]);
+    assert!(!ok, "a password file others may read was used");
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = migrate(&[], &[("PGPASSFILE", passfile.to_str().unwrap())]);
+    assert!(ok, "{err}");
+}
