@@ -161,6 +161,11 @@ pub struct KafkaArgs {
         value_delimiter = ';'
     )]
     pub kafka_options: Vec<String>,
+    /// librdkafka settings from a file, one `key=value` per line (`#`
+    /// starts a comment): secrets such as `sasl.password` stay out of argv
+    /// and the environment. --kafka-option settings come after them.
+    #[arg(long, env = "DESA_KAFKA_OPTION_FILE")]
+    pub kafka_option_file: Option<PathBuf>,
     /// Events per write to the store at most.
     #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]
     pub kafka_batch_events: usize,
@@ -176,17 +181,35 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    /// `key=value` options as pairs; the error names the malformed one.
+    /// `key=value` options as pairs, the file's first; the error names the
+    /// malformed one (by line in the file, without its value).
     pub fn option_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
-        self.kafka_options
-            .iter()
-            .filter(|o| !o.trim().is_empty())
-            .map(|o| {
-                o.split_once('=')
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))
-            })
-            .collect()
+        let mut pairs = Vec::new();
+        if let Some(path) = &self.kafka_option_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --kafka-option-file {}", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = line.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--kafka-option-file {} line {}: expected key=value",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+                pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        for o in self.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))?;
+            pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(pairs)
     }
 }
 

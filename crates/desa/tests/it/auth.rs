@@ -282,3 +282,66 @@ fn the_database_password_comes_from_a_file_or_libpqs_variables() {
     let (ok, err) = migrate(&[], &[("PGPASSFILE", passfile.to_str().unwrap())]);
     assert!(ok, "{err}");
 }
+
+/// A node listening beyond loopback without --auth-file says, at start,
+/// that anyone who reaches it can read and write; one on loopback does not.
+#[test]
+fn a_node_open_to_the_network_without_credentials_warns() {
+    for (listen, warns) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("desa listening on"), "{first}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.contains("anyone who reaches"),
+            warns,
+            "{listen}:\n{text}"
+        );
+    }
+}
+
+/// Kafka settings from --kafka-option-file reach librdkafka (this build has
+/// no TLS in librdkafka, so `security.protocol=sasl_ssl` stops the start,
+/// saying why), a malformed line is named by number, and no error shows the
+/// file's secret.
+#[test]
+fn kafka_options_come_from_a_file_and_its_secrets_stay_out_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kafka.conf");
+    let start = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        TestServer::start_in(
+            &dir.path().join("data"),
+            &[
+                "--kafka-brokers",
+                "127.0.0.1:1",
+                "--kafka-topic",
+                "t",
+                "--kafka-option-file",
+                file.to_str().unwrap(),
+            ],
+        )
+        .err()
+        .expect("the node started")
+    };
+    let err = start("# SASL over TLS\nsecurity.protocol=sasl_ssl\nsasl.mechanism=PLAIN\nsasl.username=desa\nsasl.password=topsecret-42\n");
+    assert!(err.contains("security.protocol"), "{err}");
+    assert!(!err.contains("topsecret-42"), "{err}");
+    let err = start("sasl.username=desa\nsasl.password topsecret-42\n");
+    assert!(err.contains("line 2: expected key=value"), "{err}");
+    assert!(!err.contains("topsecret-42"), "{err}");
+}
