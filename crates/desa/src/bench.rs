@@ -129,10 +129,27 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long, env = "DESA_BENCH_OUT")]
     pub out: Option<PathBuf>,
+    /// Bearer token for the nodes the bench starts, when they read an auth
+    /// file (`DESA_AUTH_FILE` in the environment they inherit).
+    #[arg(long, env = "DESA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CAs to trust when the nodes speak HTTPS
+    /// (`DESA_TLS_CERT` and `DESA_TLS_KEY` in their environment).
+    #[arg(long, env = "DESA_CACERT")]
+    pub cacert: Option<PathBuf>,
     /// The node's `--memory-budget`: the peak resident memory is reported
     /// against it, and marked when over.
     #[arg(long, env = "DESA_BENCH_MEMORY_BUDGET", default_value = "1GiB", value_parser = crate::units::parse_size)]
     pub memory_budget: u64,
+}
+
+impl BenchArgs {
+    /// A client of a node the bench started, with --token and --cacert.
+    fn client(&self, base: &str) -> Result<Client> {
+        Client::new(base)
+            .with_token(self.token.clone())
+            .with_cacert(self.cacert.as_deref())
+    }
 }
 
 /// Draws the parameters of one timed query.
@@ -693,7 +710,7 @@ fn start_and_load(
     input: &Path,
 ) -> Result<(Target, u64, Duration)> {
     let node = start_node(data_dir, node_args)?;
-    let client = Client::new(&node.base);
+    let client = args.client(&node.base)?;
     client.wait_ready(Duration::from_secs(300))?;
     if !reuse && args.store.is_some() {
         let stored = client.get_json("/healthz", &[])?["stored_events"]

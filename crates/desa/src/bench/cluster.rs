@@ -132,7 +132,10 @@ pub(super) fn bench_workers(
         let _ = std::fs::remove_dir_all(&dir);
         nodes.push(start_node(&dir, &extra)?);
     }
-    let clients: Vec<Client> = nodes.iter().map(|w| Client::new(&w.base)).collect();
+    let clients: Vec<Client> = nodes
+        .iter()
+        .map(|w| args.client(&w.base))
+        .collect::<Result<_>>()?;
     for c in &clients {
         c.wait_ready(Duration::from_secs(300))?;
     }

@@ -32,7 +32,7 @@ pub(super) fn bench_kafka(
     extra.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
     let started = Instant::now();
     let node = start_node(data_dir, &extra)?;
-    let client = Client::new(&node.base);
+    let client = args.client(&node.base)?;
     let bar = progress_bar(produced.delivered, "consume");
     loop {
         let stored = client.get_json("/healthz", &[])?["stored_events"]
