@@ -52,8 +52,9 @@ impl PgStore {
                         shards,
                     };
                     let token = self.shared.cfg.peer_token.as_deref();
+                    let agent = &self.shared.peers;
                     scope.spawn(move || {
-                        let got = ask(&owner, &req, token);
+                        let got = ask(agent, &owner, &req, token);
                         (req.shards, got)
                     })
                 })
@@ -133,9 +134,14 @@ impl PgStore {
 
 /// An owner's part, or `None` if it did not give one (unreachable, timed
 /// out, or no longer holding the shards).
-fn ask(owner: &Owner, req: &PartRequest, token: Option<&str>) -> Option<Partial> {
+fn ask(
+    agent: &ureq::Agent,
+    owner: &Owner,
+    req: &PartRequest,
+    token: Option<&str>,
+) -> Option<Partial> {
     let url = format!("{}/v1/internal/partial", owner.url.trim_end_matches('/'));
-    let mut call = ureq::post(&url).timeout(PART_TIMEOUT);
+    let mut call = agent.post(&url).timeout(PART_TIMEOUT);
     if let Some(t) = token {
         call = call.set("Authorization", &format!("Bearer {t}"));
     }
@@ -152,4 +158,31 @@ fn ask(owner: &Owner, req: &PartRequest, token: Option<&str>) -> Option<Partial>
             |e| tracing::warn!(owner = %owner.worker, error = %e, "an owner's part did not parse"),
         )
         .ok()
+}
+
+/// The client a worker asks the others with: over HTTPS it trusts the CAs
+/// of `cacert` (`--peer-cacert`, PEM) if given, else the well-known public
+/// CAs.
+pub(crate) fn peer_agent(cacert: Option<&std::path::Path>) -> crate::error::Result<ureq::Agent> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let builder = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
+    let Some(path) = cacert else {
+        return Ok(builder.build());
+    };
+    let bad =
+        |e: String| crate::error::Error::Config(format!("--peer-cacert {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(builder.tls_config(std::sync::Arc::new(config)).build())
 }

@@ -29,6 +29,7 @@
 //!     shards: desa_postgres::schema::DEFAULT_SHARDS,
 //!     advertise_url: Some("http://10.0.0.7:8080".into()),
 //!     peer_token: None,
+//!     peer_cacert: None,
 //!     password_file: None,
 //! }).unwrap();
 //! println!("{} events stored", store.stats().stored_events);

@@ -67,6 +67,9 @@ pub struct PgConfig {
     /// The bearer token this worker shows the others when it asks them for
     /// their parts (their `--auth-file`'s `query` scope).
     pub peer_token: Option<String>,
+    /// PEM file of the CAs the other workers' HTTPS certificates chain to
+    /// (`--peer-cacert`; default: the well-known public CAs).
+    pub peer_cacert: Option<PathBuf>,
     /// `--store-password-file`: the password, when the URL holds none (see
     /// `password`).
     pub password_file: Option<PathBuf>,
@@ -83,6 +86,8 @@ pub(crate) struct Shared {
     claims: Mutex<Claims>,
     /// Who holds the other shards, as last read.
     pub(crate) owners: OwnerCache,
+    /// The client that asks the other workers for their parts.
+    pub(crate) peers: ureq::Agent,
     /// Events in the catalog, every shard's, as of the last probe.
     catalog_events: AtomicU64,
     /// Shards this worker answered for because their owner did not.
@@ -152,6 +157,7 @@ impl PgStore {
         // connection, without the writers' idle-transaction timeout.
         blocks.sync(&mut connect(&pg, false)?)?;
         blocks.remove_unlisted(std::time::Duration::ZERO);
+        let peers = crate::fanout::peer_agent(cfg.peer_cacert.as_deref())?;
         let shared = Arc::new(Shared {
             cfg,
             pg,
@@ -160,6 +166,7 @@ impl PgStore {
             blocks,
             claims: Mutex::new(Claims::default()),
             owners: OwnerCache::default(),
+            peers,
             catalog_events: AtomicU64::new(0),
             borrowed: AtomicU64::new(0),
             epochs: Mutex::new(HashMap::new()),

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// this worker shows the others when it asks them for their parts.
     #[arg(long, env = "DESA_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
+    /// Cluster mode with --tls-cert: PEM file of the CAs the other workers'
+    /// certificates chain to (default: the well-known public CAs).
+    #[arg(long, env = "DESA_PEER_CACERT")]
+    pub peer_cacert: Option<PathBuf>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -324,6 +328,7 @@ impl Node {
                     retention_secs: args.retention,
                     shards: args.shards,
                     peer_token: args.peer_token.clone(),
+                    peer_cacert: args.peer_cacert.clone(),
                     password_file: args.store_password_file.clone(),
                     advertise_url: Some(
                         args.advertise_url

@@ -264,6 +264,7 @@ pub fn open_store_keeping(
         shards: desa_postgres::schema::DEFAULT_SHARDS,
         advertise_url: None,
         peer_token: None,
+        peer_cacert: None,
         password_file: None,
     })
     .unwrap()

@@ -137,11 +137,12 @@ fn random_keys_a_join_a_pause_and_a_database_restart_keep_every_answer_exact() {
     eprintln!("copies after the churn: {held:?}");
 }
 
-/// With `--auth-file`, workers ask each other for their parts with
-/// `--peer-token`: every part is answered by its owner (none from the
+/// Workers that speak HTTPS with a certificate of a private CA and read an
+/// auth file ask each other for their parts with `--peer-token` and
+/// `--peer-cacert`: every part is answered by its owner (none from the
 /// store), and answers are exact.
 #[test]
-fn workers_with_an_auth_file_ask_each_other_with_the_peer_token() {
+fn workers_over_https_with_an_auth_file_ask_each_other_with_the_peer_token() {
     use desa_server::auth::token_hash_hex;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("auth");
@@ -154,6 +155,17 @@ fn workers_with_an_auth_file_ask_each_other_with_the_peer_token() {
         ),
     )
     .unwrap();
+    let (ca, cert, key) = crate::pg::ca_and_server_cert(&["localhost", "127.0.0.1"]);
+    let path = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca_file, cert_file, key_file) = (
+        path("ca.pem", &ca),
+        path("cert.pem", &cert),
+        path("key.pem", &key),
+    );
     let broker = Broker::start();
     broker.create_topic("ev", 2);
     let pg = Postgres::start();
@@ -163,23 +175,59 @@ fn workers_with_an_auth_file_ask_each_other_with_the_peer_token() {
         file.to_str().unwrap(),
         "--peer-token",
         "peer-token-1",
+        "--tls-cert",
+        &cert_file,
+        "--tls-key",
+        &key_file,
+        "--peer-cacert",
+        &ca_file,
     ];
     let a = crate::cluster::worker_with(&addr, "ev", "auth", &pg, &extra);
     let b = crate::cluster::worker_with(&addr, "ev", "auth", &pg, &extra);
-    wait_assigned(&a);
-    wait_assigned(&b);
-    wait_covered(&[&a, &b], 2);
-    let (lines, oracle) = seeded(44, 10_000, 0.0);
-    produce(&broker, "ev", lines);
-    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
+    let agent = crate::tls::agent_trusting(&ca);
     let ask = |w: &TestServer, path: &str| -> String {
-        ureq::get(&format!("{}{path}", w.base))
+        agent
+            .get(&format!("{}{path}", w.base))
             .set("Authorization", "Bearer admin-token-1")
             .call()
             .unwrap()
             .into_string()
             .unwrap()
     };
+    let health = |w: &TestServer| -> serde_json::Value {
+        serde_json::from_str(&ask(w, "/healthz")).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned: usize = [&a, &b]
+            .iter()
+            .map(|w| {
+                health(w)["components"]["kafka"]["assigned_partitions"]
+                    .as_array()
+                    .map_or(0, |p| p.len())
+            })
+            .sum();
+        let both = [&a, &b].iter().all(|w| {
+            health(w)["components"]["kafka"]["assigned_partitions"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        });
+        if owned == 2 && both {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two partitions were never shared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (lines, oracle) = seeded(44, 10_000, 0.0);
+    produce(&broker, "ev", lines);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while health(&a)["stored_events"].as_u64() != Some(oracle.events.len() as u64) {
+        assert!(Instant::now() < deadline, "not all stored: {}", health(&a));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for w in [&a, &b] {
         for t in ["co2", "temperature"] {
             let body: serde_json::Value = serde_json::from_str(&ask(
@@ -194,7 +242,7 @@ fn workers_with_an_auth_file_ask_each_other_with_the_peer_token() {
         let metrics = ask(w, "/metrics");
         assert!(
             metrics.contains("desa_postgres_shards_answered_for_owners_total 0"),
-            "a part was refused to the peer token:\n{metrics}"
+            "a part was not answered by its owner:\n{metrics}"
         );
     }
 }

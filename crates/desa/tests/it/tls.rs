@@ -12,7 +12,7 @@ use crate::pg::ca_and_server_cert;
 use crate::support::TestServer;
 
 /// An agent that trusts only the CA in `ca_pem`.
-fn agent_trusting(ca_pem: &str) -> ureq::Agent {
+pub(crate) fn agent_trusting(ca_pem: &str) -> ureq::Agent {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
