@@ -67,6 +67,14 @@ fn summary_part(section: usize) -> &'static str {
         | sum::S_POINT_COUNT
         | sum::S_POINT_SUM_HI
         | sum::S_POINT_SUM_LO => "summaries: k-d trees",
+        sum::S_EXTENT_SERIES
+        | sum::S_EXTENT_MIN_LAT
+        | sum::S_EXTENT_LAT_SPAN
+        | sum::S_EXTENT_MIN_LON
+        | sum::S_EXTENT_LON_SPAN
+        | sum::S_TYPE_EXTENTS
+        | sum::S_EXTENT_NODES
+        | sum::S_TYPE_EXTENT_NODES => "summaries: device extents",
         _ => "summaries: series and device lists",
     }
 }
@@ -172,6 +180,10 @@ mod tests {
         .map(|p| b.bytes.get(p).copied().unwrap_or(0))
         .sum::<u64>()
             + b.bytes.get("summaries: k-d trees").copied().unwrap_or(0)
+            + b.bytes
+                .get("summaries: device extents")
+                .copied()
+                .unwrap_or(0)
             + b.bytes
                 .get("summaries: series and device lists")
                 .copied()

@@ -379,7 +379,7 @@ impl Engine {
     pub fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> Result<GeoAnswer> {
         let (count, sum) = self.count_and_sum(
             w,
-            &|s| s.has_geo(event_type),
+            &query::geo_use(event_type),
             |h| h.geo(event_type, bbox, w),
             |plan| query::geo(plan, event_type, bbox, w),
         )?;

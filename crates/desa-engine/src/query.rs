@@ -37,12 +37,15 @@ use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 use crate::head::{ByCount, Head};
 use crate::packed::IdList;
 use crate::segment::Segment;
-use crate::summary::{self, LiveSummary, Summary};
+use crate::summary::{self, GeoPart, LiveSummary, Summary};
 
 /// The files that answer one window: summaries of whole-day blocks inside
 /// it, and every segment overlapping it that those summaries do not hold.
 pub(crate) struct Plan<'a> {
     pub summaries: Vec<&'a Summary>,
+    /// For each summary the plan [uses with its segments](Use::WithSegments),
+    /// the segments it covers; for the others none.
+    pub held: Vec<Vec<&'a Segment>>,
     pub segments: Vec<&'a Segment>,
 }
 
@@ -50,22 +53,43 @@ impl Plan<'_> {
     /// Verifies the checksum of every file the plan reads (once per file).
     pub fn verify(&self) -> crate::error::Result<()> {
         self.summaries.iter().try_for_each(|s| s.verify())?;
+        self.held.iter().flatten().try_for_each(|s| s.verify())?;
         self.segments.iter().try_for_each(|s| s.verify())
     }
 }
 
-/// Whether a summary can answer the query at hand (a geo query cannot be
-/// answered by a summary without the type's points).
-pub(crate) type Answers<'f> = &'f dyn Fn(&Summary) -> bool;
+/// How a plan uses a summary of its window's cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Not at all: the segments it covers answer instead.
+    Not,
+    /// Alone.
+    Alone,
+    /// With the segments it covers at hand (`Plan::held`): a geo query over
+    /// device extents reads the devices the box's edge cuts from them.
+    WithSegments,
+}
 
-/// Every summary answers avg and top-K.
-pub(crate) fn all(_: &Summary) -> bool {
-    true
+/// How a plan uses each summary for the query at hand.
+pub(crate) type Answers<'f> = &'f dyn Fn(&Summary) -> Use;
+
+/// Every summary answers avg and top-K alone.
+pub(crate) fn all(_: &Summary) -> Use {
+    Use::Alone
+}
+
+/// How a geo query of `event_type` uses a summary.
+pub(crate) fn geo_use(event_type: &str) -> impl Fn(&Summary) -> Use + '_ {
+    move |s| match s.geo_part(event_type) {
+        GeoPart::Points => Use::Alone,
+        GeoPart::Extents => Use::WithSegments,
+        GeoPart::Segments => Use::Not,
+    }
 }
 
 /// The plan of a window: the summaries of a dyadic cover of its whole days
-/// that `answers` accepts, and the segments of the rest (the days a
-/// refused summary would have held among them).
+/// that `answers` uses, and the segments of the rest (the days a refused
+/// summary would have held among them).
 pub(crate) fn plan<'a>(
     segments: &'a [Arc<Segment>],
     summaries: &'a [Arc<LiveSummary>],
@@ -73,7 +97,7 @@ pub(crate) fn plan<'a>(
     answers: Answers,
 ) -> Plan<'a> {
     let (first, end) = summary::whole_days(w.start, w.end);
-    let mut chosen: Vec<&LiveSummary> = Vec::new();
+    let mut chosen: Vec<(&LiveSummary, Use)> = Vec::new();
     if end - first >= 1 << summary::MIN_LEVEL && !summaries.is_empty() {
         let by_block: HashMap<(u32, i64), &LiveSummary> = summaries
             .iter()
@@ -81,29 +105,41 @@ pub(crate) fn plan<'a>(
             .collect();
         let blocks = by_block.keys().map(|&(l, d)| (d, l)).collect();
         for block in summary::cover(first, end, &blocks) {
-            chosen.extend(by_block.get(&block).filter(|s| answers(&s.file)));
+            if let Some(&s) = by_block.get(&block) {
+                let how = answers(&s.file);
+                if how != Use::Not {
+                    chosen.push((s, how));
+                }
+            }
         }
     }
     // `cover` returns blocks in day order; find a segment's by binary search.
-    let held = |s: &Segment| {
-        let Some(day) = s.meta.single_day() else {
-            return false;
-        };
-        let i = chosen.partition_point(|c| c.meta.days().1 <= day);
-        chosen
-            .get(i)
-            .is_some_and(|c| c.meta.days().0 <= day && c.meta.covers(s.meta.id))
+    let holder = |s: &Segment| {
+        let day = s.meta.single_day()?;
+        let i = chosen.partition_point(|(c, _)| c.meta.days().1 <= day);
+        let (c, _) = chosen.get(i)?;
+        (c.meta.days().0 <= day && c.meta.covers(s.meta.id)).then_some(i)
     };
+    let mut held: Vec<Vec<&Segment>> = vec![Vec::new(); chosen.len()];
+    let mut rest = Vec::new();
+    for s in segments
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.overlaps(w))
+    {
+        match holder(s) {
+            Some(i) if chosen[i].1 == Use::WithSegments => held[i].push(s),
+            Some(_) => continue,
+            None => rest.push(s),
+        }
+        s.touch();
+    }
     Plan {
-        segments: segments
-            .iter()
-            .map(|s| s.as_ref())
-            .filter(|s| s.overlaps(w) && !held(s))
-            .inspect(|s| s.touch())
-            .collect(),
+        segments: rest,
+        held,
         summaries: chosen
             .iter()
-            .map(|c| c.file.as_ref())
+            .map(|(c, _)| c.file.as_ref())
             .inspect(|s| s.touch())
             .collect(),
     }
@@ -130,23 +166,65 @@ pub(crate) fn avg(
     (count, sum)
 }
 
+/// Devices cut by a query box's edge that a summary's geo answer reads one
+/// by one from its segments; with more, it walks the segments' trees for
+/// the whole box instead (a walk for one device costs a descent to its
+/// extent, one for the box the whole edge).
+pub(crate) const MAX_CUT: usize = 8;
+
 pub(crate) fn geo(
     plan: &Plan,
     event_type: &str,
     bbox: &GeoBox,
     w: TimeWindow,
 ) -> (u64, DoubleDouble) {
-    let mut count = 0;
-    let mut sum = DoubleDouble::ZERO;
-    for s in &plan.summaries {
-        let (c, x) = s.geo(event_type, bbox);
-        count += c;
-        sum = sum + x;
+    let mut acc = (0, DoubleDouble::ZERO);
+    let mut add = |(c, x): (u64, DoubleDouble)| {
+        acc.0 += c;
+        acc.1 = acc.1 + x;
+    };
+    for (s, held) in plan.summaries.iter().zip(&plan.held) {
+        match s.geo_part(event_type) {
+            GeoPart::Points => add(s.geo(event_type, bbox)),
+            GeoPart::Extents | GeoPart::Segments => {
+                add(geo_by_extents(s, held, event_type, bbox, w))
+            }
+        }
     }
     for s in &plan.segments {
-        let (c, x) = s.geo(event_type, bbox, w);
-        count += c;
-        sum = sum + x;
+        add(s.geo(event_type, bbox, w));
+    }
+    acc
+}
+
+/// The geo answer of a summary that keeps the type's device extents, with
+/// the segments it covers: the devices inside the box from the summary,
+/// those its edge cuts from the segments (or, past [`MAX_CUT`] of them, the
+/// whole box from the segments).
+fn geo_by_extents(
+    s: &Summary,
+    held: &[&Segment],
+    event_type: &str,
+    bbox: &GeoBox,
+    w: TimeWindow,
+) -> (u64, DoubleDouble) {
+    let mut cut = Vec::new();
+    let (mut count, mut sum) = s.geo_extents(event_type, bbox, &mut cut);
+    if s.geo_part(event_type) != GeoPart::Extents || cut.len() > MAX_CUT {
+        (count, sum) = (0, DoubleDouble::ZERO);
+        for seg in held {
+            let (c, x) = seg.geo(event_type, bbox, w);
+            count += c;
+            sum = sum + x;
+        }
+        return (count, sum);
+    }
+    for c in &cut {
+        for seg in held {
+            let (n, x) = seg.geo_of_device(event_type, c.device, c.within, w);
+            count += n;
+            sum = sum + x;
+        }
     }
     (count, sum)
 }
@@ -705,6 +783,7 @@ mod tests {
             for (i, seg) in [&v2, &v1].into_iter().enumerate() {
                 let plan = Plan {
                     summaries: Vec::new(),
+                    held: Vec::new(),
                     segments: vec![seg],
                 };
                 let (got, run) = topk(&[], &no_counts, &plan, ty, w, k);

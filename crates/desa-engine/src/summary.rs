@@ -16,14 +16,15 @@
 //!   sum and bounding box. Sensors report from a fixed place, so a block
 //!   holds about one point per device and type however many events it has.
 //!   Devices that move give a point per event: a type whose locations fold
-//!   less than [`GEO_FOLD_MIN`] events into each point has no geo part (no
-//!   points), and geo queries over the block read the segments the summary
-//!   covers instead (see `query::plan`). A larger block built from a
-//!   summary without a type's points reads them from the segments that
-//!   summary covers, so a type whose locations fold over weeks but not over
-//!   two days still has them where they pay. A build gathers a type's
-//!   points a batch at a time and stops at the first batch that does not
-//!   fold (`points::gather`), so it never holds a block's events as points.
+//!   less than [`GEO_FOLD_MIN`] events into each point has no points and
+//!   keeps instead each device's *extent*, the box of its locations in the
+//!   block, in a k-d tree of its own (see [`extents`]). A device whose
+//!   extent lies inside the query box counts whole, one outside not at all,
+//!   and only the few whose extent the box's edge cuts are read from the
+//!   segments the summary covers, in the part of the box their extent
+//!   overlaps. A build gathers a type's points a batch at a time and stops
+//!   at the first batch that does not fold (`points::gather`), so it never
+//!   holds a block's events as points.
 //!
 //! A window `[start, end)` is answered from the summaries of a greedy
 //! dyadic cover of its whole days (at most two blocks per level), plus every
@@ -33,24 +34,27 @@
 //! so a summary is never invalidated; a summary with more than
 //! `EngineConfig::summary_max_extras` uncovered segments is refreshed.
 //!
-//! # File format (version 3, little-endian)
+//! # File format (version 4, little-endian)
 //! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
 //! the sections in the order of the S_* constants below, and footer words:
 //! types, series, points, nodes, level, first_day, events, leaf_points,
-//! devices. Version 3 stores each device's name once (`crate::names`);
-//! version 2 kept one per series, and eight words. Versions 2 and 3 pack
-//! the per-series and per-point columns (`crate::packed`) and round node
-//! boxes outwards to f32; they may leave a type without points. Version 1
-//! (fixed-width columns, points for every type) is still read.
+//! devices, extents, extent nodes. Version 3 is version 4 without extents
+//! (a type without points is read from the segments) and nine words.
+//! Version 3 stores each device's name once (`crate::names`); version 2
+//! kept one per series, and eight words. Versions 2 on pack the per-series
+//! and per-point columns (`crate::packed`) and round node boxes outwards to
+//! f32; they may leave a type without points. Version 1 (fixed-width
+//! columns, points for every type) is still read.
 
 mod build;
+pub(crate) mod extents;
 mod points;
 mod read;
 
 use std::collections::BTreeSet;
 
 pub use build::{write_summary, Input};
-pub use read::Summary;
+pub use read::{Cut, GeoPart, Summary};
 
 /// Smallest block: 2 days. Each level costs about as much disk as the next
 /// (a block holds about one entry per device and type, whatever its length),
@@ -100,13 +104,35 @@ pub(crate) const S_POINT_SUM_LO: usize = 16;
 /// v3: each series' device, as its index in [`S_DEV_BLOB`] (packed ints x
 /// series; ascending within a type).
 pub(crate) const S_SERIES_DEV: usize = 17;
-pub(crate) const SECTION_COUNT: usize = 18;
+/// v4: the device extents of the types without points (`extents`), in k-d
+/// order per type: each one's series (packed ints, counted from its type's
+/// first), its box on the grid of [`extents::GRID`] (packed ints: least
+/// latitude, latitude span, least longitude, longitude span), the extents
+/// and k-d nodes (`CompactGeoNode`) of each type.
+pub(crate) const S_EXTENT_SERIES: usize = 18;
+pub(crate) const S_EXTENT_MIN_LAT: usize = 19;
+pub(crate) const S_EXTENT_LAT_SPAN: usize = 20;
+pub(crate) const S_EXTENT_MIN_LON: usize = 21;
+pub(crate) const S_EXTENT_LON_SPAN: usize = 22;
+pub(crate) const S_TYPE_EXTENTS: usize = 23; // u32 x (types + 1)
+pub(crate) const S_EXTENT_NODES: usize = 24;
+pub(crate) const S_TYPE_EXTENT_NODES: usize = 25; // u32 x (types + 1)
+pub(crate) const SECTION_COUNT: usize = 26;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
     footer: b"DESASUMF",
-    version: 3,
+    version: 4,
     sections: SECTION_COUNT,
+    words: 11,
+};
+
+/// Version 4 less the device extents. Read, never written.
+pub(crate) static FORMAT_V3: crate::sections::Format = crate::sections::Format {
+    header: b"DESASUM1",
+    footer: b"DESASUMF",
+    version: 3,
+    sections: S_EXTENT_SERIES,
     words: 9,
 };
 

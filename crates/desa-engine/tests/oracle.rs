@@ -281,12 +281,14 @@ fn forty_days(seed: u64, tweak: impl FnOnce(&mut GenConfig)) -> Generator {
 
 /// Bytes the summaries of the data dir at `dir` spend on points and trees.
 fn summary_point_bytes(dir: &std::path::Path) -> u64 {
+    summary_bytes(dir, "summaries: k-d trees")
+}
+
+/// Bytes the files of the data dir at `dir` spend on `part` (a part of
+/// `desa_engine::breakdown`).
+fn summary_bytes(dir: &std::path::Path, part: &str) -> u64 {
     let parts = desa_engine::breakdown::storage_breakdown(dir).unwrap();
-    parts
-        .bytes
-        .get("summaries: k-d trees")
-        .copied()
-        .unwrap_or(0)
+    parts.bytes.get(part).copied().unwrap_or(0)
 }
 
 /// Whole-day blocks of 2 to 32 days are summarized once event time has
@@ -368,9 +370,10 @@ fn topk_under_flat_activity_adds_up_every_list() {
 }
 
 /// Devices that move (a new GPS fix for every event) give summaries no
-/// locations to fold: their geo part is left out, so that they stay a small
-/// fraction of the segments, and geo windows over them read the segments
-/// the summaries hold, still matching the oracle.
+/// locations to fold: instead of points they keep each device's extent, so
+/// that they stay a small fraction of the segments, and geo windows over
+/// them read only the devices a box's edge cuts from the segments the
+/// summaries hold, still matching the oracle.
 #[test]
 fn moving_devices_leave_summaries_without_points() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,15 +385,96 @@ fn moving_devices_leave_summaries_without_points() {
     engine.settle().unwrap();
     assert!(engine.stats().summaries >= 15);
     let points = summary_point_bytes(dir.path());
+    let extents = summary_bytes(dir.path(), "summaries: device extents");
     let segments = engine.stats().segment_bytes;
+    // One extent per device and block: at 5 events per device and day
+    // here, a third of the segments; at 10M events, where a device has tens
+    // per block, a small fraction (`docs/BENCHMARKS.md`). A point per event
+    // would be several times the segments.
     assert!(
-        points * 100 <= segments,
-        "summaries hold {points} bytes of points beside {segments} of segments"
+        points * 100 <= segments && extents > 0 && extents * 2 <= segments,
+        "summaries hold {points} bytes of points and {extents} of extents \
+         beside {segments} of segments"
     );
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
     drop(engine);
     let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
     check_windows(&engine, &oracle, &mut rng, &devices, 100, long_window);
+}
+
+/// 300 devices that roam 5 km around homes packed into one square degree:
+/// boxes of a few kilometres cut a handful of devices' extents, which geo
+/// answers read one by one from the segments; boxes of tens of kilometres
+/// cut more than that, and the segments answer for the whole box. Either
+/// way, over summarized days, before and after a reopen, and with late
+/// events beside the summaries, the answers match the oracle.
+#[test]
+fn boxes_that_cut_roaming_devices_match_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = summarizing(dir.path());
+    let mut rng = StdRng::seed_from_u64(15);
+    let homes: Vec<(f64, f64)> = (0..300)
+        .map(|_| (rng.gen_range(10.0..11.0), rng.gen_range(20.0..21.0)))
+        .collect();
+    let event = |rng: &mut StdRng, ts: i64| {
+        let d = rng.gen_range(0..homes.len());
+        let (lat, lon) = homes[d];
+        Event {
+            device_id: format!("roamer-{d}"),
+            ts_secs: ts,
+            event_type: "temperature".into(),
+            value: f64::from(rng.gen_range(-400..400)) * 0.125,
+            latitude: lat + rng.gen_range(-0.05..0.05),
+            longitude: lon + rng.gen_range(-0.05..0.05),
+            metadata: None,
+        }
+    };
+    let mut oracle = Oracle::default();
+    let engine = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    for day in 0..40 {
+        let batch: Vec<Event> = (0..1_000)
+            .map(|_| {
+                let ts = T0 + day * DAY + rng.gen_range(0..DAY);
+                event(&mut rng, ts)
+            })
+            .collect();
+        oracle.events.extend(batch.iter().cloned());
+        engine.write(WriteRequest::events(batch)).unwrap();
+    }
+    engine.settle().unwrap();
+    assert!(engine.stats().summaries >= 15);
+    assert!(summary_bytes(dir.path(), "summaries: device extents") > 0);
+    let check = |engine: &Engine, oracle: &Oracle, rng: &mut StdRng| {
+        for _ in 0..300 {
+            let w = long_window(rng, oracle);
+            let size = [0.005, 0.02, 0.1, 0.5][rng.gen_range(0..4)];
+            let (lat, lon) = (rng.gen_range(9.9..11.1), rng.gen_range(19.9..21.1));
+            let b = GeoBox::new(lat, lat + size, lon, lon + size).unwrap();
+            let (got, want) = (
+                engine.geo("temperature", &b, w).unwrap(),
+                oracle.geo("temperature", &b, w),
+            );
+            assert_eq!(got.count, want.count, "geo count {b:?} {w:?}");
+            match (got.avg, want.avg) {
+                (Some(x), Some(y)) => assert!(close(x, y, 1e-9), "geo avg {x} vs {y}"),
+                (x, y) => assert_eq!(x, y),
+            }
+        }
+    };
+    check(&engine, &oracle, &mut rng);
+    let late: Vec<Event> = (0..500)
+        .map(|_| {
+            let ts = T0 + rng.gen_range(0..36 * DAY);
+            event(&mut rng, ts)
+        })
+        .collect();
+    oracle.events.extend(late.iter().cloned());
+    engine.write(WriteRequest::events(late)).unwrap();
+    engine.flush().unwrap();
+    check(&engine, &oracle, &mut rng);
+    drop(engine);
+    let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    check(&engine, &oracle, &mut rng);
 }
 
 /// Fixed sensors that report once every two days: a two-day block has one

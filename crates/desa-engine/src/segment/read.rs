@@ -533,6 +533,27 @@ impl Segment {
         }))
     }
 
+    /// The location and row of each row of type `t`: in k-d order, or in
+    /// versions 1 and 2 in row order.
+    pub fn located_rows(&self, t: usize) -> Box<dyn Iterator<Item = (f64, f64, usize)> + '_> {
+        let rows = self.type_rows(t);
+        if self.version < 3 {
+            let (lat, lon) = (self.f64s(S_LAT), self.f64s(S_LON));
+            return Box::new(rows.map(move |i| (lat[i], lon[i], i)));
+        }
+        let (lat, lon, row) = (
+            self.packed(S_KD_LAT),
+            self.packed(S_KD_LON),
+            self.packed(S_KD_ROW),
+        );
+        Box::new(rows.map(move |i| (lat.float(i), lon.float(i), self.kd_row(&row, i))))
+    }
+
+    /// The first row of each series of type `t`, ascending.
+    pub fn series_starts(&self, t: usize) -> Vec<usize> {
+        self.type_series(t).map(|s| self.series_row(s)).collect()
+    }
+
     /// Sum of the values of series `s`, all time.
     pub fn series_sum(&self, s: usize) -> DoubleDouble {
         let (lo, hi) = self.series_rows(s);

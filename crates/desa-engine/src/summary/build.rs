@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use desa_model::DoubleDouble;
 
-use super::points;
 use super::*;
+use super::{extents, points};
 use crate::error::{Error, Result};
 use crate::names::Dictionary;
 use crate::packed::Packer;
@@ -201,35 +201,116 @@ fn join(a: &GeoNode, b: &GeoNode) -> GeoNode {
     }
 }
 
-/// Reorders `points` into k-d order (split on lat, then lon) and fills the
-/// heap-layout `nodes`: leaves from their points, inner nodes from their
+/// What the k-d build orders: a point, or a device's extent.
+trait Spread {
+    /// The node of this one entry.
+    fn node(&self) -> GeoNode;
+    /// Where it sorts on the latitude (`lat`) or longitude axis.
+    fn key(&self, lat: bool) -> f64;
+}
+
+impl Spread for GeoPoint {
+    fn node(&self) -> GeoNode {
+        GeoNode {
+            min_lat: self.lat,
+            max_lat: self.lat,
+            min_lon: self.lon,
+            max_lon: self.lon,
+            count: self.count,
+            sum_hi: self.sum_hi,
+            sum_lo: self.sum_lo,
+        }
+    }
+    fn key(&self, lat: bool) -> f64 {
+        if lat {
+            self.lat
+        } else {
+            self.lon
+        }
+    }
+}
+
+/// A device's extent in the build: its series (counted from its type's
+/// first), the box on the grid and in degrees, and the series' totals.
+#[derive(Clone, Copy)]
+struct Extent {
+    series: u32,
+    grid: extents::GridBox,
+    node: GeoNode,
+}
+
+impl Spread for Extent {
+    fn node(&self) -> GeoNode {
+        self.node
+    }
+    fn key(&self, lat: bool) -> f64 {
+        if lat {
+            self.node.min_lat + self.node.max_lat
+        } else {
+            self.node.min_lon + self.node.max_lon
+        }
+    }
+}
+
+/// Reorders `items` into k-d order (split on lat, then lon) and fills the
+/// heap-layout `nodes`: leaves from their items, inner nodes from their
 /// children.
-fn build_tree(points: &mut [GeoPoint], nodes: &mut [GeoNode], i: usize, depth: u32, max: u32) {
-    if depth == max || points.is_empty() {
-        nodes[i] = points.iter().fold(EMPTY_NODE, |n, p| {
-            let leaf = GeoNode {
-                min_lat: p.lat,
-                max_lat: p.lat,
-                min_lon: p.lon,
-                max_lon: p.lon,
-                count: p.count,
-                sum_hi: p.sum_hi,
-                sum_lo: p.sum_lo,
-            };
-            join(&n, &leaf)
-        });
+fn build_tree<T: Spread>(items: &mut [T], nodes: &mut [GeoNode], i: usize, depth: u32, max: u32) {
+    if depth == max || items.is_empty() {
+        nodes[i] = items.iter().fold(EMPTY_NODE, |n, p| join(&n, &p.node()));
         return;
     }
-    let mid = points.len() / 2;
-    if depth.is_multiple_of(2) {
-        points.select_nth_unstable_by(mid, |a, b| a.lat.total_cmp(&b.lat));
-    } else {
-        points.select_nth_unstable_by(mid, |a, b| a.lon.total_cmp(&b.lon));
-    }
-    let (left, right) = points.split_at_mut(mid);
+    let mid = items.len() / 2;
+    let lat = depth.is_multiple_of(2);
+    items.select_nth_unstable_by(mid, |a, b| a.key(lat).total_cmp(&b.key(lat)));
+    let (left, right) = items.split_at_mut(mid);
     build_tree(left, nodes, 2 * i + 1, depth + 1, max);
     build_tree(right, nodes, 2 * i + 2, depth + 1, max);
     nodes[i] = join(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+}
+
+/// `items` in k-d order, appended with their tree's nodes to `nodes`.
+fn append_tree<T: Spread>(items: &mut [T], nodes: &mut Vec<GeoNode>) {
+    let base = nodes.len();
+    let n = items.len();
+    nodes.resize(
+        base + kd_nodes(n, GEO_LEAF_POINTS),
+        bytemuck::Zeroable::zeroed(),
+    );
+    if n > 0 {
+        let max = kd_depth(n, GEO_LEAF_POINTS);
+        build_tree(items, &mut nodes[base..], 0, 0, max);
+    }
+}
+
+/// The extents of type `t` of `series` (see [`extents`]), or none when
+/// some of its locations are not at hand.
+fn extents_of(inputs: &[Input], name: &str, series: &Series, t: usize) -> Vec<Extent> {
+    let range = series.type_series[t] as usize..series.type_series[t + 1] as usize;
+    let Some(boxes) = extents::gather(inputs, name, &series.devices[range.clone()]) else {
+        return Vec::new();
+    };
+    boxes
+        .into_iter()
+        .zip(range)
+        .enumerate()
+        .map(|(j, (grid, s))| {
+            let [min_lat, max_lat, min_lon, max_lon] = extents::degrees(&grid);
+            Extent {
+                series: j as u32,
+                grid,
+                node: GeoNode {
+                    min_lat,
+                    max_lat,
+                    min_lon,
+                    max_lon,
+                    count: series.count[s],
+                    sum_hi: series.sum_hi[s],
+                    sum_lo: series.sum_lo[s],
+                },
+            }
+        })
+        .collect()
 }
 
 /// Writes the summary of `inputs` for the block (`level`, `first_day`) at
@@ -286,7 +367,6 @@ fn write_sections(
     w.section(&Packer::floats(&series.sum_lo))?;
     w.section(&Packer::ints(&topk))?;
     let series_count = series.count.len() as u64;
-    drop(series);
     drop(topk);
 
     let mut type_points = vec![0u32];
@@ -295,27 +375,41 @@ fn write_sections(
     // The kept points of every type, column by column.
     let mut columns: [Vec<f64>; 4] = Default::default();
     let mut point_counts: Vec<i64> = Vec::new();
-    for name in &type_names {
+    let mut type_extents = vec![0u32];
+    let mut type_extent_nodes = vec![0u32];
+    let mut extent_nodes: Vec<GeoNode> = Vec::new();
+    // The extents of every type without points: series, then the grid box
+    // as least latitude, span, least longitude, span.
+    let mut extent_columns: [Vec<i64>; 5] = Default::default();
+    for (t, name) in type_names.iter().enumerate() {
         let mut points = points::gather(inputs, name, points::FOLD_BATCH).points;
-        let base = nodes.len();
-        let n = points.len();
-        nodes.resize(
-            base + kd_nodes(n, GEO_LEAF_POINTS),
-            bytemuck::Zeroable::zeroed(),
-        );
-        if n > 0 {
-            let max = kd_depth(n, GEO_LEAF_POINTS);
-            build_tree(&mut points, &mut nodes[base..], 0, 0, max);
-        }
+        append_tree(&mut points[..], &mut nodes);
         for p in &points {
             for (column, x) in columns.iter_mut().zip([p.lat, p.lon, p.sum_hi, p.sum_lo]) {
                 column.push(x);
             }
             point_counts.push(p.count as i64);
         }
-        type_points.push(type_points[type_points.len() - 1] + n as u32);
+        type_points.push(type_points[type_points.len() - 1] + points.len() as u32);
         type_nodes.push(nodes.len() as u32);
+
+        let mut extents = if points.is_empty() {
+            extents_of(inputs, name, &series, t)
+        } else {
+            Vec::new()
+        };
+        append_tree(&mut extents[..], &mut extent_nodes);
+        for e in &extents {
+            let g = e.grid;
+            let row = [i64::from(e.series), g[0], g[1] - g[0], g[2], g[3] - g[2]];
+            for (column, x) in extent_columns.iter_mut().zip(row) {
+                column.push(x);
+            }
+        }
+        type_extents.push(type_extents[type_extents.len() - 1] + extents.len() as u32);
+        type_extent_nodes.push(extent_nodes.len() as u32);
     }
+    drop(series);
     let [lat, lon, sum_hi, sum_lo] = columns;
     let nodes: Vec<CompactGeoNode> = nodes.iter().map(CompactGeoNode::of).collect();
     w.section(&Packer::floats(&lat))?;
@@ -327,6 +421,13 @@ fn write_sections(
     w.section(&Packer::floats(&sum_hi))?;
     w.section(&Packer::floats(&sum_lo))?;
     w.section(&Packer::ints(&devices.index))?;
+    for column in &extent_columns {
+        w.section(&Packer::ints(column))?;
+    }
+    w.section(b(&type_extents))?;
+    let extent_nodes: Vec<CompactGeoNode> = extent_nodes.iter().map(CompactGeoNode::of).collect();
+    w.section(bytemuck::cast_slice(&extent_nodes))?;
+    w.section(b(&type_extent_nodes))?;
     let bytes = w.finish(&[
         types as u64,
         series_count,
@@ -337,6 +438,8 @@ fn write_sections(
         events,
         GEO_LEAF_POINTS as u64,
         devices.len() as u64,
+        u64::from(type_extents[types]),
+        extent_nodes.len() as u64,
     ])?;
     Ok((events, bytes))
 }

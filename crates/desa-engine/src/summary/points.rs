@@ -36,7 +36,7 @@ fn sources<'a>(inputs: &[Input<'a>], name: &str) -> Option<Vec<Source<'a>>> {
             Input::Segment(s) => out.push(Source::Segment(s)),
             Input::Summary(s, covered) => match s.find_type(name) {
                 None => {}
-                Some(t) if s.has_geo(name) => out.push(Source::Summary(s, t)),
+                Some(t) if s.geo_part(name) == GeoPart::Points => out.push(Source::Summary(s, t)),
                 Some(_) => {
                     let covered: &[Arc<Segment>] = covered?;
                     out.extend(covered.iter().map(|seg| Source::Segment(seg)));

@@ -12,6 +12,21 @@ use crate::packed::{IdList, Packed};
 use crate::sections::{SectionFile, Verify};
 use crate::segment::kd_depth;
 
+mod extents;
+pub use extents::Cut;
+
+/// How a summary answers geo queries for one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoPart {
+    /// From its points (or the type is not in the block).
+    Points,
+    /// From its device extents and, for the devices the box's edge cuts,
+    /// the segments it covers.
+    Extents,
+    /// Not at all: the segments it covers answer instead.
+    Segments,
+}
+
 /// An open, checksum-verified summary.
 pub struct Summary {
     path: PathBuf,
@@ -22,7 +37,9 @@ pub struct Summary {
     points: usize,
     /// Entries of the device dictionary (version 3 on; 0 before).
     devices: usize,
-    /// The file's format version (1 to 3).
+    /// Device extents (version 4; 0 before).
+    extents: usize,
+    /// The file's format version (1 to 4).
     version: u32,
 }
 
@@ -51,13 +68,17 @@ impl Summary {
     }
 
     fn open_with(path: &Path, level: u32, first_day: i64, verify: Verify) -> Result<Summary> {
-        let formats = [&FORMAT, &FORMAT_V2, &FORMAT_V1];
+        let formats = [&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
         let mut file = SectionFile::open(&formats, path, verify)?;
         let w = &file.words;
         let (types, series, points, nodes) =
             (w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize);
         let (file_level, file_day, leaf) = (w[4] as u32, w[5] as i64, w[7]);
         let devices = w.get(8).map_or(0, |&d| d as usize);
+        let (extents, extent_nodes) = (
+            w.get(9).map_or(0, |&e| e as usize),
+            w.get(10).map_or(0, |&n| n as usize),
+        );
         if leaf as usize != GEO_LEAF_POINTS {
             return Err(Error::corrupt(
                 path,
@@ -76,6 +97,8 @@ impl Summary {
             ));
         }
         let version = if file.sections.len() == SECTION_COUNT {
+            4
+        } else if file.sections.len() == FORMAT_V3.sections {
             3
         } else if file.sections.len() == FORMAT_V2.sections {
             2
@@ -115,6 +138,14 @@ impl Summary {
                 packed,
                 packed,
                 packed,
+                packed,
+                packed,
+                packed,
+                packed,
+                packed,
+                (4, Some(types + 1)),
+                fixed(std::mem::size_of::<CompactGeoNode>(), extent_nodes),
+                (4, Some(types + 1)),
             ],
         )?;
         let columns = [
@@ -129,8 +160,18 @@ impl Summary {
             (S_POINT_SUM_LO, points, true),
         ];
         let v3_columns = [(S_SERIES_DEV, series, false)];
+        let v4_columns = [
+            S_EXTENT_SERIES,
+            S_EXTENT_MIN_LAT,
+            S_EXTENT_LAT_SPAN,
+            S_EXTENT_MIN_LON,
+            S_EXTENT_LON_SPAN,
+        ]
+        .map(|s| (s, extents, false));
         let columns = columns.into_iter().filter(|_| !v1);
-        for (s, len, floats) in columns.chain(v3_columns.into_iter().filter(|_| v3)) {
+        let later = v3_columns.into_iter().filter(|_| v3);
+        let v4 = version >= 4;
+        for (s, len, floats) in columns.chain(later.chain(v4_columns.into_iter().filter(|_| v4))) {
             if Packed::new(file.bytes(s), len, floats).is_none() {
                 let at = file.sections[s].0 as u64;
                 return Err(Error::corrupt(
@@ -154,9 +195,13 @@ impl Summary {
             series,
             points,
             devices,
+            extents,
             version,
         };
-        if let Some(reason) = s.inconsistency(series, points, nodes) {
+        if let Some(reason) = s
+            .inconsistency(series, points, nodes)
+            .or_else(|| s.extents_inconsistency(extent_nodes))
+        {
             return Err(Error::corrupt(path, 0, reason));
         }
         s.fences = if v3 {
@@ -208,6 +253,10 @@ impl Summary {
                 return Err(Error::corrupt(&self.path, at, reason.to_owned()));
             }
         }
+        if let Some(reason) = self.verify_extents() {
+            let at = self.file.sections[S_EXTENT_SERIES].0 as u64;
+            return Err(Error::corrupt(&self.path, at, reason.to_owned()));
+        }
         Ok(())
     }
 
@@ -217,11 +266,11 @@ impl Summary {
 
     /// A packed column of `len` values of a version 2 file (checked by
     /// `open`).
-    fn packed(&self, s: usize, len: usize) -> Packed<'_> {
+    pub(super) fn packed(&self, s: usize, len: usize) -> Packed<'_> {
         Packed::unchecked(self.file.bytes(s), len)
     }
 
-    fn u32s(&self, s: usize) -> &[u32] {
+    pub(super) fn u32s(&self, s: usize) -> &[u32] {
         bytemuck::cast_slice(self.file.bytes(s))
     }
     fn f64s(&self, s: usize) -> &[f64] {
@@ -380,22 +429,25 @@ impl Summary {
     }
 
     /// Node `i` (of all types, each type's in heap layout).
-    fn node(&self, i: usize) -> GeoNode {
+    pub(super) fn node(&self, i: usize) -> GeoNode {
         match self.version {
             1 => bytemuck::cast_slice::<u8, GeoNode>(self.file.bytes(S_NODES))[i],
             _ => bytemuck::cast_slice::<u8, CompactGeoNode>(self.file.bytes(S_NODES))[i].widen(),
         }
     }
 
-    /// Whether the summary answers geo queries for the type: false when it
-    /// holds events of the type but no points (see [`GEO_FOLD_MIN`]).
-    pub fn has_geo(&self, event_type: &str) -> bool {
-        self.find_type(event_type)
-            .is_none_or(|t| !self.point_range(t).is_empty())
+    /// How the summary answers geo queries for the type (see [`GeoPart`]).
+    pub fn geo_part(&self, event_type: &str) -> GeoPart {
+        match self.find_type(event_type) {
+            None => GeoPart::Points,
+            Some(t) if !self.point_range(t).is_empty() => GeoPart::Points,
+            Some(t) if self.has_extents(t) => GeoPart::Extents,
+            Some(_) => GeoPart::Segments,
+        }
     }
 
     /// Count and sum of one type inside the box, over the whole block; only
-    /// for a type it [has the points of](Self::has_geo).
+    /// for a type it has the points of ([`GeoPart::Points`]).
     pub fn geo(&self, event_type: &str, bbox: &GeoBox) -> (u64, DoubleDouble) {
         let mut acc = (0, DoubleDouble::ZERO);
         let Some(t) = self.find_type(event_type) else {

@@ -35,9 +35,59 @@ impl Segment {
                 q,
                 first_node,
                 depth_max,
+                only: None,
             };
             visit.node(0, rows.clone(), 0, &mut acc);
         }
+        acc
+    }
+
+    /// Count and sum of one device's events of one type inside the box
+    /// `[min_lat, max_lat, min_lon, max_lon]` (inclusive, not crossing the
+    /// antimeridian) and window: the answer for a device whose events lie
+    /// on both sides of a query box's edge (see `summary::extents`).
+    pub fn geo_of_device(
+        &self,
+        event_type: &str,
+        device: &str,
+        within: [f64; 4],
+        w: TimeWindow,
+    ) -> (u64, DoubleDouble) {
+        let mut acc = (0, DoubleDouble::ZERO);
+        let Some((t, s)) = self
+            .find_type(event_type)
+            .and_then(|t| Some((t, self.find_series(t, device)?)))
+        else {
+            return acc;
+        };
+        let (lo, hi) = self.series_rows(s);
+        let q = KdQuery {
+            min_lat: within[0],
+            max_lat: within[1],
+            min_lon: within[2],
+            max_lon: within[3],
+            start: w.start,
+            end: w.end,
+        };
+        if self.version < 3 {
+            // Versions 1 and 2 keep the locations in row order too.
+            let (lat, lon) = (self.f64s(S_LAT), self.f64s(S_LON));
+            for r in lo..hi {
+                if q.contains(lat[r], lon[r], self.ts(r)) {
+                    acc.0 += 1;
+                    acc.1 = acc.1.add_f64(self.value(r));
+                }
+            }
+            return acc;
+        }
+        let visit = KdVisit {
+            seg: self,
+            q,
+            first_node: self.u32s(S_TYPE_NODES)[t] as usize,
+            depth_max: kd_depth(self.type_rows(t).len(), self.leaf),
+            only: Some(lo..hi),
+        };
+        visit.node(0, self.type_rows(t), 0, &mut acc);
         acc
     }
 
@@ -54,11 +104,13 @@ impl Segment {
     /// Adds up the points of k-d leaf positions `lo..hi` inside the query.
     /// `in_window`: the leaf's times all lie in the query's window (as in
     /// every segment a long window holds whole), so no point's time is read.
+    /// `only`: the rows of one series, the only ones counted.
     fn kd_leaf(
         &self,
         q: &KdQuery,
         rows: std::ops::Range<usize>,
         in_window: bool,
+        only: Option<&std::ops::Range<usize>>,
         acc: &mut (u64, DoubleDouble),
     ) {
         if self.version < 3 {
@@ -84,6 +136,9 @@ impl Segment {
         for (j, i) in rows.take(n).enumerate() {
             if q.contains_location(lat[j], lon[j]) {
                 let r = self.kd_row(&row, i);
+                if only.is_some_and(|only| !only.contains(&r)) {
+                    continue;
+                }
                 if in_window || (q.start..q.end).contains(&ts.int(r)) {
                     acc.0 += 1;
                     acc.1 = acc.1.add_f64(value.float(r));
@@ -100,6 +155,9 @@ struct KdVisit<'s> {
     /// The type's first node among the segment's nodes.
     first_node: usize,
     depth_max: u32,
+    /// The rows of one series (version 3 on): only they are counted, so
+    /// no node is taken whole.
+    only: Option<std::ops::Range<usize>>,
 }
 
 impl KdVisit<'_> {
@@ -119,14 +177,15 @@ impl KdVisit<'_> {
         if self.q.disjoint(&n) {
             return;
         }
-        if self.q.covers(&n) {
+        if self.only.is_none() && self.q.covers(&n) {
             acc.0 += rows.len() as u64;
             acc.1 = acc.1 + DoubleDouble::new(n.sum_hi, n.sum_lo);
             return;
         }
         if depth == self.depth_max {
             let in_window = self.q.start <= n.min_ts && n.max_ts < self.q.end;
-            self.seg.kd_leaf(&self.q, rows, in_window, acc);
+            let only = self.only.as_ref();
+            self.seg.kd_leaf(&self.q, rows, in_window, only, acc);
             return;
         }
         let mid = rows.start + rows.len() / 2;
