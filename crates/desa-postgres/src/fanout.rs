@@ -164,25 +164,14 @@ fn ask(
 /// of `cacert` (`--peer-cacert`, PEM) if given, else the well-known public
 /// CAs.
 pub(crate) fn peer_agent(cacert: Option<&std::path::Path>) -> crate::error::Result<ureq::Agent> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
     let builder = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
-    let Some(path) = cacert else {
-        return Ok(builder.build());
-    };
-    let bad =
-        |e: String| crate::error::Error::Config(format!("--peer-cacert {}: {e}", path.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| bad(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(builder.tls_config(std::sync::Arc::new(config)).build())
+    Ok(match cacert {
+        Some(path) => builder
+            .tls_config(std::sync::Arc::new(crate::tls::https_trusting(
+                path,
+                "--peer-cacert",
+            )?))
+            .build(),
+        None => builder.build(),
+    })
 }

@@ -399,23 +399,39 @@ fn roots(root: &str) -> Result<RootCertStore> {
                 ));
             }
         }
-        path => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| Error::Config(format!("sslrootcert {path:?}: {e}")))?;
-            for cert in certs {
-                store
-                    .add(cert)
-                    .map_err(|e| Error::Config(format!("sslrootcert {path:?}: {e}")))?;
-            }
-            if store.is_empty() {
-                return Err(Error::Config(format!(
-                    "sslrootcert {path:?} holds no PEM certificate"
-                )));
-            }
-        }
+        path => return pem_roots(std::path::Path::new(path), "sslrootcert"),
     }
     Ok(store)
+}
+
+/// The CA certificates of a PEM file; errors name it as `what` (the
+/// setting that gave it).
+fn pem_roots(path: &std::path::Path, what: &str) -> Result<RootCertStore> {
+    let bad = |e: String| Error::Config(format!("{what} {}: {e}", path.display()));
+    let mut store = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| bad(e.to_string()))?;
+    for cert in certs {
+        store.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if store.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(store)
+}
+
+/// A client config for HTTPS to desa nodes that trusts the CAs of the PEM
+/// file `path` (`--cacert`, `--peer-cacert`, named as `what` in errors).
+pub fn https_trusting(path: &std::path::Path, what: &str) -> Result<rustls::ClientConfig> {
+    let roots = pem_roots(path, what)?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Config(format!("{what}: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// The checks short of `verify-full`'s. With no chain (`prefer`, `require`

@@ -40,25 +40,11 @@ impl Client {
     /// Trusts the CAs of the PEM file `cacert` (`--cacert`) for an
     /// `https://` node, instead of the well-known public ones.
     pub fn with_cacert(mut self, cacert: Option<&std::path::Path>) -> Result<Self> {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
         let Some(path) = cacert else {
             return Ok(self);
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("reading --cacert {}", path.display()))?
-        {
-            let cert = cert.with_context(|| format!("reading --cacert {}", path.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("--cacert {}", path.display()))?;
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS settings")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = desa_postgres::tls::https_trusting(path, "--cacert")
+            .map_err(|e| anyhow!(e.describe()))?;
         self.agent = Client::agent()
             .tls_config(std::sync::Arc::new(config))
             .build();
