@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use desa_model::{AvgAnswer, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{AvgAnswer, DoubleDouble, GeoAnswer, GeoBox, TimeWindow, TopkAnswer, TypesAnswer};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use self::commit::committer_loop;
@@ -384,6 +384,28 @@ impl Engine {
             |plan| query::geo(plan, event_type, bbox, w),
         )?;
         Ok(GeoAnswer::new(event_type, w, bbox, count, sum.value()))
+    }
+
+    /// The stored types: the heads' and the segments' (summaries hold the
+    /// segments' events again). Reads a few values per segment; a segment
+    /// whose checksum fails is reported, as for a query.
+    pub fn types(&self) -> Result<TypesAnswer> {
+        let mut out = TypesAnswer::default();
+        let (frozen, segs) = {
+            let st = self.inner.state.read();
+            out.add(st.head.type_stats());
+            let frozen: Vec<Arc<Head>> = st.frozen.iter().map(|f| f.head.clone()).collect();
+            (frozen, snapshot(&st))
+        };
+        for h in &frozen {
+            out.add(h.type_stats());
+        }
+        for s in &segs.0 {
+            s.verify()
+                .inspect_err(|e| scrub::report_damaged(&self.inner, e))?;
+            out.add(s.type_stats());
+        }
+        Ok(out)
     }
 
     /// Verifies the checksum of each file `plan` reads (each file once

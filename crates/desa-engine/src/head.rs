@@ -242,6 +242,8 @@ pub struct Head {
     type_cells: Vec<Vec<i32>>,
     /// Rows of each type, in arrival order.
     by_type: Vec<Vec<u32>>,
+    /// Each type's first and last event time.
+    type_span: Vec<(i64, i64)>,
     pub min_ts: i64,
     pub max_ts: i64,
 }
@@ -282,7 +284,10 @@ impl Head {
             self.by_type.resize_with(t as usize + 1, Vec::new);
             self.by_count.resize_with(t as usize + 1, ByCount::default);
             self.type_cells.resize_with(t as usize + 1, Vec::new);
+            self.type_span.resize(t as usize + 1, (i64::MAX, i64::MIN));
         }
+        let span = &mut self.type_span[t as usize];
+        *span = (span.0.min(e.ts_secs), span.1.max(e.ts_secs));
         let cell = cell_key(e.latitude, e.longitude);
         let cell_prev = match self.cells.entry((t, cell)) {
             Entry::Occupied(mut o) => {
@@ -325,6 +330,22 @@ impl Head {
         self.by_type[t as usize].push(row);
         self.min_ts = self.min_ts.min(e.ts_secs);
         self.max_ts = self.max_ts.max(e.ts_secs);
+    }
+
+    /// Each type's rows and first and last event time.
+    pub fn type_stats(&self) -> Vec<desa_model::TypeStats> {
+        self.by_type
+            .iter()
+            .zip(&self.type_span)
+            .enumerate()
+            .filter(|(_, (rows, _))| !rows.is_empty())
+            .map(|(t, (rows, &(first, last)))| desa_model::TypeStats {
+                event_type: self.rows.types.name(t as u32).to_owned(),
+                events: rows.len() as u64,
+                first,
+                last,
+            })
+            .collect()
     }
 
     /// Count and sum of one series in the window.

@@ -100,6 +100,15 @@ impl SegmentSet {
         )
     }
 
+    /// The stored types of the segments.
+    pub fn types(&self) -> desa_model::TypesAnswer {
+        let mut out = desa_model::TypesAnswer::default();
+        for s in &self.segments {
+            out.add(s.type_stats());
+        }
+        out
+    }
+
     /// The K devices with the most events of the type in the window.
     pub fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Vec<DeviceCount> {
         let plan = query::plan(&self.segments, &[], w, &query::all);

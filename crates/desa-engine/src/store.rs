@@ -1,7 +1,7 @@
 //! The embedded engine as a [`desa_store::Store`]: one node owns its data
 //! directory, so claiming a partition only reads the stored offset.
 
-use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer, TypesAnswer};
 use desa_store::{Claim, Reply, Store, StoreError, StoreStats, WriteRequest};
 
 use crate::{Engine, Error};
@@ -49,6 +49,10 @@ impl Store for Engine {
 
     fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> desa_store::Result<GeoAnswer> {
         Ok(Engine::geo(self, event_type, bbox, w)?)
+    }
+
+    fn types(&self) -> desa_store::Result<TypesAnswer> {
+        Ok(Engine::types(self)?)
     }
 
     fn stats(&self) -> StoreStats {

@@ -9,6 +9,7 @@ use desa_engine::{Engine, EngineConfig, EngineObserver, SystemClock, WriteReques
 use desa_gen::{GenConfig, Generator};
 use desa_model::oracle::{close, Oracle};
 use desa_model::{Event, GeoBox, TimeWindow};
+use desa_store::Store;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -111,6 +112,7 @@ fn check_all(
     devices: &[String],
     rounds: usize,
 ) {
+    assert_eq!(engine.types().unwrap(), oracle.types());
     check_windows(engine, oracle, rng, devices, rounds, random_window);
 }
 
@@ -132,6 +134,25 @@ fn check_windows(
             (Some(a), Some(b)) => assert!(close(a, b, 1e-9), "avg {a} vs {b} for {dev} {ty} {w:?}"),
             (a, b) => assert_eq!(a, b),
         }
+        let step = ((w.end - w.start) / rng.gen_range(1..50)).max(1) + rng.gen_range(0..2);
+        let (got, want) = (
+            Store::series(engine, dev, ty, w, step).unwrap().unwrap(),
+            oracle.series(dev, ty, w, step),
+        );
+        assert_eq!(got.points.len(), want.points.len(), "series {w:?} {step}");
+        for (g, p) in got.points.iter().zip(&want.points) {
+            assert_eq!(
+                (g.start, g.count),
+                (p.start, p.count),
+                "series {dev} {ty} {w:?}"
+            );
+            match (g.avg, p.avg) {
+                (Some(a), Some(b)) => assert!(close(a, b, 1e-9), "series {a} vs {b}"),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+        assert_eq!(got.count, want.count);
+
         let k = [1, 3, 10, 50][rng.gen_range(0..4)];
         let (got, want) = (engine.topk(ty, w, k).unwrap(), oracle.topk(ty, w, k));
         assert_eq!(got.devices, want.devices, "topk {ty} {w:?} k={k}");
@@ -329,10 +350,12 @@ fn summaries_answer_long_windows_exactly() {
     }
     engine.settle().unwrap();
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
+    assert_eq!(engine.types().unwrap(), oracle.types());
     let stats = engine.stats();
     assert_eq!(stats.segment_rows, oracle.events.len() as u64);
     drop(engine);
     let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    assert_eq!(engine.types().unwrap(), oracle.types());
     assert_eq!(engine.stats().summaries, stats.summaries);
     check_windows(&engine, &oracle, &mut rng, &devices, 300, long_window);
 }

@@ -24,6 +24,7 @@ mod admit;
 mod event;
 mod geo;
 pub mod oracle;
+mod overview;
 mod parse;
 mod query;
 mod shard;
@@ -35,6 +36,9 @@ pub use event::{
     MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TYPE_BYTES,
 };
 pub use geo::GeoBox;
+pub use overview::{
+    series_windows, SeriesAnswer, SeriesPoint, TypeStats, TypesAnswer, MAX_SERIES_POINTS,
+};
 pub use parse::{
     parse_body, parse_body_capped, parse_event, BodyError, BodyFormat, ParsedBody, Rejection,
 };

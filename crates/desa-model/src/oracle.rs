@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 
 use crate::query::rank_devices;
-use crate::{AvgAnswer, DeviceCount, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use crate::{
+    AvgAnswer, DeviceCount, Event, GeoAnswer, GeoBox, SeriesAnswer, SeriesPoint, TimeWindow,
+    TopkAnswer, TypeStats, TypesAnswer,
+};
 
 /// All accepted events, in no particular order.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +38,65 @@ impl Oracle {
             values.len() as u64,
             fsum(&values),
         )
+    }
+
+    /// Each step's events found by dividing its offset from the window's
+    /// start by the step, not by one window per step.
+    pub fn series(
+        &self,
+        device_id: &str,
+        event_type: &str,
+        window: TimeWindow,
+        step: i64,
+    ) -> SeriesAnswer {
+        let steps = (i128::from(window.end) - i128::from(window.start) + i128::from(step) - 1)
+            / i128::from(step);
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); steps as usize];
+        for e in &self.events {
+            if e.device_id == device_id && e.event_type == event_type && window.contains(e.ts_secs)
+            {
+                let i = (i128::from(e.ts_secs) - i128::from(window.start)) / i128::from(step);
+                values[i as usize].push(e.value);
+            }
+        }
+        let whole = self.avg(device_id, event_type, window);
+        SeriesAnswer {
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| SeriesPoint {
+                    start: (i128::from(window.start) + i as i128 * i128::from(step)) as i64,
+                    count: v.len() as u64,
+                    avg: (!v.is_empty()).then(|| fsum(v) / v.len() as f64),
+                })
+                .collect(),
+            device_id: whole.device_id,
+            event_type: whole.event_type,
+            start: window.start,
+            end: window.end,
+            step,
+            count: whole.count,
+            avg: whole.avg,
+        }
+    }
+
+    /// Every type's events, first and last event time, by name.
+    pub fn types(&self) -> TypesAnswer {
+        let mut by: std::collections::BTreeMap<&str, TypeStats> = Default::default();
+        for e in &self.events {
+            let t = by.entry(&e.event_type).or_insert_with(|| TypeStats {
+                event_type: e.event_type.clone(),
+                events: 0,
+                first: e.ts_secs,
+                last: e.ts_secs,
+            });
+            t.events += 1;
+            t.first = t.first.min(e.ts_secs);
+            t.last = t.last.max(e.ts_secs);
+        }
+        TypesAnswer {
+            types: by.into_values().collect(),
+        }
     }
 
     pub fn topk(&self, event_type: &str, window: TimeWindow, k: usize) -> TopkAnswer {

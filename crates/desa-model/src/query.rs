@@ -45,6 +45,13 @@ pub enum QueryError {
     KOutOfRange(i64),
     #[error("{0}")]
     BadBox(String),
+    #[error("step must be at least 1 second, got {0}")]
+    BadStep(i64),
+    #[error(
+        "the window holds {points} steps and a series at most {max} points: raise step to at least {least}",
+        max = crate::MAX_SERIES_POINTS
+    )]
+    TooManyPoints { points: i128, least: i128 },
 }
 
 /// Answer to the average query.

@@ -128,6 +128,10 @@ impl PgStore {
                 devices: set.topk(event_type, w, *k),
                 ..Partial::of_sum(0, DoubleDouble::ZERO)
             },
+            PartQuery::Types => Partial {
+                types: set.types().types,
+                ..Partial::of_sum(0, DoubleDouble::ZERO)
+            },
         })
     }
 }

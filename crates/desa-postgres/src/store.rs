@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{AvgAnswer, GeoAnswer, GeoBox, TimeWindow, TopkAnswer, TypesAnswer};
 use desa_store::{Claim, PartQuery, Partial, Reply, Store, StoreError, StoreStats, WriteRequest};
 use parking_lot::Mutex;
 use postgres::Client;
@@ -663,6 +663,12 @@ impl Store for PgStore {
             part.count,
             part.sum().value(),
         ))
+    }
+
+    fn types(&self) -> desa_store::Result<TypesAnswer> {
+        Ok(TypesAnswer {
+            types: self.fan_out(&PartQuery::Types)?.types,
+        })
     }
 
     fn stats(&self) -> StoreStats {

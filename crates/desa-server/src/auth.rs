@@ -4,8 +4,9 @@
 //! SHA-256 of the token (the node never sees a token at rest); `#` starts a
 //! comment. With a file, every endpoint but `/healthz` wants
 //! `Authorization: Bearer TOKEN` whose credential has the endpoint's scope:
-//! `POST /v1/events` ingest, `/v1/query/*` and the parts cluster workers
-//! ask of each other (`/v1/internal/*`) query, `/metrics` metrics.
+//! `POST /v1/events` ingest, `/v1/query/*`, `/v1/types` and the parts
+//! cluster workers ask of each other (`/v1/internal/*`) query, `/metrics`
+//! metrics.
 //!
 //! A presented token is hashed and compared with every credential's hash in
 //! constant time, all of them, so neither the time taken nor which
@@ -50,7 +51,10 @@ impl Scope {
     pub fn of_path(path: &str) -> Option<Scope> {
         if path == "/v1/events" {
             Some(Scope::Ingest)
-        } else if path.starts_with("/v1/query/") || path.starts_with("/v1/internal/") {
+        } else if path.starts_with("/v1/query/")
+            || path.starts_with("/v1/internal/")
+            || path == "/v1/types"
+        {
             Some(Scope::Query)
         } else if path == "/metrics" {
             Some(Scope::Metrics)
@@ -317,6 +321,8 @@ mod tests {
     fn endpoints_want_their_scopes() {
         assert_eq!(Scope::of_path("/v1/events"), Some(Scope::Ingest));
         assert_eq!(Scope::of_path("/v1/query/topk"), Some(Scope::Query));
+        assert_eq!(Scope::of_path("/v1/query/series"), Some(Scope::Query));
+        assert_eq!(Scope::of_path("/v1/types"), Some(Scope::Query));
         assert_eq!(Scope::of_path("/v1/internal/partial"), Some(Scope::Query));
         assert_eq!(Scope::of_path("/metrics"), Some(Scope::Metrics));
         assert_eq!(Scope::of_path("/healthz"), None);

@@ -123,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query/avg", get(query::avg))
         .route("/v1/query/topk", get(query::topk))
         .route("/v1/query/geo", get(query::geo))
+        .route("/v1/query/series", get(query::series))
+        .route("/v1/types", get(query::types))
         .route("/v1/internal/partial", post(query::partial))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

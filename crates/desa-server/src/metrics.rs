@@ -66,7 +66,7 @@ impl Metrics {
         let q = HistogramVec::new(
             HistogramOpts::new(
                 "desa_query_duration_seconds",
-                "Query latency by kind (avg, topk, geo).",
+                "Query latency by kind (avg, topk, geo, series, types, partial).",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],

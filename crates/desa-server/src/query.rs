@@ -1,4 +1,5 @@
-//! `GET /v1/query/{avg,topk,geo}`: strict parameter parsing, then the engine.
+//! `GET /v1/query/{avg,topk,geo,series}` and `GET /v1/types`: strict
+//! parameter parsing, then the store.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -153,6 +154,30 @@ pub async fn geo(
     Ok(Json(
         timed(&app, "geo", move || store.geo(&ty, &bbox, w)).await??,
     ))
+}
+
+/// `GET /v1/query/series`: a device's average step by step; the steps
+/// are checked (at most `MAX_SERIES_POINTS`) before a query slot is taken.
+pub async fn series(
+    State(app): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let device = text(&p, "device_id")?.to_owned();
+    let ty = text(&p, "type")?.to_owned();
+    let w = window(&p)?;
+    let step = int(&p, "step")?;
+    desa_model::series_windows(w, step)?;
+    let store = app.store.clone();
+    Ok(Json(
+        timed(&app, "series", move || store.series(&device, &ty, w, step)).await???,
+    ))
+}
+
+/// `GET /v1/types`: the stored types, their events and first and last
+/// event time.
+pub async fn types(State(app): State<AppState>) -> Result<Json<impl Serialize>, ApiError> {
+    let store = app.store.clone();
+    Ok(Json(timed(&app, "types", move || store.types()).await??))
 }
 
 /// `POST /v1/internal/partial`: this worker's part of a query for some

@@ -21,7 +21,10 @@
 mod part;
 pub use part::{PartQuery, PartRequest, Partial};
 
-use desa_model::{AvgAnswer, Event, GeoAnswer, GeoBox, TimeWindow, TopkAnswer};
+use desa_model::{
+    AvgAnswer, Event, GeoAnswer, GeoBox, QueryError, SeriesAnswer, TimeWindow, TopkAnswer,
+    TypesAnswer,
+};
 
 /// Events of one request, with what to answer a retry of it.
 #[derive(Debug, Clone)]
@@ -179,6 +182,32 @@ pub trait Store: Send + Sync + 'static {
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> Result<AvgAnswer>;
     fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Result<TopkAnswer>;
     fn geo(&self, event_type: &str, bbox: &GeoBox, w: TimeWindow) -> Result<GeoAnswer>;
+
+    /// The stored event types: events, first and last event time of each.
+    /// Costs a few reads per stored file, whatever the data's size.
+    fn types(&self) -> Result<TypesAnswer>;
+
+    /// A device's average step by step over the window: one exact average
+    /// per step (at most `desa_model::MAX_SERIES_POINTS`) and one for the
+    /// whole window, each costing what an average query costs.
+    fn series(
+        &self,
+        device: &str,
+        event_type: &str,
+        w: TimeWindow,
+        step: i64,
+    ) -> Result<Result<SeriesAnswer, QueryError>> {
+        let steps = match desa_model::series_windows(w, step) {
+            Ok(steps) => steps,
+            Err(e) => return Ok(Err(e)),
+        };
+        let whole = self.avg(device, event_type, w)?;
+        let steps = steps
+            .into_iter()
+            .map(|s| self.avg(device, event_type, s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Ok(SeriesAnswer::new(whole, step, steps)))
+    }
 
     fn stats(&self) -> StoreStats;
 

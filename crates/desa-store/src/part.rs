@@ -4,10 +4,10 @@
 //! double-double sums for avg and geo, and each part's own top-K for top-K
 //! (the global top-K is among the union of the parts' top-Ks).
 
-use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
+use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow, TypeStats, TypesAnswer};
 use serde::{Deserialize, Serialize};
 
-/// One of the three queries, as sent to an owner.
+/// One of the three queries, or the stored types, as sent to an owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum PartQuery {
@@ -35,6 +35,8 @@ pub enum PartQuery {
         min_lon: f64,
         max_lon: f64,
     },
+    /// The stored types (`GET /v1/types`): over all time.
+    Types,
 }
 
 impl PartQuery {
@@ -44,6 +46,7 @@ impl PartQuery {
             PartQuery::Avg { start, end, .. }
             | PartQuery::Topk { start, end, .. }
             | PartQuery::Geo { start, end, .. } => (*start, *end),
+            PartQuery::Types => (i64::MIN, i64::MAX),
         };
         TimeWindow::new(start, end).map_err(|e| e.to_string())
     }
@@ -70,8 +73,8 @@ pub struct PartRequest {
     pub shards: Vec<u32>,
 }
 
-/// An owner's answer for its shards: count and exact sum (avg, geo), or
-/// its top-K (top-K).
+/// An owner's answer for its shards: count and exact sum (avg, geo), its
+/// top-K (top-K), or its types (types).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Partial {
     pub count: u64,
@@ -79,6 +82,9 @@ pub struct Partial {
     pub sum_lo: f64,
     #[serde(default)]
     pub devices: Vec<DeviceCount>,
+    /// The stored types, by name (types).
+    #[serde(default)]
+    pub types: Vec<TypeStats>,
 }
 
 impl Partial {
@@ -88,6 +94,7 @@ impl Partial {
             sum_hi: sum.hi,
             sum_lo: sum.lo,
             devices: Vec::new(),
+            types: Vec::new(),
         }
     }
 
@@ -101,5 +108,10 @@ impl Partial {
         let sum = self.sum() + other.sum();
         (self.sum_hi, self.sum_lo) = (sum.hi, sum.lo);
         self.devices.extend(other.devices);
+        let mut types = TypesAnswer {
+            types: std::mem::take(&mut self.types),
+        };
+        types.add(other.types);
+        self.types = types.types;
     }
 }

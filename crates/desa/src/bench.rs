@@ -227,6 +227,9 @@ fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<
             .ok_or_else(|| anyhow!("{path}: no parameter {name}"))
     };
     let num = |name: &str| -> Result<f64> { Ok(get(name)?.parse()?) };
+    if path == "/v1/types" {
+        return Ok(serde_json::to_value(engine.types()?)?);
+    }
     let w = TimeWindow::new(get("start")?.parse()?, get("end")?.parse()?)?;
     let ty = get("type")?;
     Ok(match path {
@@ -241,6 +244,11 @@ fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<
             )
             .map_err(|e| anyhow!("{path}: {e}"))?;
             serde_json::to_value(engine.geo(ty, &bbox, w)?)?
+        }
+        "/v1/query/series" => {
+            let answer =
+                desa_store::Store::series(engine, get("device_id")?, ty, w, get("step")?.parse()?)?;
+            serde_json::to_value(answer?)?
         }
         other => bail!("no in-process query for {other}"),
     })
@@ -485,7 +493,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let t = Instant::now();
             let answer = target.ask(path, &p)?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
-            if let Some(out) = record.as_mut() {
+            // The console's queries are not recorded: the peers have no
+            // such endpoint to replay them on.
+            if let Some(out) = record
+                .as_mut()
+                .filter(|_| kind != "series" && kind != "types")
+            {
                 let params: serde_json::Map<String, serde_json::Value> =
                     p.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                 let line =
@@ -561,6 +574,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )?;
         }
     }
+    // The console's queries: a day and a month of hourly averages of the
+    // hottest device, and the stored types.
+    for (wname, len, step) in [("1d", 86_400, 3_600), ("30d", 30 * 86_400, 3_600)] {
+        let dev = devices[0].1.clone();
+        time(
+            "series",
+            format!("hottest/{wname}/{}pts", len / step),
+            "/v1/query/series",
+            Box::new(move |rng| {
+                let s = rng.gen_range(start_ts..(span_end - len).max(start_ts + 1));
+                vec![
+                    ("device_id", dev.clone()),
+                    ("type", "temperature".into()),
+                    ("start", s.to_string()),
+                    ("end", (s + len).to_string()),
+                    ("step", step.to_string()),
+                ]
+            }),
+        )?;
+    }
+    time("types", "all".into(), "/v1/types", Box::new(|_| Vec::new()))?;
     if let Some(mut out) = record {
         out.flush()?;
     }

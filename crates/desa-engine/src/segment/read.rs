@@ -16,6 +16,7 @@ use crate::sections::{SectionFile, Verify};
 mod geo;
 #[cfg(test)]
 mod measure;
+mod types;
 #[cfg(test)]
 mod v1;
 

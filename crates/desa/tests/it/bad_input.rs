@@ -205,6 +205,49 @@ fn malformed_input_gets_clear_errors_and_good_data_survives() {
             "less than end",
         ),
         (
+            "/v1/query/series",
+            vec![
+                ("device_id", "good"),
+                ("type", "t"),
+                ("start", "0"),
+                ("end", "10"),
+            ],
+            "step",
+        ),
+        (
+            "/v1/query/series",
+            vec![
+                ("device_id", "good"),
+                ("type", "t"),
+                ("start", "0"),
+                ("end", "10"),
+                ("step", "0"),
+            ],
+            "step must be at least 1",
+        ),
+        (
+            "/v1/query/series",
+            vec![
+                ("device_id", "good"),
+                ("type", "t"),
+                ("start", "0"),
+                ("end", "86400"),
+                ("step", "1"),
+            ],
+            "at most 2000 points: raise step to at least 44",
+        ),
+        (
+            "/v1/query/series",
+            vec![
+                ("device_id", "good"),
+                ("type", "t"),
+                ("start", "-9223372036854775808"),
+                ("end", "9223372036854775807"),
+                ("step", "60"),
+            ],
+            "at most 2000 points",
+        ),
+        (
             "/v1/query/topk",
             vec![("type", "t"), ("start", "0"), ("end", "10"), ("k", "0")],
             "k must be",

@@ -15,6 +15,9 @@ const DAY: i64 = 86_400;
 
 fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng, rounds: usize) {
     let types = ["temperature", "humidity", "pressure", "co2"];
+    let got = s.get("/v1/types", &[]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.body, serde_json::to_value(oracle.types()).unwrap());
     for _ in 0..rounds {
         let start = T0 + rng.gen_range(-DAY..6 * DAY);
         let len =
@@ -38,6 +41,8 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
             Some(a) => assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9)),
             None => assert!(got.body["avg"].is_null()),
         }
+
+        compare_series(s, oracle, (dev, ty), w, 2_000, rng);
 
         let k = [1, 5, 20][rng.gen_range(0..3)];
         let mut p = window(w.start, w.end);
@@ -77,6 +82,44 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
         );
         if let Some(a) = want.avg {
             assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9));
+        }
+    }
+}
+
+/// `GET /v1/query/series` over `w` with a step that gives 1 to about
+/// `points` points, each point and the whole window against the oracle's
+/// buckets.
+pub fn compare_series(
+    s: &TestServer,
+    oracle: &Oracle,
+    (dev, ty): (&str, &str),
+    w: TimeWindow,
+    points: i64,
+    rng: &mut StdRng,
+) {
+    let len = w.end - w.start;
+    let n = rng.gen_range(1..=points);
+    let step = ((len + n - 1) / n).max(1) + rng.gen_range(0..3);
+    let mut p = window(w.start, w.end);
+    p.push(("device_id", dev.to_owned()));
+    p.push(("type", ty.to_owned()));
+    p.push(("step", step.to_string()));
+    let got = s.get("/v1/query/series", &p);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let want = oracle.series(dev, ty, w, step);
+    assert_eq!(
+        got.body["count"].as_u64(),
+        Some(want.count),
+        "series {dev} {ty} {w:?}"
+    );
+    let points = got.body["points"].as_array().unwrap();
+    assert_eq!(points.len(), want.points.len(), "series {w:?} step {step}");
+    for (g, p) in points.iter().zip(&want.points) {
+        assert_eq!(g["start"].as_i64(), Some(p.start));
+        assert_eq!(g["count"].as_u64(), Some(p.count), "series point {p:?}");
+        match p.avg {
+            Some(a) => assert!(close(g["avg"].as_f64().unwrap(), a, 1e-9), "{g} {p:?}"),
+            None => assert!(g["avg"].is_null()),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{metric, oracle_counts, wait_assigned, wait_covered, worker};
 use crate::kafka::{check_queries, produce, produce_in_background, seeded, wait_stored, Broker};
+use crate::oracle::compare_series;
 use crate::pg::Postgres;
 use crate::support::{all_counts, TestServer};
 
@@ -47,6 +48,15 @@ fn check_all(s: &TestServer, oracle: &desa_model::oracle::Oracle, seed: u64) {
     check_queries(s, oracle, seed);
     for t in ["co2", "temperature", "humidity"] {
         assert_eq!(all_counts(s, t), oracle_counts(oracle, t), "{t}");
+    }
+    // The types gather every shard's part; a series is one average per step.
+    let got = s.get("/v1/types", &[]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.body, serde_json::to_value(oracle.types()).unwrap());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for e in oracle.events.iter().step_by(oracle.events.len() / 3 + 1) {
+        let w = desa_model::TimeWindow::new(e.ts_secs - 7_200, e.ts_secs + 7_200).unwrap();
+        compare_series(s, oracle, (&e.device_id, &e.event_type), w, 60, &mut rng);
     }
 }
 
