@@ -37,6 +37,15 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
 fi
 
+# A real browser for the console's test (headless chromium).
+if [ -z "${DESA_CHROMIUM:-}" ] && ! need_cmd chromium; then
+  if need_cmd apt-get; then
+    echo "== installing chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+
 # The Kafka-protocol broker the Kafka tests start: tansu, pinned and patched
 # (see scripts/tansu/build.sh), built once into a cache outside the clone.
 TOOLS="${DESA_TOOLS:-/var/tmp/desa-tools}"

@@ -1,5 +1,5 @@
-//! desa's HTTP API: `POST /v1/events`, the three queries, `/healthz` and
-//! `/metrics`. The contract (paths, parameters, JSON shapes, status codes) is
+//! desa's HTTP API: `POST /v1/events`, the three queries, a device's series,
+//! the types held, `/healthz`, `/metrics`, and the web console at `/`. The contract (paths, parameters, JSON shapes, status codes) is
 //! stable; see the README for curl examples.
 //!
 //! It owns request framing (content types, gzip, body limits, idempotency
@@ -14,6 +14,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+mod console;
 mod error;
 mod ingest;
 mod listen;
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/internal/partial", post(query::partial))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(console::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -139,7 +141,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
     let error = format!(
-        "no such endpoint: {method} {}; see /v1/events, /v1/query/avg, /v1/query/topk, /v1/query/geo, /healthz, /metrics",
+        "no such endpoint: {method} {}; see /v1/events, /v1/query/avg, /v1/query/topk, /v1/query/geo, /v1/query/series, /v1/types, /healthz, /metrics and the console at /",
         uri.path()
     );
     (

@@ -145,6 +145,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let qs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("curl '{base}{path}?{}'", qs.join("&"))
     };
+    println!(
+        "Open the console: {base}/?type=temperature&start={}&end={now}&k=10&device={hottest}&bbox=35,-11,71,40\n",
+        now - DAY
+    );
     println!("Try it yourself:");
     for (_, path, params) in &queries {
         println!("  {}", q(path, params));

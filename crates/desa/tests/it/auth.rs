@@ -13,7 +13,7 @@ use crate::support::TestServer;
 const SCOPES: [&str; 3] = ["ingest", "query", "metrics"];
 
 /// `desa token new NAME --scopes SCOPES`: the token and the auth-file line.
-fn new_token(name: &str, scopes: &str) -> (String, String) {
+pub fn new_token(name: &str, scopes: &str) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
         .args(["token", "new", name, "--scopes", scopes])
         .output()

@@ -6,6 +6,7 @@ mod bad_input;
 mod bench;
 mod cluster;
 mod cluster_retention;
+mod console;
 mod crash;
 mod faults;
 mod hardening;
