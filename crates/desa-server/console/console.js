@@ -20,6 +20,8 @@ function readUrl() {
   state.k = int("k") || 10;
   state.device = q.get("device") || "";
   state.bbox = parseBox(q.get("bbox") || "");
+  // A box across the antimeridian is shown on a map centred on it.
+  mapCentre = state.bbox && state.bbox[1] > state.bbox[3] ? 180 : 0;
 }
 
 function writeUrl() {
@@ -231,60 +233,85 @@ async function geo() {
   }
 }
 
-// The map: an equirectangular world, land from Natural Earth 1:110m.
+// The map: an equirectangular world, land from Natural Earth 1:110m,
+// centred on Greenwich or on the antimeridian (`mapCentre`, 0 or 180), so a
+// box across the antimeridian can be dragged in one stroke.
 const canvas = $("map");
-const px = (lon) => ((lon + 180) / 360) * canvas.width;
+let mapCentre = 0;
+// x of a longitude, unwrapped: values outside the canvas are drawn again one
+// canvas width to the side.
+const px = (lon) => ((lon - mapCentre + 180) / 360) * canvas.width;
 const py = (lat) => ((90 - lat) / 180) * canvas.height;
-const lonOf = (x) => (x / canvas.width) * 360 - 180;
+const wrapLon = (lon) => ((((lon + 180) % 360) + 360) % 360) - 180;
 const latOf = (y) => 90 - (y / canvas.height) * 180;
 let drag = null;
 
+// Runs `draw` at the canvas and one canvas width to each side; the
+// canvas clips what falls outside.
+function wrapped(g, draw) {
+  for (const shift of [-canvas.width, 0, canvas.width]) {
+    g.save();
+    g.translate(shift, 0);
+    draw();
+    g.restore();
+  }
+}
+
 function drawMap(extra) {
+  canvas.dataset.centre = mapCentre;
+  $("centre").textContent = mapCentre ? "centre on Greenwich" : "centre on the Pacific";
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, canvas.width, canvas.height);
   g.fillStyle = "#f3f0e6";
   g.strokeStyle = "#9aa5b1";
   g.lineWidth = 0.5;
-  for (const ring of land) {
-    // A ring across the antimeridian is drawn once on each side; the
-    // canvas clips what falls outside.
-    const shifts = ring.west < -180 ? [0, 360] : ring.east > 180 ? [0, -360] : [0];
-    for (const shift of shifts) {
+  wrapped(g, () => {
+    for (const ring of land) {
       g.beginPath();
       for (let i = 0; i < ring.length; i += 2) {
         const f = i ? "lineTo" : "moveTo";
-        g[f](px(ring[i] + shift), py(ring[i + 1]));
+        g[f](px(ring[i]), py(ring[i + 1]));
       }
       g.closePath();
       g.fill();
       g.stroke();
     }
-  }
+  });
   const box = extra || state.bbox;
   if (!box) return;
   const [minLat, minLon, maxLat, maxLon] = box;
-  const spans = minLon <= maxLon ? [[minLon, maxLon]] : [[minLon, 180], [-180, maxLon]];
+  const east = minLon <= maxLon ? maxLon : maxLon + 360;
+  const x = ((px(minLon) % canvas.width) + canvas.width) % canvas.width;
+  const w = ((east - minLon) / 360) * canvas.width;
   g.fillStyle = "rgba(47, 111, 214, 0.25)";
   g.strokeStyle = "#2f6fd6";
   g.lineWidth = 1.5;
-  for (const [a, b] of spans) {
-    g.fillRect(px(a), py(maxLat), px(b) - px(a), py(minLat) - py(maxLat));
-    g.strokeRect(px(a), py(maxLat), px(b) - px(a), py(minLat) - py(maxLat));
-  }
+  wrapped(g, () => {
+    g.fillRect(x, py(maxLat), w, py(minLat) - py(maxLat));
+    g.strokeRect(x, py(maxLat), w, py(minLat) - py(maxLat));
+  });
 }
 
+// The pointer's [x, lat] on the canvas.
 function pointer(ev) {
   const r = canvas.getBoundingClientRect();
   const x = ((ev.clientX - r.left) / r.width) * canvas.width;
   const y = ((ev.clientY - r.top) / r.height) * canvas.height;
-  return [Math.max(-90, Math.min(90, latOf(y))), Math.max(-180, Math.min(180, lonOf(x)))];
+  return [Math.max(0, Math.min(canvas.width, x)), Math.max(-90, Math.min(90, latOf(y)))];
 }
 
+// The box between two pointer positions: its west edge is the one further
+// left on screen, so with the map centred on the Pacific a box across the
+// antimeridian has minLon > maxLon, as the API wants.
 function dragBox(a, b) {
   const round = (v) => Math.round(v * 100) / 100;
+  const lon = (x) => {
+    const l = wrapLon((x / canvas.width) * 360 - 180 + mapCentre);
+    return x >= canvas.width && l === -180 ? 180 : l;
+  };
   return [
-    round(Math.min(a[0], b[0])), round(Math.min(a[1], b[1])),
-    round(Math.max(a[0], b[0])), round(Math.max(a[1], b[1])),
+    round(Math.min(a[1], b[1])), round(lon(Math.min(a[0], b[0]))),
+    round(Math.max(a[1], b[1])), round(lon(Math.max(a[0], b[0]))),
   ];
 }
 
@@ -295,6 +322,10 @@ canvas.addEventListener("mouseup", (ev) => {
   state.bbox = dragBox(drag, pointer(ev));
   drag = null;
   refresh();
+});
+$("centre").addEventListener("click", () => {
+  mapCentre = mapCentre ? 0 : 180;
+  drawMap();
 });
 
 // Controls.
@@ -321,6 +352,7 @@ $("k").addEventListener("change", (e) => {
 });
 $("bbox").addEventListener("change", (e) => {
   state.bbox = parseBox(e.target.value);
+  if (state.bbox) mapCentre = state.bbox[1] > state.bbox[3] ? 180 : 0;
   refresh();
 });
 $("copy").addEventListener("click", async () => {
@@ -362,16 +394,13 @@ async function start() {
 }
 
 // Longitudes made continuous along a ring (no jump of 360 degrees where it
-// crosses the antimeridian), with the ring's west and east ends.
+// crosses the antimeridian); `wrapped` draws what falls off the canvas.
 function unwrap(flat) {
   const ring = flat.slice();
   for (let i = 2; i < ring.length; i += 2) {
     while (ring[i] - ring[i - 2] > 180) ring[i] -= 360;
     while (ring[i] - ring[i - 2] < -180) ring[i] += 360;
   }
-  const lons = ring.filter((_, i) => i % 2 === 0);
-  ring.west = Math.min(...lons);
-  ring.east = Math.max(...lons);
   return ring;
 }
 

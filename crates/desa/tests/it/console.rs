@@ -128,23 +128,40 @@ fn artifact_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn the_console_shows_the_oracles_answers_for_the_view_its_url_names() {
-    let s = TestServer::start(&[]);
-    let oracle = load(&s);
-    let ty = "temperature";
-    let w = TimeWindow::new(T0 + 3_600, T0 + 2 * DAY - 7).unwrap();
-    let top = oracle.topk(ty, w, 5);
-    let device = top.devices[1].device_id.clone();
-    let view = |bbox: &str| {
-        format!(
-            "{}/?type={ty}&start={}&end={}&k=5&device={device}&bbox={bbox}",
-            s.base, w.start, w.end
-        )
-    };
+/// One console view: a type, a window, K, a device and a box.
+pub struct View<'a> {
+    pub event_type: &'a str,
+    pub window: TimeWindow,
+    pub k: usize,
+    pub device: &'a str,
+    pub bbox: GeoBox,
+}
 
-    let dom = browse(&view("35,-11,71,40"), "--dump-dom");
-    let want: Vec<(String, u64)> = top
+impl View<'_> {
+    fn url(&self, base: &str) -> String {
+        let (w, b) = (self.window, &self.bbox);
+        format!(
+            "{base}/?type={}&start={}&end={}&k={}&device={}&bbox={},{},{},{}",
+            self.event_type,
+            w.start,
+            w.end,
+            self.k,
+            self.device,
+            b.min_lat,
+            b.min_lon,
+            b.max_lat,
+            b.max_lon
+        )
+    }
+}
+
+/// Opens `view` on the node at `base` in the browser and checks the table,
+/// the chart and the box against the oracle; returns the DOM.
+pub fn check_view(base: &str, oracle: &Oracle, view: &View) -> String {
+    let (ty, w) = (view.event_type, view.window);
+    let dom = browse(&view.url(base), "--dump-dom");
+    let want: Vec<(String, u64)> = oracle
+        .topk(ty, w, view.k)
         .devices
         .iter()
         .map(|d| (d.device_id.clone(), d.count))
@@ -152,7 +169,7 @@ fn the_console_shows_the_oracles_answers_for_the_view_its_url_names() {
     assert_eq!(table_rows(&dom), want, "top-K table");
 
     let step = (w.end - w.start + MAX_CHART_POINTS - 1) / MAX_CHART_POINTS;
-    let series = oracle.series(&device, ty, w, step);
+    let series = oracle.series(view.device, ty, w, step);
     assert_eq!(
         attr_of_id(&dom, "series", "data-points"),
         Some(series.points.len().to_string().as_str()),
@@ -171,21 +188,19 @@ fn the_console_shows_the_oracles_answers_for_the_view_its_url_names() {
         "series avg {shown}"
     );
 
-    let check_box = |dom: &str, b: GeoBox| {
-        let want = oracle.geo(ty, &b, w);
-        assert!(want.count > 0, "a box with events: {b:?}");
-        assert_eq!(
-            attr_of_id(dom, "geo-count", "data-count"),
-            Some(want.count.to_string().as_str()),
-            "geo count {b:?}"
-        );
-        let shown: f64 = attr_of_id(dom, "geo-avg", "data-avg")
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(close(shown, want.avg.unwrap(), 1e-9), "geo avg {shown}");
-    };
-    check_box(&dom, GeoBox::new(35.0, 71.0, -11.0, 40.0).unwrap());
+    let geo = oracle.geo(ty, &view.bbox, w);
+    assert!(geo.count > 0, "a box with events: {:?}", view.bbox);
+    assert_eq!(
+        attr_of_id(&dom, "geo-count", "data-count"),
+        Some(geo.count.to_string().as_str()),
+        "geo count {:?}",
+        view.bbox
+    );
+    let shown: f64 = attr_of_id(&dom, "geo-avg", "data-avg")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(close(shown, geo.avg.unwrap(), 1e-9), "geo avg {shown}");
     for panel in ["topk", "series", "geo"] {
         let latency = text_of_id(&dom, &format!("{panel}-latency"));
         assert!(
@@ -193,20 +208,50 @@ fn the_console_shows_the_oracles_answers_for_the_view_its_url_names() {
             "{panel} latency shown: {latency:?}"
         );
     }
+    dom
+}
 
-    // A box across the antimeridian: min_lon 100 > max_lon -60 spans Asia,
-    // Oceania and the Americas.
-    let dom = browse(&view("-60,100,70,-60"), "--dump-dom");
-    check_box(&dom, GeoBox::new(-60.0, 70.0, 100.0, -60.0).unwrap());
-
+#[test]
+fn the_console_shows_the_oracles_answers_for_the_view_its_url_names() {
+    let s = TestServer::start(&[]);
+    let oracle = load(&s);
+    let w = TimeWindow::new(T0 + 3_600, T0 + 2 * DAY - 7).unwrap();
+    let device = oracle.topk("temperature", w, 5).devices[1]
+        .device_id
+        .clone();
+    let mut view = View {
+        event_type: "temperature",
+        window: w,
+        k: 5,
+        device: &device,
+        bbox: GeoBox::new(35.0, 71.0, -11.0, 40.0).unwrap(),
+    };
+    let dom = check_view(&s.base, &oracle, &view);
+    assert_eq!(attr_of_id(&dom, "map", "data-centre"), Some("0"));
     let shot = artifact_dir().join("console.png");
     browse(
-        &view("35,-11,71,40"),
+        &view.url(&s.base),
         &format!("--screenshot={}", shot.display()),
     );
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     println!("screenshot: {}", shot.display());
+
+    // A box across the antimeridian: min_lon 100 > max_lon -60 spans Asia,
+    // Oceania and the Americas.
+    view.bbox = GeoBox::new(-60.0, 70.0, 100.0, -60.0).unwrap();
+    view.k = 20;
+    let dom = check_view(&s.base, &oracle, &view);
+    assert_eq!(
+        attr_of_id(&dom, "map", "data-centre"),
+        Some("180"),
+        "a box across the antimeridian is shown on a map centred on it"
+    );
+    let shot = artifact_dir().join("console-antimeridian.png");
+    browse(
+        &view.url(&s.base),
+        &format!("--screenshot={}", shot.display()),
+    );
 }
 
 #[test]

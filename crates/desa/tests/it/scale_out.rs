@@ -44,6 +44,26 @@ fn wait_shares(workers: &[&TestServer], pg: &Postgres) -> Vec<f64> {
     }
 }
 
+/// The console on a worker shows the cluster's answers: the top-K, a
+/// device's chart and a box across the antimeridian, each fanned out.
+fn console_on_a_worker(s: &TestServer, oracle: &desa_model::oracle::Oracle) {
+    let first = oracle.events.iter().map(|e| e.ts_secs).min().unwrap();
+    let last = oracle.events.iter().map(|e| e.ts_secs).max().unwrap();
+    let window = desa_model::TimeWindow::new(first, last + 1).unwrap();
+    let top = oracle.topk("temperature", window, 10);
+    crate::console::check_view(
+        &s.base,
+        oracle,
+        &crate::console::View {
+            event_type: "temperature",
+            window,
+            k: 10,
+            device: &top.devices[0].device_id,
+            bbox: desa_model::GeoBox::new(-80.0, 80.0, 20.0, 0.0).unwrap(),
+        },
+    );
+}
+
 fn check_all(s: &TestServer, oracle: &desa_model::oracle::Oracle, seed: u64) {
     check_queries(s, oracle, seed);
     for t in ["co2", "temperature", "humidity"] {
@@ -86,6 +106,7 @@ fn three_workers_hold_shares_and_each_answers_for_all() {
     for (i, w) in [&a, &b, &c].into_iter().enumerate() {
         check_all(w, &oracle, 50 + i as u64);
     }
+    console_on_a_worker(&c, &oracle);
 
     // a dies for good: until its session expires the group still names it,
     // and b and c answer for its shards from the store.
