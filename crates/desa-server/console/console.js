@@ -10,6 +10,9 @@ const state = { type: "", start: null, end: null, k: 10, device: "", bbox: null,
 let land = [];
 let watermark = null;
 let timer = null;
+// API requests in flight, shown as body[data-pending] (0 once the page is
+// settled).
+let pending = 0;
 
 function readUrl() {
   const q = new URLSearchParams(location.search);
@@ -42,9 +45,19 @@ function parseBox(text) {
   return v;
 }
 
+// GET `path` with `params` (see `ask`), counted in body[data-pending].
+async function api(path, params) {
+  document.body.dataset.pending = ++pending;
+  try {
+    return await ask(path, params);
+  } finally {
+    document.body.dataset.pending = --pending;
+  }
+}
+
 // GET `path` with `params`; resolves to the answer and the time it took as
 // the browser measured it, or rejects with the API's own error message.
-async function api(path, params) {
+async function ask(path, params) {
   const headers = {};
   const token = sessionStorage.getItem("desa-token");
   if (token) headers.Authorization = "Bearer " + token;

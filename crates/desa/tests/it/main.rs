@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod bench;
+mod browser;
 mod cluster;
 mod cluster_retention;
 mod console;
