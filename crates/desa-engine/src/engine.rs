@@ -159,6 +159,8 @@ struct State {
     watermark: Option<i64>,
     /// Next offset per (source, partition), as durable as the events before it.
     offsets: BTreeMap<(String, i32), i64>,
+    /// What cached answers are checked against.
+    epochs: desa_store::WriteEpochs,
 }
 
 struct Inner {
@@ -240,6 +242,7 @@ impl Engine {
                 keys,
                 watermark,
                 offsets,
+                epochs: Default::default(),
             }),
             manifest: Mutex::new(manifest),
             maintenance: Mutex::new(()),
@@ -384,6 +387,12 @@ impl Engine {
             |plan| query::geo(plan, event_type, bbox, w),
         )?;
         Ok(GeoAnswer::new(event_type, w, bbox, count, sum.value()))
+    }
+
+    /// The write stamp of queries of `event_type` over `w` (see
+    /// `desa_store::WriteEpochs`).
+    pub fn stamp(&self, event_type: &str, w: TimeWindow) -> u64 {
+        self.inner.state.read().epochs.stamp(event_type, w)
     }
 
     /// The stored types: the heads' and the segments' (summaries hold the

@@ -39,6 +39,10 @@ impl Store for Engine {
         Engine::watermark_secs(self)
     }
 
+    fn stamp(&self, event_type: &str, w: TimeWindow) -> desa_store::Result<Option<u64>> {
+        Ok(Some(Engine::stamp(self, event_type, w)))
+    }
+
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
         Ok(Engine::avg(self, device, event_type, w)?)
     }

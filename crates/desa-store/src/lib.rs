@@ -17,8 +17,11 @@
 //! assert!(e.to_string().contains("partition 3"));
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod epochs;
 mod part;
+pub use epochs::{day_of, WriteEpochs};
 pub use part::{PartQuery, PartRequest, Partial};
 
 use desa_model::{
@@ -178,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Largest event timestamp stored so far.
     fn watermark_secs(&self) -> Option<i64>;
+
+    /// The write stamp of queries of `event_type` over `w` (see
+    /// [`WriteEpochs`]), taken before their answer is computed: an answer
+    /// may be served again while the stamp stays the same. `None`: this
+    /// store keeps no stamps, and its answers are not cached. Returns once
+    /// every write committed before the call counts (in cluster mode, after
+    /// a look at the catalog).
+    fn stamp(&self, _event_type: &str, _w: TimeWindow) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> Result<AvgAnswer>;
     fn topk(&self, event_type: &str, w: TimeWindow, k: usize) -> Result<TopkAnswer>;

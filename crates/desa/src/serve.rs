@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// Resident memory the node stays under.
     #[arg(long, env = "DESA_MEMORY_BUDGET", default_value = "1GiB", value_parser = parse_size)]
     pub memory_budget: u64,
+    /// Memory for the result cache of query answers, inside
+    /// `--memory-budget` (0: off). Answers are served from it only while no
+    /// write since touched their type and days.
+    #[arg(long, env = "DESA_CACHE_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub cache_size: u64,
     /// How often every stored file is read again to verify its checksum
     /// (damage since it was first read).
     #[arg(long, env = "DESA_SCRUB_INTERVAL", default_value = "24h", value_parser = crate::units::parse_duration)]
@@ -291,6 +296,12 @@ impl Node {
     /// Opens the store (recovering the engine, or connecting to and
     /// migrating the database) and starts serving.
     pub async fn start(args: &ServeArgs) -> Result<Node> {
+        anyhow::ensure!(
+            args.cache_size <= args.memory_budget / 2,
+            "--cache-size ({} bytes) must be at most half of --memory-budget ({} bytes): the cache is counted inside the budget",
+            args.cache_size,
+            args.memory_budget
+        );
         let metrics = Arc::new(Metrics::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -344,7 +355,7 @@ impl Node {
             None => {
                 let mut cfg = EngineConfig::new(&args.data_dir);
                 cfg.head_max_rows = args.head_max_events.max(1);
-                cfg.memory_budget_bytes = args.memory_budget;
+                cfg.memory_budget_bytes = args.memory_budget - args.cache_size;
                 cfg.retention_secs = args.retention;
                 cfg.scrub_every = args.scrub_interval;
                 let clock = clock.clone();
@@ -357,7 +368,10 @@ impl Node {
                 Arc::new(engine)
             }
         };
-        let (kafka, components) = start_kafka(args, &store, &clock, &metrics)?;
+        let (kafka, mut components) = start_kafka(args, &store, &clock, &metrics)?;
+        let cache = Arc::new(desa_server::cache::Cache::new(args.cache_size));
+        components.push(cache.clone());
+        let store: Arc<dyn Store> = Arc::new(desa_server::cache::Cached::new(store, cache));
         let cfg = ServerConfig {
             max_body_bytes: args.max_body as usize,
             max_future_secs: args.max_future,

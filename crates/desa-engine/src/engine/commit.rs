@@ -129,11 +129,20 @@ fn commit_group(inner: &Inner, wal: &mut WalWriter, group: Vec<Commit>, buf: &mu
     }
     let freeze = {
         let mut st = inner.state.write();
+        // Raised with the events' visibility and before their replies (see
+        // `desa_store::WriteEpochs`).
+        let epoch = st.epochs.new_epoch();
+        let mut last_touched: Option<(&str, i64)> = None;
         for (req, _) in &applies {
             advance_offsets(&mut st.offsets, &req.source_offsets);
             for e in &req.events {
                 st.head.insert(e);
                 st.watermark = Some(st.watermark.map_or(e.ts_secs, |w| w.max(e.ts_secs)));
+                let touched = (e.event_type.as_str(), desa_store::day_of(e.ts_secs));
+                if last_touched != Some(touched) {
+                    st.epochs.touch(touched.0, touched.1, epoch);
+                    last_touched = Some(touched);
+                }
             }
             if let Some(k) = &req.idempotency_key {
                 st.keys.insert(k.clone(), req.response.clone(), now);

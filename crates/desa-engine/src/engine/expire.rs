@@ -84,6 +84,7 @@ pub(super) fn expire_once(inner: &Inner) -> Result<bool> {
         st.segments.retain(|s| !gone.contains(&s.meta.id));
         st.segments.extend(kept);
         st.summaries.retain(|s| !old_summaries.contains(&s.meta.id));
+        st.epochs.touch_all();
     }
     drop(manifest);
     for s in expired.iter().chain(&straddling) {

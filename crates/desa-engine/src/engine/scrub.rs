@@ -30,6 +30,9 @@ pub(super) fn report_damaged(inner: &Inner, e: &Error) {
         tracing::error!(error = %e, "a stored file failed its checksum");
         failing.insert(CHECKSUM, e.to_string());
     }
+    drop(failing);
+    // Answers computed before the damage was seen are not served again.
+    inner.state.write().epochs.touch_all();
 }
 
 pub(super) fn scrub_loop(inner: &Inner) {

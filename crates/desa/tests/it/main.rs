@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod bench;
 mod browser;
+mod cache;
 mod cluster;
 mod cluster_retention;
 mod console;

@@ -25,64 +25,74 @@ fn compare(s: &TestServer, oracle: &Oracle, devices: &[String], rng: &mut StdRng
         let w = TimeWindow::new(start, start + len).unwrap();
         let ty = types[rng.gen_range(0..types.len())];
         let dev = &devices[rng.gen_range(0..devices.len())];
-
-        let mut p = window(w.start, w.end);
-        p.push(("device_id", dev.clone()));
-        p.push(("type", ty.to_owned()));
-        let got = s.get("/v1/query/avg", &p);
-        assert_eq!(got.status, 200, "{}", got.body);
-        let want = oracle.avg(dev, ty, w);
-        assert_eq!(
-            got.body["count"].as_u64(),
-            Some(want.count),
-            "avg {dev} {ty} {w:?}"
-        );
-        match want.avg {
-            Some(a) => assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9)),
-            None => assert!(got.body["avg"].is_null()),
-        }
-
+        check_avg(s, oracle, dev, ty, w);
         compare_series(s, oracle, (dev, ty), w, 2_000, rng);
-
-        let k = [1, 5, 20][rng.gen_range(0..3)];
-        let mut p = window(w.start, w.end);
-        p.push(("type", ty.to_owned()));
-        p.push(("k", k.to_string()));
-        let got = s.get("/v1/query/topk", &p);
-        let want = oracle.topk(ty, w, k);
-        let got_devices = devices_of(&got.body);
-        let want_devices: Vec<(String, u64)> = want
-            .devices
-            .iter()
-            .map(|d| (d.device_id.clone(), d.count))
-            .collect();
-        assert_eq!(got_devices, want_devices, "topk {ty} {w:?} k={k}");
-
+        check_topk(s, oracle, ty, w, [1, 5, 20][rng.gen_range(0..3)]);
         let lat: [f64; 2] = [rng.gen_range(-90.0..90.0), rng.gen_range(-90.0..90.0)];
         let (min_lat, max_lat) = (lat[0].min(lat[1]), lat[0].max(lat[1]));
         let (min_lon, max_lon) = (rng.gen_range(-180.0..180.0), rng.gen_range(-180.0..180.0));
         let b = GeoBox::new(min_lat, max_lat, min_lon, max_lon).unwrap();
-        let mut p = window(w.start, w.end);
-        p.push(("type", ty.to_owned()));
-        for (name, v) in [
-            ("min_lat", min_lat),
-            ("max_lat", max_lat),
-            ("min_lon", min_lon),
-            ("max_lon", max_lon),
-        ] {
-            p.push((name, format!("{v:?}")));
-        }
-        let got = s.get("/v1/query/geo", &p);
-        assert_eq!(got.status, 200, "{}", got.body);
-        let want = oracle.geo(ty, &b, w);
-        assert_eq!(
-            got.body["count"].as_u64(),
-            Some(want.count),
-            "geo {ty} {b:?} {w:?}"
-        );
-        if let Some(a) = want.avg {
-            assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9));
-        }
+        check_geo(s, oracle, ty, &b, w);
+    }
+}
+
+/// `GET /v1/query/avg` against the oracle.
+pub fn check_avg(s: &TestServer, oracle: &Oracle, dev: &str, ty: &str, w: TimeWindow) {
+    let mut p = window(w.start, w.end);
+    p.push(("device_id", dev.to_owned()));
+    p.push(("type", ty.to_owned()));
+    let got = s.get("/v1/query/avg", &p);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let want = oracle.avg(dev, ty, w);
+    assert_eq!(
+        got.body["count"].as_u64(),
+        Some(want.count),
+        "avg {dev} {ty} {w:?}"
+    );
+    match want.avg {
+        Some(a) => assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9)),
+        None => assert!(got.body["avg"].is_null()),
+    }
+}
+
+/// `GET /v1/query/topk` against the oracle.
+pub fn check_topk(s: &TestServer, oracle: &Oracle, ty: &str, w: TimeWindow, k: usize) {
+    let mut p = window(w.start, w.end);
+    p.push(("type", ty.to_owned()));
+    p.push(("k", k.to_string()));
+    let got = s.get("/v1/query/topk", &p);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let want: Vec<(String, u64)> = oracle
+        .topk(ty, w, k)
+        .devices
+        .iter()
+        .map(|d| (d.device_id.clone(), d.count))
+        .collect();
+    assert_eq!(devices_of(&got.body), want, "topk {ty} {w:?} k={k}");
+}
+
+/// `GET /v1/query/geo` against the oracle.
+pub fn check_geo(s: &TestServer, oracle: &Oracle, ty: &str, b: &GeoBox, w: TimeWindow) {
+    let mut p = window(w.start, w.end);
+    p.push(("type", ty.to_owned()));
+    for (name, v) in [
+        ("min_lat", b.min_lat),
+        ("max_lat", b.max_lat),
+        ("min_lon", b.min_lon),
+        ("max_lon", b.max_lon),
+    ] {
+        p.push((name, format!("{v:?}")));
+    }
+    let got = s.get("/v1/query/geo", &p);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let want = oracle.geo(ty, b, w);
+    assert_eq!(
+        got.body["count"].as_u64(),
+        Some(want.count),
+        "geo {ty} {b:?} {w:?}"
+    );
+    if let Some(a) = want.avg {
+        assert!(close(got.body["avg"].as_f64().unwrap(), a, 1e-9));
     }
 }
 
@@ -100,6 +110,18 @@ pub fn compare_series(
     let len = w.end - w.start;
     let n = rng.gen_range(1..=points);
     let step = ((len + n - 1) / n).max(1) + rng.gen_range(0..3);
+    check_series(s, oracle, (dev, ty), w, step);
+}
+
+/// `GET /v1/query/series` with `step`, each point and the whole window
+/// against the oracle's buckets.
+pub fn check_series(
+    s: &TestServer,
+    oracle: &Oracle,
+    (dev, ty): (&str, &str),
+    w: TimeWindow,
+    step: i64,
+) {
     let mut p = window(w.start, w.end);
     p.push(("device_id", dev.to_owned()));
     p.push(("type", ty.to_owned()));
