@@ -36,6 +36,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use postgres::{Client, IsolationLevel};
 
 use crate::error::{Error, Result};
+use desa_store::{day_of, WriteEpochs};
 
 /// Bodies fetched in one statement: at most this many bytes (by the
 /// catalog), or one block.
@@ -46,6 +47,9 @@ pub(crate) const CLEANUP_AGE: Duration = Duration::from_secs(120);
 /// Listings in a row whose blocks merges removed before they were fetched,
 /// before a look gives up (each such listing follows a merge).
 const LIST_ATTEMPTS: usize = 20;
+/// A block spanning more days than this changes every cached answer
+/// (a shared block of sparse old days spans up to 1,024).
+const MAX_TOUCHED_DAYS: usize = 64;
 /// The file naming the database a block directory belongs to.
 const CLUSTER_FILE: &str = "CLUSTER";
 
@@ -117,6 +121,10 @@ pub(crate) struct Blocks {
     /// and no lock is held while it talks to the database.
     looks: Mutex<Looks>,
     looked: Condvar,
+    /// What cached answers are checked against, raised by each look.
+    epochs: Mutex<WriteEpochs>,
+    /// The retention horizon the last look read.
+    horizon: Mutex<Option<i64>>,
     next_temp: AtomicU64,
     _lock: std::fs::File,
 }
@@ -141,6 +149,8 @@ struct Listed {
     events: i64,
     bytes: i64,
     crc: i64,
+    /// Least and greatest event time.
+    span: (i64, i64),
 }
 
 /// What one look at the catalog read, in one snapshot.
@@ -193,6 +203,8 @@ impl Blocks {
             held: RwLock::new(None),
             looks: Mutex::new(Looks::default()),
             looked: Condvar::new(),
+            epochs: Mutex::new(WriteEpochs::default()),
+            horizon: Mutex::new(None),
             next_temp: AtomicU64::new(0),
             _lock: lock,
         })
@@ -362,7 +374,8 @@ impl Blocks {
             // look, and the snapshot's bounds.
             let rows = c.query(
                 "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, b.id,
-                        (SELECT value FROM desa_meta WHERE key = 'first_kept'), b.shard
+                        (SELECT value FROM desa_meta WHERE key = 'first_kept'), b.shard,
+                        b.min_ts, b.max_ts
                    FROM pg_current_snapshot() AS s
                    LEFT JOIN desa_blocks b ON b.xid >= $1::text::xid8",
                 &[&from.to_string()],
@@ -373,6 +386,11 @@ impl Blocks {
             let (xmin, xmax) = (parse_xid(first.get(0))?, parse_xid(first.get(1))?);
             let horizon: Option<String> = first.get(3);
             self.drop_expired(horizon.and_then(|h| h.parse().ok()));
+            // Every shard's new blocks, held here or not, change answers.
+            self.touched(
+                rows.iter()
+                    .map(|r| r.get::<_, Option<i64>>(5).zip(r.get::<_, Option<i64>>(6))),
+            );
             if xmax < from {
                 // Transaction ids went back (the database was restored or
                 // failed over to a replica that was behind): list it all.
@@ -475,6 +493,11 @@ impl Blocks {
     }
 
     fn apply(&self, listing: &Listing, added: Added, full: bool) {
+        if full {
+            self.epochs.lock().touch_all();
+        } else {
+            self.touched(listing.rows.iter().map(|r| Some(r.span)));
+        }
         let view = self.view();
         // Blocks held locally that the catalog no longer lists are gone:
         // all of them after a full listing, else those of the days with a
@@ -517,6 +540,36 @@ impl Blocks {
         if !gone.is_empty() {
             self.replace_view(Vec::new(), &gone);
         }
+        let mut horizon = self.horizon.lock();
+        if *horizon != Some(first_kept) {
+            *horizon = Some(first_kept);
+            self.epochs.lock().touch_all();
+        }
+    }
+
+    /// Raises the write epochs of the days of blocks that committed or
+    /// went, each given by its least and greatest event time (`None` for a
+    /// catalog row that names no block).
+    fn touched(&self, spans: impl Iterator<Item = Option<(i64, i64)>>) {
+        let mut epochs = self.epochs.lock();
+        let epoch = epochs.new_epoch();
+        for (min_ts, max_ts) in spans.flatten() {
+            let days = day_of(min_ts)..=day_of(max_ts);
+            if days.clone().count() > MAX_TOUCHED_DAYS {
+                epochs.touch_all();
+                continue;
+            }
+            for day in days {
+                epochs.touch_day(day, epoch);
+            }
+        }
+    }
+
+    /// The write stamp of queries over `w` as of the last look (see
+    /// `desa_store::WriteEpochs`; the catalog does not know blocks' types,
+    /// so a write to a day changes the stamps of every type's queries).
+    pub fn stamp(&self, event_type: &str, w: desa_model::TimeWindow) -> u64 {
+        self.epochs.lock().stamp(event_type, w)
     }
 
     /// Deletes files the view does not hold (an earlier run's, a block
@@ -576,7 +629,8 @@ fn list(c: &mut Client, from: Option<u64>) -> Result<Listing> {
     )?;
     let rows: Vec<Listed> = tx
         .query(
-            "SELECT id, shard, day, events, bytes, crc FROM desa_blocks WHERE xid >= $1::text::xid8",
+            "SELECT id, shard, day, events, bytes, crc, min_ts, max_ts
+               FROM desa_blocks WHERE xid >= $1::text::xid8",
             &[&from.unwrap_or(0).to_string()],
         )?
         .iter()
@@ -587,6 +641,7 @@ fn list(c: &mut Client, from: Option<u64>) -> Result<Listing> {
             events: i64::from(r.get::<_, i32>(3)),
             bytes: i64::from(r.get::<_, i32>(4)),
             crc: r.get(5),
+            span: (r.get(6), r.get(7)),
         })
         .collect();
     let mut days: HashMap<i32, HashSet<i64>> = HashMap::new();

@@ -612,6 +612,11 @@ impl Store for PgStore {
         *self.shared.watermark.lock()
     }
 
+    fn stamp(&self, event_type: &str, w: TimeWindow) -> desa_store::Result<Option<u64>> {
+        self.with_query_client(|c| self.shared.blocks.sync(c))?;
+        Ok(Some(self.shared.blocks.stamp(event_type, w)))
+    }
+
     fn avg(&self, device: &str, event_type: &str, w: TimeWindow) -> desa_store::Result<AvgAnswer> {
         let part = self.fan_out(&PartQuery::Avg {
             device_id: device.to_owned(),

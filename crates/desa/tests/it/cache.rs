@@ -266,3 +266,90 @@ fn a_late_event_drops_exactly_the_cached_answers_of_its_type_and_day() {
     }
     assert_eq!(counter(&off, "desa_cache_hits_total"), 0);
 }
+
+#[test]
+fn a_cluster_worker_drops_cached_answers_when_another_worker_writes_their_days() {
+    let pg = crate::pg::Postgres::start();
+    let url = pg.url();
+    let a = TestServer::start(&["--store", url.as_str()]);
+    let b = TestServer::start(&["--store", url.as_str()]);
+    let all = events(13, 3_000);
+    post(&b, &all);
+    let mut oracle = Oracle::default();
+    all.iter().for_each(|e| oracle.add(e.clone()));
+    let dev = all[0].device_id.clone();
+    let day = |d: i64| TimeWindow::new(T0 + d * DAY, T0 + (d + 1) * DAY).unwrap();
+    let dashboard = |oracle: &Oracle| {
+        for d in [1, 3] {
+            check_avg(&a, oracle, &dev, "temperature", day(d));
+            check_topk(&a, oracle, "temperature", day(d), 5);
+        }
+    };
+    dashboard(&oracle);
+    let hits = counter(&a, "desa_cache_hits_total");
+    dashboard(&oracle);
+    assert_eq!(counter(&a, "desa_cache_hits_total"), hits + 4);
+
+    // Another worker stores a late event of day 1: the first worker's
+    // answers over day 1 count it at once; those over day 3 are still
+    // served from its cache.
+    let mut late = all[0].clone();
+    late.event_type = "temperature".into();
+    late.ts_secs = T0 + DAY + 100;
+    post(&b, std::slice::from_ref(&late));
+    oracle.add(late);
+    let hits = counter(&a, "desa_cache_hits_total");
+    dashboard(&oracle);
+    assert_eq!(counter(&a, "desa_cache_hits_total"), hits + 2);
+    assert!(counter(&a, "desa_cache_invalidations_total") >= 2);
+}
+
+/// A worker's stamp follows the catalog for the shards it does not hold
+/// too (it reads their rows, not their blocks), day by day.
+#[test]
+fn a_workers_stamp_follows_writes_to_shards_it_does_not_hold() {
+    use desa_postgres::schema::DEFAULT_SHARDS;
+    use desa_store::{Store, WriteRequest};
+    let pg = crate::pg::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, advertise_url: Option<String>| {
+        desa_postgres::PgStore::open(desa_postgres::PgConfig {
+            url: pg.url(),
+            worker: name.into(),
+            blocks_dir: dir.path().join(name),
+            retention_secs: None,
+            shards: DEFAULT_SHARDS,
+            advertise_url,
+            peer_token: None,
+            peer_cacert: None,
+            password_file: None,
+        })
+        .unwrap()
+    };
+    let a = open("a", Some("http://127.0.0.1:9".into()));
+    let b = open("b", None);
+    // a holds the shards of partition 0 of 6.
+    a.claim("kafka:ev", &[0], 6).unwrap();
+    let other = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|d| desa_model::shard_of(d, DEFAULT_SHARDS) % 6 != 0)
+        .unwrap();
+    let event = |ts_secs: i64| Event {
+        device_id: other.clone(),
+        ts_secs,
+        event_type: "temperature".into(),
+        value: 1.5,
+        latitude: 1.0,
+        longitude: 2.0,
+        metadata: None,
+    };
+    let day0 = TimeWindow::new(T0, T0 + DAY).unwrap();
+    let stamp = || a.stamp("temperature", day0).unwrap().unwrap();
+    let before = stamp();
+    b.write(WriteRequest::events(vec![event(T0 + 10)])).unwrap();
+    let after = stamp();
+    assert_ne!(after, before, "a write of day 0 in a shard a does not hold");
+    b.write(WriteRequest::events(vec![event(T0 + 3 * DAY)]))
+        .unwrap();
+    assert_eq!(stamp(), after, "a write of day 3 leaves day 0's stamp");
+}

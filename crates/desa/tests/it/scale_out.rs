@@ -93,7 +93,7 @@ fn three_workers_hold_shares_and_each_answers_for_all() {
         wait_assigned(w);
     }
     wait_covered(&[&a, &b, &c], 6);
-    let (lines, oracle) = seeded(41, 30_000, 0.0);
+    let (lines, mut oracle) = seeded(41, 30_000, 0.0);
     produce(&broker, "ev", lines);
     wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
 
@@ -107,6 +107,17 @@ fn three_workers_hold_shares_and_each_answers_for_all() {
         check_all(w, &oracle, 50 + i as u64);
     }
     console_on_a_worker(&c, &oracle);
+
+    // More events of the same days, in every partition: the answers each
+    // worker cached above are dropped, whichever worker stored the events,
+    // and the same queries count them.
+    let (more, more_oracle) = seeded(42, 3_000, 0.0);
+    produce(&broker, "ev", more);
+    more_oracle.events.into_iter().for_each(|e| oracle.add(e));
+    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
+    for (i, w) in [&a, &b, &c].into_iter().enumerate() {
+        check_all(w, &oracle, 50 + i as u64);
+    }
 
     // a dies for good: until its session expires the group still names it,
     // and b and c answer for its shards from the store.
