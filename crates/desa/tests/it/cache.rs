@@ -332,7 +332,7 @@ fn a_workers_stamp_follows_writes_to_shards_it_does_not_hold() {
     a.claim("kafka:ev", &[0], 6).unwrap();
     let other = (0..)
         .map(|i| format!("d{i}"))
-        .find(|d| desa_model::shard_of(d, DEFAULT_SHARDS) % 6 != 0)
+        .find(|d| !desa_model::shard_of(d, DEFAULT_SHARDS).is_multiple_of(6))
         .unwrap();
     let event = |ts_secs: i64| Event {
         device_id: other.clone(),
