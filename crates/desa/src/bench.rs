@@ -7,18 +7,15 @@
 //! `bench/peers.py` times the peers inside its own process.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use desa_engine::{Engine, EngineConfig, SystemClock};
 use desa_gen::{GenConfig, Generator};
-use desa_model::{GeoBox, TimeWindow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -28,8 +25,12 @@ use crate::gen::progress_bar;
 use crate::units::parse_secs;
 
 mod cluster;
+mod dashboard;
 mod kafka;
 mod mixed;
+mod target;
+
+use target::{memory_of, open_in_process, start_node, ChildNode, Target};
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -56,6 +57,16 @@ pub struct BenchArgs {
     /// load's measured rate).
     #[arg(long, env = "DESA_BENCH_MIXED_INGEST_RATE")]
     pub mixed_ingest_rate: Option<u64>,
+    /// After the mixed load, this many dashboards ask the same 20 queries
+    /// once a second for `--mixed-secs` while ingest runs at the mixed
+    /// load's rate (0: off): latency and node CPU, with `--cache-size` on
+    /// or off.
+    #[arg(long, env = "DESA_BENCH_DASHBOARD_CLIENTS", default_value_t = 0)]
+    pub dashboard_clients: usize,
+    /// The node's result cache (`desa serve --cache-size`); off by default,
+    /// so that the timed queries measure the store.
+    #[arg(long, env = "DESA_BENCH_CACHE_SIZE", default_value = "0", value_parser = crate::units::parse_size)]
+    pub cache_size: u64,
     /// Fraction of events that carry a small `metadata` object.
     #[arg(long, env = "DESA_BENCH_METADATA", default_value_t = 0.05)]
     pub metadata_fraction: f64,
@@ -154,120 +165,6 @@ impl BenchArgs {
 
 /// Draws the parameters of one timed query.
 type ParamGen = Box<dyn FnMut(&mut StdRng) -> Vec<(&'static str, String)>>;
-
-struct ChildNode {
-    child: Child,
-    base: String,
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(data_dir: &std::path::Path, extra: &[String]) -> Result<ChildNode> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .env("DESA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting desa serve")?;
-    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let base = line
-        .strip_prefix("desa listening on ")
-        .ok_or_else(|| anyhow!("unexpected first line from desa serve: {line:?}"))?
-        .to_owned();
-    Ok(ChildNode { child, base })
-}
-
-/// Where the timed queries go.
-enum Target {
-    /// A `desa serve` child, asked over loopback HTTP: what users get.
-    Node { node: ChildNode, client: Client },
-    /// The engine opened in this process, asked directly.
-    InProcess(Engine),
-}
-
-impl Target {
-    /// The answer `GET path?params` gives, as JSON.
-    fn ask(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
-        match self {
-            Target::Node { client, .. } => client.get_json(path, params),
-            Target::InProcess(engine) => ask_engine(engine, path, params),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        match self {
-            Target::Node { node, .. } => node.child.id(),
-            Target::InProcess(_) => std::process::id(),
-        }
-    }
-}
-
-/// Answers one of the bench's queries on an engine, as the HTTP API would.
-fn ask_engine(engine: &Engine, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
-    let get = |name: &str| -> Result<&str> {
-        params
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| anyhow!("{path}: no parameter {name}"))
-    };
-    let num = |name: &str| -> Result<f64> { Ok(get(name)?.parse()?) };
-    if path == "/v1/types" {
-        return Ok(serde_json::to_value(engine.types()?)?);
-    }
-    let w = TimeWindow::new(get("start")?.parse()?, get("end")?.parse()?)?;
-    let ty = get("type")?;
-    Ok(match path {
-        "/v1/query/avg" => serde_json::to_value(engine.avg(get("device_id")?, ty, w)?)?,
-        "/v1/query/topk" => serde_json::to_value(engine.topk(ty, w, get("k")?.parse()?)?)?,
-        "/v1/query/geo" => {
-            let bbox = GeoBox::new(
-                num("min_lat")?,
-                num("max_lat")?,
-                num("min_lon")?,
-                num("max_lon")?,
-            )
-            .map_err(|e| anyhow!("{path}: {e}"))?;
-            serde_json::to_value(engine.geo(ty, &bbox, w)?)?
-        }
-        "/v1/query/series" => {
-            let answer =
-                desa_store::Store::series(engine, get("device_id")?, ty, w, get("step")?.parse()?)?;
-            serde_json::to_value(answer?)?
-        }
-        other => bail!("no in-process query for {other}"),
-    })
-}
-
-/// (VmRSS, VmHWM) of a process, in bytes.
-fn memory_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -392,7 +289,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .flat_map(|url| ["--store".to_owned(), url.clone()])
         .collect();
-    node_args.extend(["--memory-budget".to_owned(), args.memory_budget.to_string()]);
+    node_args.extend([
+        "--memory-budget".to_owned(),
+        args.memory_budget.to_string(),
+        "--cache-size".to_owned(),
+        args.cache_size.to_string(),
+    ]);
     let input = match &args.input {
         Some(p) => p.clone(),
         None if reuse => PathBuf::new(),
@@ -598,29 +500,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(mut out) = record {
         out.flush()?;
     }
-    let mixed_report = match &target {
-        Target::Node { client, .. } if args.mixed_clients > 0 => {
-            let load_rate = accepted as f64 / elapsed.as_secs_f64().max(1e-9);
-            Some(mixed::run(&mixed::Mixed {
-                client,
-                clients: args.mixed_clients,
-                duration: Duration::from_secs(args.mixed_secs.max(1) as u64),
-                ingest_rate: args.mixed_ingest_rate.unwrap_or(if reuse {
-                    0
-                } else {
-                    (load_rate / 2.0) as u64
-                }),
-                start_ts,
-                span_secs: args.span,
-                devices: devices.iter().map(|(_, d)| d.clone()).collect(),
-                gen: GenConfig {
-                    seed: args.seed + 1,
-                    ..cfg_for_mixed.clone()
-                },
-            })?)
+    let (mut mixed_report, mut dashboard_report) = (None, None);
+    if let Target::Node { client, node } = &target {
+        let load_rate = accepted as f64 / elapsed.as_secs_f64().max(1e-9);
+        let load = |clients| mixed::Mixed {
+            client,
+            clients,
+            duration: Duration::from_secs(args.mixed_secs.max(1) as u64),
+            ingest_rate: args.mixed_ingest_rate.unwrap_or(if reuse {
+                0
+            } else {
+                (load_rate / 2.0) as u64
+            }),
+            start_ts,
+            span_secs: args.span,
+            devices: devices.iter().map(|(_, d)| d.clone()).collect(),
+            gen: GenConfig {
+                seed: args.seed + 1,
+                ..cfg_for_mixed.clone()
+            },
+        };
+        if args.mixed_clients > 0 {
+            mixed_report = Some(mixed::run(&load(args.mixed_clients))?);
         }
-        _ => None,
-    };
+        if args.dashboard_clients > 0 {
+            let pid = node.child.id();
+            dashboard_report = Some(dashboard::run(&load(args.dashboard_clients), pid)?);
+        }
+    }
     let (rss, hwm) = memory_of(target.pid());
     let health = match &target {
         Target::Node { client, .. } => client.get_json("/healthz", &[])?,
@@ -691,6 +598,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "segment_bytes_per_event": storage as f64 / accepted.max(1) as f64,
         "bytes_per_event_by_part": per_event,
         "mixed": mixed_report,
+        "dashboard": dashboard_report,
+        "cache_size_bytes": args.cache_size,
         "node": health,
         "queries": results,
     });
@@ -718,19 +627,6 @@ fn peak_against_budget(peak: u64, budget: u64, over: bool) -> String {
     } else {
         text
     }
-}
-
-/// Opens the stored engine in this process: (target, events stored, no load time).
-fn open_in_process(data_dir: &Path) -> Result<(Target, u64, Duration)> {
-    let engine = Engine::open(EngineConfig::new(data_dir), Arc::new(SystemClock))
-        .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
-    let st = engine.stats();
-    let stored = st.head_rows + st.frozen_rows + st.segment_rows;
-    eprintln!(
-        "reusing {stored} events stored in {}, queried in this process",
-        data_dir.display()
-    );
-    Ok((Target::InProcess(engine), stored, Duration::ZERO))
 }
 
 /// Starts a `desa serve` child, loads the input over HTTP unless `reuse`,

@@ -135,7 +135,7 @@ pub(super) fn run(m: &Mixed<'_>) -> Result<serde_json::Value> {
 
 /// Posts generated events (after the dataset's span) at `m.ingest_rate`,
 /// in batches of a tenth of a second, until `stop`.
-fn ingest(m: &Mixed<'_>, stop: &AtomicBool, posted: &AtomicU64) {
+pub(super) fn ingest(m: &Mixed<'_>, stop: &AtomicBool, posted: &AtomicU64) {
     let batch = (m.ingest_rate / 10).max(1) as usize;
     let mut lines = Generator::new(GenConfig {
         start_ts: m.start_ts + m.span_secs,
