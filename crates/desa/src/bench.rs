@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// load's measured rate).
     #[arg(long, env = "DESA_BENCH_MIXED_INGEST_RATE")]
     pub mixed_ingest_rate: Option<u64>,
+    /// Share of the live stream's events (mixed load and dashboards) that
+    /// arrive late, up to 3 days behind (default: the dataset's 0.01).
+    #[arg(long, env = "DESA_BENCH_MIXED_LATE_FRACTION")]
+    pub mixed_late_fraction: Option<f64>,
     /// After the mixed load, this many dashboards ask the same 20 queries
     /// once a second for `--mixed-secs` while ingest runs at the mixed
     /// load's rate (0: off): latency and node CPU, with `--cache-size` on
@@ -517,6 +521,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             devices: devices.iter().map(|(_, d)| d.clone()).collect(),
             gen: GenConfig {
                 seed: args.seed + 1,
+                late_fraction: args
+                    .mixed_late_fraction
+                    .unwrap_or(cfg_for_mixed.late_fraction),
                 ..cfg_for_mixed.clone()
             },
         };

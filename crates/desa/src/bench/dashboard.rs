@@ -5,8 +5,8 @@
 //!
 //! Eight of the queries hold the live edge (last hour, last day) and are
 //! changed by every write; twelve are over closed windows (yesterday, the
-//! last 7 and 30 days up to the edge's day) and change only with late
-//! events.
+//! last 7 and 30 days up to the live day) and change only with late
+//! events (`--mixed-late-fraction`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,10 +26,11 @@ type Query = (&'static str, &'static str, Vec<(&'static str, String)>);
 
 /// The dashboard: 20 queries over the dataset, which ends at the live edge.
 fn queries(m: &Mixed<'_>) -> Vec<Query> {
-    let edge = m.start_ts + m.span_secs;
-    // The edge's day starts here: closed windows end before it.
-    let today = edge.div_euclid(DAY) * DAY;
-    let live = |len: i64| (edge - len, edge + HOUR);
+    // The live stream writes [now, now + a minute); closed windows end
+    // before its day.
+    let now = m.live_start();
+    let today = now.div_euclid(DAY) * DAY;
+    let live = |len: i64| (now + HOUR - len, now + HOUR);
     let ty = || ("type", "temperature".to_owned());
     let win = |(s, e): (i64, i64)| [("start", s.to_string()), ("end", e.to_string())];
     let (hot, median) = (&m.devices[0], &m.devices[m.devices.len() / 2]);
@@ -108,6 +109,21 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
+/// The node's result cache hits and misses so far (0 when it has none).
+fn cache_counts(m: &Mixed<'_>) -> Result<(u64, u64)> {
+    let text = m.client.get_text("/metrics")?;
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Ok((
+        sum("desa_cache_hits_total{"),
+        sum("desa_cache_misses_total{"),
+    ))
+}
+
 /// Runs the dashboards against the node of process `pid`; returns the
 /// report.
 pub(super) fn run(m: &Mixed<'_>, pid: u32) -> Result<serde_json::Value> {
@@ -117,6 +133,7 @@ pub(super) fn run(m: &Mixed<'_>, pid: u32) -> Result<serde_json::Value> {
     let errors = AtomicU64::new(0);
     let posted = AtomicU64::new(0);
     let cpu_before = cpu_secs(pid);
+    let cache_before = cache_counts(m)?;
     let started = Instant::now();
     std::thread::scope(|scope| {
         for c in 0..m.clients {
@@ -160,6 +177,8 @@ pub(super) fn run(m: &Mixed<'_>, pid: u32) -> Result<serde_json::Value> {
     });
     let secs = started.elapsed().as_secs_f64();
     let cpu = (cpu_secs(pid) - cpu_before) / secs;
+    let cache = cache_counts(m)?;
+    let (hits, misses) = (cache.0 - cache_before.0, cache.1 - cache_before.1);
     let mut kinds = serde_json::Map::new();
     let all = latencies.into_inner().unwrap_or_default();
     let mut every: Vec<f64> = all.values().flatten().copied().collect();
@@ -179,7 +198,7 @@ pub(super) fn run(m: &Mixed<'_>, pid: u32) -> Result<serde_json::Value> {
     let p99 = percentile(&every, 0.99);
     let ingest_rate = posted.load(Ordering::Relaxed) as f64 / secs;
     eprintln!(
-        "dashboard: {} clients x {} queries a second for {secs:.1} s: p99 {p99:.3} ms over all {} queries, node CPU {cpu:.2} cores, ingest {ingest_rate:.0} events/s beside them, {} errors",
+        "dashboard: {} clients x {} queries a second for {secs:.1} s: p99 {p99:.3} ms over all {} queries, node CPU {cpu:.2} cores, cache hits {hits} misses {misses}, ingest {ingest_rate:.0} events/s beside them, {} errors",
         m.clients,
         dashboard.len(),
         every.len(),
@@ -191,6 +210,8 @@ pub(super) fn run(m: &Mixed<'_>, pid: u32) -> Result<serde_json::Value> {
         "secs": secs,
         "p99_ms": p99,
         "node_cpu_cores": cpu,
+        "cache_hits": hits,
+        "cache_misses": misses,
         "ingest_events_per_sec": ingest_rate,
         "errors": errors.load(Ordering::Relaxed),
         "kinds": kinds,

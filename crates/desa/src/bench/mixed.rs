@@ -30,6 +30,15 @@ pub(super) struct Mixed<'a> {
     pub gen: GenConfig,
 }
 
+impl Mixed<'_> {
+    /// Event time of the live stream's first event: half a day past the
+    /// dataset's end, so that events a few minutes out of order stay in
+    /// the live day.
+    pub fn live_start(&self) -> i64 {
+        self.start_ts + self.span_secs + 43_200
+    }
+}
+
 /// A random query of a random kind over the dataset's span.
 fn query(
     rng: &mut StdRng,
@@ -133,13 +142,17 @@ pub(super) fn run(m: &Mixed<'_>) -> Result<serde_json::Value> {
     }))
 }
 
-/// Posts generated events (after the dataset's span) at `m.ingest_rate`,
-/// in batches of a tenth of a second, until `stop`.
+/// Posts generated events at `m.ingest_rate`, in batches of a tenth of a
+/// second, until `stop`: a live stream from [`Mixed::live_start`] whose
+/// event time advances with the clock (late and out-of-order events as
+/// `m.gen` has them).
 pub(super) fn ingest(m: &Mixed<'_>, stop: &AtomicBool, posted: &AtomicU64) {
     let batch = (m.ingest_rate / 10).max(1) as usize;
+    let secs = m.duration.as_secs().max(1) + 1;
     let mut lines = Generator::new(GenConfig {
-        start_ts: m.start_ts + m.span_secs,
-        count: u64::MAX / 2,
+        start_ts: m.live_start(),
+        span_secs: secs as i64,
+        count: m.ingest_rate.saturating_mul(secs),
         ..m.gen.clone()
     })
     .map(|g| g.line);
