@@ -10,7 +10,7 @@ use desa_gen::{GenConfig, Generator};
 use desa_model::oracle::Oracle;
 use desa_model::{Event, GeoBox, TimeWindow};
 
-use crate::oracle::{check_avg, check_geo, check_series, check_topk};
+use crate::oracle::{check_avg, check_geo, check_series, check_topk, geo_params};
 use crate::support::{window, TestServer};
 
 const T0: i64 = 1_767_225_600;
@@ -158,20 +158,11 @@ fn cached_answers_equal_the_oracle_while_late_and_on_time_events_arrive() {
                 .enumerate()
                 .map(|(i, w)| {
                     let (ty, dev) = (TYPES[i % 2], &devices[i % devices.len()]);
-                    let mut p = window(w.start, w.end);
-                    p.push(("type", ty.to_owned()));
-                    let mut a = p.clone();
+                    let mut a = window(w.start, w.end);
+                    a.push(("type", ty.to_owned()));
                     a.push(("device_id", dev.clone()));
                     let avg = s.get("/v1/query/avg", &a).body["count"].as_u64().unwrap();
-                    let b = europe();
-                    for (name, v) in [
-                        ("min_lat", b.min_lat),
-                        ("max_lat", b.max_lat),
-                        ("min_lon", b.min_lon),
-                        ("max_lon", b.max_lon),
-                    ] {
-                        p.push((name, format!("{v:?}")));
-                    }
+                    let p = geo_params(ty, &europe(), w);
                     let geo = s.get("/v1/query/geo", &p).body["count"].as_u64().unwrap();
                     (avg, geo)
                 })

@@ -71,8 +71,8 @@ pub fn check_topk(s: &TestServer, oracle: &Oracle, ty: &str, w: TimeWindow, k: u
     assert_eq!(devices_of(&got.body), want, "topk {ty} {w:?} k={k}");
 }
 
-/// `GET /v1/query/geo` against the oracle.
-pub fn check_geo(s: &TestServer, oracle: &Oracle, ty: &str, b: &GeoBox, w: TimeWindow) {
+/// The parameters of `GET /v1/query/geo`.
+pub fn geo_params(ty: &str, b: &GeoBox, w: TimeWindow) -> Vec<(&'static str, String)> {
     let mut p = window(w.start, w.end);
     p.push(("type", ty.to_owned()));
     for (name, v) in [
@@ -83,7 +83,12 @@ pub fn check_geo(s: &TestServer, oracle: &Oracle, ty: &str, b: &GeoBox, w: TimeW
     ] {
         p.push((name, format!("{v:?}")));
     }
-    let got = s.get("/v1/query/geo", &p);
+    p
+}
+
+/// `GET /v1/query/geo` against the oracle.
+pub fn check_geo(s: &TestServer, oracle: &Oracle, ty: &str, b: &GeoBox, w: TimeWindow) {
+    let got = s.get("/v1/query/geo", &geo_params(ty, b, w));
     assert_eq!(got.status, 200, "{}", got.body);
     let want = oracle.geo(ty, b, w);
     assert_eq!(
