@@ -193,33 +193,42 @@ impl KafkaArgs {
     /// `key=value` options as pairs, the file's first; the error names the
     /// malformed one (by line in the file, without its value).
     pub fn option_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let mut pairs = Vec::new();
-        if let Some(path) = &self.kafka_option_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --kafka-option-file {}", path.display()))?;
-            for (i, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let (k, v) = line.split_once('=').ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--kafka-option-file {} line {}: expected key=value",
-                        path.display(),
-                        i + 1
-                    )
-                })?;
-                pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+        kafka_option_pairs(self.kafka_option_file.as_deref(), &self.kafka_options)
+    }
+}
+
+/// librdkafka `key=value` settings as pairs, the file's first; the error
+/// names the malformed one (by line in the file, without its value).
+pub fn kafka_option_pairs(
+    file: Option<&std::path::Path>,
+    options: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --kafka-option-file {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
             }
-        }
-        for o in self.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--kafka-option-file {} line {}: expected key=value",
+                    path.display(),
+                    i + 1
+                )
+            })?;
             pairs.push((k.trim().to_owned(), v.trim().to_owned()));
         }
-        Ok(pairs)
     }
+    for o in options.iter().filter(|o| !o.trim().is_empty()) {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))?;
+        pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(pairs)
 }
 
 pub fn init_logging() {
@@ -228,6 +237,8 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: not in log files and collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -236,7 +247,10 @@ pub struct Node {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    _kafka: Option<KafkaSource>,
+    kafka: Option<KafkaSource>,
+    /// Held until `stop`, so that the store is closed there and not by
+    /// whichever async task drops its last handle.
+    store: Option<Arc<dyn Store>>,
 }
 
 /// The Kafka source as a component of `/healthz` and `/metrics`.
@@ -401,6 +415,7 @@ impl Node {
             shutdown_grace: args.shutdown_grace,
             tls,
         };
+        let store = state.store.clone();
         let server = tokio::spawn(desa_server::serve(listener, state, door, async move {
             let _ = rx.await;
         }));
@@ -408,15 +423,28 @@ impl Node {
             addr,
             shutdown: Some(tx),
             server,
-            _kafka: kafka,
+            kafka,
+            store: Some(store),
         })
     }
 
+    /// Stops serving, then stops the Kafka source (its last batch written
+    /// and committed, the group left) and closes the store. Both block
+    /// (joining the consumer thread; the database client closes its
+    /// connection with a runtime of its own), so they run off the async
+    /// threads.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.server.await??;
+        let served = self.server.await;
+        let (kafka, store) = (self.kafka.take(), self.store.take());
+        tokio::task::spawn_blocking(move || {
+            drop(kafka);
+            drop(store);
+        })
+        .await?;
+        served??;
         Ok(())
     }
 }

@@ -73,6 +73,20 @@ impl TestServer {
         s
     }
 
+    /// A node some other process started and owns (a worker of `desa
+    /// autoscale`), reached at `base`; dropping this leaves it running.
+    pub fn attach(base: &str) -> TestServer {
+        TestServer {
+            child: None,
+            base: base.to_owned(),
+            data_dir: PathBuf::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            log: PathBuf::new(),
+            _tmp: None,
+        }
+    }
+
     /// Starts a node on `data_dir`; `Err` holds its log when it exits instead.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<TestServer, String> {
         TestServer::start_with_env(data_dir, extra, &[])
@@ -170,6 +184,20 @@ impl TestServer {
                 .unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// SIGTERM; the process's exit code (`None`: killed by a signal) and
+    /// whether its log holds a panic.
+    pub fn terminate_status(&mut self) -> (Option<i32>, bool) {
+        let Some(mut c) = self.child.take() else {
+            return (None, false);
+        };
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let code = c.wait().unwrap().code();
+        (code, self.log_text().contains("panicked"))
     }
 
     /// SIGTERM, then waits up to `limit` for the process to exit; a process
