@@ -22,6 +22,7 @@
 
 mod consumer;
 mod dlq;
+mod lag;
 mod producer;
 mod resume;
 mod status;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 pub use consumer::KafkaSource;
 pub use dlq::DlqTarget;
+pub use lag::{GroupLag, LagSnapshot, PartitionLag};
 pub use producer::{produce_lines, ProduceSummary};
 pub use resume::{resume_point, OnMismatch, Resume};
 pub use status::KafkaStatus;

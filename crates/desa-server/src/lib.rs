@@ -199,3 +199,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listen::serve(listener, router(state), door, shutdown).await
 }
+
+/// Serves another router (the autoscaler's metrics) behind the same front
+/// door: connection limits, header deadline, graceful drain.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    door: FrontDoor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listen::serve(listener, router, door, shutdown).await
+}

@@ -39,6 +39,10 @@ pub enum Command {
     /// Check a data dir file by file without changing it (no node may run
     /// on it), or rebuild its lost MANIFEST with `--rebuild-manifest`.
     Fsck(crate::fsck::FsckArgs),
+    /// Size a consumer group of cluster workers from the topic's lag: run
+    /// the worker command after `--` as many times as the lag calls for,
+    /// or, without one, export the count for an orchestrator.
+    Autoscale(crate::autoscale::AutoscaleArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -78,6 +82,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Query(a) => crate::query::run(a),
         Command::Token(a) => crate::token::run(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Autoscale(a) => crate::autoscale::run(a),
         Command::Fsck(a) => crate::fsck::run(a),
     }
 }

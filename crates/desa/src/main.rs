@@ -1,5 +1,6 @@
 //! The `desa` binary: see `cli.rs` for the commands.
 
+mod autoscale;
 mod bench;
 mod cli;
 mod client;

@@ -2,6 +2,7 @@
 //! port and talks HTTP to it, killing it with SIGKILL where the test says so.
 
 mod auth;
+mod autoscale;
 mod bad_input;
 mod bench;
 mod browser;
