@@ -58,6 +58,23 @@ if [ -z "${DESA_TANSU:-}" ]; then
   export DESA_TANSU="$TOOLS/bin/tansu"
 fi
 
+# The schema check of deploy/kubernetes: Node.js and the pinned validator
+# modules (deploy/kubernetes/validate), installed into the tools cache.
+if [ -z "${DESA_K8S_VALIDATOR:-}" ]; then
+  if ! need_cmd node || ! need_cmd npm; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  validator="$TOOLS/k8s-validate"
+  if ! cmp -s deploy/kubernetes/validate/package-lock.json "$validator/package-lock.json"; then
+    echo "== installing the Kubernetes schema validator"
+    rm -rf "$validator" && mkdir -p "$validator"
+    cp deploy/kubernetes/validate/package.json deploy/kubernetes/validate/package-lock.json "$validator/"
+    (cd "$validator" && npm ci --no-audit --no-fund --silent)
+  fi
+  export DESA_K8S_VALIDATOR="$validator/node_modules"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

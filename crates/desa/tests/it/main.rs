@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_retention;
 mod console;
 mod crash;
+mod deploy;
 mod faults;
 mod hardening;
 mod kafka;
