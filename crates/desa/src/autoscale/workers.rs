@@ -6,9 +6,11 @@
 //! stops the highest slots first with SIGTERM, so a worker leaves the group
 //! after writing and committing what it consumed, and SIGKILL only after
 //! `stop_timeout` (the store's offsets keep even that exact). A worker that
-//! exits on its own is started again.
+//! exits on its own is started again; workers get SIGTERM when the scaler
+//! dies, even by SIGKILL.
 
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -49,11 +51,24 @@ impl Pool {
         // The scaler's stdout is its own (scripts read its address there);
         // a worker's goes to the scaler's stderr with the worker's logs.
         let stdout = std::io::stderr().as_fd().try_clone_to_owned()?;
-        let child = Command::new(&argv[0])
+        let mut command = Command::new(&argv[0]);
+        command
             .args(&argv[1..])
             .env("DESA_AUTOSCALE_SLOT", slot.to_string())
-            .stdout(stdout)
-            .spawn()?;
+            .stdout(stdout);
+        // A scaler killed with SIGKILL leaves no worker behind: the kernel
+        // sends each SIGTERM when the thread that started it (the control
+        // loop) ends.
+        // SAFETY: prctl(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = command.spawn()?;
         tracing::info!(slot, pid = child.id(), command = ?argv, "worker started");
         Ok(child)
     }

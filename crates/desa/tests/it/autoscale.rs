@@ -256,7 +256,15 @@ fn a_burst_grows_the_group_and_the_drained_lag_shrinks_it_without_loss_or_duplic
     eprintln!("decisions:\n{}", scaler.decisions().join("\n"));
     assert!(peak >= 3.0, "peak {peak}");
     assert!(scaler.gauge("desa_autoscale_decisions_total{topic=\"ev\",direction=\"down\"}") >= 1.0);
-    scaler.stop();
+
+    // The scaler killed outright leaves no worker running.
+    scaler.child.kill().unwrap();
+    scaler.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", base_port)).is_ok() {
+        assert!(Instant::now() < deadline, "the worker outlived its scaler");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Scaling in stops workers with SIGTERM: a cluster worker, fed by Kafka or
