@@ -162,10 +162,12 @@ impl Page {
         }
     }
 
-    /// Waits until the console has loaded and no API request is in flight.
+    /// Waits until the console has loaded and no API request is in flight
+    /// (while a navigation replaces the document it has no body yet).
     pub fn settle(&mut self) {
         self.wait_for(
-            "document.body.dataset.ready === 'true' && document.body.dataset.pending === '0'",
+            "document.body !== null && document.body.dataset.ready === 'true' \
+             && document.body.dataset.pending === '0'",
         );
     }
 
