@@ -36,17 +36,8 @@ pub struct AutoscaleArgs {
     /// The workers' consumer group.
     #[arg(long, env = "DESA_KAFKA_GROUP", default_value = "desa")]
     pub kafka_group: String,
-    /// Extra librdkafka setting `key=value`, as the workers' own; repeatable.
-    #[arg(
-        long = "kafka-option",
-        env = "DESA_KAFKA_OPTIONS",
-        hide_env_values = true,
-        value_delimiter = ';'
-    )]
-    pub kafka_options: Vec<String>,
-    /// librdkafka settings from a file, one `key=value` per line.
-    #[arg(long, env = "DESA_KAFKA_OPTION_FILE")]
-    pub kafka_option_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub kafka_client: crate::serve::KafkaClientOptions,
     /// Fewest workers (at least 1: workers also answer queries).
     #[arg(long, env = "DESA_AUTOSCALE_MIN", default_value_t = 1)]
     pub min: u32,
@@ -139,8 +130,7 @@ struct Status {
 pub fn run(args: AutoscaleArgs) -> Result<()> {
     crate::serve::init_logging();
     let policy = args.policy()?;
-    let options =
-        crate::serve::kafka_option_pairs(args.kafka_option_file.as_deref(), &args.kafka_options)?;
+    let options = args.kafka_client.pairs()?;
     let lag = GroupLag::new(
         &args.kafka_brokers,
         &args.kafka_topic,

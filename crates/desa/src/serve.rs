@@ -162,19 +162,8 @@ pub struct KafkaArgs {
     /// Dead letters: `topic:NAME` or `file:PATH` (default: topic `<topic>.dlq`).
     #[arg(long, env = "DESA_KAFKA_DLQ")]
     pub kafka_dlq: Option<String>,
-    /// Extra librdkafka setting `key=value` (security.protocol, sasl.*, ssl.*); repeatable.
-    #[arg(
-        long = "kafka-option",
-        env = "DESA_KAFKA_OPTIONS",
-        hide_env_values = true,
-        value_delimiter = ';'
-    )]
-    pub kafka_options: Vec<String>,
-    /// librdkafka settings from a file, one `key=value` per line (`#`
-    /// starts a comment): secrets such as `sasl.password` stay out of argv
-    /// and the environment. --kafka-option settings come after them.
-    #[arg(long, env = "DESA_KAFKA_OPTION_FILE")]
-    pub kafka_option_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: KafkaClientOptions,
     /// Events per write to the store at most.
     #[arg(long, env = "DESA_KAFKA_BATCH_EVENTS", default_value_t = 50_000)]
     pub kafka_batch_events: usize,
@@ -189,46 +178,56 @@ pub struct KafkaArgs {
     pub kafka_batch_wait: std::time::Duration,
 }
 
-impl KafkaArgs {
-    /// `key=value` options as pairs, the file's first; the error names the
-    /// malformed one (by line in the file, without its value).
-    pub fn option_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
-        kafka_option_pairs(self.kafka_option_file.as_deref(), &self.kafka_options)
-    }
+/// librdkafka settings beyond the brokers (security.protocol, sasl.*,
+/// ssl.*), the same for the workers and for `desa autoscale`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct KafkaClientOptions {
+    /// Extra librdkafka setting `key=value` (security.protocol, sasl.*, ssl.*); repeatable.
+    #[arg(
+        long = "kafka-option",
+        env = "DESA_KAFKA_OPTIONS",
+        hide_env_values = true,
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+    /// librdkafka settings from a file, one `key=value` per line (`#`
+    /// starts a comment): secrets such as `sasl.password` stay out of argv
+    /// and the environment. --kafka-option settings come after them.
+    #[arg(long, env = "DESA_KAFKA_OPTION_FILE")]
+    pub kafka_option_file: Option<PathBuf>,
 }
 
-/// librdkafka `key=value` settings as pairs, the file's first; the error
-/// names the malformed one (by line in the file, without its value).
-pub fn kafka_option_pairs(
-    file: Option<&std::path::Path>,
-    options: &[String],
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --kafka-option-file {}", path.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+impl KafkaClientOptions {
+    /// `key=value` options as pairs, the file's first; the error names the
+    /// malformed one (by line in the file, without its value).
+    pub fn pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        if let Some(path) = &self.kafka_option_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --kafka-option-file {}", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = line.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--kafka-option-file {} line {}: expected key=value",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+                pairs.push((k.trim().to_owned(), v.trim().to_owned()));
             }
-            let (k, v) = line.split_once('=').ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--kafka-option-file {} line {}: expected key=value",
-                    path.display(),
-                    i + 1
-                )
-            })?;
+        }
+        for o in self.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))?;
             pairs.push((k.trim().to_owned(), v.trim().to_owned()));
         }
+        Ok(pairs)
     }
-    for o in options.iter().filter(|o| !o.trim().is_empty()) {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--kafka-option {o:?} must be key=value"))?;
-        pairs.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    Ok(pairs)
 }
 
 pub fn init_logging() {
@@ -284,7 +283,7 @@ fn start_kafka(
     if let Some(dlq) = &k.kafka_dlq {
         cfg.dlq = dlq.parse::<DlqTarget>().map_err(anyhow::Error::msg)?;
     }
-    cfg.options = k.option_pairs()?;
+    cfg.options = k.client.pairs()?;
     cfg.batch_max_events = k.kafka_batch_events.max(1);
     cfg.batch_max_wait = k.kafka_batch_wait;
     cfg.max_future_secs = args.max_future;

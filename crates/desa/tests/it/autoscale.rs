@@ -100,6 +100,16 @@ fn free_ports_in_a_row(n: u16) -> u16 {
     }
 }
 
+/// Waits up to 60 s until a loopback port accepts connections (`open`) or
+/// refuses them.
+fn wait_port(port: u16, open: bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != open {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What the scaler showed over time: `(seconds since start, running,
 /// desired, lag)` at each change.
 struct Timeline {
@@ -221,11 +231,7 @@ fn a_burst_grows_the_group_and_the_drained_lag_shrinks_it_without_loss_or_duplic
     timeline.until(&scaler, Duration::from_secs(60), "one worker", |r, _| {
         r == 1.0
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", base_port)).is_err() {
-        assert!(Instant::now() < deadline, "the first worker never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_port(base_port, true, "the first worker listens");
     crate::cluster::wait_assigned(&first);
 
     let (lines, oracle) = seeded(81, 40_000, 0.0);
@@ -260,11 +266,7 @@ fn a_burst_grows_the_group_and_the_drained_lag_shrinks_it_without_loss_or_duplic
     // The scaler killed outright leaves no worker running.
     scaler.child.kill().unwrap();
     scaler.child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", base_port)).is_ok() {
-        assert!(Instant::now() < deadline, "the worker outlived its scaler");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_port(base_port, false, "the worker stops with its scaler");
 }
 
 /// Scaling in stops workers with SIGTERM: a cluster worker, fed by Kafka or
