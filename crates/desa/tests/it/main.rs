@@ -12,6 +12,7 @@ mod cluster_retention;
 mod console;
 mod crash;
 mod deploy;
+mod docs;
 mod faults;
 mod hardening;
 mod kafka;
