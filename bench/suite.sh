@@ -3,7 +3,7 @@
 # on the same generated events and the same queries, every answer checked.
 #
 #   bench/suite.sh --scale 1m|10m|100m [--out DIR] [--desa PATH] [--peers "duckdb chdb postgres"]
-#                  [--cold | --free-space]
+#                  [--queries N] [--postgres-queries N] [--cold | --free-space]
 #
 # 1. `desa bench` generates the seeded dataset (NDJSON), loads it into desa
 #    over HTTP, and times the query mix, recording each query and answer;
@@ -14,8 +14,10 @@
 # 4. with --cold (root), every system is started again on what it loaded,
 #    the kernel's page cache is dropped, and the same queries are timed with
 #    no warm-up: DIR/report-cold.md.
-# At 100m PostgreSQL times 10 queries per kind and window instead of 50
-# (its 30-day top-K and continent boxes take seconds to a minute each); its
+# Queries timed per kind and window: 20 at 1m, 50 at 10m and 100m, or
+# --queries N (200 gives each row's p99 from 200 samples). At 100m
+# PostgreSQL times at most 10 of them (its 30-day top-K and continent boxes
+# take seconds to a minute each), or --postgres-queries N at any scale; its
 # JSON report records the number timed per row.
 # With --free-space, each system's files are deleted once its queries are
 # timed, and the input once the last peer has read it: at 100m the input
@@ -34,6 +36,8 @@ desa=""
 peers="duckdb chdb postgres"
 cold=0
 free_space=0
+queries_override=""
+postgres_override=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
@@ -42,6 +46,8 @@ while [ $# -gt 0 ]; do
     --peers) peers="$2"; shift 2 ;;
     --cold) cold=1; shift ;;
     --free-space) free_space=1; shift ;;
+    --queries) queries_override="$2"; shift 2 ;;
+    --postgres-queries) postgres_override="$2"; shift 2 ;;
     *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +60,8 @@ case "$scale" in
   100m) events=100000000; devices=1000000; queries=50; postgres_at_most=10 ;;
   *) echo "--scale must be 1m, 10m or 100m, not $scale" >&2; exit 2 ;;
 esac
+queries="${queries_override:-$queries}"
+postgres_at_most="${postgres_override:-${postgres_at_most:-}}"
 out="${out:-bench-results/$scale}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
