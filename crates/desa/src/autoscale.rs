@@ -200,7 +200,9 @@ fn control_loop(
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
-        next += args.interval;
+        // From now, not from the last deadline: a probe slower than the
+        // interval (a broker timing out) is not followed by a burst of them.
+        next = Instant::now() + args.interval;
         if let Some(pool) = &mut pool {
             let restarted = pool.restart_exited();
             status.lock().restarts += restarted as u64;
