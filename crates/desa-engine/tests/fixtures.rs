@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use desa_engine::{Engine, EngineConfig, SystemClock, WriteRequest};
+use desa_engine::{Engine, EngineConfig, ManualClock, SystemClock, WriteRequest};
 use desa_model::oracle::{close, Oracle};
 use desa_model::{Event, GeoBox, TimeWindow};
 
@@ -74,7 +74,12 @@ fn data_dirs_of_every_committed_format_open_and_answer_exactly() {
     for fixture in dirs {
         let tmp = tempfile::tempdir().unwrap();
         copy_dir(&fixture, tmp.path());
-        let engine = Engine::open(EngineConfig::new(tmp.path()), Arc::new(SystemClock))
+        // The clock at the events' time: before any fixture was written, so
+        // its idempotency key is inside the 24 h it is kept, whatever day
+        // the test runs (with the system clock it expired a day after the
+        // fixture was made).
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = Engine::open(EngineConfig::new(tmp.path()), clock)
             .unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
         assert!(
             engine.idempotent_response("fixture-key").is_some(),
