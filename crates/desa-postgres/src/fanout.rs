@@ -50,6 +50,7 @@ impl PgStore {
                     let req = PartRequest {
                         query: query.clone(),
                         shards,
+                        owner: Some(owner.worker.clone()),
                     };
                     let token = self.shared.cfg.peer_token.as_deref();
                     let agent = &self.shared.peers;

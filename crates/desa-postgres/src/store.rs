@@ -601,6 +601,13 @@ impl Store for PgStore {
     }
 
     fn partial(&self, req: &desa_store::PartRequest) -> desa_store::Result<Option<Partial>> {
+        if req
+            .owner
+            .as_ref()
+            .is_some_and(|o| o != &self.shared.cfg.worker)
+        {
+            return Ok(None);
+        }
         let held = self.shared.blocks.held();
         if held.is_some_and(|h| req.shards.iter().any(|s| !h.contains(s))) {
             return Ok(None);

@@ -71,6 +71,12 @@ impl PartQuery {
 pub struct PartRequest {
     pub query: PartQuery,
     pub shards: Vec<u32>,
+    /// The worker the asker takes for the shards' owner. Any other process
+    /// at that address (the owner died and the address was reused, by a
+    /// worker of another cluster even) refuses, and the asker answers for
+    /// the shards itself.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// An owner's answer for its shards: count and exact sum (avg, geo), its

@@ -288,3 +288,57 @@ fn workers_over_https_with_an_auth_file_ask_each_other_with_the_peer_token() {
         );
     }
 }
+
+/// A dead owner's address taken by a worker of another cluster (a port
+/// reused on a host, an IP reused by another pod): the asker must not add
+/// that worker's data in; it answers for the shards itself, exactly.
+#[test]
+fn a_stranger_at_a_dead_owners_address_is_not_asked_for_its_part() {
+    let broker = Broker::start();
+    broker.create_topic("ev", 2);
+    let pg = Postgres::start();
+    let other_pg = Postgres::start();
+    let addr = broker.addr();
+    let a = worker(&addr, "ev", "stranger", &pg);
+    let mut b = worker(&addr, "ev", "stranger", &pg);
+    for w in [&a, &b] {
+        wait_assigned(w);
+    }
+    wait_covered(&[&a, &b], 2);
+    let (lines, oracle) = seeded(91, 6_000, 0.0);
+    produce(&broker, "ev", lines);
+    wait_stored(&a, oracle.events.len() as u64, Duration::from_secs(120));
+
+    // b dies; before its session expires, a stranger (another cluster's
+    // worker, holding every shard of its own database) listens where b did.
+    let port: u16 = b.base.rsplit(':').next().unwrap().parse().unwrap();
+    b.kill9();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_desa"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &other_pg.url(),
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("stranger-dir"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the stranger never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stranger = TestServer::attach(&format!("http://127.0.0.1:{port}"));
+    let (other, _) = seeded(92, 2_000, 0.0);
+    let body: String = other.into_iter().map(|(_, l)| l + "\n").collect();
+    assert_eq!(stranger.post_ndjson(&body).status, 200);
+
+    check_queries(&a, &oracle, 93);
+    let _ = child.kill();
+    let _ = child.wait();
+}
