@@ -25,7 +25,7 @@ fn catalog_bytes(pg: &Postgres) -> f64 {
 
 /// Waits until the workers' copies are disjoint shares that add up to the
 /// catalog (merges and looks settled); returns each worker's bytes.
-fn wait_shares(workers: &[&TestServer], pg: &Postgres) -> Vec<f64> {
+pub(crate) fn wait_shares(workers: &[&TestServer], pg: &Postgres) -> Vec<f64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let held: Vec<f64> = workers
