@@ -197,7 +197,7 @@ pub async fn serve(
     door: FrontDoor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listen::serve(listener, router(state), door, shutdown).await
+    serve_router(listener, router(state), door, shutdown).await
 }
 
 /// Serves another router (the autoscaler's metrics) behind the same front

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{metric, oracle_counts};
-use crate::kafka::{check_queries, free_port, produce, seeded, wait_stored, Broker};
+use crate::kafka::{check_queries, free_port, kafka_args, produce, seeded, wait_stored, Broker};
 use crate::pg::Postgres;
 use crate::support::{all_counts, TestServer};
 
@@ -204,20 +204,19 @@ fn a_burst_grows_the_group_and_the_drained_lag_shrinks_it_without_loss_or_duplic
         "127.0.0.1:{port}",
         "--store",
         &url,
-        "--kafka-brokers",
-        &broker.addr(),
-        "--kafka-topic",
-        "ev",
-        "--kafka-group",
-        "burst",
-        "--kafka-batch-wait",
-        "50ms",
         "--worker-name",
         "worker-{slot}",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // The workers consume as every cluster test's workers do.
+    let brokers = broker.addr();
+    args.extend(
+        kafka_args(&brokers, "ev", "burst")
+            .iter()
+            .map(|s| s.to_string()),
+    );
     args.extend([
         "--data-dir".into(),
         format!("{}/worker-{{slot}}", tmp.path().display()),
