@@ -224,18 +224,40 @@ impl Blocks {
     /// now, and the next look lists the whole catalog, so that the blocks of
     /// a shard newly held are fetched.
     pub fn hold(&self, shards: Option<HashSet<u32>>) {
-        let shards = shards.map(Arc::new);
-        *self.held.write() = shards.clone();
-        {
+        self.change_held(|_| shards);
+    }
+
+    /// Keeps copies of `shards` too (whose owners did not answer), until
+    /// the next [`hold`](Self::hold).
+    pub fn borrow(&self, shards: &[u32]) {
+        self.change_held(|held| {
+            held.map(|h| {
+                let mut more = h.clone();
+                more.extend(shards);
+                more
+            })
+        });
+    }
+
+    /// Sets the shards held to `next(current)`, counted as one change of
+    /// [`held_now`](Self::held_now)'s number, and drops the blocks of the
+    /// shards no longer held from the view.
+    fn change_held(&self, next: impl FnOnce(Option<&HashSet<u32>>) -> Option<HashSet<u32>>) {
+        let shards = {
             let mut looks = self.looks.lock();
+            let mut held = self.held.write();
+            let shards = next(held.as_deref()).map(Arc::new);
+            *held = shards.clone();
             looks.holds += 1;
             looks.tail = None;
-        }
-        let view = self.view();
-        let gone: HashSet<i64> = view
+            shards
+        };
+        let Some(shards) = shards else { return };
+        let gone: HashSet<i64> = self
+            .view()
             .shard_of
             .iter()
-            .filter(|(_, s)| shards.as_ref().is_some_and(|h| !h.contains(s)))
+            .filter(|(_, s)| !shards.contains(s))
             .map(|(id, _)| *id)
             .collect();
         if !gone.is_empty() {
@@ -248,14 +270,20 @@ impl Blocks {
         self.held.read().clone()
     }
 
-    /// Keeps copies of `shards` too (whose owners did not answer), until
-    /// the next [`hold`](Self::hold).
-    pub fn borrow(&self, shards: &[u32]) {
-        if let Some(held) = self.held() {
-            let mut more = (*held).clone();
-            more.extend(shards);
-            self.hold(Some(more));
-        }
+    /// [`held`](Self::held), and the number of changes to it so far: a
+    /// view read after a [`sync`](Self::sync) that started later holds
+    /// every block of those shards if the number is still the same once the
+    /// view is read (a change in between may have dropped blocks, or made
+    /// the look skip them).
+    pub fn held_now(&self) -> (Option<Arc<HashSet<u32>>>, u64) {
+        let looks = self.looks.lock();
+        (self.held(), looks.holds)
+    }
+
+    /// The number of changes to the shards held so far (see
+    /// [`held_now`](Self::held_now)).
+    pub fn held_changes(&self) -> u64 {
+        self.looks.lock().holds
     }
 
     fn path(&self, id: i64) -> PathBuf {
@@ -313,8 +341,12 @@ impl Blocks {
     }
 
     fn replace_view(&self, added: Added, gone: &HashSet<i64>) {
-        let next = Arc::new(self.view().with(added, gone));
-        *self.view.write() = next;
+        {
+            // Read and replaced under one lock: a look's blocks and a
+            // change of the shards held never undo each other.
+            let mut view = self.view.write();
+            *view = Arc::new(view.with(added, gone));
+        }
         for id in gone {
             let _ = std::fs::remove_file(self.path(*id));
         }

@@ -20,6 +20,18 @@ use crate::store::PgStore;
 /// How long an owner may take to answer its part before this worker
 /// answers for its shards itself.
 const PART_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads of a part in a row that a change of the shards held overtook
+/// before the query gives up.
+const HELD_ATTEMPTS: usize = 8;
+
+/// What [`PgStore::local_part`] does with shards this worker does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Keeps copies of them too, and answers.
+    Borrow,
+    /// Answers nothing: the asker answers for them.
+    Refuse,
+}
 
 impl PgStore {
     /// The whole answer to `query`: the parts of every shard, added up.
@@ -70,19 +82,10 @@ impl PgStore {
             }
         }
         if !here.is_empty() {
-            let missing: Vec<u32> = here
-                .iter()
-                .copied()
-                .filter(|s| held.as_ref().is_some_and(|h| !h.contains(s)))
-                .collect();
-            if !missing.is_empty() {
-                tracing::info!(shards = ?missing, "answering for shards no owner answered for");
-                self.shared.blocks.borrow(&missing);
-                self.shared
-                    .borrowed
-                    .fetch_add(missing.len() as u64, Ordering::Relaxed);
-            }
-            total.add(self.local_part(query, &here)?);
+            total.add(
+                self.local_part(query, &here, Missing::Borrow)?
+                    .unwrap_or_default(),
+            );
         }
         if let PartQuery::Topk { k, .. } = query {
             total.devices = rank_devices(std::mem::take(&mut total.devices), *k);
@@ -91,13 +94,55 @@ impl PgStore {
     }
 
     /// The part of `query` for `shards`, from this worker's copies brought
-    /// up to the catalog as committed now.
+    /// up to the catalog as committed now; `None` if some of `shards` are
+    /// not held here and `missing` says to refuse.
+    ///
+    /// The shards held change under a query (a rebalance revokes them,
+    /// then assigns), and a change drops blocks from the view or makes a
+    /// running look skip them: the part is read again until the shards
+    /// held stayed the same from before the look to the view read.
     pub(crate) fn local_part(
         &self,
         query: &PartQuery,
         shards: &[u32],
+        missing: Missing,
+    ) -> desa_store::Result<Option<Partial>> {
+        for _ in 0..HELD_ATTEMPTS {
+            let (held, changes) = self.shared.blocks.held_now();
+            let absent: Vec<u32> = shards
+                .iter()
+                .copied()
+                .filter(|s| held.as_ref().is_some_and(|h| !h.contains(s)))
+                .collect();
+            if !absent.is_empty() {
+                if missing == Missing::Refuse {
+                    return Ok(None);
+                }
+                tracing::info!(shards = ?absent, "answering for shards no owner answered for");
+                self.shared.blocks.borrow(&absent);
+                self.shared
+                    .borrowed
+                    .fetch_add(absent.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+            let view = self.current()?;
+            if self.shared.blocks.held_changes() == changes {
+                return self.part_of(&view, query, shards).map(Some);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the shards this worker holds changed {HELD_ATTEMPTS} times during one query \
+             (the consumer group is rebalancing); ask again"
+        )))
+    }
+
+    /// The part of `query` for `shards` in `view`.
+    fn part_of(
+        &self,
+        view: &crate::blocks::View,
+        query: &PartQuery,
+        shards: &[u32],
     ) -> desa_store::Result<Partial> {
-        let view = self.current()?;
         let wanted: HashSet<u32> = shards.iter().copied().collect();
         let set = SegmentSet::new(
             view.by_id

@@ -608,11 +608,7 @@ impl Store for PgStore {
         {
             return Ok(None);
         }
-        let held = self.shared.blocks.held();
-        if held.is_some_and(|h| req.shards.iter().any(|s| !h.contains(s))) {
-            return Ok(None);
-        }
-        self.local_part(&req.query, &req.shards).map(Some)
+        self.local_part(&req.query, &req.shards, crate::fanout::Missing::Refuse)
     }
 
     fn watermark_secs(&self) -> Option<i64> {

@@ -20,6 +20,7 @@ mod oracle;
 mod outage;
 mod pg;
 mod policies;
+mod rebalance;
 mod scale_out;
 mod support;
 mod tls;

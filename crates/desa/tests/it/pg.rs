@@ -257,15 +257,24 @@ pub fn open_store_keeping(
     retention_secs: Option<i64>,
 ) -> desa_postgres::PgStore {
     desa_postgres::PgStore::open(desa_postgres::PgConfig {
+        retention_secs,
+        ..store_config(pg, dir, name)
+    })
+    .unwrap()
+}
+
+/// The configuration of [`open_store`]: a worker that keeps every shard
+/// and advertises no URL.
+pub fn store_config(pg: &Postgres, dir: &std::path::Path, name: &str) -> desa_postgres::PgConfig {
+    desa_postgres::PgConfig {
         url: pg.url(),
         worker: name.into(),
         blocks_dir: dir.join(name),
-        retention_secs,
+        retention_secs: None,
         shards: desa_postgres::schema::DEFAULT_SHARDS,
         advertise_url: None,
         peer_token: None,
         peer_cacert: None,
         password_file: None,
-    })
-    .unwrap()
+    }
 }
