@@ -109,6 +109,9 @@ struct Looks {
     /// Changes of the shards held, counted: a look that started before one
     /// may have skipped blocks of a shard now held, so the next lists all.
     holds: u64,
+    /// The changes that stopped holding some shard, counted: each drops
+    /// blocks from the view.
+    drops: u64,
 }
 
 pub(crate) struct Blocks {
@@ -247,8 +250,14 @@ impl Blocks {
             let mut looks = self.looks.lock();
             let mut held = self.held.write();
             let shards = next(held.as_deref()).map(Arc::new);
+            let dropped = match (held.as_deref(), shards.as_deref()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(was), Some(now)) => !was.is_subset(now),
+            };
             *held = shards.clone();
             looks.holds += 1;
+            looks.drops += u64::from(dropped);
             looks.tail = None;
             shards
         };
@@ -270,20 +279,21 @@ impl Blocks {
         self.held.read().clone()
     }
 
-    /// [`held`](Self::held), and the number of changes to it so far: a
-    /// view read after a [`sync`](Self::sync) that started later holds
-    /// every block of those shards if the number is still the same once the
-    /// view is read (a change in between may have dropped blocks, or made
-    /// the look skip them).
+    /// [`held`](Self::held), and the number of changes to it so far that
+    /// stopped holding some shard. A view read after a
+    /// [`sync`](Self::sync) that started later holds every block of those
+    /// shards if that number is still the same once the view is read (a
+    /// shard stopped and held again in between lost its blocks; a shard
+    /// newly held made the next look list the whole catalog).
     pub fn held_now(&self) -> (Option<Arc<HashSet<u32>>>, u64) {
         let looks = self.looks.lock();
-        (self.held(), looks.holds)
+        (self.held(), looks.drops)
     }
 
-    /// The number of changes to the shards held so far (see
+    /// The changes so far that stopped holding some shard (see
     /// [`held_now`](Self::held_now)).
-    pub fn held_changes(&self) -> u64 {
-        self.looks.lock().holds
+    pub fn drops(&self) -> u64 {
+        self.looks.lock().drops
     }
 
     fn path(&self, id: i64) -> PathBuf {

@@ -20,9 +20,9 @@ use crate::store::PgStore;
 /// How long an owner may take to answer its part before this worker
 /// answers for its shards itself.
 const PART_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reads of a part in a row that a change of the shards held overtook
-/// before the query gives up.
-const HELD_ATTEMPTS: usize = 8;
+/// How long a query reads its part again while changes of the shards
+/// held overtake it, before it gives up.
+const HELD_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What [`PgStore::local_part`] does with shards this worker does not hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,18 +97,19 @@ impl PgStore {
     /// up to the catalog as committed now; `None` if some of `shards` are
     /// not held here and `missing` says to refuse.
     ///
-    /// The shards held change under a query (a rebalance revokes them,
-    /// then assigns), and a change drops blocks from the view or makes a
-    /// running look skip them: the part is read again until the shards
-    /// held stayed the same from before the look to the view read.
+    /// The shards held change under a query: a rebalance revokes them,
+    /// dropping their blocks from the view, then assigns. The part is read
+    /// again until no shard stopped being held from before the look to the
+    /// view read, for at most [`HELD_PATIENCE`].
     pub(crate) fn local_part(
         &self,
         query: &PartQuery,
         shards: &[u32],
         missing: Missing,
     ) -> desa_store::Result<Option<Partial>> {
-        for _ in 0..HELD_ATTEMPTS {
-            let (held, changes) = self.shared.blocks.held_now();
+        let deadline = std::time::Instant::now() + HELD_PATIENCE;
+        while std::time::Instant::now() < deadline {
+            let (held, drops) = self.shared.blocks.held_now();
             let absent: Vec<u32> = shards
                 .iter()
                 .copied()
@@ -126,13 +127,14 @@ impl PgStore {
                 continue;
             }
             let view = self.current()?;
-            if self.shared.blocks.held_changes() == changes {
+            if self.shared.blocks.drops() == drops {
                 return self.part_of(&view, query, shards).map(Some);
             }
         }
         Err(StoreError::Unavailable(format!(
-            "the shards this worker holds changed {HELD_ATTEMPTS} times during one query \
-             (the consumer group is rebalancing); ask again"
+            "the shards this worker holds kept changing for {} s of one query \
+             (the consumer group is rebalancing); ask again",
+            HELD_PATIENCE.as_secs()
         )))
     }
 
