@@ -53,6 +53,14 @@ pub struct EngineConfig {
     pub head_max_bytes: usize,
     /// Frozen heads waiting for the flusher before writers wait too.
     pub max_frozen_heads: usize,
+    /// A head of at least `idle_flush_rows` rows that has taken no write
+    /// for this long is frozen and flushed: queries then read its events
+    /// from a segment and its summaries instead of counting its rows (a
+    /// top-K over a window that holds a head counts every row of it), and
+    /// a restart replays less of the log. A smaller head costs little to
+    /// count and would only add a small segment per lull.
+    pub idle_flush_after: Duration,
+    pub idle_flush_rows: usize,
     /// Resident memory the node aims to stay under.
     pub memory_budget_bytes: u64,
     /// Segments of one size tier in one day that trigger a merge.
@@ -78,6 +86,8 @@ impl EngineConfig {
             head_max_rows: 262_144,
             head_max_bytes: 64 << 20,
             max_frozen_heads: 2,
+            idle_flush_after: Duration::from_secs(5),
+            idle_flush_rows: 16_384,
             memory_budget_bytes: 1 << 30,
             compaction_fanin: 4,
             max_segment_rows: 1 << 20,

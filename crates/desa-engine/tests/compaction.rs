@@ -123,3 +123,61 @@ fn a_settled_day_ends_in_one_segment_and_a_few_late_events_do_not_rewrite_it() {
     assert_eq!(after[&1].len(), 2, "{after:?}");
     check(&engine, &oracle, &mut rng);
 }
+
+/// A head that takes no write for `idle_flush_after` is flushed to a
+/// segment when it holds at least `idle_flush_rows` rows, and stays in
+/// memory when smaller; answers are the same either way.
+#[test]
+fn an_idle_head_is_flushed_once_it_is_large_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.idle_flush_after = std::time::Duration::from_millis(300);
+    cfg.idle_flush_rows = 1_000;
+    let engine = Engine::open(cfg, std::sync::Arc::new(ManualClock::new(T0 + DAY))).unwrap();
+    let event = |i: i64| Event {
+        device_id: format!("d{}", i % 37),
+        ts_secs: T0 + i,
+        event_type: "temperature".into(),
+        value: i as f64,
+        latitude: 10.0,
+        longitude: 20.0,
+        metadata: None,
+    };
+    let mut oracle = Oracle::default();
+    let mut write = |range: std::ops::Range<i64>| {
+        let events: Vec<Event> = range.map(event).collect();
+        events.iter().for_each(|e| oracle.add(e.clone()));
+        engine.write(WriteRequest::events(events)).unwrap();
+    };
+    // Five lulls long, then until the flusher is done (`settle` would
+    // flush the head itself).
+    let stats_after_a_lull = |engine: &Engine| {
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s = engine.stats();
+            if s.frozen_rows == 0 || std::time::Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // 999 rows: under the threshold, they stay in the head.
+    write(0..999);
+    let s = stats_after_a_lull(&engine);
+    assert_eq!((s.head_rows, s.segment_rows), (999, 0), "{s:?}");
+    // One more row makes the head large enough: the lull flushes it.
+    write(999..1_000);
+    let s = stats_after_a_lull(&engine);
+    assert_eq!(
+        (s.head_rows, s.frozen_rows, s.segment_rows),
+        (0, 0, 1_000),
+        "{s:?}"
+    );
+    let w = TimeWindow::new(T0, T0 + DAY).unwrap();
+    assert_eq!(
+        engine.topk("temperature", w, 5).unwrap().devices,
+        oracle.topk("temperature", w, 5).devices
+    );
+    assert_eq!(engine.avg("d3", "temperature", w).unwrap().count, 27);
+}

@@ -17,7 +17,20 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 
 pub(super) fn committer_loop(inner: &Inner, mut wal: WalWriter, rx: mpsc::Receiver<Commit>) {
     let mut buf = Vec::with_capacity(1 << 20);
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(inner.cfg.idle_flush_after) {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // No write for `idle_flush_after` (see `EngineConfig`).
+                let idle_head_is_large = inner.poisoned.lock().is_none()
+                    && inner.state.read().head.len() >= inner.cfg.idle_flush_rows;
+                if idle_head_is_large {
+                    freeze_head(inner, &mut wal);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         let mut approx = 0usize;
         while approx < MAX_GROUP_BYTES {
