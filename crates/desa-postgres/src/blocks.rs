@@ -244,9 +244,12 @@ impl Blocks {
 
     /// Sets the shards held to `next(current)`, counted as one change of
     /// [`held_now`](Self::held_now)'s number, and drops the blocks of the
-    /// shards no longer held from the view.
+    /// shards no longer held from the view, in the same step: a query that
+    /// sees the change and looks at the catalog after it keeps what it
+    /// fetched (dropped later, with the shards of an earlier change, they
+    /// left its view without a count of it).
     fn change_held(&self, next: impl FnOnce(Option<&HashSet<u32>>) -> Option<HashSet<u32>>) {
-        let shards = {
+        let gone = {
             let mut looks = self.looks.lock();
             let mut held = self.held.write();
             let shards = next(held.as_deref()).map(Arc::new);
@@ -259,19 +262,27 @@ impl Blocks {
             looks.holds += 1;
             looks.drops += u64::from(dropped);
             looks.tail = None;
-            shards
+            let mut view = self.view.write();
+            let gone: HashSet<i64> = match &shards {
+                None => HashSet::new(),
+                Some(shards) => view
+                    .shard_of
+                    .iter()
+                    .filter(|(_, s)| !shards.contains(s))
+                    .map(|(id, _)| *id)
+                    .collect(),
+            };
+            if !gone.is_empty() {
+                *view = Arc::new(view.with(Vec::new(), &gone));
+            }
+            gone
         };
-        let Some(shards) = shards else { return };
-        let gone: HashSet<i64> = self
-            .view()
-            .shard_of
-            .iter()
-            .filter(|(_, s)| !shards.contains(s))
-            .map(|(id, _)| *id)
-            .collect();
-        if !gone.is_empty() {
-            self.replace_view(Vec::new(), &gone);
+        #[cfg(test)]
+        {
+            let query = tests::AFTER_HELD_CHANGE.lock().take();
+            query.map(|q| q());
         }
+        self.remove_files(&gone);
     }
 
     /// The shards this worker keeps copies of (`None`: all).
@@ -357,6 +368,12 @@ impl Blocks {
             let mut view = self.view.write();
             *view = Arc::new(view.with(added, gone));
         }
+        self.remove_files(gone);
+    }
+
+    /// Deletes the local copies of blocks that left the view (a query
+    /// still reading one keeps its mapping).
+    fn remove_files(&self, gone: &HashSet<i64>) {
         for id in gone {
             let _ = std::fs::remove_file(self.path(*id));
         }
@@ -700,4 +717,68 @@ fn list(c: &mut Client, from: Option<u64>) -> Result<Listing> {
     }
     tx.commit()?;
     Ok(Listing { xmin, rows, days })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use desa_model::Event;
+
+    /// Runs once in [`Blocks::change_held`], when the new shards held are
+    /// visible to queries: a query that runs at that moment.
+    pub(super) static AFTER_HELD_CHANGE: Mutex<Option<Box<dyn FnOnce() + Send>>> =
+        Mutex::new(None);
+
+    /// A block of `shard` with one event, opened.
+    fn block(dir: &Path, id: i64, shard: u32) -> (i64, u32, Arc<Segment>) {
+        let day = 20_454;
+        let event = Event {
+            device_id: format!("d{shard}"),
+            ts_secs: day * 86_400 + 60,
+            event_type: "t".into(),
+            value: 1.0,
+            latitude: 0.0,
+            longitude: 0.0,
+            metadata: None,
+        };
+        let path = dir.join(format!("b{id:012}.seg"));
+        desa_engine::segment_set::write_events_unsynced(&[&event], day, &path).unwrap();
+        (id, shard, Arc::new(Segment::open(&path, id as u64).unwrap()))
+    }
+
+    /// A revoke drops the blocks of the shards it stops holding. A query
+    /// that runs as soon as the revoke is visible borrows the shards back
+    /// and looks at the catalog (here: adds back the blocks the view lacks).
+    /// No change stops holding a shard after its read of the drops count,
+    /// so the view it then reads must hold every block: a revoke may not
+    /// drop them once the query has looked.
+    #[test]
+    fn a_revoke_does_not_drop_blocks_after_a_query_looked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocks = Arc::new(Blocks::open(tmp.path(), "c").unwrap());
+        let all: Vec<(i64, u32, Arc<Segment>)> = (0..4).map(|i| block(tmp.path(), i + 1, i as u32 % 2)).collect();
+        blocks.hold(Some(HashSet::from([0, 1])));
+        blocks.replace_view(all.clone(), &HashSet::new());
+        let seen = Arc::new(Mutex::new(None));
+        let (b, all2, seen2) = (blocks.clone(), all.clone(), seen.clone());
+        *AFTER_HELD_CHANGE.lock() = Some(Box::new(move || {
+            let (held, _) = b.held_now();
+            let absent: Vec<u32> = [0, 1]
+                .into_iter()
+                .filter(|s| held.as_ref().is_some_and(|h| !h.contains(s)))
+                .collect();
+            b.borrow(&absent);
+            let drops = b.drops();
+            let view = b.view();
+            let missing: Added = all2.iter().filter(|(id, ..)| !view.by_id.contains_key(id)).cloned().collect();
+            b.replace_view(missing, &HashSet::new());
+            *seen2.lock() = Some(drops);
+        }));
+        blocks.hold(Some(HashSet::new()));
+        let drops = seen.lock().take().expect("the query ran");
+        assert_eq!(blocks.drops(), drops, "no revoke after the query's look");
+        let view = blocks.view();
+        let ids: Vec<i64> = view.by_id.keys().copied().collect();
+        assert_eq!(ids, [1, 2, 3, 4], "the view after the revoke and the query's look");
+    }
 }
