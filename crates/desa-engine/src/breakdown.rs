@@ -72,10 +72,12 @@ fn summary_part(section: usize) -> &'static str {
         | sum::S_EXTENT_LAT_SPAN
         | sum::S_EXTENT_MIN_LON
         | sum::S_EXTENT_LON_SPAN
-        | sum::S_TYPE_EXTENTS
-        | sum::S_EXTENT_NODES
-        | sum::S_TYPE_EXTENT_NODES => "summaries: device extents",
-        _ => "summaries: series and device lists",
+        | sum::S_TYPE_EXTENTS => "summaries: device extents",
+        sum::S_EXTENT_NODES | sum::S_TYPE_EXTENT_NODES => "summaries: extent trees",
+        sum::S_DEV_BLOB | sum::S_SERIES_DEV_OFF | sum::S_SERIES_DEV => "summaries: devices",
+        sum::S_COUNT | sum::S_SUM_HI | sum::S_SUM_LO => "summaries: counts and sums",
+        sum::S_TOPK => "summaries: device lists",
+        _ => "summaries: types",
     }
 }
 
@@ -184,10 +186,16 @@ mod tests {
                 .get("summaries: device extents")
                 .copied()
                 .unwrap_or(0)
-            + b.bytes
-                .get("summaries: series and device lists")
-                .copied()
-                .unwrap_or(0);
+            + [
+                "summaries: extent trees",
+                "summaries: devices",
+                "summaries: counts and sums",
+                "summaries: device lists",
+                "summaries: types",
+            ]
+            .iter()
+            .map(|p| b.bytes.get(p).copied().unwrap_or(0))
+            .sum::<u64>();
         assert_eq!(files, stats.segment_bytes + stats.summary_bytes);
         // Packed: well under the 8 bytes of an i64.
         assert!(b.bytes["timestamps"] < 3_000 * 4, "{:?}", b.bytes);

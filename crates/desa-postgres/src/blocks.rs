@@ -726,8 +726,7 @@ mod tests {
 
     /// Runs once in [`Blocks::change_held`], when the new shards held are
     /// visible to queries: a query that runs at that moment.
-    pub(super) static AFTER_HELD_CHANGE: Mutex<Option<Box<dyn FnOnce() + Send>>> =
-        Mutex::new(None);
+    pub(super) static AFTER_HELD_CHANGE: Mutex<Option<Box<dyn FnOnce() + Send>>> = Mutex::new(None);
 
     /// A block of `shard` with one event, opened.
     fn block(dir: &Path, id: i64, shard: u32) -> (i64, u32, Arc<Segment>) {
@@ -743,7 +742,11 @@ mod tests {
         };
         let path = dir.join(format!("b{id:012}.seg"));
         desa_engine::segment_set::write_events_unsynced(&[&event], day, &path).unwrap();
-        (id, shard, Arc::new(Segment::open(&path, id as u64).unwrap()))
+        (
+            id,
+            shard,
+            Arc::new(Segment::open(&path, id as u64).unwrap()),
+        )
     }
 
     /// A revoke drops the blocks of the shards it stops holding. A query
@@ -756,7 +759,9 @@ mod tests {
     fn a_revoke_does_not_drop_blocks_after_a_query_looked() {
         let tmp = tempfile::tempdir().unwrap();
         let blocks = Arc::new(Blocks::open(tmp.path(), "c").unwrap());
-        let all: Vec<(i64, u32, Arc<Segment>)> = (0..4).map(|i| block(tmp.path(), i + 1, i as u32 % 2)).collect();
+        let all: Vec<(i64, u32, Arc<Segment>)> = (0..4)
+            .map(|i| block(tmp.path(), i + 1, i as u32 % 2))
+            .collect();
         blocks.hold(Some(HashSet::from([0, 1])));
         blocks.replace_view(all.clone(), &HashSet::new());
         let seen = Arc::new(Mutex::new(None));
@@ -770,7 +775,11 @@ mod tests {
             b.borrow(&absent);
             let drops = b.drops();
             let view = b.view();
-            let missing: Added = all2.iter().filter(|(id, ..)| !view.by_id.contains_key(id)).cloned().collect();
+            let missing: Added = all2
+                .iter()
+                .filter(|(id, ..)| !view.by_id.contains_key(id))
+                .cloned()
+                .collect();
             b.replace_view(missing, &HashSet::new());
             *seen2.lock() = Some(drops);
         }));
@@ -779,6 +788,10 @@ mod tests {
         assert_eq!(blocks.drops(), drops, "no revoke after the query's look");
         let view = blocks.view();
         let ids: Vec<i64> = view.by_id.keys().copied().collect();
-        assert_eq!(ids, [1, 2, 3, 4], "the view after the revoke and the query's look");
+        assert_eq!(
+            ids,
+            [1, 2, 3, 4],
+            "the view after the revoke and the query's look"
+        );
     }
 }

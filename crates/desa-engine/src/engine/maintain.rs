@@ -23,7 +23,7 @@ use crate::durable::remove_written;
 use crate::error::{Error, Result};
 use crate::head::Rows;
 use crate::segment::{write_segment, Segment, SegmentMeta};
-use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, MAX_LEVEL, MIN_LEVEL};
+use crate::summary::{self, Input, LiveSummary, Summary, SummaryMeta, LEVEL_STEP, MIN_LEVEL};
 
 const DAY: i64 = 86_400;
 
@@ -207,9 +207,10 @@ pub(super) fn pending(inner: &Inner) -> bool {
 
 /// Builds or refreshes one summary if one is due. A block is summarized
 /// once its last day is more than a day behind the event-time watermark
-/// (so in-order traffic has moved on) and both its halves hold events (else
-/// the smaller block holding them answers as well), lowest level first, so
-/// that larger blocks are built from the smaller summaries.
+/// (so in-order traffic has moved on) and two of its parts hold events
+/// (else the smaller block holding them answers as well; see
+/// `summary::part_days`), lowest level first, so that larger blocks are
+/// built from the smaller summaries.
 /// A summary build's result: its events, its bytes and the opened file.
 pub(super) type Built = Result<(u64, u64, Arc<Summary>)>;
 /// A summary build, owning its inputs so that it can run on another thread.
@@ -280,15 +281,20 @@ fn next_summary(
         .iter()
         .map(|s| ((s.meta.level, s.meta.first_day), s))
         .collect();
-    for level in MIN_LEVEL..=MAX_LEVEL {
+    for level in summary::built_levels() {
         let size = 1i64 << level;
-        let holds = |a: i64, b: i64| by_day.range(a..b).next().is_some();
+        let part = summary::part_days(level);
+        let holds = |a: i64| by_day.range(a..a + part).next().is_some();
         let blocks: std::collections::BTreeSet<i64> = by_day
             .keys()
             .map(|d| d.div_euclid(size) * size)
             .filter(|&first| first + size <= settled_end && first >= kept_from_day)
             .filter(|&first| {
-                holds(first, first + size / 2) && holds(first + size / 2, first + size)
+                (first..first + size)
+                    .step_by(part as usize)
+                    .filter(|&a| holds(a))
+                    .count()
+                    >= 2
             })
             .collect();
         for first in blocks {
@@ -304,9 +310,9 @@ fn next_summary(
                     }
                     vec![x.clone()]
                 }
-                None if level > MIN_LEVEL => [first, first + size / 2]
-                    .iter()
-                    .filter_map(|&d| by_block.get(&(level - 1, d)).map(|c| (*c).clone()))
+                None if level > MIN_LEVEL => (first..first + size)
+                    .step_by(part as usize)
+                    .filter_map(|d| by_block.get(&(level - LEVEL_STEP, d)).map(|c| (*c).clone()))
                     .collect(),
                 None => Vec::new(),
             };
@@ -537,5 +543,51 @@ pub(super) fn summary_loop(inner: &Inner) {
     if let Some((jobs, thread)) = builder {
         drop(jobs);
         let _ = thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use desa_model::Event;
+
+    use crate::{Engine, EngineConfig, SystemClock, WriteRequest};
+
+    /// 40 days of hourly events: blocks of 2, 8 and 32 days are built, and
+    /// none of the levels between them.
+    #[test]
+    fn summaries_are_built_at_every_second_level() {
+        const DAY: i64 = 86_400;
+        let t0 = 20_480 * DAY; // a multiple of 32 days
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.head_max_rows = 500;
+        let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+        let events: Vec<Event> = (0..40 * 24)
+            .map(|h| Event {
+                device_id: format!("d{}", h % 5),
+                ts_secs: t0 + h * 3_600,
+                event_type: "t".into(),
+                value: h as f64,
+                latitude: 1.0,
+                longitude: 2.0,
+                metadata: None,
+            })
+            .collect();
+        engine.write(WriteRequest::events(events)).unwrap();
+        engine.settle().unwrap();
+        let st = engine.inner.state.read();
+        let blocks: BTreeSet<(u32, i64)> = st
+            .summaries
+            .iter()
+            .map(|s| (s.meta.level, s.meta.first_day - t0 / DAY))
+            .collect();
+        let levels: BTreeSet<u32> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(levels, BTreeSet::from([1, 3, 5]), "{blocks:?}");
+        // Event time reaches day 39, so blocks end by day 38.
+        let of = |l| blocks.iter().filter(|b| b.0 == l).count();
+        assert_eq!((of(1), of(3), of(5)), (19, 4, 1), "{blocks:?}");
     }
 }
