@@ -280,7 +280,9 @@ impl Blocks {
         #[cfg(test)]
         {
             let query = tests::AFTER_HELD_CHANGE.lock().take();
-            query.map(|q| q());
+            if let Some(query) = query {
+                query();
+            }
         }
         self.remove_files(&gone);
     }
