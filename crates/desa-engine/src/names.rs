@@ -45,6 +45,254 @@ impl Dictionary {
     pub fn len(&self) -> usize {
         self.ends.len() - 1
     }
+
+    /// The names front-coded ([`FrontCoded`]): the blob, and the offset of
+    /// each block in it (`blocks + 1` of them, for a packed column).
+    pub fn front_coded(&self) -> (Vec<u8>, Vec<i64>) {
+        let mut blob = Vec::new();
+        let mut starts = Vec::with_capacity(self.len().div_ceil(BLOCK_NAMES) + 1);
+        let mut last: &[u8] = &[];
+        for d in 0..self.len() {
+            let name = &self.blob[self.ends[d] as usize..self.ends[d + 1] as usize];
+            let shared = if d % BLOCK_NAMES == 0 {
+                starts.push(blob.len() as i64);
+                0
+            } else {
+                shared_prefix(last, name)
+            };
+            if d % BLOCK_NAMES != 0 {
+                push_varint(&mut blob, shared);
+            }
+            push_varint(&mut blob, name.len() - shared);
+            blob.extend_from_slice(&name[shared..]);
+            last = name;
+        }
+        starts.push(blob.len() as i64);
+        (blob, starts)
+    }
+}
+
+/// A dictionary's names decoded whole ([`FrontCoded::decode`]).
+pub(crate) struct Decoded {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Decoded {
+    /// Name `d`; empty past the end.
+    pub fn get(&self, d: usize) -> &str {
+        let start = d
+            .checked_sub(1)
+            .map_or(0, |p| self.ends.get(p).copied().unwrap_or(0));
+        let end = self.ends.get(d).copied().unwrap_or(start);
+        self.text.get(start..end).unwrap_or("")
+    }
+}
+
+/// Names per front-coded block: the first is stored whole, so that a lookup
+/// binary-searches the blocks' first names and decodes at most one block.
+pub(crate) const BLOCK_NAMES: usize = 16;
+
+/// The bytes `b` shares with `a` at its start, cut back to a character
+/// boundary of both (so that every stored suffix is UTF-8 on its own).
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    // A UTF-8 continuation byte is 0b10xx_xxxx: back up to a lead byte.
+    while n > 0 && b.get(n).is_some_and(|&c| c & 0xC0 == 0x80) {
+        n -= 1;
+    }
+    n
+}
+
+fn push_varint(out: &mut Vec<u8>, mut x: usize) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+/// The varint at `bytes[*at..]`, moving `at` past it; `None` past the end
+/// or beyond 32 bits.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<usize> {
+    let mut x = 0usize;
+    for shift in (0..32).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        x |= usize::from(b & 0x7F) << shift;
+        if b < 0x80 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+/// A front-coded dictionary of sorted names (summaries from format 5).
+///
+/// Device names share long prefixes ("dev-0001234", a vendor's serial
+/// numbers), so each name but the first of a block of [`BLOCK_NAMES`] is
+/// stored as the length it shares with the name before, the length of the
+/// rest, and the rest: at 10M events of 100k devices, a third of the bytes
+/// of the names stored whole. A name is then rebuilt, not borrowed.
+#[derive(Clone, Copy)]
+pub(crate) struct FrontCoded<'a> {
+    blob: &'a [u8],
+    starts: Packed<'a>,
+    names: usize,
+}
+
+impl<'a> FrontCoded<'a> {
+    /// Over `blob` and its `starts` ([`Dictionary::front_coded`]), which
+    /// [`check`](Self::check) has accepted.
+    pub fn new(blob: &'a [u8], starts: Packed<'a>, names: usize) -> Self {
+        FrontCoded {
+            blob,
+            starts,
+            names,
+        }
+    }
+
+    pub fn blocks(names: usize) -> usize {
+        names.div_ceil(BLOCK_NAMES)
+    }
+
+    /// Why the dictionary cannot be read, if it cannot: every block must
+    /// lie in the blob and hold its names exactly, each name UTF-8 and
+    /// after the one before. Reads every byte once.
+    pub fn check(&self) -> Option<&'static str> {
+        let mut read_to = 0usize;
+        let mut last: Option<String> = None;
+        for b in 0..Self::blocks(self.names) {
+            let (Some(start), Some(end)) = (self.start(b), self.start(b + 1)) else {
+                return Some("name blocks out of bounds");
+            };
+            if start != read_to || end < start || end > self.blob.len() {
+                return Some("name blocks out of order or out of bounds");
+            }
+            let mut ascending = true;
+            let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
+            let read = self.walk(b, n, |_, name| {
+                ascending &= last.as_deref().is_none_or(|l| l < name);
+                let l = last.get_or_insert_with(String::new);
+                l.clear();
+                l.push_str(name);
+                true
+            });
+            if read != Some(end - start) || !ascending {
+                return Some("a name block is malformed or out of order");
+            }
+            read_to = end;
+        }
+        (read_to != self.blob.len()).then_some("bytes after the last name block")
+    }
+
+    fn start(&self, b: usize) -> Option<usize> {
+        usize::try_from(self.starts.int(b)).ok()
+    }
+
+    /// Decodes the first `n` names of block `b`, calling `f(i, name)` for
+    /// each until it returns false; the bytes read, or `None` if the block
+    /// is malformed.
+    fn walk(&self, b: usize, n: usize, mut f: impl FnMut(usize, &str) -> bool) -> Option<usize> {
+        let start = self.start(b)?;
+        let bytes = self.blob.get(start..)?;
+        let mut at = 0;
+        let mut name = String::new();
+        for i in 0..n {
+            let shared = if i == 0 {
+                0
+            } else {
+                read_varint(bytes, &mut at)?
+            };
+            let len = read_varint(bytes, &mut at)?;
+            let rest = std::str::from_utf8(bytes.get(at..at.checked_add(len)?)?).ok()?;
+            at += len;
+            if !name.is_char_boundary(shared) {
+                return None;
+            }
+            name.truncate(shared);
+            name.push_str(rest);
+            if !f(i, &name) {
+                break;
+            }
+        }
+        Some(at)
+    }
+
+    /// Name `d` (`d < names`).
+    pub fn name(&self, d: usize) -> String {
+        let mut out = String::new();
+        let (b, i) = (d / BLOCK_NAMES, d % BLOCK_NAMES);
+        self.walk(b, i + 1, |j, name| {
+            if j == i {
+                out.push_str(name);
+            }
+            true
+        });
+        out
+    }
+
+    /// Every name in order, `f(d, name)`: one pass over the blob.
+    pub fn for_each(&self, mut f: impl FnMut(usize, &str)) {
+        for b in 0..Self::blocks(self.names) {
+            let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
+            self.walk(b, n, |i, name| {
+                f(b * BLOCK_NAMES + i, name);
+                true
+            });
+        }
+    }
+
+    /// Every name, decoded once: for a pass that reads them all (a build).
+    pub fn decode(&self) -> Decoded {
+        let mut out = Decoded {
+            text: String::new(),
+            ends: Vec::with_capacity(self.names),
+        };
+        self.for_each(|_, name| {
+            out.text.push_str(name);
+            out.ends.push(out.text.len());
+        });
+        out
+    }
+
+    /// The first name of block `b`, stored whole.
+    fn first(&self, b: usize) -> &'a [u8] {
+        let Some(bytes) = self.start(b).and_then(|s| self.blob.get(s..)) else {
+            return &[];
+        };
+        let mut at = 0;
+        read_varint(bytes, &mut at)
+            .and_then(|len| bytes.get(at..at.checked_add(len)?))
+            .unwrap_or(&[])
+    }
+
+    /// The index of `device`, if the dictionary holds it: a binary search
+    /// of the blocks' first names, then one block decoded.
+    pub fn find(&self, device: &str) -> Option<usize> {
+        let blocks = Self::blocks(self.names);
+        let (mut lo, mut hi) = (0, blocks);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.first(mid) <= device.as_bytes() {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let b = lo.checked_sub(1)?;
+        let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
+        let mut found = None;
+        self.walk(b, n, |i, name| match name.cmp(device) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => {
+                found = Some(b * BLOCK_NAMES + i);
+                false
+            }
+            std::cmp::Ordering::Greater => false,
+        });
+        found
+    }
 }
 
 /// Fence keys over a dictionary of `devices` names, `name(d)` the `d`th.
@@ -92,6 +340,99 @@ pub(crate) fn index_is_valid(index: &Packed<'_>, type_series: &[u32], devices: u
 mod tests {
     use super::*;
     use crate::packed::Packer;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+
+    fn front_coded(names: &[&str]) -> (Vec<u8>, Vec<u8>, usize) {
+        let dict = Dictionary::of(names);
+        let (blob, starts) = dict.front_coded();
+        (blob, Packer::ints(&starts), dict.len())
+    }
+
+    #[test]
+    fn front_coded_names_are_rebuilt_and_found() {
+        let mut rng = StdRng::seed_from_u64(7);
+        // Numbered names, names that share a multi-byte character's first
+        // bytes but not the character, names that are prefixes of others.
+        let mut pool: Vec<String> = (0..200).map(|i| format!("dev-{:07}", i * 37)).collect();
+        pool.extend(
+            [
+                "é",
+                "ê",
+                "éa",
+                "d",
+                "dev",
+                "dev-",
+                "\u{1F600}x",
+                "\u{1F601}",
+            ]
+            .map(String::from),
+        );
+        for n in [0usize, 1, 15, 16, 17, 33, pool.len()] {
+            let mut names: Vec<&str> = pool.iter().map(String::as_str).collect();
+            names.shuffle(&mut rng);
+            names.truncate(n);
+            let (blob, starts, len) = front_coded(&names);
+            let starts = Packed::new(&starts, FrontCoded::blocks(len) + 1, false).unwrap();
+            let fc = FrontCoded::new(&blob, starts, len);
+            assert_eq!(fc.check(), None, "{n} names");
+            let mut sorted = names.clone();
+            sorted.sort_unstable();
+            let mut seen = Vec::new();
+            fc.for_each(|d, name| seen.push((d, name.to_owned())));
+            let want: Vec<(usize, String)> = sorted
+                .iter()
+                .enumerate()
+                .map(|(d, s)| (d, s.to_string()))
+                .collect();
+            assert_eq!(seen, want);
+            let decoded = fc.decode();
+            for (d, name) in sorted.iter().enumerate() {
+                assert_eq!(fc.name(d), *name);
+                assert_eq!(decoded.get(d), *name);
+                assert_eq!(fc.find(name), Some(d), "{name}");
+            }
+            for absent in ["", "a", "dev-0000001", "dev-9", "\u{10FFFF}", "é\u{301}"] {
+                assert_eq!(fc.find(absent), None, "{absent}");
+            }
+        }
+        let names: Vec<&str> = pool.iter().map(String::as_str).collect();
+        let whole: usize = names.iter().map(|n| n.len()).sum();
+        assert!(front_coded(&names).0.len() * 2 < whole);
+    }
+
+    #[test]
+    fn a_malformed_front_coded_dictionary_is_refused() {
+        let pool: Vec<String> = (0..40).map(|i| format!("dev-{i:03}")).collect();
+        let names: Vec<&str> = pool.iter().map(String::as_str).collect();
+        let (blob, starts, len) = front_coded(&names);
+        let blocks = FrontCoded::blocks(len);
+        let check = |blob: &[u8], starts: &[i64]| {
+            let bytes = Packer::ints(starts);
+            let starts = Packed::new(&bytes, blocks + 1, false).unwrap();
+            FrontCoded::new(blob, starts, len).check()
+        };
+        let good: Vec<i64> = (0..=blocks)
+            .map(|b| Packed::new(&starts, blocks + 1, false).unwrap().int(b))
+            .collect();
+        assert_eq!(check(&blob, &good), None);
+        assert!(check(&blob[..blob.len() - 1], &good).is_some(), "truncated");
+        let mut swapped = good.clone();
+        swapped.swap(1, 2);
+        assert!(check(&blob, &swapped).is_some(), "blocks out of order");
+        // The second name of the first block shares more than the first has.
+        let mut bad = blob.clone();
+        bad[1 + 7] = 9;
+        assert!(check(&bad, &good).is_some(), "a prefix too long");
+        // Its last byte lowered: "dev-001" becomes "dev-00/", before "dev-000".
+        let mut bad = blob.clone();
+        bad[1 + 7 + 2] = b'/';
+        assert!(check(&bad, &good).is_some(), "out of order");
+        let mut bad = blob.clone();
+        bad[1 + 7 + 2] = 0xFF;
+        assert!(check(&bad, &good).is_some(), "not UTF-8");
+    }
 
     #[test]
     fn each_name_is_stored_once_and_found_by_its_series() {

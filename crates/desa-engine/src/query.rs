@@ -28,6 +28,7 @@
 //!   per device (`O(E)` for `E` entries), which is then cheaper than going
 //!   on. Either way the answer is exact.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
 use crate::head::{ByCount, Head};
+use crate::names::Decoded;
 use crate::packed::IdList;
 use crate::segment::Segment;
 use crate::summary::{self, GeoPart, LiveSummary, Summary};
@@ -221,7 +223,7 @@ fn geo_by_extents(
     }
     for c in &cut {
         for seg in held {
-            let (n, x) = seg.geo_of_device(event_type, c.device, c.within, w);
+            let (n, x) = seg.geo_of_device(event_type, &c.device, c.within, w);
             count += n;
             sum = sum + x;
         }
@@ -329,15 +331,41 @@ impl<'a> List<'a> {
         }
     }
 
-    fn device(&self, pos: usize) -> &'a str {
+    /// The device of the entry at `pos` (rebuilt for a summary that
+    /// front-codes its names).
+    fn device(&self, pos: usize) -> Cow<'_, str> {
+        match self {
+            List::Summary { sum, order, .. } => sum.series_device(order.at(pos) as usize),
+            _ => Cow::Borrowed(self.device_in(pos, None)),
+        }
+    }
+
+    /// [`device`](Self::device) with `names`, the list's summary's names
+    /// decoded whole where it front-codes them ([`List::decoded_names`]):
+    /// borrowed either way.
+    fn device_in<'b>(&'b self, pos: usize, names: Option<&'b Decoded>) -> &'b str {
         match self {
             List::Exact { sorted, .. } => sorted[pos].0,
             List::Head { head, order, .. } => head.rows.devices.name(order.devices[pos]),
-            List::Summary { sum, order, .. } => sum.series_device(order.at(pos) as usize),
+            List::Summary { sum, order, .. } => {
+                let s = order.at(pos) as usize;
+                match names {
+                    Some(names) => names.get(sum.series_device_index(s)),
+                    None => sum.whole_series_device(s),
+                }
+            }
             List::Segment { seg, order, .. } => seg.series_device(order.at(pos) as usize),
             List::Counted {
                 seg, first, order, ..
             } => seg.series_device(first + order[pos] as usize),
+        }
+    }
+
+    /// The names of a list's summary where it front-codes them.
+    fn decoded_names(&self) -> Option<Decoded> {
+        match self {
+            List::Summary { sum, .. } => sum.decoded_devices(),
+            _ => None,
         }
     }
 
@@ -502,7 +530,7 @@ pub(crate) fn topk<'a>(
 fn rank(lists: &[List<'_>], k: usize) -> (Vec<DeviceCount>, TopkPath) {
     match by_threshold(lists, k) {
         Some(best) => (best.into_sorted(), TopkPath::Threshold),
-        None => (by_merging(lists, k).into_sorted(), TopkPath::Merged),
+        None => (by_merging(lists, k), TopkPath::Merged),
     }
 }
 
@@ -510,7 +538,7 @@ fn rank(lists: &[List<'_>], k: usize) -> (Vec<DeviceCount>, TopkPath) {
 /// is the K-th best.
 struct Best<'a> {
     k: usize,
-    heap: BinaryHeap<Reverse<(u64, Reverse<&'a str>)>>,
+    heap: BinaryHeap<Reverse<(u64, Reverse<Cow<'a, str>>)>>,
 }
 
 impl<'a> Best<'a> {
@@ -528,7 +556,7 @@ impl<'a> Best<'a> {
             .flatten()
     }
 
-    fn offer(&mut self, device: &'a str, count: u64) {
+    fn offer(&mut self, device: Cow<'a, str>, count: u64) {
         if count == 0 {
             return;
         }
@@ -547,7 +575,7 @@ impl<'a> Best<'a> {
             .heap
             .into_iter()
             .map(|Reverse((count, Reverse(d)))| DeviceCount {
-                device_id: d.to_owned(),
+                device_id: d.into_owned(),
                 count,
             })
             .collect();
@@ -565,7 +593,7 @@ const RANDOM_ACCESS_ENTRIES: usize = 4;
 /// accesses, at [`RANDOM_ACCESS_ENTRIES`] each, outweigh the entries of all
 /// lists, when adding the lists up ([`by_merging`]) costs less than going
 /// on.
-fn by_threshold<'a>(lists: &[List<'a>], k: usize) -> Option<Best<'a>> {
+fn by_threshold<'b>(lists: &'b [List<'_>], k: usize) -> Option<Best<'b>> {
     let entries: usize = lists.iter().map(List::len).sum();
     let mut random_accesses = 0usize;
     let mut cursor = vec![0usize; lists.len()];
@@ -573,7 +601,8 @@ fn by_threshold<'a>(lists: &[List<'a>], k: usize) -> Option<Best<'a>> {
     // step moves one cursor, so only its bound is read again.
     let mut bound: Vec<u64> = lists.iter().map(|l| l.bound(0)).collect();
     let mut threshold: u64 = bound.iter().sum();
-    let mut seen: HashSet<&str, _> = HashSet::with_hasher(foldhash::fast::RandomState::default());
+    let mut seen: HashSet<Cow<str>, _> =
+        HashSet::with_hasher(foldhash::fast::RandomState::default());
     let mut best = Best::new(k);
     loop {
         // An unseen device counts at most `threshold`; ties on count are
@@ -593,36 +622,42 @@ fn by_threshold<'a>(lists: &[List<'a>], k: usize) -> Option<Best<'a>> {
         let b = lists[i].bound(cursor[i]);
         threshold = threshold - bound[i] + b;
         bound[i] = b;
-        if !seen.insert(device) {
+        if seen.contains(&*device) {
             continue;
         }
+        seen.insert(device.clone());
         random_accesses += lists.len();
         if random_accesses * RANDOM_ACCESS_ENTRIES > entries {
             return None;
         }
-        best.offer(device, lists.iter().map(|l| l.exact(device)).sum());
+        let count = lists.iter().map(|l| l.exact(&device)).sum();
+        best.offer(device, count);
     }
 }
 
 /// Every entry of every list added into one count per device: the cost is
 /// one hash update per entry, whatever the counts look like.
-fn by_merging<'a>(lists: &[List<'a>], k: usize) -> Best<'a> {
+fn by_merging(lists: &[List<'_>], k: usize) -> Vec<DeviceCount> {
     let hasher = foldhash::fast::RandomState::default();
     let longest = lists.iter().map(List::len).max().unwrap_or(0);
+    // Front-coded names decoded once per list, not once per entry.
+    let names: Vec<Option<Decoded>> = lists.iter().map(List::decoded_names).collect();
     let mut totals: HashMap<&str, u64, _> = HashMap::with_capacity_and_hasher(longest, hasher);
-    for list in lists {
+    for (list, names) in lists.iter().zip(&names) {
         for pos in 0..list.len() {
             let c = list.exact_at(pos);
             if c > 0 {
-                *totals.entry(list.device(pos)).or_default() += c;
+                *totals
+                    .entry(list.device_in(pos, names.as_ref()))
+                    .or_default() += c;
             }
         }
     }
     let mut best = Best::new(k);
     for (device, count) in totals {
-        best.offer(device, count);
+        best.offer(Cow::Borrowed(device), count);
     }
-    best
+    best.into_sorted()
 }
 
 #[cfg(test)]

@@ -167,6 +167,8 @@ pub(crate) struct SectionFile {
     pub map: Mmap,
     pub sections: Vec<(usize, usize)>,
     pub words: Vec<u64>,
+    /// The format version the file was written in.
+    pub version: u32,
     /// When a query last read this file, on [`USE_CLOCK`]'s scale.
     last_used: AtomicU64,
     /// The (blob, offsets) string tables [`check_strings`](Self::check_strings)
@@ -228,6 +230,7 @@ impl SectionFile {
             map,
             sections,
             words,
+            version,
             last_used: AtomicU64::new(0),
             strings: Vec::new(),
             packed_strings: Vec::new(),

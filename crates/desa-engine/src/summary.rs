@@ -35,11 +35,13 @@
 //! so a summary is never invalidated; a summary with more than
 //! `EngineConfig::summary_max_extras` uncovered segments is refreshed.
 //!
-//! # File format (version 4, little-endian)
+//! # File format (version 5, little-endian)
 //! The container of `crate::sections` with magic "DESASUM1" / "DESASUMF",
 //! the sections in the order of the S_* constants below, and footer words:
 //! types, series, points, nodes, level, first_day, events, leaf_points,
-//! devices, extents, extent nodes. Version 3 is version 4 without extents
+//! devices, extents, extent nodes. Version 5 front-codes the device names
+//! (`names::FrontCoded`); version 4 stores them whole, one after the
+//! other. Version 3 is version 4 without extents
 //! (a type without points is read from the segments) and nine words.
 //! Version 3 stores each device's name once (`crate::names`); version 2
 //! kept one per series, and eight words. Versions 2 on pack the per-series
@@ -105,11 +107,12 @@ pub const GEO_FOLD_MIN: u64 = 2;
 pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
-/// v3: the file's distinct devices, sorted (`crate::names`); before: each
-/// series' device, in series order.
+/// v3: the file's distinct devices, sorted (`crate::names`), from v5
+/// front-coded (`names::FrontCoded`); before v3: each series' device, in
+/// series order.
 pub(crate) const S_DEV_BLOB: usize = 3;
-/// Offsets into [`S_DEV_BLOB`]: v3 packed ints x (devices + 1), before
-/// u32 x (series + 1).
+/// Offsets into [`S_DEV_BLOB`]: v5 packed ints x (blocks of names + 1), v3
+/// and v4 packed ints x (devices + 1), before u32 x (series + 1).
 pub(crate) const S_SERIES_DEV_OFF: usize = 4;
 pub(crate) const S_COUNT: usize = 5; // packed ints x series (v1: u64)
 pub(crate) const S_SUM_HI: usize = 6; // packed floats x series (v1: f64)
@@ -145,6 +148,15 @@ pub(crate) const S_TYPE_EXTENT_NODES: usize = 25; // u32 x (types + 1)
 pub(crate) const SECTION_COUNT: usize = 26;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
+    header: b"DESASUM1",
+    footer: b"DESASUMF",
+    version: 5,
+    sections: SECTION_COUNT,
+    words: 11,
+};
+
+/// Version 5 with the device names stored whole. Read, never written.
+pub(crate) static FORMAT_V4: crate::sections::Format = crate::sections::Format {
     header: b"DESASUM1",
     footer: b"DESASUMF",
     version: 4,

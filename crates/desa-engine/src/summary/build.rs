@@ -14,7 +14,7 @@ use desa_model::DoubleDouble;
 use super::*;
 use super::{extents, points};
 use crate::error::{Error, Result};
-use crate::names::Dictionary;
+use crate::names::{Decoded, Dictionary};
 use crate::packed::Packer;
 use crate::sections::SectionWriter;
 use crate::segment::{kd_depth, kd_nodes, Segment};
@@ -48,10 +48,13 @@ impl<'a> Input<'a> {
             Input::Summary(s, _) => s.type_series(t),
         }
     }
-    fn device(&self, s: usize) -> &'a str {
-        match *self {
-            Input::Segment(x) => x.series_device(s),
-            Input::Summary(x, _) => x.series_device(s),
+    /// The device of series `s`; `decoded` holds a summary's names where
+    /// they are front-coded (`Summary::decoded_devices`).
+    fn device(&self, s: usize, decoded: Option<&'a Decoded>) -> &'a str {
+        match (*self, decoded) {
+            (Input::Segment(x), _) => x.series_device(s),
+            (Input::Summary(x, _), Some(names)) => names.get(x.series_device_index(s)),
+            (Input::Summary(x, _), None) => x.whole_series_device(s),
         }
     }
     fn count_and_sum(&self, s: usize) -> (u64, DoubleDouble) {
@@ -115,7 +118,9 @@ struct Series<'a> {
     sum_lo: Vec<f64>,
 }
 
-fn merge_series<'a>(inputs: &[Input<'a>]) -> Series<'a> {
+/// `decoded[i]`: the names of input `i` where it front-codes them.
+fn merge_series<'a>(inputs: &[Input<'a>], decoded: &'a [Option<Decoded>]) -> Series<'a> {
+    let device = |i: usize, s: usize| inputs[i].device(s, decoded[i].as_ref());
     let mut out = Series {
         types_off: vec![0],
         type_series: vec![0],
@@ -127,7 +132,7 @@ fn merge_series<'a>(inputs: &[Input<'a>]) -> Series<'a> {
         let c = &mut cursors[i];
         if c.settle(input) {
             c.s = input.type_series(c.t).start;
-            heap.push(Reverse((input.type_name(c.t), input.device(c.s), i)));
+            heap.push(Reverse((input.type_name(c.t), device(i, c.s), i)));
         }
     }
     let mut last_type: Option<&str> = None;
@@ -152,11 +157,7 @@ fn merge_series<'a>(inputs: &[Input<'a>]) -> Series<'a> {
                     continue;
                 }
             }
-            heap.push(Reverse((
-                inputs[i].type_name(cur.t),
-                inputs[i].device(cur.s),
-                i,
-            )));
+            heap.push(Reverse((inputs[i].type_name(cur.t), device(i, cur.s), i)));
         }
         if last_type != Some(ty) {
             if last_type.is_some() {
@@ -322,7 +323,14 @@ pub fn write_summary(
     path: &Path,
 ) -> Result<(u64, u64)> {
     inputs.iter().try_for_each(Input::verify)?;
-    let series = merge_series(inputs);
+    let decoded: Vec<Option<Decoded>> = inputs
+        .iter()
+        .map(|input| match input {
+            Input::Summary(s, _) => s.decoded_devices(),
+            Input::Segment(_) => None,
+        })
+        .collect();
+    let series = merge_series(inputs, &decoded);
     inputs.iter().for_each(Input::release_memory);
     let w = SectionWriter::create(&FORMAT, path)?;
     write_sections(w, series, inputs, level, first_day).map_err(Error::io("write summary", path))
@@ -359,8 +367,9 @@ fn write_sections(
     w.section(b(&series.types_off))?;
     w.section(b(&series.type_series))?;
     let devices = Dictionary::of(&series.devices);
-    w.section(&devices.blob)?;
-    w.section(&Packer::ints(&devices.ends))?;
+    let (names, name_blocks) = devices.front_coded();
+    w.section(&names)?;
+    w.section(&Packer::ints(&name_blocks))?;
     let counts: Vec<i64> = series.count.iter().map(|&c| c as i64).collect();
     w.section(&Packer::ints(&counts))?;
     w.section(&Packer::floats(&series.sum_hi))?;

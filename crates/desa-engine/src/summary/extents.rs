@@ -93,7 +93,7 @@ pub(super) fn gather(inputs: &[Input], name: &str, devices: &[&str]) -> Option<V
         match source {
             Source::Summary(s, t) => {
                 for (series, b) in s.extents_of(t) {
-                    join(&mut out[index(s.series_device(series))?], &b);
+                    join(&mut out[index(&s.series_device(series))?], &b);
                 }
                 s.release_memory();
             }

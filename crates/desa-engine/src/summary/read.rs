@@ -1,5 +1,6 @@
 //! Reading a summary through a read-only memory map.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, GeoBox};
@@ -37,9 +38,9 @@ pub struct Summary {
     points: usize,
     /// Entries of the device dictionary (version 3 on; 0 before).
     devices: usize,
-    /// Device extents (version 4; 0 before).
+    /// Device extents (version 4 on; 0 before).
     extents: usize,
-    /// The file's format version (1 to 4).
+    /// The file's format version (1 to 5).
     version: u32,
 }
 
@@ -68,7 +69,7 @@ impl Summary {
     }
 
     fn open_with(path: &Path, level: u32, first_day: i64, verify: Verify) -> Result<Summary> {
-        let formats = [&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
+        let formats = [&FORMAT, &FORMAT_V4, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
         let mut file = SectionFile::open(&formats, path, verify)?;
         let w = &file.words;
         let (types, series, points, nodes) =
@@ -96,15 +97,7 @@ impl Summary {
                 ),
             ));
         }
-        let version = if file.sections.len() == SECTION_COUNT {
-            4
-        } else if file.sections.len() == FORMAT_V3.sections {
-            3
-        } else if file.sections.len() == FORMAT_V2.sections {
-            2
-        } else {
-            1
-        };
+        let version = file.version;
         let fixed = |width: usize, count: usize| (width, Some(count));
         let packed = (1, None);
         let v1 = version == 1;
@@ -182,7 +175,9 @@ impl Summary {
             }
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
-        if v3 {
+        if version >= 5 {
+            check_front_coded(&file, path, devices)?;
+        } else if v3 {
             file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else {
             file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
@@ -204,10 +199,11 @@ impl Summary {
         {
             return Err(Error::corrupt(path, 0, reason));
         }
-        s.fences = if v3 {
-            names::fences(devices, |d| s.device_name(d))
-        } else {
-            DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.series_device(i))
+        // Front-coded names are searched by their blocks' first names.
+        s.fences = match version {
+            5.. => DeviceFences::build(&[], |_| ""),
+            3 | 4 => names::fences(devices, |d| s.device_name(d)),
+            _ => DeviceFences::build(s.u32s(S_TYPE_SERIES), |i| s.whole_series_device(i)),
         };
         // As for segments: the fences read every device name; drop them.
         s.file.release_memory();
@@ -298,10 +294,14 @@ impl Summary {
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
         if self.version < 3 {
             return self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
-                self.series_device(s)
+                self.whole_series_device(s)
             });
         }
-        let d = names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?;
+        let d = if self.version >= 5 {
+            self.front_coded().find(device)?
+        } else {
+            names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?
+        };
         names::series_of(
             &self.packed(S_SERIES_DEV, self.series),
             self.type_series(t),
@@ -309,7 +309,14 @@ impl Summary {
         )
     }
 
-    /// Entry `d` of the device dictionary (version 3).
+    /// The device dictionary of version 5 on.
+    fn front_coded(&self) -> names::FrontCoded<'_> {
+        let blocks = names::FrontCoded::blocks(self.devices);
+        let starts = self.packed(S_SERIES_DEV_OFF, blocks + 1);
+        names::FrontCoded::new(self.file.bytes(S_DEV_BLOB), starts, self.devices)
+    }
+
+    /// Entry `d` of the device dictionary (versions 3 and 4).
     fn device_name(&self, d: usize) -> &str {
         self.file
             .packed_str_at(S_DEV_BLOB, S_SERIES_DEV_OFF, self.devices, d)
@@ -321,11 +328,36 @@ impl Summary {
         ts[t] as usize..ts[t + 1] as usize
     }
 
-    pub fn series_device(&self, s: usize) -> &str {
+    /// The device of series `s`: borrowed from the file up to version 4,
+    /// rebuilt from the front-coded names from version 5.
+    pub fn series_device(&self, s: usize) -> Cow<'_, str> {
+        if self.version >= 5 {
+            return Cow::Owned(self.front_coded().name(self.series_device_index(s)));
+        }
+        Cow::Borrowed(self.whole_series_device(s))
+    }
+
+    /// The device dictionary decoded whole, for a pass over every series
+    /// (a build); `None` where the names are stored whole (up to version 4).
+    pub(crate) fn decoded_devices(&self) -> Option<names::Decoded> {
+        (self.version >= 5).then(|| self.front_coded().decode())
+    }
+
+    /// The index in the dictionary of the device of series `s` (version 3
+    /// on), bounded here; `verify_indexes` checks them all.
+    pub(crate) fn series_device_index(&self, s: usize) -> usize {
+        let d = self.packed(S_SERIES_DEV, self.series).int(s) as u64;
+        d.min(self.devices.saturating_sub(1) as u64) as usize
+    }
+
+    /// [`series_device`](Self::series_device) of a file that stores the
+    /// names whole (up to version 4); empty from version 5.
+    pub(crate) fn whole_series_device(&self, s: usize) -> &str {
+        if self.version >= 5 {
+            return "";
+        }
         if self.version >= 3 {
-            // Bounded here; `verify_indexes` checks them all.
-            let d = self.packed(S_SERIES_DEV, self.series).int(s) as u64;
-            return self.device_name(d.min(self.devices.saturating_sub(1) as u64) as usize);
+            return self.device_name(self.series_device_index(s));
         }
         self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s)
     }
@@ -482,6 +514,23 @@ impl Summary {
 
     pub fn release_memory(&self) {
         self.file.release_memory()
+    }
+}
+
+/// Checks a version 5 file's front-coded device names (`names::FrontCoded`).
+fn check_front_coded(file: &SectionFile, path: &Path, devices: usize) -> Result<()> {
+    let at = file.sections[S_DEV_BLOB].0 as u64;
+    let blocks = names::FrontCoded::blocks(devices);
+    let Some(starts) = Packed::new(file.bytes(S_SERIES_DEV_OFF), blocks + 1, false) else {
+        return Err(Error::corrupt(
+            path,
+            at,
+            "name block offsets are malformed".to_owned(),
+        ));
+    };
+    match names::FrontCoded::new(file.bytes(S_DEV_BLOB), starts, devices).check() {
+        Some(reason) => Err(Error::corrupt(path, at, reason.to_owned())),
+        None => Ok(()),
     }
 }
 

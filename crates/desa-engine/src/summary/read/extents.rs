@@ -1,6 +1,8 @@
 //! Reading device extents (see `summary::extents`): the geo query over a
 //! type without points.
 
+use std::borrow::Cow;
+
 use desa_model::{DoubleDouble, GeoBox};
 
 use super::super::extents::{degrees, GridBox};
@@ -13,7 +15,7 @@ use crate::segment::{kd_depth, kd_nodes};
 /// antimeridian) are read from the segments the summary covers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cut<'a> {
-    pub device: &'a str,
+    pub device: Cow<'a, str>,
     /// `[min_lat, max_lat, min_lon, max_lon]`, inclusive.
     pub within: [f64; 4],
 }
