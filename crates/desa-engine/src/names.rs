@@ -8,8 +8,12 @@
 //! series holds a packed index (about as many bits as the file has devices
 //! in binary), ascending within a type so that a lookup is a binary search.
 
+use std::path::Path;
+
+use crate::error::{Error, Result};
 use crate::fences::DeviceFences;
 use crate::packed::Packed;
+use crate::sections::SectionFile;
 
 /// The dictionary sections of one file, built from its series' devices.
 pub(crate) struct Dictionary {
@@ -89,6 +93,30 @@ impl Decoded {
     }
 }
 
+/// Checks the front-coded names of a file (sections `blob` and `starts`,
+/// `names` of them) when it is opened.
+pub(crate) fn check_front_coded(
+    file: &SectionFile,
+    path: &Path,
+    blob: usize,
+    starts: usize,
+    names: usize,
+) -> Result<()> {
+    let at = file.sections[blob].0 as u64;
+    let blocks = FrontCoded::blocks(names);
+    let Some(starts) = Packed::new(file.bytes(starts), blocks + 1, false) else {
+        return Err(Error::corrupt(
+            path,
+            at,
+            "name block offsets are malformed".to_owned(),
+        ));
+    };
+    match FrontCoded::new(file.bytes(blob), starts, names).check() {
+        Some(reason) => Err(Error::corrupt(path, at, reason.to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// Names per front-coded block: the first is stored whole, so that a lookup
 /// binary-searches the blocks' first names and decodes at most one block.
 pub(crate) const BLOCK_NAMES: usize = 16;
@@ -152,16 +180,24 @@ impl<'a> FrontCoded<'a> {
         }
     }
 
+    /// Over a file's sections: the blob and the packed block starts, which
+    /// [`check_front_coded`] has accepted.
+    pub fn over(blob: &'a [u8], starts: &'a [u8], names: usize) -> Self {
+        let starts = Packed::unchecked(starts, Self::blocks(names) + 1);
+        Self::new(blob, starts, names)
+    }
+
     pub fn blocks(names: usize) -> usize {
         names.div_ceil(BLOCK_NAMES)
     }
 
     /// Why the dictionary cannot be read, if it cannot: every block must
     /// lie in the blob and hold its names exactly, each name UTF-8 and
-    /// after the one before. Reads every byte once.
+    /// after the one before (byte order, which is `str` order). Reads every
+    /// byte once.
     pub fn check(&self) -> Option<&'static str> {
         let mut read_to = 0usize;
-        let mut last: Option<String> = None;
+        let mut last: Option<Vec<u8>> = None;
         for b in 0..Self::blocks(self.names) {
             let (Some(start), Some(end)) = (self.start(b), self.start(b + 1)) else {
                 return Some("name blocks out of bounds");
@@ -172,10 +208,11 @@ impl<'a> FrontCoded<'a> {
             let mut ascending = true;
             let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
             let read = self.walk(b, n, |_, name| {
-                ascending &= last.as_deref().is_none_or(|l| l < name);
-                let l = last.get_or_insert_with(String::new);
+                ascending &=
+                    std::str::from_utf8(name).is_ok() && last.as_deref().is_none_or(|l| l < name);
+                let l = last.get_or_insert_with(Vec::new);
                 l.clear();
-                l.push_str(name);
+                l.extend_from_slice(name);
                 true
             });
             if read != Some(end - start) || !ascending {
@@ -192,12 +229,25 @@ impl<'a> FrontCoded<'a> {
 
     /// Decodes the first `n` names of block `b`, calling `f(i, name)` for
     /// each until it returns false; the bytes read, or `None` if the block
-    /// is malformed.
-    fn walk(&self, b: usize, n: usize, mut f: impl FnMut(usize, &str) -> bool) -> Option<usize> {
+    /// is malformed. Names are bytes here: [`check`](Self::check) has
+    /// found each one UTF-8.
+    fn walk(&self, b: usize, n: usize, f: impl FnMut(usize, &[u8]) -> bool) -> Option<usize> {
+        self.walk_in(b, n, &mut Vec::with_capacity(64), f)
+    }
+
+    /// [`walk`](Self::walk) with the caller's buffer, which holds the last
+    /// name decoded when it returns.
+    fn walk_in(
+        &self,
+        b: usize,
+        n: usize,
+        name: &mut Vec<u8>,
+        mut f: impl FnMut(usize, &[u8]) -> bool,
+    ) -> Option<usize> {
         let start = self.start(b)?;
         let bytes = self.blob.get(start..)?;
         let mut at = 0;
-        let mut name = String::new();
+        name.clear();
         for i in 0..n {
             let shared = if i == 0 {
                 0
@@ -205,14 +255,14 @@ impl<'a> FrontCoded<'a> {
                 read_varint(bytes, &mut at)?
             };
             let len = read_varint(bytes, &mut at)?;
-            let rest = std::str::from_utf8(bytes.get(at..at.checked_add(len)?)?).ok()?;
+            let rest = bytes.get(at..at.checked_add(len)?)?;
             at += len;
-            if !name.is_char_boundary(shared) {
+            if shared > name.len() {
                 return None;
             }
             name.truncate(shared);
-            name.push_str(rest);
-            if !f(i, &name) {
+            name.extend_from_slice(rest);
+            if !f(i, name) {
                 break;
             }
         }
@@ -221,39 +271,31 @@ impl<'a> FrontCoded<'a> {
 
     /// Name `d` (`d < names`).
     pub fn name(&self, d: usize) -> String {
-        let mut out = String::new();
+        let mut name = Vec::with_capacity(64);
         let (b, i) = (d / BLOCK_NAMES, d % BLOCK_NAMES);
-        self.walk(b, i + 1, |j, name| {
-            if j == i {
-                out.push_str(name);
-            }
-            true
-        });
-        out
-    }
-
-    /// Every name in order, `f(d, name)`: one pass over the blob.
-    pub fn for_each(&self, mut f: impl FnMut(usize, &str)) {
-        for b in 0..Self::blocks(self.names) {
-            let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
-            self.walk(b, n, |i, name| {
-                f(b * BLOCK_NAMES + i, name);
-                true
-            });
+        match self.walk_in(b, i + 1, &mut name, |_, _| true) {
+            // Checked when the file was opened: never empty but for damage.
+            Some(_) => String::from_utf8(name).unwrap_or_default(),
+            None => String::new(),
         }
     }
 
-    /// Every name, decoded once: for a pass that reads them all (a build).
+    /// Every name, decoded once: for a pass that reads them all (a build,
+    /// a top-K that adds a whole list up).
     pub fn decode(&self) -> Decoded {
-        let mut out = Decoded {
-            text: String::new(),
-            ends: Vec::with_capacity(self.names),
-        };
-        self.for_each(|_, name| {
-            out.text.push_str(name);
-            out.ends.push(out.text.len());
-        });
-        out
+        let mut text = Vec::new();
+        let mut ends = Vec::with_capacity(self.names);
+        for b in 0..Self::blocks(self.names) {
+            let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
+            self.walk(b, n, |_, name| {
+                text.extend_from_slice(name);
+                ends.push(text.len());
+                true
+            });
+        }
+        // Checked when the file was opened: never empty but for damage.
+        let text = String::from_utf8(text).unwrap_or_default();
+        Decoded { text, ends }
     }
 
     /// The first name of block `b`, stored whole.
@@ -267,14 +309,17 @@ impl<'a> FrontCoded<'a> {
             .unwrap_or(&[])
     }
 
-    /// The index of `device`, if the dictionary holds it: a binary search
-    /// of the blocks' first names, then one block decoded.
-    pub fn find(&self, device: &str) -> Option<usize> {
+    /// The index of `device`, if the dictionary holds it: `fences` narrow
+    /// it to [`FENCE_BLOCKS`] blocks, a binary search of their first names
+    /// to one, which is decoded.
+    pub fn find(&self, fences: &BlockFences, device: &str) -> Option<usize> {
+        let key = device.as_bytes();
+        let k = fences.last_at_most(key)?;
         let blocks = Self::blocks(self.names);
-        let (mut lo, mut hi) = (0, blocks);
+        let (mut lo, mut hi) = (k * FENCE_BLOCKS, ((k + 1) * FENCE_BLOCKS).min(blocks));
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.first(mid) <= device.as_bytes() {
+            if self.first(mid) <= key {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -283,7 +328,7 @@ impl<'a> FrontCoded<'a> {
         let b = lo.checked_sub(1)?;
         let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
         let mut found = None;
-        self.walk(b, n, |i, name| match name.cmp(device) {
+        self.walk(b, n, |i, name| match name.cmp(key) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Equal => {
                 found = Some(b * BLOCK_NAMES + i);
@@ -292,6 +337,52 @@ impl<'a> FrontCoded<'a> {
             std::cmp::Ordering::Greater => false,
         });
         found
+    }
+
+    /// The fences of [`find`](Self::find): the first name of every
+    /// [`FENCE_BLOCKS`]th block, read when the file is opened.
+    pub fn fences(&self) -> BlockFences {
+        let mut f = BlockFences::default();
+        for b in (0..Self::blocks(self.names)).step_by(FENCE_BLOCKS) {
+            f.names.extend_from_slice(self.first(b));
+            f.ends.push(f.names.len() as u32);
+        }
+        f.names.shrink_to_fit();
+        f.ends.shrink_to_fit();
+        f
+    }
+}
+
+/// Blocks between two [`BlockFences`] keys: a lookup reads one short run of
+/// the mapped names (about 600 bytes of 11-byte names) after the fences,
+/// not a dozen scattered pages.
+pub(crate) const FENCE_BLOCKS: usize = 8;
+
+/// Heap-resident fence keys over a front-coded dictionary.
+#[derive(Default)]
+pub(crate) struct BlockFences {
+    names: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl BlockFences {
+    fn key(&self, k: usize) -> &[u8] {
+        let start = k.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        &self.names[start..self.ends[k] as usize]
+    }
+
+    /// The last key at most `name`; `None` if every key is greater.
+    fn last_at_most(&self, name: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.ends.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) <= name {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
     }
 }
 
@@ -379,22 +470,17 @@ mod tests {
             assert_eq!(fc.check(), None, "{n} names");
             let mut sorted = names.clone();
             sorted.sort_unstable();
-            let mut seen = Vec::new();
-            fc.for_each(|d, name| seen.push((d, name.to_owned())));
-            let want: Vec<(usize, String)> = sorted
-                .iter()
-                .enumerate()
-                .map(|(d, s)| (d, s.to_string()))
-                .collect();
-            assert_eq!(seen, want);
             let decoded = fc.decode();
+            let seen: Vec<&str> = (0..len).map(|d| decoded.get(d)).collect();
+            assert_eq!(seen, sorted);
+            let fences = fc.fences();
             for (d, name) in sorted.iter().enumerate() {
                 assert_eq!(fc.name(d), *name);
                 assert_eq!(decoded.get(d), *name);
-                assert_eq!(fc.find(name), Some(d), "{name}");
+                assert_eq!(fc.find(&fences, name), Some(d), "{name}");
             }
             for absent in ["", "a", "dev-0000001", "dev-9", "\u{10FFFF}", "é\u{301}"] {
-                assert_eq!(fc.find(absent), None, "{absent}");
+                assert_eq!(fc.find(&fences, absent), None, "{absent}");
             }
         }
         let names: Vec<&str> = pool.iter().map(String::as_str).collect();

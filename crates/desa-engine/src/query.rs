@@ -36,7 +36,7 @@ use std::sync::Arc;
 use desa_model::{DeviceCount, DoubleDouble, GeoBox, TimeWindow};
 
 use crate::head::{ByCount, Head};
-use crate::names::Decoded;
+use crate::names::{Decoded, BLOCK_NAMES};
 use crate::packed::IdList;
 use crate::segment::Segment;
 use crate::summary::{self, GeoPart, LiveSummary, Summary};
@@ -331,29 +331,15 @@ impl<'a> List<'a> {
         }
     }
 
-    /// The device of the entry at `pos` (rebuilt for a summary that
+    /// The device of the entry at `pos` (rebuilt for a file that
     /// front-codes its names).
     fn device(&self, pos: usize) -> Cow<'_, str> {
         match self {
-            List::Summary { sum, order, .. } => sum.series_device(order.at(pos) as usize),
-            _ => Cow::Borrowed(self.device_in(pos, None)),
-        }
-    }
-
-    /// [`device`](Self::device) with `names`, the list's summary's names
-    /// decoded whole where it front-codes them ([`List::decoded_names`]):
-    /// borrowed either way.
-    fn device_in<'b>(&'b self, pos: usize, names: Option<&'b Decoded>) -> &'b str {
-        match self {
-            List::Exact { sorted, .. } => sorted[pos].0,
-            List::Head { head, order, .. } => head.rows.devices.name(order.devices[pos]),
-            List::Summary { sum, order, .. } => {
-                let s = order.at(pos) as usize;
-                match names {
-                    Some(names) => names.get(sum.series_device_index(s)),
-                    None => sum.whole_series_device(s),
-                }
+            List::Exact { sorted, .. } => Cow::Borrowed(sorted[pos].0),
+            List::Head { head, order, .. } => {
+                Cow::Borrowed(head.rows.devices.name(order.devices[pos]))
             }
+            List::Summary { sum, order, .. } => sum.series_device(order.at(pos) as usize),
             List::Segment { seg, order, .. } => seg.series_device(order.at(pos) as usize),
             List::Counted {
                 seg, first, order, ..
@@ -361,10 +347,33 @@ impl<'a> List<'a> {
         }
     }
 
-    /// The names of a list's summary where it front-codes them.
+    /// [`device`](Self::device), borrowed from `names` where they are the
+    /// list's file's names decoded whole ([`List::decoded_names`]).
+    fn device_in<'b>(&'b self, pos: usize, names: Option<&'b Decoded>) -> Cow<'b, str> {
+        let Some(names) = names else {
+            return self.device(pos);
+        };
+        let d = match self {
+            List::Summary { sum, order, .. } => sum.series_device_index(order.at(pos) as usize),
+            List::Segment { seg, order, .. } => seg.series_device_index(order.at(pos) as usize),
+            List::Counted {
+                seg, first, order, ..
+            } => seg.series_device_index(first + order[pos] as usize),
+            _ => return self.device(pos),
+        };
+        Cow::Borrowed(names.get(d))
+    }
+
+    /// The names of a list's file, decoded whole where it front-codes them
+    /// and the list is long enough to read most of them: a name rebuilt
+    /// alone decodes about half a block of names.
     fn decoded_names(&self) -> Option<Decoded> {
+        let worth = |devices: usize| self.len() * (BLOCK_NAMES / 2) >= devices;
         match self {
-            List::Summary { sum, .. } => sum.decoded_devices(),
+            List::Summary { sum, .. } if worth(sum.device_count()) => sum.decoded_devices(),
+            List::Segment { seg, .. } | List::Counted { seg, .. } if worth(seg.device_count()) => {
+                seg.decoded_devices()
+            }
             _ => None,
         }
     }
@@ -617,7 +626,8 @@ fn by_threshold<'b>(lists: &'b [List<'_>], k: usize) -> Option<Best<'b>> {
         let Some(i) = next else {
             return Some(best);
         };
-        let device = lists[i].device(cursor[i]);
+        let pos = cursor[i];
+        let device = lists[i].device(pos);
         cursor[i] += 1;
         let b = lists[i].bound(cursor[i]);
         threshold = threshold - bound[i] + b;
@@ -630,7 +640,18 @@ fn by_threshold<'b>(lists: &'b [List<'_>], k: usize) -> Option<Best<'b>> {
         if random_accesses * RANDOM_ACCESS_ENTRIES > entries {
             return None;
         }
-        let count = lists.iter().map(|l| l.exact(&device)).sum();
+        // Its count in list `i` is at hand; the others are looked up.
+        let count = lists
+            .iter()
+            .enumerate()
+            .map(|(j, l)| {
+                if j == i {
+                    l.exact_at(pos)
+                } else {
+                    l.exact(&device)
+                }
+            })
+            .sum();
         best.offer(device, count);
     }
 }
@@ -640,22 +661,26 @@ fn by_threshold<'b>(lists: &'b [List<'_>], k: usize) -> Option<Best<'b>> {
 fn by_merging(lists: &[List<'_>], k: usize) -> Vec<DeviceCount> {
     let hasher = foldhash::fast::RandomState::default();
     let longest = lists.iter().map(List::len).max().unwrap_or(0);
-    // Front-coded names decoded once per list, not once per entry.
+    // Front-coded names decoded once per long list, not once per entry.
     let names: Vec<Option<Decoded>> = lists.iter().map(List::decoded_names).collect();
-    let mut totals: HashMap<&str, u64, _> = HashMap::with_capacity_and_hasher(longest, hasher);
+    let mut totals: HashMap<Cow<str>, u64, _> = HashMap::with_capacity_and_hasher(longest, hasher);
     for (list, names) in lists.iter().zip(&names) {
         for pos in 0..list.len() {
             let c = list.exact_at(pos);
             if c > 0 {
-                *totals
-                    .entry(list.device_in(pos, names.as_ref()))
-                    .or_default() += c;
+                let device = list.device_in(pos, names.as_ref());
+                match totals.get_mut(&*device) {
+                    Some(total) => *total += c,
+                    None => {
+                        totals.insert(device, c);
+                    }
+                }
             }
         }
     }
     let mut best = Best::new(k);
     for (device, count) in totals {
-        best.offer(Cow::Borrowed(device), count);
+        best.offer(device, count);
     }
     best.into_sorted()
 }

@@ -27,17 +27,18 @@
 //! value, in a few bits per value; metadata, read only by compaction, goes
 //! through zstd.
 //!
-//! # File format (version 4, little-endian)
+//! # File format (version 5, little-endian)
 //! The container of `crate::sections` with magic "DESASEG1" / "DESASEGF",
 //! the SECTION_COUNT sections in the order of the S_* constants below (each
 //! says what it holds in each version) and nine footer words: rows,
 //! series, types, nodes, min_ts, max_ts, partition, leaf_rows, devices.
-//! Version 3 kept a copy of each series' device name (one per type the
+//! Version 5 front-codes the device names (`names::FrontCoded`); version 4
+//! stores them whole, one after the other. Version 3 kept a copy of each series' device name (one per type the
 //! device reports) instead of the dictionary, and eight words. Version 2
 //! held fixed-width columns, a k-d copy of whole points and 64-byte nodes
 //! over 32-row leaves; version 1 is version 2 without the two time-order
 //! sections, and its top-K falls back to all-time counts for a window that
-//! cuts it. All are still read; merges write version 4.
+//! cuts it. All are still read; merges write version 5.
 //! A segment is written whole, fsynced, and only then named in the manifest;
 //! a file the manifest does not name (a crash's leftover, or a file copied
 //! in) is moved to `orphans/` on open, never deleted. A checksum mismatch, or
@@ -68,11 +69,12 @@ pub(crate) const S_TYPES_BLOB: usize = 0;
 pub(crate) const S_TYPES_OFF: usize = 1; // u32 x (types + 1)
 pub(crate) const S_TYPE_SERIES: usize = 2; // u32 x (types + 1)
 pub(crate) const S_TYPE_ROWS: usize = 3; // u32 x (types + 1)
-/// v4: the file's distinct devices, sorted (`crate::names`); before: each
-/// series' device, in series order.
+/// v4: the file's distinct devices, sorted (`crate::names`), from v5
+/// front-coded (`names::FrontCoded`); before v4: each series' device, in
+/// series order.
 pub(crate) const S_DEV_BLOB: usize = 4;
-/// Offsets into [`S_DEV_BLOB`]: v4 packed ints x (devices + 1), before
-/// u32 x (series + 1).
+/// Offsets into [`S_DEV_BLOB`]: v5 packed ints x (blocks of names + 1), v4
+/// packed ints x (devices + 1), before u32 x (series + 1).
 pub(crate) const S_SERIES_DEV_OFF: usize = 5;
 /// Each series' first row: v4 packed ints x (series + 1), before u32.
 pub(crate) const S_SERIES_ROW: usize = 6;
@@ -115,6 +117,15 @@ pub(crate) const S_SERIES_DEV: usize = 23;
 pub(crate) const SECTION_COUNT: usize = 24;
 
 pub(crate) static FORMAT: crate::sections::Format = crate::sections::Format {
+    header: b"DESASEG1",
+    footer: b"DESASEGF",
+    version: 5,
+    sections: SECTION_COUNT,
+    words: 9,
+};
+
+/// Version 5 with the device names stored whole. Read, never written.
+pub(crate) static FORMAT_V4: crate::sections::Format = crate::sections::Format {
     header: b"DESASEG1",
     footer: b"DESASEGF",
     version: 4,

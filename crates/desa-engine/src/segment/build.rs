@@ -221,8 +221,9 @@ pub(crate) fn build_segment(
         w.section(b(&types_off))?;
         w.section(b(&type_series))?;
         w.section(b(&type_rows))?;
-        w.section(&devices.blob)?;
-        w.section(&Packer::ints(&devices.ends))?;
+        let (names, name_blocks) = devices.front_coded();
+        w.section(&names)?;
+        w.section(&Packer::ints(&name_blocks))?;
         w.section(&Packer::ints(&series_row))?;
         w.section(&Packer::ints(&ts))?;
         w.section(&Packer::floats(&value))?;

@@ -1,5 +1,6 @@
 //! Reading a segment through a read-only memory map.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use desa_model::{DoubleDouble, TimeWindow};
@@ -31,11 +32,13 @@ pub struct Segment {
     path: PathBuf,
     file: SectionFile,
     fences: DeviceFences,
+    /// The fences of front-coded names (version 5 on; empty before).
+    block_fences: names::BlockFences,
 
     types: usize,
     /// Entries of the device dictionary (version 4 on; 0 before).
     devices: usize,
-    /// The file's format version (1 to 4).
+    /// The file's format version (1 to 5).
     version: u32,
     /// Rows per k-d leaf.
     leaf: usize,
@@ -77,17 +80,9 @@ impl Segment {
     }
 
     fn open_with(path: &Path, id: u64, verify: Verify) -> Result<Self> {
-        let formats = [&FORMAT, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
+        let formats = [&FORMAT, &FORMAT_V4, &FORMAT_V3, &FORMAT_V2, &FORMAT_V1];
         let mut file = SectionFile::open(&formats, path, verify)?;
-        let version = if file.sections.len() == SECTION_COUNT {
-            4
-        } else if file.sections.len() == FORMAT_V3.sections {
-            3
-        } else if file.sections.len() == FORMAT_V2.sections {
-            2
-        } else {
-            1
-        };
+        let version = file.version;
         let bad = |offset: u64, reason: &str| Error::corrupt(path, offset, reason.to_owned());
         let w = &file.words;
         let (rows, series, types, nodes) =
@@ -170,7 +165,9 @@ impl Segment {
             }
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
-        if v4 {
+        if version >= 5 {
+            names::check_front_coded(&file, path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
+        } else if v4 {
             file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else {
             file.check_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF)?;
@@ -192,6 +189,7 @@ impl Segment {
             path: path.to_owned(),
             file,
             fences: DeviceFences::build(&[], |_| ""),
+            block_fences: names::BlockFences::default(),
 
             types,
             devices,
@@ -203,10 +201,14 @@ impl Segment {
             return Err(bad(0, reason));
         }
         let mut seg = seg;
-        seg.fences = if v4 {
-            names::fences(devices, |d| seg.device_name(d))
-        } else {
-            DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.series_device(s))
+        // Front-coded names are searched through fences of their own.
+        if version >= 5 {
+            seg.block_fences = seg.front_coded().fences();
+        }
+        seg.fences = match version {
+            5.. => DeviceFences::build(&[], |_| ""),
+            4 => names::fences(devices, |d| seg.device_name(d)),
+            _ => DeviceFences::build(seg.u32s(S_TYPE_SERIES), |s| seg.whole_series_device(s)),
         };
         // Building the fences read every device name: drop those pages, or
         // opening a node's files would make them all resident at once.
@@ -262,7 +264,7 @@ impl Segment {
     /// rows are (`open` does not read every series; `verify_indexes` does).
     fn series_row(&self, s: usize) -> usize {
         match self.version {
-            4 => (self.packed_series(S_SERIES_ROW, 1).int(s) as u64).min(self.meta.rows) as usize,
+            4.. => (self.packed_series(S_SERIES_ROW, 1).int(s) as u64).min(self.meta.rows) as usize,
             _ => self.u32s(S_SERIES_ROW)[s] as usize,
         }
     }
@@ -271,6 +273,15 @@ impl Segment {
     fn series_rows(&self, s: usize) -> (usize, usize) {
         let lo = self.series_row(s);
         (lo, self.series_row(s + 1).max(lo))
+    }
+
+    /// The device dictionary of version 5 on.
+    fn front_coded(&self) -> names::FrontCoded<'_> {
+        names::FrontCoded::over(
+            self.bytes(S_DEV_BLOB),
+            self.bytes(S_SERIES_DEV_OFF),
+            self.devices,
+        )
     }
 
     /// Entry `d` of the device dictionary (version 4).
@@ -477,19 +488,66 @@ impl Segment {
     pub fn find_series(&self, t: usize, device: &str) -> Option<usize> {
         if self.version < 4 {
             return self.fences.find(t, self.u32s(S_TYPE_SERIES), device, |s| {
-                self.series_device(s)
+                self.whole_series_device(s)
             });
         }
-        let d = names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?;
+        let d = if self.version >= 5 {
+            self.front_coded().find(&self.block_fences, device)?
+        } else {
+            names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?
+        };
         names::series_of(&self.packed_series(S_SERIES_DEV, 0), self.type_series(t), d)
     }
 
-    pub fn series_device(&self, s: usize) -> &str {
+    /// The device of series `s`: borrowed from the file up to version 4,
+    /// rebuilt from the front-coded names from version 5.
+    pub fn series_device(&self, s: usize) -> Cow<'_, str> {
+        if self.version >= 5 {
+            return Cow::Owned(self.front_coded().name(self.series_device_index(s)));
+        }
+        Cow::Borrowed(self.whole_series_device(s))
+    }
+
+    /// The device dictionary decoded whole, for a pass over every series
+    /// (a merge, a top-K that adds whole lists up); `None` where the names
+    /// are stored whole (up to version 4).
+    pub(crate) fn decoded_devices(&self) -> Option<names::Decoded> {
+        (self.version >= 5).then(|| self.front_coded().decode())
+    }
+
+    /// Entries of the device dictionary (version 4 on for segments, 3 on
+    /// for summaries; 0 before).
+    pub(crate) fn device_count(&self) -> usize {
+        self.devices
+    }
+
+    /// The index in the dictionary of the device of series `s` (version 4
+    /// on), bounded here; `verify_indexes` checks them all.
+    pub(crate) fn series_device_index(&self, s: usize) -> usize {
+        let d = self.packed_series(S_SERIES_DEV, 0).int(s) as u64;
+        d.min(self.devices.saturating_sub(1) as u64) as usize
+    }
+
+    /// [`series_device`](Self::series_device), borrowed from `decoded`
+    /// ([`decoded_devices`](Self::decoded_devices)) where the names are
+    /// front-coded.
+    pub(crate) fn series_device_in<'b>(
+        &'b self,
+        s: usize,
+        decoded: Option<&'b names::Decoded>,
+    ) -> &'b str {
+        match decoded {
+            Some(names) => names.get(self.series_device_index(s)),
+            None => self.whole_series_device(s),
+        }
+    }
+
+    /// [`series_device`](Self::series_device) of a file that stores the
+    /// names whole (up to version 4); empty from version 5.
+    fn whole_series_device(&self, s: usize) -> &str {
         match self.version {
-            4 => {
-                let d = self.packed_series(S_SERIES_DEV, 0).int(s) as u64;
-                self.device_name(d.min(self.devices.saturating_sub(1) as u64) as usize)
-            }
+            5.. => "",
+            4 => self.device_name(self.series_device_index(s)),
             _ => self.blob_str(S_DEV_BLOB, S_SERIES_DEV_OFF, s),
         }
     }
@@ -704,11 +762,12 @@ impl Segment {
         let meta = self.metadata()?;
         let locations = self.locations()?;
         let type_series = self.u32s(S_TYPE_SERIES);
+        let decoded = self.decoded_devices();
         for t in 0..self.types {
             let ty = self.blob_str(S_TYPES_BLOB, S_TYPES_OFF, t);
             let type_id = rows.types.intern(ty);
             for s in type_series[t] as usize..type_series[t + 1] as usize {
-                let dev = self.series_device(s);
+                let dev = self.series_device_in(s, decoded.as_ref());
                 let device_id = rows.devices.intern(dev);
                 let (lo, hi) = self.series_rows(s);
                 for r in lo..hi {

@@ -48,13 +48,12 @@ impl<'a> Input<'a> {
             Input::Summary(s, _) => s.type_series(t),
         }
     }
-    /// The device of series `s`; `decoded` holds a summary's names where
+    /// The device of series `s`; `decoded` holds the input's names where
     /// they are front-coded (`Summary::decoded_devices`).
     fn device(&self, s: usize, decoded: Option<&'a Decoded>) -> &'a str {
-        match (*self, decoded) {
-            (Input::Segment(x), _) => x.series_device(s),
-            (Input::Summary(x, _), Some(names)) => names.get(x.series_device_index(s)),
-            (Input::Summary(x, _), None) => x.whole_series_device(s),
+        match *self {
+            Input::Segment(x) => x.series_device_in(s, decoded),
+            Input::Summary(x, _) => x.series_device_in(s, decoded),
         }
     }
     fn count_and_sum(&self, s: usize) -> (u64, DoubleDouble) {
@@ -327,7 +326,7 @@ pub fn write_summary(
         .iter()
         .map(|input| match input {
             Input::Summary(s, _) => s.decoded_devices(),
-            Input::Segment(_) => None,
+            Input::Segment(s) => s.decoded_devices(),
         })
         .collect();
     let series = merge_series(inputs, &decoded);

@@ -105,7 +105,7 @@ pub(super) fn gather(inputs: &[Input], name: &str, devices: &[&str]) -> Option<V
                 let starts = s.series_starts(t);
                 let places: Vec<usize> = s
                     .type_series(t)
-                    .map(|series| index(s.series_device(series)))
+                    .map(|series| index(&s.series_device(series)))
                     .collect::<Option<_>>()?;
                 for (lat, lon, row) in s.located_rows(t) {
                     let j = starts

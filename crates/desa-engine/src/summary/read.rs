@@ -33,6 +33,8 @@ pub struct Summary {
     path: PathBuf,
     file: SectionFile,
     fences: DeviceFences,
+    /// The fences of front-coded names (version 5 on; empty before).
+    block_fences: names::BlockFences,
     types: usize,
     series: usize,
     points: usize,
@@ -176,7 +178,7 @@ impl Summary {
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
         if version >= 5 {
-            check_front_coded(&file, path, devices)?;
+            names::check_front_coded(&file, path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else if v3 {
             file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else {
@@ -186,6 +188,7 @@ impl Summary {
             path: path.to_owned(),
             file,
             fences: DeviceFences::build(&[], |_| ""),
+            block_fences: names::BlockFences::default(),
             types,
             series,
             points,
@@ -199,7 +202,10 @@ impl Summary {
         {
             return Err(Error::corrupt(path, 0, reason));
         }
-        // Front-coded names are searched by their blocks' first names.
+        // Front-coded names are searched through fences of their own.
+        if version >= 5 {
+            s.block_fences = s.front_coded().fences();
+        }
         s.fences = match version {
             5.. => DeviceFences::build(&[], |_| ""),
             3 | 4 => names::fences(devices, |d| s.device_name(d)),
@@ -298,7 +304,7 @@ impl Summary {
             });
         }
         let d = if self.version >= 5 {
-            self.front_coded().find(device)?
+            self.front_coded().find(&self.block_fences, device)?
         } else {
             names::find_device(&self.fences, self.devices, device, |d| self.device_name(d))?
         };
@@ -311,9 +317,11 @@ impl Summary {
 
     /// The device dictionary of version 5 on.
     fn front_coded(&self) -> names::FrontCoded<'_> {
-        let blocks = names::FrontCoded::blocks(self.devices);
-        let starts = self.packed(S_SERIES_DEV_OFF, blocks + 1);
-        names::FrontCoded::new(self.file.bytes(S_DEV_BLOB), starts, self.devices)
+        let (blob, starts) = (
+            self.file.bytes(S_DEV_BLOB),
+            self.file.bytes(S_SERIES_DEV_OFF),
+        );
+        names::FrontCoded::over(blob, starts, self.devices)
     }
 
     /// Entry `d` of the device dictionary (versions 3 and 4).
@@ -343,6 +351,12 @@ impl Summary {
         (self.version >= 5).then(|| self.front_coded().decode())
     }
 
+    /// Entries of the device dictionary (version 4 on for segments, 3 on
+    /// for summaries; 0 before).
+    pub(crate) fn device_count(&self) -> usize {
+        self.devices
+    }
+
     /// The index in the dictionary of the device of series `s` (version 3
     /// on), bounded here; `verify_indexes` checks them all.
     pub(crate) fn series_device_index(&self, s: usize) -> usize {
@@ -350,9 +364,23 @@ impl Summary {
         d.min(self.devices.saturating_sub(1) as u64) as usize
     }
 
+    /// [`series_device`](Self::series_device), borrowed from `decoded`
+    /// ([`decoded_devices`](Self::decoded_devices)) where the names are
+    /// front-coded.
+    pub(crate) fn series_device_in<'b>(
+        &'b self,
+        s: usize,
+        decoded: Option<&'b names::Decoded>,
+    ) -> &'b str {
+        match decoded {
+            Some(names) => names.get(self.series_device_index(s)),
+            None => self.whole_series_device(s),
+        }
+    }
+
     /// [`series_device`](Self::series_device) of a file that stores the
     /// names whole (up to version 4); empty from version 5.
-    pub(crate) fn whole_series_device(&self, s: usize) -> &str {
+    fn whole_series_device(&self, s: usize) -> &str {
         if self.version >= 5 {
             return "";
         }
@@ -514,23 +542,6 @@ impl Summary {
 
     pub fn release_memory(&self) {
         self.file.release_memory()
-    }
-}
-
-/// Checks a version 5 file's front-coded device names (`names::FrontCoded`).
-fn check_front_coded(file: &SectionFile, path: &Path, devices: usize) -> Result<()> {
-    let at = file.sections[S_DEV_BLOB].0 as u64;
-    let blocks = names::FrontCoded::blocks(devices);
-    let Some(starts) = Packed::new(file.bytes(S_SERIES_DEV_OFF), blocks + 1, false) else {
-        return Err(Error::corrupt(
-            path,
-            at,
-            "name block offsets are malformed".to_owned(),
-        ));
-    };
-    match names::FrontCoded::new(file.bytes(S_DEV_BLOB), starts, devices).check() {
-        Some(reason) => Err(Error::corrupt(path, at, reason.to_owned())),
-        None => Ok(()),
     }
 }
 
