@@ -327,16 +327,44 @@ impl<'a> FrontCoded<'a> {
         }
         let b = lo.checked_sub(1)?;
         let n = BLOCK_NAMES.min(self.names - b * BLOCK_NAMES);
-        let mut found = None;
-        self.walk(b, n, |i, name| match name.cmp(key) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Equal => {
-                found = Some(b * BLOCK_NAMES + i);
-                false
+        self.find_in_block(b, n, key).map(|i| b * BLOCK_NAMES + i)
+    }
+
+    /// The position of `key` among the `n` names of block `b`, without
+    /// rebuilding them: `m` is the length of the prefix the name before
+    /// shares with `key`, and that name sorts before `key`. A name that
+    /// keeps more than `m` bytes of it sorts before `key` too; any other is
+    /// `key[..shared]` and its stored rest, compared from there.
+    fn find_in_block(&self, b: usize, n: usize, key: &[u8]) -> Option<usize> {
+        let bytes = self.blob.get(self.start(b)?..)?;
+        let mut at = 0;
+        let mut m = 0;
+        for i in 0..n {
+            let shared = if i == 0 {
+                0
+            } else {
+                read_varint(bytes, &mut at)?
+            };
+            let len = read_varint(bytes, &mut at)?;
+            let rest = bytes.get(at..at.checked_add(len)?)?;
+            at += len;
+            if i > 0 && shared > m {
+                continue;
             }
-            std::cmp::Ordering::Greater => false,
-        });
-        found
+            let tail = key.get(shared..)?;
+            let common = rest.iter().zip(tail).take_while(|(x, y)| x == y).count();
+            let before = match (rest.get(common), tail.get(common)) {
+                (None, None) => return Some(i),
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(x), Some(y)) => x < y,
+            };
+            if !before {
+                return None;
+            }
+            m = shared + common;
+        }
+        None
     }
 
     /// The fences of [`find`](Self::find): the first name of every
@@ -433,7 +461,7 @@ mod tests {
     use crate::packed::Packer;
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     fn front_coded(names: &[&str]) -> (Vec<u8>, Vec<u8>, usize) {
         let dict = Dictionary::of(names);
@@ -460,6 +488,17 @@ mod tests {
             ]
             .map(String::from),
         );
+        // Short names over two letters: many are prefixes of others.
+        for _ in 0..300 {
+            let len = rng.gen_range(1..7);
+            pool.push(
+                (0..len)
+                    .map(|_| if rng.gen() { 'a' } else { 'b' })
+                    .collect(),
+            );
+        }
+        pool.sort_unstable();
+        pool.dedup();
         for n in [0usize, 1, 15, 16, 17, 33, pool.len()] {
             let mut names: Vec<&str> = pool.iter().map(String::as_str).collect();
             names.shuffle(&mut rng);
@@ -479,13 +518,74 @@ mod tests {
                 assert_eq!(decoded.get(d), *name);
                 assert_eq!(fc.find(&fences, name), Some(d), "{name}");
             }
-            for absent in ["", "a", "dev-0000001", "dev-9", "\u{10FFFF}", "é\u{301}"] {
+            let absent = [
+                "",
+                "c",
+                "dev-0000001",
+                "dev-9",
+                "\u{10FFFF}",
+                "é\u{301}",
+                "abababa",
+            ];
+            for absent in absent.into_iter().filter(|a| !names.contains(a)) {
                 assert_eq!(fc.find(&fences, absent), None, "{absent}");
+            }
+            // Random probes, present or not, against a binary search.
+            for _ in 0..500 {
+                let len = rng.gen_range(0..8);
+                let probe: String = (0..len)
+                    .map(|_| ['a', 'b', 'c'][rng.gen_range(0..3)])
+                    .collect();
+                let want = sorted.binary_search(&probe.as_str()).ok();
+                assert_eq!(fc.find(&fences, &probe), want, "{probe}");
             }
         }
         let names: Vec<&str> = pool.iter().map(String::as_str).collect();
         let whole: usize = names.iter().map(|n| n.len()).sum();
         assert!(front_coded(&names).0.len() * 2 < whole);
+    }
+
+    /// Lookups in 100k numbered names, whole (with the fences of
+    /// [`fences`]) and front-coded: `cargo test --release -p desa-engine
+    /// lookups_whole_and_front_coded -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn lookups_whole_and_front_coded() {
+        let pool: Vec<String> = (0..100_000).map(|i| format!("dev-{:07}", i * 7)).collect();
+        let names: Vec<&str> = pool.iter().map(String::as_str).collect();
+        let dict = Dictionary::of(&names);
+        let name = |d: usize| &pool[d][..];
+        let whole = fences(names.len(), name);
+        let (blob, starts, len) = front_coded(&names);
+        let starts = Packed::new(&starts, FrontCoded::blocks(len) + 1, false).unwrap();
+        let fc = FrontCoded::new(&blob, starts, len);
+        let block_fences = fc.fences();
+        let probes: Vec<&str> = (0..1_000_000).map(|i| name((i * 7_919) % len)).collect();
+        let t = std::time::Instant::now();
+        let a: usize = probes
+            .iter()
+            .map(|p| find_device(&whole, len, p, name).unwrap())
+            .sum();
+        let whole_ns = t.elapsed().as_nanos() / probes.len() as u128;
+        let t = std::time::Instant::now();
+        let b: usize = probes
+            .iter()
+            .map(|p| fc.find(&block_fences, p).unwrap())
+            .sum();
+        let coded_ns = t.elapsed().as_nanos() / probes.len() as u128;
+        let t = std::time::Instant::now();
+        let c: usize = (0..probes.len())
+            .map(|i| fc.name((i * 7_919) % len).len())
+            .sum();
+        let rebuild_ns = t.elapsed().as_nanos() / probes.len() as u128;
+        assert_eq!(a, b);
+        assert!(c > 0);
+        println!(
+            "names {} bytes whole, {} front-coded; lookup {whole_ns} ns whole, \
+             {coded_ns} ns front-coded; a name rebuilt {rebuild_ns} ns",
+            dict.blob.len(),
+            blob.len()
+        );
     }
 
     #[test]
