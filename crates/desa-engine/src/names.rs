@@ -93,25 +93,36 @@ impl Decoded {
     }
 }
 
-/// Checks the front-coded names of a file (sections `blob` and `starts`,
-/// `names` of them) when it is opened.
-pub(crate) fn check_front_coded(
+/// Checks, when a file is opened, the block starts of its front-coded
+/// names (sections `blob` and `starts`, `names` of them): what a read
+/// needs to stay in bounds. The names themselves are read and checked
+/// ([`FrontCoded::check`]) by compaction and `desa fsck`, as the other
+/// per-series indexes are, so that opening a file does not decode every
+/// name in it; a read of a malformed block finds no name, never another
+/// file's bytes.
+pub(crate) fn check_name_blocks(
     file: &SectionFile,
     path: &Path,
-    blob: usize,
     starts: usize,
     names: usize,
 ) -> Result<()> {
-    let at = file.sections[blob].0 as u64;
     let blocks = FrontCoded::blocks(names);
-    let Some(starts) = Packed::new(file.bytes(starts), blocks + 1, false) else {
-        return Err(Error::corrupt(
-            path,
-            at,
-            "name block offsets are malformed".to_owned(),
-        ));
-    };
-    match FrontCoded::new(file.bytes(blob), starts, names).check() {
+    match Packed::new(file.bytes(starts), blocks + 1, false) {
+        Some(_) => Ok(()),
+        None => {
+            let at = file.sections[starts].0 as u64;
+            Err(Error::corrupt(
+                path,
+                at,
+                "name block offsets are malformed".to_owned(),
+            ))
+        }
+    }
+}
+
+/// [`FrontCoded::check`] as an error naming the file.
+pub(crate) fn verify_names(names: FrontCoded<'_>, path: &Path, at: u64) -> Result<()> {
+    match names.check() {
         Some(reason) => Err(Error::corrupt(path, at, reason.to_owned())),
         None => Ok(()),
     }
@@ -181,7 +192,7 @@ impl<'a> FrontCoded<'a> {
     }
 
     /// Over a file's sections: the blob and the packed block starts, which
-    /// [`check_front_coded`] has accepted.
+    /// [`check_name_blocks`] has accepted.
     pub fn over(blob: &'a [u8], starts: &'a [u8], names: usize) -> Self {
         let starts = Packed::unchecked(starts, Self::blocks(names) + 1);
         Self::new(blob, starts, names)

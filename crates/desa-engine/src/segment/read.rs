@@ -166,7 +166,7 @@ impl Segment {
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
         if version >= 5 {
-            names::check_front_coded(&file, path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
+            names::check_name_blocks(&file, path, S_SERIES_DEV_OFF, devices)?;
         } else if v4 {
             file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else {
@@ -391,9 +391,13 @@ impl Segment {
     }
 
     /// The per-series part of [`verify_indexes`](Self::verify_indexes):
-    /// version 4's first rows and devices.
+    /// version 4's first rows and devices, version 5's names.
     fn verify_series(&self) -> Result<()> {
         let (rows, series) = (self.meta.rows as usize, self.file.words[1] as usize);
+        if self.version >= 5 {
+            let at = self.file.sections[S_DEV_BLOB].0 as u64;
+            names::verify_names(self.front_coded(), &self.path, at)?;
+        }
         if self.version >= 4 {
             let first = self.packed_series(S_SERIES_ROW, 1);
             let index = self.packed_series(S_SERIES_DEV, 0);

@@ -178,7 +178,7 @@ impl Summary {
         }
         file.check_strings(path, S_TYPES_BLOB, S_TYPES_OFF)?;
         if version >= 5 {
-            names::check_front_coded(&file, path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
+            names::check_name_blocks(&file, path, S_SERIES_DEV_OFF, devices)?;
         } else if v3 {
             file.check_packed_strings(path, S_DEV_BLOB, S_SERIES_DEV_OFF, devices)?;
         } else {
@@ -247,6 +247,10 @@ impl Summary {
     /// Checks the series' device indexes, which `open` leaves to the reads
     /// that bound them: `desa fsck` refuses a file whose indexes disagree.
     pub fn verify_indexes(&self) -> Result<()> {
+        if self.version >= 5 {
+            let at = self.file.sections[S_DEV_BLOB].0 as u64;
+            names::verify_names(self.front_coded(), &self.path, at)?;
+        }
         if self.version >= 3 {
             let index = self.packed(S_SERIES_DEV, self.series);
             if !names::index_is_valid(&index, self.u32s(S_TYPE_SERIES), self.devices) {
