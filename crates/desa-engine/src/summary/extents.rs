@@ -92,8 +92,12 @@ pub(super) fn gather(inputs: &[Input], name: &str, devices: &[&str]) -> Option<V
     for source in sources(inputs, name)? {
         match source {
             Source::Summary(s, t) => {
+                let names = s.decoded_devices();
                 for (series, b) in s.extents_of(t) {
-                    join(&mut out[index(&s.series_device(series))?], &b);
+                    join(
+                        &mut out[index(s.series_device_in(series, names.as_ref()))?],
+                        &b,
+                    );
                 }
                 s.release_memory();
             }
@@ -101,11 +105,20 @@ pub(super) fn gather(inputs: &[Input], name: &str, devices: &[&str]) -> Option<V
                 let Some(t) = s.find_type(name) else {
                     continue;
                 };
-                // Each series' first row, and its device's place in `out`.
+                // Each series' first row, and its device's place in `out`:
+                // a type's series come in device order, as `devices` do.
                 let starts = s.series_starts(t);
+                let names = s.decoded_devices();
+                let mut next = 0;
                 let places: Vec<usize> = s
                     .type_series(t)
-                    .map(|series| index(&s.series_device(series)))
+                    .map(|series| {
+                        let device = s.series_device_in(series, names.as_ref());
+                        while devices.get(next).is_some_and(|&d| d < device) {
+                            next += 1;
+                        }
+                        (devices.get(next) == Some(&device)).then_some(next)
+                    })
                     .collect::<Option<_>>()?;
                 for (lat, lon, row) in s.located_rows(t) {
                     let j = starts
