@@ -75,8 +75,9 @@ pub const MAX_LEVEL: u32 = 10;
 /// small blocks and in every large one). At 10M events of moving devices,
 /// summaries at every level took 6.2 bytes per event (0.35 of the
 /// segments'), at every second one 3.9 (0.22); a window's ends take up to
-/// three blocks of a level where they took one or two. Levels in between,
-/// written by earlier versions, are still read.
+/// three blocks of a level where they took one or two. Summaries of the
+/// levels in between, written by earlier versions, are retired once no
+/// summary is due (`engine::maintain`).
 pub const LEVEL_STEP: u32 = 2;
 
 /// The levels a node builds, smallest first.

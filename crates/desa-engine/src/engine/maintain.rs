@@ -243,8 +243,49 @@ pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> 
             write(inner, &due, run)?;
             Ok(true)
         }
-        None => Ok(false),
+        None => retire_unbuilt(inner),
     }
+}
+
+/// Retires the summaries of levels no longer built (every level was, in
+/// earlier versions), once no summary is due: the built levels then answer
+/// their windows, with the segments of the days no built block holds. They
+/// leave the manifest first, then their files are removed; a query that
+/// still holds one reads it through its mapping.
+fn retire_unbuilt(inner: &Inner) -> Result<bool> {
+    let mut manifest = inner.manifest.lock();
+    let built: HashSet<u32> = summary::built_levels().collect();
+    let old: HashSet<u64> = manifest
+        .summaries
+        .iter()
+        .filter(|m| !built.contains(&m.level))
+        .map(|m| m.id)
+        .collect();
+    if old.is_empty() {
+        return Ok(false);
+    }
+    change_manifest(&mut manifest, &inner.cfg.dir, |next, _| {
+        next.summaries.retain(|m| !old.contains(&m.id));
+        Ok(())
+    })?;
+    let gone: Vec<Arc<LiveSummary>> = {
+        let mut st = inner.state.write();
+        let (gone, kept) = st
+            .summaries
+            .drain(..)
+            .partition(|s| old.contains(&s.meta.id));
+        st.summaries = kept;
+        gone
+    };
+    drop(manifest);
+    for s in &gone {
+        let _ = fs::remove_file(s.file.path());
+    }
+    tracing::info!(
+        summaries = gone.len(),
+        "retired summaries of levels no longer built"
+    );
+    Ok(true)
 }
 
 /// One summary to write: its block, its inputs, and the summary it replaces.
@@ -551,8 +592,10 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::Arc;
 
-    use desa_model::Event;
+    use desa_model::{Event, GeoBox, TimeWindow};
 
+    use super::{write, Due};
+    use crate::segment::Segment;
     use crate::{Engine, EngineConfig, SystemClock, WriteRequest};
 
     /// 40 days of hourly events: blocks of 2, 8 and 32 days are built, and
@@ -589,5 +632,86 @@ mod tests {
         // Event time reaches day 39, so blocks end by day 38.
         let of = |l| blocks.iter().filter(|b| b.0 == l).count();
         assert_eq!((of(1), of(3), of(5)), (19, 4, 1), "{blocks:?}");
+    }
+
+    /// A summary of a level no longer built (as earlier versions wrote) is
+    /// retired once every summary due is built: dropped from the manifest,
+    /// then its file removed, and answers do not change.
+    #[test]
+    fn summaries_of_levels_not_built_are_retired() {
+        const DAY: i64 = 86_400;
+        let t0 = 20_480 * DAY;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.head_max_rows = 500;
+        let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+        let events: Vec<Event> = (0..12 * 24)
+            .map(|h| Event {
+                device_id: format!("d{}", h % 5),
+                ts_secs: t0 + h * 3_600,
+                event_type: "t".into(),
+                value: h as f64,
+                latitude: 1.0 + (h % 7) as f64,
+                longitude: 2.0,
+                metadata: None,
+            })
+            .collect();
+        engine.write(WriteRequest::events(events)).unwrap();
+        engine.settle().unwrap();
+        // A 4-day summary (level 2), written as an earlier version did.
+        let segs: Vec<Arc<Segment>> = engine
+            .inner
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| {
+                s.meta
+                    .single_day()
+                    .is_some_and(|d| (0..4).contains(&(d - t0 / DAY)))
+            })
+            .cloned()
+            .collect();
+        let due = Due {
+            level: 2,
+            first_day: t0 / DAY,
+            children: Vec::new(),
+            covered: Vec::new(),
+            segs,
+            replaces: None,
+        };
+        write(&engine.inner, &due, &|job| job()).unwrap();
+        let old: Vec<_> = engine
+            .inner
+            .state
+            .read()
+            .summaries
+            .iter()
+            .filter(|s| s.meta.level == 2)
+            .map(|s| s.file.path().to_path_buf())
+            .collect();
+        assert_eq!(old.len(), 1);
+        assert!(old[0].exists());
+        let w = TimeWindow::new(t0, t0 + 4 * DAY).unwrap();
+        let bbox = GeoBox::new(0.0, 5.0, 0.0, 5.0).unwrap();
+        let before = (
+            engine.avg("d1", "t", w).unwrap(),
+            engine.geo("t", &bbox, w).unwrap(),
+        );
+
+        engine.settle().unwrap();
+        let levels = |st: &crate::engine::State| -> BTreeSet<u32> {
+            st.summaries.iter().map(|s| s.meta.level).collect()
+        };
+        assert_eq!(levels(&engine.inner.state.read()), BTreeSet::from([1, 3]));
+        let manifest = engine.inner.manifest.lock();
+        assert!(manifest.summaries.iter().all(|m| m.level != 2));
+        drop(manifest);
+        assert!(!old[0].exists(), "{} is still on disk", old[0].display());
+        let after = (
+            engine.avg("d1", "t", w).unwrap(),
+            engine.geo("t", &bbox, w).unwrap(),
+        );
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
     }
 }
