@@ -254,11 +254,10 @@ pub(super) fn summarize_once(inner: &Inner, run: &dyn Fn(BuildJob) -> Built) -> 
 /// still holds one reads it through its mapping.
 fn retire_unbuilt(inner: &Inner) -> Result<bool> {
     let mut manifest = inner.manifest.lock();
-    let built: HashSet<u32> = summary::built_levels().collect();
     let old: HashSet<u64> = manifest
         .summaries
         .iter()
-        .filter(|m| !built.contains(&m.level))
+        .filter(|m| !summary::built_levels().any(|l| l == m.level))
         .map(|m| m.id)
         .collect();
     if old.is_empty() {
@@ -598,34 +597,43 @@ mod tests {
     use crate::segment::Segment;
     use crate::{Engine, EngineConfig, SystemClock, WriteRequest};
 
-    /// 40 days of hourly events: blocks of 2, 8 and 32 days are built, and
-    /// none of the levels between them.
-    #[test]
-    fn summaries_are_built_at_every_second_level() {
-        const DAY: i64 = 86_400;
-        let t0 = 20_480 * DAY; // a multiple of 32 days
+    const DAY: i64 = 86_400;
+    /// The first event's time: a multiple of 32 days.
+    const T0: i64 = 20_480 * DAY;
+
+    /// A node holding `hours` hourly events from [`T0`] (5 devices, one
+    /// type, latitudes 1 to 7), flushed, compacted and summarized.
+    fn settled_hours(hours: i64) -> (tempfile::TempDir, Engine) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EngineConfig::new(dir.path());
         cfg.head_max_rows = 500;
         let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
-        let events: Vec<Event> = (0..40 * 24)
+        let events: Vec<Event> = (0..hours)
             .map(|h| Event {
                 device_id: format!("d{}", h % 5),
-                ts_secs: t0 + h * 3_600,
+                ts_secs: T0 + h * 3_600,
                 event_type: "t".into(),
                 value: h as f64,
-                latitude: 1.0,
+                latitude: 1.0 + (h % 7) as f64,
                 longitude: 2.0,
                 metadata: None,
             })
             .collect();
         engine.write(WriteRequest::events(events)).unwrap();
         engine.settle().unwrap();
+        (dir, engine)
+    }
+
+    /// 40 days of hourly events: blocks of 2, 8 and 32 days are built, and
+    /// none of the levels between them.
+    #[test]
+    fn summaries_are_built_at_every_second_level() {
+        let (_dir, engine) = settled_hours(40 * 24);
         let st = engine.inner.state.read();
         let blocks: BTreeSet<(u32, i64)> = st
             .summaries
             .iter()
-            .map(|s| (s.meta.level, s.meta.first_day - t0 / DAY))
+            .map(|s| (s.meta.level, s.meta.first_day - T0 / DAY))
             .collect();
         let levels: BTreeSet<u32> = blocks.iter().map(|b| b.0).collect();
         assert_eq!(levels, BTreeSet::from([1, 3, 5]), "{blocks:?}");
@@ -639,25 +647,7 @@ mod tests {
     /// then its file removed, and answers do not change.
     #[test]
     fn summaries_of_levels_not_built_are_retired() {
-        const DAY: i64 = 86_400;
-        let t0 = 20_480 * DAY;
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = EngineConfig::new(dir.path());
-        cfg.head_max_rows = 500;
-        let engine = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
-        let events: Vec<Event> = (0..12 * 24)
-            .map(|h| Event {
-                device_id: format!("d{}", h % 5),
-                ts_secs: t0 + h * 3_600,
-                event_type: "t".into(),
-                value: h as f64,
-                latitude: 1.0 + (h % 7) as f64,
-                longitude: 2.0,
-                metadata: None,
-            })
-            .collect();
-        engine.write(WriteRequest::events(events)).unwrap();
-        engine.settle().unwrap();
+        let (_dir, engine) = settled_hours(12 * 24);
         // A 4-day summary (level 2), written as an earlier version did.
         let segs: Vec<Arc<Segment>> = engine
             .inner
@@ -668,13 +658,13 @@ mod tests {
             .filter(|s| {
                 s.meta
                     .single_day()
-                    .is_some_and(|d| (0..4).contains(&(d - t0 / DAY)))
+                    .is_some_and(|d| (0..4).contains(&(d - T0 / DAY)))
             })
             .cloned()
             .collect();
         let due = Due {
             level: 2,
-            first_day: t0 / DAY,
+            first_day: T0 / DAY,
             children: Vec::new(),
             covered: Vec::new(),
             segs,
@@ -692,7 +682,7 @@ mod tests {
             .collect();
         assert_eq!(old.len(), 1);
         assert!(old[0].exists());
-        let w = TimeWindow::new(t0, t0 + 4 * DAY).unwrap();
+        let w = TimeWindow::new(T0, T0 + 4 * DAY).unwrap();
         let bbox = GeoBox::new(0.0, 5.0, 0.0, 5.0).unwrap();
         let before = (
             engine.avg("d1", "t", w).unwrap(),
